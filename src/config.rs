@@ -1,0 +1,497 @@
+//! Configuration: the seed-004 TOML keys and environment overrides, plus the
+//! NATS, producer and consumer settings of the streaming design. File first,
+//! then environment; `validate()` names the field at fault; the password is
+//! never printed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const CONFIG_ENV: &str = "DATA_SYNC_CONFIG";
+pub const MIN_DATA_SYNC_FREQ: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{CONFIG_ENV} is not set: point it at the TOML configuration file")]
+    NoPath,
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("invalid configuration: {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    // Seed-004 archive keys. The archive is now read by the producer from a
+    // local directory; host/user/port are accepted for old files and unused.
+    pub archive_host: Option<String>,
+    pub archive_user: Option<String>,
+    pub archive_dir: Option<PathBuf>,
+    #[serde(default = "default_archive_port")]
+    pub archive_port: u16,
+
+    #[serde(default = "default_pg_host")]
+    pub pg_host: String,
+    #[serde(default = "default_pg_port")]
+    pub pg_port: u16,
+    #[serde(default = "default_pg_user")]
+    pub pg_user: String,
+    pub pg_password: Option<String>,
+    pub pg_database: Option<String>,
+
+    #[serde(default = "default_data_sync_freq")]
+    pub data_sync_freq: u64,
+    #[serde(default = "default_metric_freq")]
+    pub metric_freq: u64,
+
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub producer: ProducerConfig,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated. Env: `NATS_URL`.
+    pub url: String,
+    /// Credentials file (`.creds`), when the server requires one.
+    pub creds_file: Option<PathBuf>,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_subject_prefix: String,
+    /// Stream replicas: 1 on one server, 3 on a cluster.
+    pub replicas: usize,
+    /// How long the server remembers message ids to drop re-published
+    /// records. Duplicates older than this are still harmless (the version
+    /// guard drops them); the window only saves work and stream space.
+    pub duplicate_window_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            creds_file: None,
+            stream: "SYNCDATA_CHANGES".to_owned(),
+            subject_prefix: "syncdata.changes".to_owned(),
+            dlq_stream: "SYNCDATA_DLQ".to_owned(),
+            dlq_subject_prefix: "syncdata.dlq".to_owned(),
+            replicas: 1,
+            duplicate_window_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Checkpoint and quarantine live here. Default: `<archive_dir>/.syncdata`.
+    pub state_dir: Option<PathBuf>,
+    /// Publishes awaiting their PubAck at once (async-nats refuses past 5,000).
+    pub max_in_flight: usize,
+    /// Directory rescan interval, the backstop for missed file events.
+    pub rescan_ms: u64,
+    /// Lines longer than this are quarantined. Also capped by the server's
+    /// max_payload.
+    pub max_record_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            state_dir: None,
+            max_in_flight: 1024,
+            rescan_ms: 1000,
+            max_record_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Messages fetched and applied per batch and table.
+    pub batch_size: usize,
+    /// How long one fetch waits for messages before applying what it has.
+    pub fetch_wait_ms: u64,
+    /// Unacknowledged messages a table's durable allows across all processes.
+    pub max_ack_pending: i64,
+    /// Redelivery after this long without an ack (a crashed process).
+    pub ack_wait_secs: u64,
+    /// Attempts of a record failing permanently before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Database connections per process.
+    pub pool_size: u32,
+    /// Cap of the exponential backoff between retries of transient failures.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            batch_size: 1000,
+            fetch_wait_ms: 200,
+            max_ack_pending: 20_000,
+            ack_wait_secs: 60,
+            max_attempts: 5,
+            pool_size: 4,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+fn default_archive_port() -> u16 {
+    22
+}
+fn default_pg_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pg_user() -> String {
+    "admin".to_owned()
+}
+fn default_data_sync_freq() -> u64 {
+    600
+}
+fn default_metric_freq() -> u64 {
+    24
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("archive_dir", &self.archive_dir)
+            .field("pg_host", &self.pg_host)
+            .field("pg_port", &self.pg_port)
+            .field("pg_user", &self.pg_user)
+            .field(
+                "pg_password",
+                &self.pg_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pg_database", &self.pg_database)
+            .field("data_sync_freq", &self.data_sync_freq)
+            .field("metric_freq", &self.metric_freq)
+            .field("nats", &self.nats)
+            .field("producer", &self.producer)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Loads the file named by `DATA_SYNC_CONFIG`, applies the environment
+    /// overrides and validates.
+    pub fn load() -> Result<Config, ConfigError> {
+        let path = std::env::var_os(CONFIG_ENV).ok_or(ConfigError::NoPath)?;
+        Self::load_from(Path::new(&path), |k| std::env::var(k).ok())
+    }
+
+    pub fn load_from(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The seed's environment overrides (and `NATS_URL`).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(var: &'static str, v: String) -> Result<T, ConfigError> {
+            v.trim().parse().map_err(|_| ConfigError::Env {
+                var,
+                message: "not a valid number".to_owned(),
+            })
+        }
+        if let Some(v) = env("PG_PASSWORD") {
+            self.pg_password = Some(v);
+        }
+        if let Some(v) = env("PG_DB_NAME") {
+            self.pg_database = Some(v);
+        }
+        if let Some(v) = env("PG_USER_NAME") {
+            self.pg_user = v;
+        }
+        if let Some(v) = env("PG_HOST") {
+            self.pg_host = v;
+        }
+        if let Some(v) = env("PG_PORT") {
+            self.pg_port = num("PG_PORT", v)?;
+        }
+        if let Some(v) = env("DATA_SYNC_FREQ") {
+            self.data_sync_freq = num("DATA_SYNC_FREQ", v)?;
+        }
+        if let Some(v) = env("METRIC_FREQ") {
+            self.metric_freq = num("METRIC_FREQ", v)?;
+        }
+        if let Some(v) = env("NATS_URL") {
+            self.nats.url = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pg_database.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                "pg_database",
+                "required (set it in the file or with PG_DB_NAME)",
+            ));
+        }
+        if self.pg_host.is_empty() {
+            return Err(invalid("pg_host", "must not be empty"));
+        }
+        if self.pg_port == 0 {
+            return Err(invalid("pg_port", "must be 1 to 65535"));
+        }
+        if self.data_sync_freq < MIN_DATA_SYNC_FREQ {
+            return Err(invalid(
+                "data_sync_freq",
+                format!(
+                    "{} is below the minimum of {MIN_DATA_SYNC_FREQ} seconds",
+                    self.data_sync_freq
+                ),
+            ));
+        }
+        if self.metric_freq == 0 {
+            return Err(invalid("metric_freq", "must be at least 1 hour"));
+        }
+        let n = &self.nats;
+        if n.url.trim().is_empty() {
+            return Err(invalid("nats.url", "must not be empty"));
+        }
+        for (field, name) in [
+            ("nats.stream", &n.stream),
+            ("nats.dlq_stream", &n.dlq_stream),
+        ] {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(field, "use letters, digits, '_' and '-' only"));
+            }
+        }
+        if n.stream == n.dlq_stream {
+            return Err(invalid("nats.dlq_stream", "must differ from nats.stream"));
+        }
+        for (field, prefix) in [
+            ("nats.subject_prefix", &n.subject_prefix),
+            ("nats.dlq_subject_prefix", &n.dlq_subject_prefix),
+        ] {
+            let ok = !prefix.is_empty()
+                && prefix.split('.').all(|t| {
+                    !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace)
+                });
+            if !ok {
+                return Err(invalid(
+                    field,
+                    "dot-separated tokens without wildcards or spaces",
+                ));
+            }
+        }
+        let overlap = |a: &str, b: &str| {
+            a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
+        };
+        if overlap(&n.subject_prefix, &n.dlq_subject_prefix) {
+            return Err(invalid(
+                "nats.dlq_subject_prefix",
+                "must not overlap nats.subject_prefix",
+            ));
+        }
+        if !(1..=5).contains(&n.replicas) {
+            return Err(invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if n.duplicate_window_secs == 0 {
+            return Err(invalid("nats.duplicate_window_secs", "must be positive"));
+        }
+        let p = &self.producer;
+        if !(1..=5000).contains(&p.max_in_flight) {
+            return Err(invalid("producer.max_in_flight", "must be 1 to 5000"));
+        }
+        if p.rescan_ms == 0 {
+            return Err(invalid("producer.rescan_ms", "must be positive"));
+        }
+        if p.max_record_bytes < 1024 {
+            return Err(invalid(
+                "producer.max_record_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let c = &self.consumer;
+        if !(1..=100_000).contains(&c.batch_size) {
+            return Err(invalid("consumer.batch_size", "must be 1 to 100000"));
+        }
+        if c.max_ack_pending < c.batch_size as i64 {
+            return Err(invalid(
+                "consumer.max_ack_pending",
+                "must be at least consumer.batch_size",
+            ));
+        }
+        if c.ack_wait_secs == 0 {
+            return Err(invalid("consumer.ack_wait_secs", "must be positive"));
+        }
+        if c.max_attempts == 0 {
+            return Err(invalid("consumer.max_attempts", "must be at least 1"));
+        }
+        if c.pool_size == 0 {
+            return Err(invalid("consumer.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn pg_connect_options(&self) -> sqlx::postgres::PgConnectOptions {
+        let mut o = sqlx::postgres::PgConnectOptions::new()
+            .host(&self.pg_host)
+            .port(self.pg_port)
+            .username(&self.pg_user)
+            .application_name("syncdata");
+        if let Some(db) = &self.pg_database {
+            o = o.database(db);
+        }
+        if let Some(pw) = &self.pg_password {
+            o = o.password(pw);
+        }
+        o
+    }
+
+    /// The producer's archive directory (required by the producer only).
+    pub fn archive_dir(&self) -> Result<&Path, ConfigError> {
+        self.archive_dir
+            .as_deref()
+            .ok_or_else(|| invalid("archive_dir", "required by syncdata-producer"))
+    }
+
+    pub fn producer_state_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.producer.state_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(self.archive_dir()?.join(".syncdata")),
+        }
+    }
+
+    pub fn data_sync_period(&self) -> Duration {
+        Duration::from_secs(self.data_sync_freq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn seed_file_with_defaults_and_env_overrides() {
+        let mut c = Config::from_toml(
+            r#"
+archive_host = "backup.example.com"
+archive_user = "backupuser"
+archive_dir = "/backups/postgresql/changes"
+archive_port = 22
+pg_host = "127.0.0.1"
+pg_port = 5432
+pg_user = "admin"
+data_sync_freq = 600
+metric_freq = 24
+"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_err(), "pg_database is required");
+        c.apply_env(env(&[
+            ("PG_PASSWORD", "secret"),
+            ("PG_DB_NAME", "app"),
+            ("PG_USER_NAME", "me"),
+            ("PG_HOST", "db"),
+            ("PG_PORT", "6543"),
+            ("DATA_SYNC_FREQ", "120"),
+            ("METRIC_FREQ", "6"),
+            ("NATS_URL", "nats://n:4222"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pg_database.as_deref(), Some("app"));
+        assert_eq!(
+            (c.pg_user.as_str(), c.pg_host.as_str(), c.pg_port),
+            ("me", "db", 6543)
+        );
+        assert_eq!((c.data_sync_freq, c.metric_freq), (120, 6));
+        assert_eq!(c.nats.url, "nats://n:4222");
+        assert_eq!(c.consumer.batch_size, 1000);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let base = "pg_database = \"app\"\n";
+        let cases = [
+            ("data_sync_freq = 30", "data_sync_freq"),
+            ("[nats]\nstream = \"a.b\"", "nats.stream"),
+            ("[nats]\nsubject_prefix = \"a.*\"", "nats.subject_prefix"),
+            (
+                "[nats]\ndlq_subject_prefix = \"syncdata.changes.x\"",
+                "nats.dlq_subject_prefix",
+            ),
+            ("[consumer]\nbatch_size = 0", "consumer.batch_size"),
+            ("[producer]\nmax_in_flight = 9000", "producer.max_in_flight"),
+        ];
+        for (extra, field) in cases {
+            let c = Config::from_toml(&format!("{base}{extra}")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err:?} should name {field}");
+        }
+        let err = Config::from_toml("pg_databse = \"x\"").err().unwrap();
+        assert!(err.contains("pg_databse"), "{err}");
+        let mut c = Config::from_toml(base).unwrap();
+        let err = c
+            .apply_env(env(&[("PG_PORT", "abc")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PG_PORT"), "{err}");
+    }
+}

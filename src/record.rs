@@ -1,0 +1,418 @@
+//! The change record: one line of an archive file (seed-004 format plus
+//! `schema`, `seq` and `TRUNCATE`). Values are kept as the raw JSON text they
+//! arrived in, so numerics, jsonb and arrays survive byte-exact and no value
+//! ever passes through f64.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::version::{Lsn, Version};
+
+/// PostgreSQL truncates identifiers to 63 bytes (NAMEDATALEN - 1); a longer
+/// name cannot name a real table or column, so it is rejected, not truncated.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Deepest JSON nesting accepted inside a value (serde_json's own limit for
+/// typed parsing; a raw value would otherwise accept any depth).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        })
+    }
+}
+
+/// One column value exactly as it arrived (raw JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Value(Box<RawValue>);
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+impl Eq for Value {}
+
+impl Value {
+    /// A value from PostgreSQL text (None is SQL NULL).
+    pub fn from_text(text: Option<&str>) -> Value {
+        let raw = match text {
+            None => RawValue::from_string("null".to_owned()),
+            Some(t) => serde_json::value::to_raw_value(t),
+        };
+        Value(raw.expect("a string always serializes"))
+    }
+
+    pub fn raw(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value in PostgreSQL's text input form, or None for NULL.
+    ///
+    /// JSON strings are unescaped; numbers keep their exact digits; booleans
+    /// become `true`/`false`; objects and arrays keep their JSON text (for
+    /// json/jsonb columns fed by producers other than wal2json).
+    pub fn to_pg_text(&self) -> Option<String> {
+        let raw = self.0.get().trim();
+        match raw.as_bytes().first() {
+            Some(b'n') if raw == "null" => None,
+            Some(b'"') => {
+                Some(serde_json::from_str::<String>(raw).expect("raw value was validated as JSON"))
+            }
+            _ => Some(raw.to_owned()),
+        }
+    }
+}
+
+pub type Columns = BTreeMap<String, Value>;
+
+/// A parsed, validated change record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    pub table: String,
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Columns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_keys: Option<Columns>,
+    #[serde(with = "lsn_text")]
+    pub lsn: Lsn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+fn default_schema() -> String {
+    "public".to_owned()
+}
+
+mod lsn_text {
+    use super::Lsn;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a line is not a usable record. The message names the field at fault
+/// and never echoes column values (they may be personal data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a JSON record: {0}")]
+    Json(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl RecordError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        RecordError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Record {
+    /// Parses and validates one line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<Record, RecordError> {
+        let record: Record = serde_json::from_slice(line).map_err(|e| {
+            // serde_json's message names line/column and the kind of fault;
+            // it does not quote the input.
+            RecordError::Json(e.to_string())
+        })?;
+        record.validate()?;
+        Ok(record)
+    }
+
+    pub fn validate(&self) -> Result<(), RecordError> {
+        validate_identifier("schema", &self.schema)?;
+        validate_identifier("table", &self.table)?;
+        for (field, cols) in [("data", &self.data), ("old_keys", &self.old_keys)] {
+            if let Some(cols) = cols {
+                for (name, value) in cols {
+                    validate_identifier(field, name)?;
+                    if json_depth(value.raw()) > MAX_JSON_DEPTH {
+                        return Err(RecordError::invalid(
+                            field,
+                            format!("value of column {name:?} is JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(seq) = self.seq {
+            if seq > i64::MAX as u64 {
+                return Err(RecordError::invalid("seq", "beyond 2^63"));
+            }
+        }
+        let has = |c: &Option<Columns>| c.as_ref().is_some_and(|c| !c.is_empty());
+        match self.op {
+            Op::Insert if !has(&self.data) => {
+                Err(RecordError::invalid("data", "INSERT needs data"))
+            }
+            Op::Update if !has(&self.data) => {
+                Err(RecordError::invalid("data", "UPDATE needs data"))
+            }
+            Op::Delete if !has(&self.old_keys) && !has(&self.data) => Err(RecordError::invalid(
+                "old_keys",
+                "DELETE needs old_keys (or data holding the key)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The version, given the ordinal to use when the record carries none.
+    pub fn version(&self, fallback_seq: u64) -> Version {
+        Version::new(self.lsn, self.seq.unwrap_or(fallback_seq))
+    }
+
+    /// `schema.table`, for messages.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record always serializes")
+    }
+}
+
+/// Maximum nesting of arrays and objects in valid JSON text.
+fn json_depth(raw: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in raw.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn validate_identifier(field: &'static str, name: &str) -> Result<(), RecordError> {
+    if name.is_empty() {
+        return Err(RecordError::invalid(field, "empty identifier"));
+    }
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        return Err(RecordError::invalid(
+            field,
+            format!(
+                "identifier of {} bytes is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte limit",
+                name.len()
+            ),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(RecordError::invalid(
+            field,
+            "identifier contains a NUL byte",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_seed_lines() {
+        let r = Record::parse(br#"{"table": "users", "op": "INSERT", "data": {"id": 1, "name": "John"}, "lsn": "0/16B3D40", "ts": "2026-02-05T10:30:00Z"}"#).unwrap();
+        assert_eq!(r.schema, "public");
+        assert_eq!(r.op, Op::Insert);
+        assert_eq!(r.seq, None);
+        assert_eq!(r.version(7), Version::new(Lsn(0x16B3D40), 7));
+        let data = r.data.unwrap();
+        assert_eq!(data["id"].to_pg_text().as_deref(), Some("1"));
+        assert_eq!(data["name"].to_pg_text().as_deref(), Some("John"));
+
+        let d = Record::parse(
+            br#"{"table": "users", "op": "DELETE", "old_keys": {"id": 1}, "lsn": "0/16B3D60"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.op, Op::Delete);
+        let t = Record::parse(br#"{"schema":"s","table":"t","op":"TRUNCATE","lsn":"0/1","seq":3}"#)
+            .unwrap();
+        assert_eq!(t.version(0), Version::new(Lsn(1), 3));
+    }
+
+    #[test]
+    fn numeric_survives_byte_exact() {
+        let line = br#"{"table":"nums","op":"INSERT","data":{"id":2,"n":123456789012345678901234567890.123456789,"f":1.5e+300},"lsn":"0/1"}"#;
+        let r = Record::parse(line).unwrap();
+        let data = r.data.as_ref().unwrap();
+        assert_eq!(
+            data["n"].to_pg_text().unwrap(),
+            "123456789012345678901234567890.123456789"
+        );
+        assert_eq!(data["f"].to_pg_text().unwrap(), "1.5e+300");
+        // And through a publish round trip.
+        let again = Record::parse(&r.to_json()).unwrap();
+        assert_eq!(again, r);
+        assert!(String::from_utf8(r.to_json())
+            .unwrap()
+            .contains("123456789012345678901234567890.123456789"));
+    }
+
+    #[test]
+    fn wal2json_value_kinds_become_pg_text() {
+        let line = br#"{"table":"types_demo","op":"INSERT","lsn":"0/1","data":{"j":"{\"k\": [1, 2, {\"x\": null}]}","arr":"{a,\"b\\\"q\"}","b":"deadbeef","flag":true,"nul":null,"obj":{"a":[1,2]}}}"#;
+        let r = Record::parse(line).unwrap();
+        let d = r.data.unwrap();
+        assert_eq!(
+            d["j"].to_pg_text().unwrap(),
+            r#"{"k": [1, 2, {"x": null}]}"#
+        );
+        assert_eq!(d["arr"].to_pg_text().unwrap(), r#"{a,"b\"q"}"#);
+        assert_eq!(d["b"].to_pg_text().unwrap(), "deadbeef");
+        assert_eq!(d["flag"].to_pg_text().unwrap(), "true");
+        assert_eq!(d["nul"].to_pg_text(), None);
+        assert_eq!(d["obj"].to_pg_text().unwrap(), r#"{"a":[1,2]}"#);
+    }
+
+    #[test]
+    fn rejects_bad_records_with_the_field_named() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"table":"t","op":"INSERT","data":{"id":1}"#,
+                "not a JSON record",
+            ),
+            (b"hello", "not a JSON record"),
+            (
+                br#"{"table":"t","op":"UPSERT","data":{"id":1},"lsn":"0/1"}"#,
+                "unknown variant",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","data":{"id":1}}"#,
+                "missing field `lsn`",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","data":{"id":1},"lsn":"zz"}"#,
+                "malformed lsn",
+            ),
+            (
+                br#"{"op":"INSERT","data":{"id":1},"lsn":"0/1"}"#,
+                "missing field `table`",
+            ),
+            (
+                br#"{"table":"","op":"INSERT","data":{"id":1},"lsn":"0/1"}"#,
+                "invalid table",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1"}"#,
+                "INSERT needs data",
+            ),
+            (
+                br#"{"table":"t","op":"DELETE","lsn":"0/1"}"#,
+                "DELETE needs old_keys",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","data":{"a\u0000b":1},"lsn":"0/1"}"#,
+                "NUL byte",
+            ),
+        ];
+        for (line, expected) in cases {
+            let err = Record::parse(line).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+        let long = format!(
+            r#"{{"table":"{}","op":"INSERT","data":{{"id":1}},"lsn":"0/1"}}"#,
+            "x".repeat(200)
+        );
+        let err = Record::parse(long.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("63-byte limit"), "{err}");
+    }
+
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_crash() {
+        let mut line = String::from(r#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"j":"#);
+        line.push_str(&"[".repeat(100_000));
+        line.push_str(&"]".repeat(100_000));
+        line.push_str("}}");
+        let err = Record::parse(line.as_bytes())
+            .err()
+            .expect("must be rejected");
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+    }
+
+    fn ident() -> impl Strategy<Value = String> {
+        // Any text PostgreSQL accepts as a quoted identifier, hostile ones included.
+        "[^\u{0}]{1,20}".prop_filter("63 bytes", |s| s.len() <= MAX_IDENTIFIER_BYTES)
+    }
+
+    fn value_text() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(any::<String>())
+    }
+
+    proptest! {
+        #[test]
+        fn text_values_round_trip(schema in ident(), table in ident(), col in ident(),
+                                  v in value_text(), lsn in 0u64..(i64::MAX as u64), seq in prop::option::of(0u64..1000)) {
+            let mut data = Columns::new();
+            data.insert(col.clone(), Value::from_text(v.as_deref()));
+            let r = Record { schema, table, op: Op::Insert, data: Some(data), old_keys: None,
+                             lsn: Lsn(lsn), seq, ts: None };
+            let parsed = Record::parse(&r.to_json()).unwrap();
+            prop_assert_eq!(&parsed, &r);
+            prop_assert_eq!(parsed.data.unwrap()[&col].to_pg_text(), v);
+        }
+
+        #[test]
+        fn numbers_keep_their_digits(int in "-?[1-9][0-9]{0,60}", frac in "[0-9]{1,40}") {
+            let n = format!("{int}.{frac}");
+            let line = format!(r#"{{"table":"t","op":"INSERT","lsn":"0/1","data":{{"n":{n}}}}}"#);
+            let r = Record::parse(line.as_bytes()).unwrap();
+            prop_assert_eq!(r.data.unwrap()["n"].to_pg_text().unwrap(), n);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Record::parse(&bytes);
+        }
+    }
+}
