@@ -1,0 +1,935 @@
+//! The apply engine: writes one table's batch of change records to the local
+//! database in one transaction, with a few set-based statements.
+//!
+//! Invariants (DESIGN.md "Apply invariants"): the version guard and the data
+//! change commit together; a change is applied only where it is newer
+//! (per column, see [`merge`]); deletes leave tombstones; a TRUNCATE is a
+//! floor for the whole table. So apply is idempotent and order-free, and any
+//! number of processes may apply batches of one table at once: the rows a
+//! batch touches are locked through their bookkeeping rows, in key order.
+
+pub mod merge;
+pub mod shape;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use tokio::sync::RwLock;
+
+use crate::record::{Op, Record};
+use crate::table::TableName;
+use crate::version::Version;
+use merge::{Cell, Change, Outcome, RowState, Val, Versioned};
+use shape::{ShapeError, TableShape};
+
+/// One record of a batch, with the ordinal to use when it carries no `seq`.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub record: &'a Record,
+    pub fallback_seq: u64,
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// It changed the local state.
+    Applied,
+    /// Older than what was already applied (a duplicate, a replay, or a change
+    /// that a later one overtook): nothing to do.
+    Superseded,
+    /// It cannot apply to this table as it is (unknown column, no key, …).
+    /// The message says which record field is at fault; no values.
+    Rejected(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    pub dispositions: Vec<Disposition>,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Rows waiting for their image (partial UPDATE of a row not present).
+    pub parked: u64,
+    /// DELETEs of rows that were not present (seed 004: logged, skipped;
+    /// the tombstone still stops a late INSERT).
+    pub deletes_of_missing: u64,
+    pub max_version: Option<Version>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error("applying to {table}: {source}")]
+    Db {
+        table: TableName,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl ApplyError {
+    /// The SQLSTATE of a database error, if any.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            ApplyError::Db {
+                source: sqlx::Error::Database(e),
+                ..
+            } => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// The text a row's key is stored under in the bookkeeping: the key value's
+/// text for a one-column key, a JSON array of texts for a composite key.
+pub fn key_text(parts: &[String]) -> String {
+    if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        serde_json::to_string(parts).expect("strings serialize")
+    }
+}
+
+/// Applies batches. Cheap to share: one per process.
+pub struct Applier {
+    pool: PgPool,
+    replica_role: bool,
+    shapes: RwLock<HashMap<TableName, Arc<TableShape>>>,
+}
+
+struct Prepared {
+    keys: Vec<Vec<String>>,
+    key_ids: HashMap<String, usize>,
+    changes: Vec<Versioned>,
+    truncate: Option<Version>,
+    /// Rows with columns on both sides of a TRUNCATE: they get a delete at
+    /// the truncate's version before the batch's changes.
+    truncate_rows: Vec<usize>,
+    dispositions: Vec<Option<Disposition>>,
+    versions: Vec<Version>,
+    ops: Vec<Op>,
+}
+
+impl Applier {
+    /// `replica_role`: apply with `session_replication_role = replica` so
+    /// triggers and FK checks do not fire on replicated rows (needs a
+    /// superuser; see [`Applier::detect_replica_role`]).
+    pub fn new(pool: PgPool, replica_role: bool) -> Applier {
+        Applier {
+            pool,
+            replica_role,
+            shapes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn detect_replica_role(pool: &PgPool) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn shape(&self, table: &TableName) -> Result<Arc<TableShape>, ShapeError> {
+        if let Some(s) = self.shapes.read().await.get(table) {
+            return Ok(s.clone());
+        }
+        let shape = Arc::new(TableShape::load(&self.pool, table).await?);
+        self.shapes
+            .write()
+            .await
+            .insert(table.clone(), shape.clone());
+        Ok(shape)
+    }
+
+    /// Forgets a cached shape (after a schema change or a failure that may
+    /// come from one).
+    pub async fn forget_shape(&self, table: &TableName) {
+        self.shapes.write().await.remove(table);
+    }
+
+    /// Applies `batch` (records of `table` only) in one transaction.
+    /// `archive_ref` goes into the SUCCESS row of `data_sync_logs`.
+    pub async fn apply_batch(
+        &self,
+        table: &TableName,
+        batch: &[Incoming<'_>],
+        archive_ref: &str,
+    ) -> Result<BatchReport, ApplyError> {
+        let shape = self.shape(table).await?;
+        let db = |source| ApplyError::Db {
+            table: table.clone(),
+            source,
+        };
+        let mut prepared = prepare(&shape, batch);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if self.replica_role {
+            sqlx::query("set local session_replication_role = replica")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let report = apply_in_tx(&mut tx, &shape, &mut prepared, archive_ref)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(report)
+    }
+}
+
+/// Maps records to changes on key ids and column positions; rejects what
+/// cannot apply to this shape.
+fn prepare(shape: &TableShape, batch: &[Incoming<'_>]) -> Prepared {
+    let mut p = Prepared {
+        keys: Vec::new(),
+        key_ids: HashMap::new(),
+        changes: Vec::new(),
+        truncate: None,
+        truncate_rows: Vec::new(),
+        dispositions: vec![None; batch.len()],
+        versions: Vec::with_capacity(batch.len()),
+        ops: Vec::with_capacity(batch.len()),
+    };
+    for (index, inc) in batch.iter().enumerate() {
+        let r = inc.record;
+        let version = r.version(inc.fallback_seq);
+        p.versions.push(version);
+        p.ops.push(r.op);
+        match to_change(shape, r, &mut p.keys, &mut p.key_ids) {
+            Ok(Some(change)) => p.changes.push(Versioned {
+                version,
+                index,
+                change,
+            }),
+            Ok(None) => {
+                // TRUNCATE
+                p.truncate = p.truncate.max(Some(version));
+                p.dispositions[index] = Some(Disposition::Applied);
+            }
+            Err(reason) => p.dispositions[index] = Some(Disposition::Rejected(reason)),
+        }
+    }
+    p
+}
+
+fn intern(
+    keys: &mut Vec<Vec<String>>,
+    ids: &mut HashMap<String, usize>,
+    key: Vec<String>,
+) -> usize {
+    let text = key_text(&key);
+    *ids.entry(text).or_insert_with(|| {
+        keys.push(key);
+        keys.len() - 1
+    })
+}
+
+fn to_change(
+    shape: &TableShape,
+    r: &Record,
+    keys: &mut Vec<Vec<String>>,
+    ids: &mut HashMap<String, usize>,
+) -> Result<Option<Change>, String> {
+    let n = shape.columns.len();
+    let values_of =
+        |cols: &crate::record::Columns, field: &str| -> Result<Vec<Option<Val>>, String> {
+            let mut values = vec![None; n];
+            for (name, value) in cols {
+                match shape.by_name.get(name) {
+                    Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
+                    None if shape.generated.contains(name) => {}
+                    None => {
+                        return Err(format!(
+                            "{field} names column {name:?}, which table {} does not have",
+                            shape.name
+                        ))
+                    }
+                }
+            }
+            Ok(values)
+        };
+    let key_of = |values: &[Option<Val>], field: &str| -> Result<Vec<String>, String> {
+        shape
+            .key
+            .iter()
+            .map(|&c| match &values[c] {
+                Some(Val::Known(Some(t))) => Ok(t.clone()),
+                Some(_) => Err(format!(
+                    "{field}: key column {:?} is null",
+                    shape.columns[c].name
+                )),
+                None => Err(format!(
+                    "{field} lacks key column {:?}",
+                    shape.columns[c].name
+                )),
+            })
+            .collect()
+    };
+    match r.op {
+        Op::Truncate => Ok(None),
+        Op::Insert => {
+            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let key = key_of(&values, "data")?;
+            // An INSERT is a whole row: columns it leaves out are NULL.
+            for v in &mut values {
+                v.get_or_insert(Val::Known(None));
+            }
+            Ok(Some(Change::Image {
+                key: intern(keys, ids, key),
+                values,
+                from: None,
+            }))
+        }
+        Op::Update => {
+            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let old = match &r.old_keys {
+                Some(old) if !old.is_empty() => {
+                    Some(key_of(&values_of(old, "old_keys")?, "old_keys")?)
+                }
+                _ => None,
+            };
+            // Key columns absent from data keep their old values.
+            if let Some(old) = &old {
+                for (i, &c) in shape.key.iter().enumerate() {
+                    values[c].get_or_insert_with(|| Val::Known(Some(old[i].clone())));
+                }
+            }
+            let key = key_of(&values, "data")?;
+            let from = match old {
+                Some(old) if old != key => Some(intern(keys, ids, old)),
+                _ => None,
+            };
+            Ok(Some(Change::Image {
+                key: intern(keys, ids, key),
+                values,
+                from,
+            }))
+        }
+        Op::Delete => {
+            let (cols, field) = match &r.old_keys {
+                Some(old) if !old.is_empty() => (old, "old_keys"),
+                _ => (r.data.as_ref().expect("validated"), "data"),
+            };
+            let key = key_of(&values_of(cols, field)?, field)?;
+            Ok(Some(Change::Delete {
+                key: intern(keys, ids, key),
+            }))
+        }
+    }
+}
+
+type Tx<'c> = Transaction<'c, Postgres>;
+
+/// Stored state of one row as read under lock.
+struct Stored {
+    state: String,
+    version: Version,
+    floor: Option<Version>,
+    col_versions: Option<serde_json::Value>,
+    parked: Option<serde_json::Value>,
+    target_exists: bool,
+}
+
+async fn apply_in_tx(
+    tx: &mut Tx<'_>,
+    shape: &TableShape,
+    p: &mut Prepared,
+    archive_ref: &str,
+) -> Result<BatchReport, sqlx::Error> {
+    let table_name = shape.name.to_string();
+    // The table's row in table_state: KEY SHARE for ordinary batches (they
+    // run side by side), UPDATE for a TRUNCATE (it waits for them and holds
+    // new ones off until it commits).
+    sqlx::query(
+        "insert into syncdata.table_state (table_name) values ($1) on conflict (table_name) do nothing",
+    )
+    .bind(&table_name)
+    .execute(&mut **tx)
+    .await?;
+    let lock = if p.truncate.is_some() {
+        "for update"
+    } else {
+        "for key share"
+    };
+    let (table_id, t_lsn, t_seq): (i32, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "select id, truncate_lsn, truncate_seq from syncdata.table_state where table_name = $1 {lock}"
+    )))
+    .bind(&table_name)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut floor = Version::from_db(t_lsn, t_seq);
+
+    if let Some(vt) = p.truncate.filter(|&vt| vt > floor) {
+        truncate_barrier(tx, shape, table_id, vt, p).await?;
+        floor = vt;
+    }
+
+    // Changes at or below the table's floor are dead.
+    let mut live_changes = Vec::with_capacity(p.changes.len());
+    for c in p.changes.drain(..) {
+        if c.version <= floor {
+            p.dispositions[c.index] = Some(Disposition::Superseded);
+        } else {
+            live_changes.push(c);
+        }
+    }
+
+    let mut report = BatchReport::default();
+    let n = shape.columns.len();
+    let key_count = p.keys.len();
+    let mut initial: Vec<RowState> = Vec::with_capacity(key_count);
+    let mut exists = vec![false; key_count];
+    if key_count > 0 {
+        let stored = lock_and_read(tx, shape, table_id, &p.keys).await?;
+        for (id, s) in stored.into_iter().enumerate() {
+            exists[id] = s.as_ref().is_some_and(|s| s.target_exists);
+            initial.push(initial_state(shape, id, s));
+        }
+    }
+    let mut states = initial.clone();
+    for &k in &p.truncate_rows {
+        states[k].apply_delete(floor);
+    }
+    let outcomes = merge::merge(&mut states, live_changes.clone());
+    for c in &live_changes {
+        let outcome = outcomes[&c.index];
+        p.dispositions[c.index] = Some(match outcome {
+            Outcome::Applied => Disposition::Applied,
+            Outcome::Superseded => Disposition::Superseded,
+        });
+        if outcome == Outcome::Applied {
+            if let Change::Delete { key } = c.change {
+                if !exists[key] && initial[key].cells.iter().all(Option::is_none) {
+                    report.deletes_of_missing += 1;
+                }
+            }
+        }
+    }
+
+    // Which rows need values from the target table that are not in hand.
+    let mut need: HashSet<usize> = HashSet::new();
+    for (id, st) in states.iter().enumerate() {
+        if st == &initial[id] {
+            continue;
+        }
+        let full_write = st.is_parked()
+            || (st.is_live() && !st.cells.iter().flatten().any(|c| c.val == Val::InDb(id)));
+        for cell in st.cells.iter().flatten() {
+            if let Val::InDb(k) = cell.val {
+                if k != id || full_write {
+                    need.insert(k);
+                }
+            }
+        }
+    }
+    let fetched = if need.is_empty() {
+        HashMap::new()
+    } else {
+        read_rows(tx, shape, &p.keys, &need).await?
+    };
+    let resolve_cell = |c: usize, val: &Val| -> Option<String> {
+        match val {
+            Val::Known(v) => v.clone(),
+            Val::InDb(k) => fetched.get(k).and_then(|row| row[c].clone()),
+        }
+    };
+
+    let mut upserts: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
+    let mut partial_keys: Vec<Vec<String>> = vec![Vec::new(); shape.key.len()];
+    let mut partial_vals: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
+    let mut partial_mask: Vec<Vec<bool>> = vec![Vec::new(); n];
+    let mut deletes: Vec<Vec<String>> = vec![Vec::new(); shape.key.len()];
+    let mut book = Bookkeeping::default();
+    let mut book_removals: Vec<String> = Vec::new();
+
+    for (id, st) in states.iter().enumerate() {
+        let key = &p.keys[id];
+        let ktext = key_text(key);
+        if st == &initial[id] {
+            // Untouched: a placeholder made for it must not outlive us.
+            if initial[id].cells.iter().all(Option::is_none) && initial[id].floor.is_none() {
+                book_removals.push(ktext);
+            }
+            continue;
+        }
+        if st.is_live() {
+            let own = st.cells.iter().flatten().any(|c| c.val == Val::InDb(id));
+            if own && exists[id] {
+                for (i, k) in key.iter().enumerate() {
+                    partial_keys[i].push(k.clone());
+                }
+                for (c, cell) in st.cells.iter().enumerate() {
+                    let cell = cell.as_ref().expect("live");
+                    let write = cell.val != Val::InDb(id);
+                    partial_mask[c].push(write);
+                    partial_vals[c].push(if write {
+                        resolve_cell(c, &cell.val)
+                    } else {
+                        None
+                    });
+                }
+                report.updated += 1;
+            } else {
+                for (c, cell) in st.cells.iter().enumerate() {
+                    upserts[c].push(resolve_cell(c, &cell.as_ref().expect("live").val));
+                }
+                if exists[id] {
+                    report.updated += 1;
+                } else {
+                    report.inserted += 1;
+                }
+            }
+        } else if exists[id] {
+            for (i, k) in key.iter().enumerate() {
+                deletes[i].push(k.clone());
+            }
+            report.deleted += 1;
+        }
+        if st.is_parked() {
+            report.parked += 1;
+        }
+        book.push(shape, ktext, st, &resolve_cell, &mut book_removals);
+    }
+
+    if !deletes[0].is_empty() {
+        let (params, aliases) = shape.key_params(1);
+        let sql = format!(
+            "delete from {} t using unnest({params}) as u({aliases}) where {}",
+            shape.name.quoted(),
+            shape.key_join("t", "u")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for col in deletes {
+            q = q.bind(col);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    if !upserts[0].is_empty() {
+        let cols: Vec<String> = (0..n).map(|c| shape.quoted_column(c)).collect();
+        let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
+        let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+        let casts: Vec<String> = (0..n).map(|c| shape.cast(c, &format!("u.c{c}"))).collect();
+        let key_cols: Vec<String> = shape.key.iter().map(|&c| shape.quoted_column(c)).collect();
+        let sets: Vec<String> = (0..n)
+            .filter(|&c| !shape.is_key(c))
+            .map(|c| format!("{0} = excluded.{0}", shape.quoted_column(c)))
+            .collect();
+        let conflict = if sets.is_empty() {
+            "do nothing".to_owned()
+        } else {
+            format!("do update set {}", sets.join(", "))
+        };
+        let sql = format!(
+            "insert into {} ({}) overriding system value select {} from unnest({}) as u({}) on conflict ({}) {conflict}",
+            shape.name.quoted(),
+            cols.join(", "),
+            casts.join(", "),
+            params.join(", "),
+            aliases.join(", "),
+            key_cols.join(", "),
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for col in upserts {
+            q = q.bind(col);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    if !partial_keys[0].is_empty() {
+        let written: Vec<usize> = (0..n)
+            .filter(|&c| !shape.is_key(c) && partial_mask[c].iter().any(|&m| m))
+            .collect();
+        if !written.is_empty() {
+            let nk = shape.key.len();
+            let (kparams, kaliases) = shape.key_params(1);
+            let mut params = vec![kparams];
+            let mut aliases = vec![kaliases];
+            let mut sets = Vec::new();
+            for (j, &c) in written.iter().enumerate() {
+                params.push(format!(
+                    "${}::text[], ${}::bool[]",
+                    nk + 2 * j + 1,
+                    nk + 2 * j + 2
+                ));
+                aliases.push(format!("v{j}, m{j}"));
+                let col = shape.quoted_column(c);
+                sets.push(format!(
+                    "{col} = case when u.m{j} then {} else t.{col} end",
+                    shape.cast(c, &format!("u.v{j}"))
+                ));
+            }
+            let sql = format!(
+                "update {} t set {} from unnest({}) as u({}) where {}",
+                shape.name.quoted(),
+                sets.join(", "),
+                params.join(", "),
+                aliases.join(", "),
+                shape.key_join("t", "u"),
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for col in partial_keys {
+                q = q.bind(col);
+            }
+            for &c in &written {
+                q = q
+                    .bind(std::mem::take(&mut partial_vals[c]))
+                    .bind(std::mem::take(&mut partial_mask[c]));
+            }
+            q.execute(&mut **tx).await?;
+        }
+    }
+    book.write(tx, table_id).await?;
+    if !book_removals.is_empty() {
+        sqlx::query("delete from syncdata.row_state where table_id = $1 and key = any($2)")
+            .bind(table_id)
+            .bind(&book_removals)
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    let applied = p
+        .dispositions
+        .iter()
+        .filter(|d| matches!(d, Some(Disposition::Applied)))
+        .count();
+    report.max_version = p.versions.iter().copied().max();
+    let first = p.versions.iter().copied().min();
+    let archive_ref = match (first, report.max_version) {
+        (Some(a), Some(b)) if archive_ref.is_empty() => format!("{}..{}", a.lsn, b.lsn),
+        _ => archive_ref.to_owned(),
+    };
+    sqlx::query(
+        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref) values ($1, 'SUCCESS', $2, $3)",
+    )
+    .bind(&table_name)
+    .bind(applied as i32)
+    .bind(&archive_ref)
+    .execute(&mut **tx)
+    .await?;
+
+    report.dispositions = p
+        .dispositions
+        .drain(..)
+        .map(|d| d.expect("every record has a disposition"))
+        .collect();
+    Ok(report)
+}
+
+/// A TRUNCATE at `vt`: every row loses what is at or below it, as if each
+/// row were deleted at `vt`. Rows wholly older go at once; rows with some
+/// newer columns are added to the batch with a delete at `vt`.
+async fn truncate_barrier(
+    tx: &mut Tx<'_>,
+    shape: &TableShape,
+    table_id: i32,
+    vt: Version,
+    p: &mut Prepared,
+) -> Result<(), sqlx::Error> {
+    let (lsn, seq) = vt.to_db();
+    let key_match: String = shape
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            format!(
+                "t.{} = {}",
+                shape.quoted_column(c),
+                shape.key_from_text(i, "s.key")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    sqlx::query(AssertSqlSafe(format!(
+        "delete from {} t where not exists (select 1 from syncdata.row_state s \
+         where s.table_id = $1 and s.state = 'L' and (s.lsn, s.seq) > ($2, $3) and {key_match})",
+        shape.name.quoted()
+    )))
+    .bind(table_id)
+    .bind(lsn)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("delete from syncdata.row_state where table_id = $1 and (lsn, seq) <= ($2, $3)")
+        .bind(table_id)
+        .bind(lsn)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    let mixed: Vec<(String,)> = sqlx::query_as(
+        "select key from syncdata.row_state where table_id = $1 and col_versions is not null",
+    )
+    .bind(table_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (text,) in mixed {
+        let parts = if shape.key.len() == 1 {
+            vec![text]
+        } else {
+            serde_json::from_str(&text).unwrap_or_default()
+        };
+        let id = intern(&mut p.keys, &mut p.key_ids, parts);
+        p.truncate_rows.push(id);
+    }
+    sqlx::query(
+        "update syncdata.table_state set truncate_lsn = $2, truncate_seq = $3 where id = $1",
+    )
+    .bind(table_id)
+    .bind(lsn)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ensures a bookkeeping row per key, locks them in key order and reads
+/// them with whether the target row exists. Returns one entry per key id.
+async fn lock_and_read(
+    tx: &mut Tx<'_>,
+    shape: &TableShape,
+    table_id: i32,
+    keys: &[Vec<String>],
+) -> Result<Vec<Option<Stored>>, sqlx::Error> {
+    let texts: Vec<String> = keys.iter().map(|k| key_text(k)).collect();
+    let mut sorted = texts.clone();
+    sorted.sort();
+    sqlx::query(
+        "insert into syncdata.row_state (table_id, key, state, lsn, seq) \
+         select $1, k, 'N', 0, 0 from unnest($2::text[]) as k order by k collate \"C\" \
+         on conflict do nothing",
+    )
+    .bind(table_id)
+    .bind(&sorted)
+    .execute(&mut **tx)
+    .await?;
+    let (kparams, kaliases) = shape.key_params(3);
+    let sql = format!(
+        "select u.i, s.state::text, s.lsn, s.seq, s.floor_lsn, s.floor_seq, s.col_versions, s.parked, \
+                (t.ctid is not null) \
+         from unnest($2::text[], {kparams}) with ordinality as u(key, {kaliases}, i) \
+         join syncdata.row_state s on s.table_id = $1 and s.key = u.key \
+         left join {} t on {} \
+         order by s.key collate \"C\" \
+         for update of s",
+        shape.name.quoted(),
+        shape.key_join("t", "u")
+    );
+    let mut q = sqlx::query_as::<
+        _,
+        (
+            i64,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<serde_json::Value>,
+            Option<serde_json::Value>,
+            bool,
+        ),
+    >(AssertSqlSafe(sql))
+    .bind(table_id)
+    .bind(&texts);
+    for i in 0..shape.key.len() {
+        q = q.bind(keys.iter().map(|k| k[i].clone()).collect::<Vec<_>>());
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    let mut out: Vec<Option<Stored>> = (0..keys.len()).map(|_| None).collect();
+    for (i, state, lsn, seq, fl, fs, cv, parked, target_exists) in rows {
+        out[(i - 1) as usize] = Some(Stored {
+            state,
+            version: Version::from_db(lsn, seq),
+            floor: fl.zip(fs).map(|(l, s)| Version::from_db(l, s)),
+            col_versions: cv,
+            parked,
+            target_exists,
+        });
+    }
+    Ok(out)
+}
+
+fn version_of_json(v: &serde_json::Value) -> Option<Version> {
+    let a = v.as_array()?;
+    Some(Version::from_db(a.first()?.as_i64()?, a.get(1)?.as_i64()?))
+}
+
+fn initial_state(shape: &TableShape, id: usize, stored: Option<Stored>) -> RowState {
+    let n = shape.columns.len();
+    let mut st = RowState::empty(n);
+    let Some(s) = stored else { return st };
+    let col_version = |c: usize| {
+        s.col_versions
+            .as_ref()
+            .and_then(|m| m.get(&shape.columns[c].name))
+            .and_then(version_of_json)
+            .unwrap_or(s.version)
+    };
+    match s.state.as_str() {
+        // A row present locally without bookkeeping (loaded before syncing
+        // began): known, at the lowest version.
+        "N" if s.target_exists => {
+            for cell in &mut st.cells {
+                *cell = Some(Cell {
+                    val: Val::InDb(id),
+                    version: Version::ZERO,
+                });
+            }
+        }
+        "L" if s.target_exists => {
+            for (c, cell) in st.cells.iter_mut().enumerate() {
+                *cell = Some(Cell {
+                    val: Val::InDb(id),
+                    version: col_version(c),
+                });
+            }
+            st.floor = s.floor;
+        }
+        "L" => {
+            tracing::warn!(table = %shape.name, "a synced row was removed from the target by hand; it returns with its next full image (or run resync)");
+            st.floor = s.floor;
+        }
+        "P" => {
+            if let Some(serde_json::Value::Object(values)) = &s.parked {
+                for (name, v) in values {
+                    if let Some(&c) = shape.by_name.get(name) {
+                        st.cells[c] = Some(Cell {
+                            val: Val::Known(v.as_str().map(str::to_owned)),
+                            version: col_version(c),
+                        });
+                    }
+                }
+            }
+            st.floor = s.floor;
+        }
+        "D" => st.floor = Some(s.floor.unwrap_or(s.version)),
+        _ => {}
+    }
+    st
+}
+
+/// Reads the current text of every column of the target rows of `ids`.
+async fn read_rows(
+    tx: &mut Tx<'_>,
+    shape: &TableShape,
+    keys: &[Vec<String>],
+    ids: &HashSet<usize>,
+) -> Result<HashMap<usize, Vec<Option<String>>>, sqlx::Error> {
+    let ids: Vec<usize> = ids.iter().copied().collect();
+    let (kparams, kaliases) = shape.key_params(1);
+    let cols: Vec<String> = (0..shape.columns.len())
+        .map(|c| format!("t.{}::text", shape.quoted_column(c)))
+        .collect();
+    let sql = format!(
+        "select u.i, array[{}] from unnest({kparams}) with ordinality as u({kaliases}, i) join {} t on {}",
+        cols.join(", "),
+        shape.name.quoted(),
+        shape.key_join("t", "u")
+    );
+    let mut q = sqlx::query_as::<_, (i64, Vec<Option<String>>)>(AssertSqlSafe(sql));
+    for i in 0..shape.key.len() {
+        q = q.bind(
+            ids.iter()
+                .map(|&id| keys[id][i].clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(i, vals)| (ids[(i - 1) as usize], vals))
+        .collect())
+}
+
+#[derive(Default)]
+struct Bookkeeping {
+    keys: Vec<String>,
+    states: Vec<String>,
+    lsns: Vec<i64>,
+    seqs: Vec<i64>,
+    floor_lsns: Vec<Option<i64>>,
+    floor_seqs: Vec<Option<i64>>,
+    col_versions: Vec<Option<String>>,
+    parked: Vec<Option<String>>,
+}
+
+impl Bookkeeping {
+    fn push(
+        &mut self,
+        shape: &TableShape,
+        key: String,
+        st: &RowState,
+        resolve: &dyn Fn(usize, &Val) -> Option<String>,
+        removals: &mut Vec<String>,
+    ) {
+        let Some(version) = st.version() else {
+            removals.push(key);
+            return;
+        };
+        let state = if st.is_live() {
+            "L"
+        } else if st.is_parked() {
+            "P"
+        } else {
+            "D"
+        };
+        let mut cv = BTreeMap::new();
+        let mut parked = BTreeMap::new();
+        for (c, cell) in st.cells.iter().enumerate() {
+            if let Some(cell) = cell {
+                if cell.version != version {
+                    let (l, s) = cell.version.to_db();
+                    cv.insert(shape.columns[c].name.clone(), serde_json::json!([l, s]));
+                }
+                if state == "P" {
+                    parked.insert(
+                        shape.columns[c].name.clone(),
+                        serde_json::json!(resolve(c, &cell.val)),
+                    );
+                }
+            }
+        }
+        let (l, s) = version.to_db();
+        let floor = st.floor.map(Version::to_db);
+        self.keys.push(key);
+        self.states.push(state.to_owned());
+        self.lsns.push(l);
+        self.seqs.push(s);
+        self.floor_lsns.push(floor.map(|f| f.0));
+        self.floor_seqs.push(floor.map(|f| f.1));
+        self.col_versions.push(
+            (!cv.is_empty())
+                .then(|| serde_json::Value::Object(cv.into_iter().collect()).to_string()),
+        );
+        self.parked.push(
+            (state == "P")
+                .then(|| serde_json::Value::Object(parked.into_iter().collect()).to_string()),
+        );
+    }
+
+    async fn write(self, tx: &mut Tx<'_>, table_id: i32) -> Result<(), sqlx::Error> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "update syncdata.row_state s set state = u.state::\"char\", lsn = u.lsn, seq = u.seq, \
+                    floor_lsn = u.fl, floor_seq = u.fs, col_versions = u.cv::jsonb, parked = u.pk::jsonb \
+             from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
+                  as u(key, state, lsn, seq, fl, fs, cv, pk) \
+             where s.table_id = $1 and s.key = u.key",
+        )
+        .bind(table_id)
+        .bind(self.keys)
+        .bind(self.states)
+        .bind(self.lsns)
+        .bind(self.seqs)
+        .bind(self.floor_lsns)
+        .bind(self.floor_seqs)
+        .bind(self.col_versions)
+        .bind(self.parked)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}

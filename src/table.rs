@@ -1,0 +1,185 @@
+//! Table names: parsed from what a user types (`users`, `sales.orders`,
+//! `"Odd.Name"`), shown in one canonical form (the form stored in
+//! `tables_to_sync`), and quoted for SQL. Every identifier that reaches SQL
+//! goes through [`quote_ident`].
+
+use std::fmt;
+
+use crate::record::MAX_IDENTIFIER_BYTES;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid table name {input:?}: {reason}")]
+pub struct TableNameError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+/// `"name"` with inner quotes doubled: always safe as an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn needs_quotes(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    !(first_ok && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+}
+
+fn show_ident(name: &str) -> String {
+    if needs_quotes(name) {
+        quote_ident(name)
+    } else {
+        name.to_owned()
+    }
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> TableName {
+        TableName {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+
+    /// Parses `table` or `schema.table`; unquoted parts fold to lower case
+    /// as in SQL, double-quoted parts keep their case and may hold anything
+    /// but NUL.
+    pub fn parse(input: &str) -> Result<TableName, TableNameError> {
+        let err = |reason| TableNameError {
+            input: input.chars().take(100).collect(),
+            reason,
+        };
+        let mut parts = Vec::new();
+        let mut chars = input.trim().chars().peekable();
+        loop {
+            let mut part = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        None => return Err(err("unterminated quote")),
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => part.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    if c == '"' || c.is_whitespace() {
+                        return Err(err("quote names with spaces or quotes: \"My Table\""));
+                    }
+                    part.extend(c.to_lowercase());
+                    chars.next();
+                }
+            }
+            if part.is_empty() {
+                return Err(err("empty name"));
+            }
+            if part.len() > MAX_IDENTIFIER_BYTES {
+                return Err(err("longer than PostgreSQL's 63-byte identifier limit"));
+            }
+            if part.contains('\0') {
+                return Err(err("NUL byte"));
+            }
+            parts.push(part);
+            match chars.next() {
+                None => break,
+                Some('.') => continue,
+                Some(_) => return Err(err("unexpected text after a quoted name")),
+            }
+        }
+        match parts.len() {
+            1 => Ok(TableName::new("public", parts.pop().unwrap())),
+            2 => {
+                let table = parts.pop().unwrap();
+                Ok(TableName::new(parts.pop().unwrap(), table))
+            }
+            _ => Err(err("expected table or schema.table")),
+        }
+    }
+
+    /// `"schema"."table"` for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+/// Canonical form: `users` for public tables, `sales.orders` otherwise,
+/// quoting parts that need it. `parse(display(x)) == x`.
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schema == "public" {
+            f.write_str(&show_ident(&self.table))
+        } else {
+            write!(
+                f,
+                "{}.{}",
+                show_ident(&self.schema),
+                show_ident(&self.table)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_user_forms() {
+        assert_eq!(
+            TableName::parse("users").unwrap(),
+            TableName::new("public", "users")
+        );
+        assert_eq!(
+            TableName::parse("Users").unwrap(),
+            TableName::new("public", "users")
+        );
+        assert_eq!(
+            TableName::parse("sales.Orders").unwrap(),
+            TableName::new("sales", "orders")
+        );
+        assert_eq!(
+            TableName::parse(r#""My ""Odd"".T""#).unwrap(),
+            TableName::new("public", r#"My "Odd".T"#)
+        );
+        assert_eq!(
+            TableName::parse(r#""a.b"."c""#).unwrap(),
+            TableName::new("a.b", "c")
+        );
+        for bad in ["", "a.b.c", "a b", "\"open", "a.", &"x".repeat(64)] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quoting_neutralises_hostile_names() {
+        let t = TableName::new("public", "users\"; drop table x; --");
+        assert_eq!(t.quoted(), r#""public"."users""; drop table x; --""#);
+        assert_eq!(t.to_string(), r#""users""; drop table x; --""#);
+    }
+
+    proptest! {
+        #[test]
+        fn display_parses_back(schema in "[^\u{0}]{1,20}", table in "[^\u{0}]{1,20}") {
+            prop_assume!(schema.len() <= 63 && table.len() <= 63);
+            let t = TableName::new(schema, table);
+            prop_assert_eq!(TableName::parse(&t.to_string()).unwrap(), t);
+        }
+    }
+}
