@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod failure;
 pub mod nats;
 pub mod record;
 pub mod store;

@@ -1,1 +1,105 @@
-fn main() {}
+//! The `syncdata` CLI.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use syncdata_consumer::{cmd, daemon};
+use syncdata_core::config::{Config, CONFIG_ENV};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "syncdata",
+    version,
+    about = "Keep chosen tables of a local PostgreSQL in step with production"
+)]
+struct Cli {
+    /// Configuration file (default: the DATA_SYNC_CONFIG environment variable).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add tables to the whitelist (each must exist locally with a primary key).
+    AddTables {
+        #[arg(required = true)]
+        tables: Vec<String>,
+    },
+    /// List the whitelisted tables.
+    ListTables {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove tables from the whitelist (local rows stay).
+    RemoveTables {
+        #[arg(required = true)]
+        tables: Vec<String>,
+    },
+    /// Run the sync daemon in the foreground (SIGINT/SIGTERM stop it gracefully).
+    Start,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn shutdown_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: finishing in-flight batches");
+        token.cancel();
+    });
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => Config::load_from(path, |k| std::env::var(k).ok())?,
+        None => Config::load()?,
+    };
+    match cli.command {
+        Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
+        Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
+        Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
+        Command::Start => {
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            daemon::run(config, token).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(e) = main_inner(cli).await {
+        eprintln!("error: {e:#}");
+        if std::env::var_os(CONFIG_ENV).is_none() {
+            eprintln!("hint: set {CONFIG_ENV} or pass --config");
+        }
+        std::process::exit(1);
+    }
+}

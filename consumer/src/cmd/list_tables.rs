@@ -1,0 +1,24 @@
+//! `syncdata list-tables [--json]`.
+
+use syncdata_core::config::Config;
+use syncdata_core::store;
+
+pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+    let pool = store::connect(config).await?;
+    let rows = store::list_tables(&pool).await?;
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(t, c, at)| serde_json::json!({"table": t, "creator": c, "created_at": at}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if rows.is_empty() {
+        println!("{}", crate::daemon::NO_TABLES);
+    } else {
+        println!("synced tables ({}):", rows.len());
+        for (t, _, _) in rows {
+            println!("  - {t}");
+        }
+    }
+    Ok(())
+}

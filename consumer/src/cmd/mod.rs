@@ -1,0 +1,5 @@
+//! The `syncdata` commands, one file each.
+
+pub mod add_tables;
+pub mod list_tables;
+pub mod remove_tables;

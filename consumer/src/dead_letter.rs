@@ -1,0 +1,76 @@
+//! Dead letters: a record that failed permanently `max_attempts` times is
+//! published to the DLQ stream with why it failed and where it came from,
+//! recorded as FAILED in `data_sync_logs`, and only then acked, so it is
+//! never lost and never blocks its table.
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use sqlx::PgPool;
+use syncdata_core::store;
+use syncdata_core::subject::table_subject;
+use syncdata_core::table::TableName;
+
+pub const H_ERROR: &str = "Syncdata-Error";
+pub const H_SQLSTATE: &str = "Syncdata-Sqlstate";
+pub const H_ATTEMPTS: &str = "Syncdata-Attempts";
+pub const H_SUBJECT: &str = "Syncdata-Original-Subject";
+pub const H_SEQUENCE: &str = "Syncdata-Original-Sequence";
+pub const H_TABLE: &str = "Syncdata-Table";
+
+pub struct DeadLetter<'a> {
+    pub table: &'a TableName,
+    pub payload: bytes::Bytes,
+    pub error: String,
+    pub sqlstate: Option<String>,
+    pub attempts: u64,
+    pub subject: String,
+    pub sequence: u64,
+}
+
+/// Header values must be one line.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(2000)
+        .collect()
+}
+
+pub async fn publish(
+    js: &jetstream::Context,
+    pool: &PgPool,
+    dlq_prefix: &str,
+    dl: DeadLetter<'_>,
+) -> anyhow::Result<()> {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_ERROR, header_safe(&dl.error).as_str());
+    if let Some(code) = &dl.sqlstate {
+        headers.insert(H_SQLSTATE, code.as_str());
+    }
+    headers.insert(H_ATTEMPTS, dl.attempts.to_string().as_str());
+    headers.insert(H_SUBJECT, dl.subject.as_str());
+    headers.insert(H_SEQUENCE, dl.sequence.to_string().as_str());
+    headers.insert(H_TABLE, header_safe(&dl.table.to_string()).as_str());
+    // The original stream sequence identifies the dead letter: a crash
+    // between this publish and the ack cannot file it twice.
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("dlq:{}:{}", dl.subject, dl.sequence).as_str(),
+    );
+    let subject = table_subject(dlq_prefix, &dl.table.schema, &dl.table.table);
+    js.publish_with_headers(subject, headers, dl.payload)
+        .await?
+        .await?;
+    let detail = match &dl.sqlstate {
+        Some(code) => format!(
+            "{} (SQLSTATE {code}; stream sequence {}; after {} attempts)",
+            dl.error, dl.sequence, dl.attempts
+        ),
+        None => format!(
+            "{} (stream sequence {}; after {} attempts)",
+            dl.error, dl.sequence, dl.attempts
+        ),
+    };
+    store::log_failure(pool, dl.table, &format!("seq {}", dl.sequence), &detail).await?;
+    metrics::counter!("syncdata_dead_lettered_total", "table" => dl.table.to_string()).increment(1);
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! One table's worker: pulls a batch from the table's durable consumer,
+//! applies it in one transaction, then acks each message explicitly.
+//!
+//! Invariant: a message is acked only after the transaction holding its
+//! effect committed (or after it was dead-lettered). A crash anywhere before
+//! that means redelivery, which the version guard makes harmless. A
+//! permanent failure is isolated by splitting the batch, so one bad record
+//! never takes good ones with it; a transient failure naks the batch with
+//! backoff and never dead-letters.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Message;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use syncdata_core::apply::{Applier, ApplyError, Disposition, Incoming};
+use syncdata_core::config::Config;
+use syncdata_core::failure::{self, Kind};
+use syncdata_core::record::Record;
+use syncdata_core::table::TableName;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::dead_letter::{self, DeadLetter};
+
+pub struct Ctx {
+    pub config: Config,
+    pub applier: Applier,
+    pub js: jetstream::Context,
+    /// Without replica mode, an FK violation means "parent not here yet".
+    pub fk_transient: bool,
+}
+
+const BASE_BACKOFF: Duration = Duration::from_millis(200);
+
+enum Fate {
+    Ack,
+    Retry,
+    Poison {
+        error: String,
+        sqlstate: Option<String>,
+    },
+}
+
+struct Item {
+    msg: Message,
+    record: Result<Record, String>,
+    stream_seq: u64,
+    delivered: i64,
+}
+
+pub async fn run_table(
+    ctx: Arc<Ctx>,
+    table: TableName,
+    consumer: PullConsumer,
+    token: CancellationToken,
+) {
+    let batch_size = ctx.config.consumer.batch_size;
+    let wait = Duration::from_millis(ctx.config.consumer.fetch_wait_ms);
+    let cap = Duration::from_millis(ctx.config.consumer.max_backoff_ms);
+    let mut failures: u32 = 0;
+    info!(table = %table, "worker started");
+    // Checked once per batch: a batch that was fetched is always applied
+    // and acked (or nakked) before the worker stops.
+    while !token.is_cancelled() {
+        let messages = match consumer
+            .batch()
+            .max_messages(batch_size)
+            .expires(wait)
+            .messages()
+            .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                failures += 1;
+                warn!(table = %table, error = %err, "fetch failed; retrying");
+                sleep_or_cancel(failure::backoff_random(failures, BASE_BACKOFF, cap), &token).await;
+                continue;
+            }
+        };
+        let fetched: Vec<_> = messages.collect().await;
+        let mut msgs = Vec::with_capacity(fetched.len());
+        for m in fetched {
+            match m {
+                Ok(m) => msgs.push(m),
+                Err(err) => debug!(table = %table, error = %err, "fetch ended"),
+            }
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        if process(&ctx, &table, msgs).await {
+            failures += 1;
+            sleep_or_cancel(failure::backoff_random(failures, BASE_BACKOFF, cap), &token).await;
+        } else {
+            failures = 0;
+        }
+    }
+    info!(table = %table, "worker stopped");
+}
+
+async fn sleep_or_cancel(d: Duration, token: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = token.cancelled() => {}
+    }
+}
+
+/// Applies and settles one fetched batch. Returns true when a transient
+/// failure left messages to retry.
+async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
+    let items: Vec<Item> = msgs
+        .into_iter()
+        .map(|msg| {
+            let (stream_seq, delivered) = msg
+                .info()
+                .map(|i| (i.stream_sequence, i.delivered))
+                .unwrap_or((0, 1));
+            let record = Record::parse(&msg.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    if r.schema == table.schema && r.table == table.table {
+                        Ok(r)
+                    } else {
+                        Err(format!(
+                            "record names table {}, but arrived on the subject of {table}",
+                            r.qualified_name()
+                        ))
+                    }
+                });
+            Item {
+                msg,
+                record,
+                stream_seq,
+                delivered,
+            }
+        })
+        .collect();
+
+    let mut fates: Vec<Option<Fate>> = items.iter().map(|_| None).collect();
+    let mut good = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match &item.record {
+            Ok(_) => good.push(i),
+            Err(e) => {
+                fates[i] = Some(Fate::Poison {
+                    error: format!("malformed record: {e}"),
+                    sqlstate: None,
+                })
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut stack = vec![good];
+    while let Some(group) = stack.pop() {
+        if group.is_empty() {
+            continue;
+        }
+        let incoming: Vec<Incoming> = group
+            .iter()
+            .map(|&i| Incoming {
+                record: items[i].record.as_ref().expect("good records only"),
+                fallback_seq: items[i].stream_seq,
+            })
+            .collect();
+        match ctx.applier.apply_batch(table, &incoming, "").await {
+            Ok(report) => {
+                for (&i, d) in group.iter().zip(report.dispositions) {
+                    fates[i] = Some(match d {
+                        Disposition::Applied | Disposition::Superseded => Fate::Ack,
+                        Disposition::Rejected(reason) => Fate::Poison {
+                            error: reason,
+                            sqlstate: None,
+                        },
+                    });
+                }
+                let t = table.to_string();
+                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "insert").increment(report.inserted);
+                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "update").increment(report.updated);
+                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "delete").increment(report.deleted);
+                if report.parked > 0 || report.deletes_of_missing > 0 {
+                    warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
+                          "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
+                }
+            }
+            Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
+                Kind::Transient => {
+                    warn!(table = %table, records = group.len(), error = %err, "transient failure; will retry");
+                    metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
+                    for &i in &group {
+                        fates[i] = Some(Fate::Retry);
+                    }
+                }
+                Kind::Permanent => {
+                    metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
+                    if matches!(err, ApplyError::Db { .. }) {
+                        // A schema change may be the cause; read it afresh.
+                        ctx.applier.forget_shape(table).await;
+                    }
+                    let whole_table = matches!(err, ApplyError::Shape(_));
+                    if group.len() > 1 && !whole_table {
+                        let (a, b) = group.split_at(group.len() / 2);
+                        stack.push(b.to_vec());
+                        stack.push(a.to_vec());
+                    } else {
+                        let sqlstate = err.sqlstate();
+                        for &i in &group {
+                            fates[i] = Some(Fate::Poison {
+                                error: err.to_string(),
+                                sqlstate: sqlstate.clone(),
+                            });
+                        }
+                    }
+                }
+            },
+        }
+    }
+    metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
+        .record(started.elapsed().as_secs_f64());
+
+    settle(ctx, table, items, fates).await
+}
+
+async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Option<Fate>>) -> bool {
+    let cap = Duration::from_millis(ctx.config.consumer.max_backoff_ms);
+    let max_attempts = i64::from(ctx.config.consumer.max_attempts);
+    let mut transient = false;
+    let mut acks = Vec::new();
+    for (item, fate) in items.into_iter().zip(fates) {
+        let delay = failure::backoff_random(item.delivered.max(1) as u32, BASE_BACKOFF, cap);
+        match fate.expect("every message has a fate") {
+            Fate::Ack => acks.push(item.msg),
+            Fate::Retry => {
+                transient = true;
+                nak(&item.msg, delay).await;
+            }
+            Fate::Poison { error, sqlstate } => {
+                warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
+                      error = %error, "record failed permanently");
+                if item.delivered < max_attempts {
+                    nak(&item.msg, delay).await;
+                    continue;
+                }
+                let dl = DeadLetter {
+                    table,
+                    payload: item.msg.payload.clone(),
+                    error,
+                    sqlstate,
+                    attempts: item.delivered as u64,
+                    subject: item.msg.subject.to_string(),
+                    sequence: item.stream_seq,
+                };
+                match dead_letter::publish(
+                    &ctx.js,
+                    ctx.applier.pool(),
+                    &ctx.config.nats.dlq_subject_prefix,
+                    dl,
+                )
+                .await
+                {
+                    Ok(()) => acks.push(item.msg),
+                    Err(err) => {
+                        warn!(table = %table, stream_seq = item.stream_seq, error = %err, "dead-lettering failed; will retry");
+                        transient = true;
+                        nak(&item.msg, delay).await;
+                    }
+                }
+            }
+        }
+    }
+    let results = futures::future::join_all(acks.iter().map(|m| m.ack())).await;
+    for r in results {
+        if let Err(err) = r {
+            // The effect is committed; a lost ack only means a harmless
+            // redelivery.
+            debug!(table = %table, error = %err, "ack failed");
+        }
+    }
+    transient
+}
+
+async fn nak(msg: &Message, delay: Duration) {
+    if let Err(err) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        debug!(error = %err, "nak failed; the message returns after ack_wait");
+    }
+}
