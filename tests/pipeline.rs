@@ -1,0 +1,256 @@
+//! The whole pipeline with real processes: `syncdata-producer` and several
+//! `syncdata start` daemons on a real nats-server and PostgreSQL.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use support::{Proc, TestDb, TestNames};
+use syncdata_core::record::Record;
+use syncdata_core::subject::table_subject;
+use syncdata_core::workload::{self, WorkloadSpec};
+
+async fn demo_db(tag: &str) -> TestDb {
+    let db = support::fresh_database(tag).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(workload::DEMO_DDL.to_owned()))
+        .execute(&db.pool)
+        .await
+        .expect("demo ddl");
+    db
+}
+
+async fn fingerprints(db: &TestDb) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    for t in workload::demo_tables() {
+        out.push(
+            workload::table_fingerprint(&db.pool, "public", t)
+                .await
+                .expect("fingerprint"),
+        );
+    }
+    out
+}
+
+fn syncdata(dir: &Path, config: &Path, args: &[&str]) -> Proc {
+    Proc::spawn("syncdata", args, config, &[("RUST_LOG", "info")], dir)
+}
+
+fn add_tables(dir: &Path, config: &Path) {
+    let mut args = vec!["add-tables"];
+    args.extend(workload::demo_tables());
+    let mut p = syncdata(dir, config, &args);
+    let status = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("add-tables finishes");
+    assert!(status.success(), "add-tables failed:\n{}", p.log());
+}
+
+/// Publishes records straight into the change stream (no producer), with no
+/// message id, so duplicates stay duplicates.
+async fn publish_raw(names: &TestNames, records: &[Record]) {
+    let client = support::nats_connect(&support::nats_url()).await;
+    let js = jetstream::new(client);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}.>", names.subject_prefix)],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let mut acks = Vec::new();
+    for r in records {
+        let subject = table_subject(&names.subject_prefix, &r.schema, &r.table);
+        acks.push(
+            js.publish(subject, r.to_json().into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() >= 1000 {
+            for a in acks.drain(..) {
+                a.await.expect("puback");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("puback");
+    }
+}
+
+/// Waits until the local tables equal the expected ones and every durable
+/// has nothing left to deliver or ack.
+async fn wait_converged(
+    names: &TestNames,
+    local: &TestDb,
+    expected: &[(i64, String)],
+    logs: &[&Proc],
+) {
+    let what = || {
+        logs.iter()
+            .map(|p| {
+                let log = p.log();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let mut last = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let got = fingerprints(local).await;
+        if got == expected && stream_drained(names).await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no convergence: expected {expected:?}\n got {got:?} (was {last:?})\nlogs:\n{}",
+                what()
+            );
+        }
+        last = got;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn stream_drained(names: &TestNames) -> bool {
+    let client = support::nats_connect(&support::nats_url()).await;
+    let js = jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(&names.stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    let stored = info.state.messages;
+    let expected = workload::demo_tables().len();
+    let mut consumers = stream.consumers();
+    let mut seen = 0;
+    use futures::StreamExt;
+    while let Some(c) = consumers.next().await {
+        let Ok(c) = c else { return false };
+        if c.num_pending > 0 || c.num_ack_pending > 0 {
+            return false;
+        }
+        seen += 1;
+    }
+    seen == expected && stored > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_duplicated_history_converges_with_three_consumers() {
+    let history = workload::generate(&WorkloadSpec {
+        seed: 7,
+        changes: 20_000,
+        truncate: true,
+        partial_updates: true,
+        key_changes: true,
+    });
+    let tables: std::collections::BTreeSet<_> = history.iter().map(|r| r.table.clone()).collect();
+    assert!(history.len() >= 20_000 && tables.len() >= 3);
+    let expected_db = demo_db("conv_expected").await;
+    workload::apply_in_order(&expected_db.pool, &history)
+        .await
+        .expect("reference apply");
+    let expected = fingerprints(&expected_db).await;
+    assert!(
+        expected.iter().all(|(n, _)| *n > 0),
+        "non-trivial end state: {expected:?}"
+    );
+
+    let local = demo_db("conv_local").await;
+    let names = TestNames::new("conv");
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &local,
+        &names,
+        &support::nats_url(),
+        dir.path(),
+        "[consumer]\nbatch_size = 500\n",
+    );
+    add_tables(dir.path(), &config);
+
+    let mut published = history.clone();
+    published.extend(history.iter().step_by(10).cloned());
+    published.shuffle(&mut rand::rngs::StdRng::seed_from_u64(11));
+    publish_raw(&names, &published).await;
+
+    let consumers: Vec<Proc> = (0..3)
+        .map(|_| syncdata(dir.path(), &config, &["start"]))
+        .collect();
+    let refs: Vec<&Proc> = consumers.iter().collect();
+    wait_converged(&names, &local, &expected, &refs).await;
+
+    // No record was dead-lettered or failed.
+    let failed: i64 =
+        sqlx::query_scalar("select count(*) from data_sync_logs where status <> 'SUCCESS'")
+            .fetch_one(&local.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0);
+    for c in &consumers {
+        c.sigterm();
+    }
+    for mut c in consumers {
+        let status = c
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("consumer stops on SIGTERM");
+        assert!(status.success(), "graceful stop exits 0:\n{}", c.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_mid_batch_and_restarted_applies_everything_once() {
+    let history = workload::generate(&WorkloadSpec {
+        seed: 3,
+        changes: 12_000,
+        truncate: false,
+        partial_updates: true,
+        key_changes: true,
+    });
+    let expected_db = demo_db("kill_expected").await;
+    workload::apply_in_order(&expected_db.pool, &history)
+        .await
+        .unwrap();
+    let expected = fingerprints(&expected_db).await;
+
+    let local = demo_db("kill_local").await;
+    let names = TestNames::new("ckill");
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &local,
+        &names,
+        &support::nats_url(),
+        dir.path(),
+        "[consumer]\nbatch_size = 200\nack_wait_secs = 2\n",
+    );
+    add_tables(dir.path(), &config);
+    publish_raw(&names, &history).await;
+
+    let mut consumer = syncdata(dir.path(), &config, &["start"]);
+    support::wait_until("some batches applied", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from data_sync_logs")
+            .fetch_one(&local.pool)
+            .await
+            .unwrap_or(0);
+        n >= 5
+    })
+    .await;
+    consumer.sigkill();
+    let applied_before: i64 = sqlx::query_scalar("select count(*) from data_sync_logs")
+        .fetch_one(&local.pool)
+        .await
+        .unwrap();
+    assert!(
+        fingerprints(&local).await != expected,
+        "the kill must land mid-stream (applied {applied_before} batches)"
+    );
+    let restarted = syncdata(dir.path(), &config, &["start"]);
+    wait_converged(&names, &local, &expected, &[&restarted]).await;
+}
