@@ -374,9 +374,7 @@ mod tests {
         line.push_str(&"[".repeat(100_000));
         line.push_str(&"]".repeat(100_000));
         line.push_str("}}");
-        let err = Record::parse(line.as_bytes())
-            .err()
-            .expect("must be rejected");
+        let err = Record::parse(line.as_bytes()).expect_err("must be rejected");
         assert!(err.to_string().contains("nested deeper"), "{err}");
     }
 

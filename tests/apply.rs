@@ -91,6 +91,20 @@ async fn dump_all(db: &support::TestDb) -> Vec<Vec<String>> {
     all
 }
 
+type NullableText = Option<String>;
+
+/// j, ts, n, u as text; arr, b, flag, f as themselves.
+type TypesRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<String>>,
+    Option<Vec<u8>>,
+    Option<bool>,
+    Option<f64>,
+);
+
 fn row(id: i32, name: &str, qty: i32, big: &str) -> String {
     format!("({id},{name},{qty},{big})")
 }
@@ -128,16 +142,7 @@ async fn every_wal2json_change_kind_applies_in_order() {
         dump(&db, "items_full").await,
         [row(20, "beta2", 7, "small")]
     );
-    let types: Vec<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<Vec<String>>,
-        Option<Vec<u8>>,
-        Option<bool>,
-        Option<f64>,
-    )> = sqlx::query_as(
+    let types: Vec<TypesRow> = sqlx::query_as(
         "select j::text, ts::text, n::text, u::text, arr, b, flag, f from types_demo order by id",
     )
     .fetch_all(&db.pool)
@@ -160,7 +165,7 @@ async fn every_wal2json_change_kind_applies_in_order() {
     apply(&applier, &records[19..], 1).await;
     assert!(dump(&db, "items").await.is_empty());
     assert!(dump(&db, "items_full").await.is_empty());
-    let nums: Vec<(i32, Option<String>, Option<String>, Option<String>)> =
+    let nums: Vec<(i32, NullableText, NullableText, NullableText)> =
         sqlx::query_as("select id, n::text, f::text, r::text from nums order by id")
             .fetch_all(&db.pool)
             .await

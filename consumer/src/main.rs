@@ -47,6 +47,38 @@ enum Command {
     },
     /// Run the sync daemon in the foreground (SIGINT/SIGTERM stop it gracefully).
     Start,
+    /// Dead letters: records that failed permanently.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its record.
+    Show { id: u64 },
+    /// Send dead letters back through the version guard (all, one table, or one ID).
+    Replay {
+        #[arg(long)]
+        table: Option<String>,
+        id: Option<u64>,
+    },
+    /// Delete dead letters for good (all, one table, or one ID).
+    Purge {
+        #[arg(long)]
+        table: Option<String>,
+        id: Option<u64>,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -83,6 +115,21 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
         Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
+        Command::Dlq { command } => {
+            use cmd::dlq::{self, Selection};
+            match command {
+                DlqCommand::List { table, json } => {
+                    dlq::list(&config, Selection::from_args(table, None)?, json).await
+                }
+                DlqCommand::Show { id } => dlq::show(&config, id).await,
+                DlqCommand::Replay { table, id } => {
+                    dlq::replay(&config, Selection::from_args(table, id)?).await
+                }
+                DlqCommand::Purge { table, id, yes } => {
+                    dlq::purge(&config, Selection::from_args(table, id)?, yes).await
+                }
+            }
+        }
         Command::Start => {
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());

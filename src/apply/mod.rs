@@ -324,6 +324,17 @@ fn to_change(
 
 type Tx<'c> = Transaction<'c, Postgres>;
 
+/// The key values of `rows`, one vector per key column (for `unnest`).
+fn key_columns<'a>(rows: impl Iterator<Item = &'a Vec<String>>, width: usize) -> Vec<Vec<String>> {
+    let mut columns = vec![Vec::new(); width];
+    for row in rows {
+        for (column, value) in columns.iter_mut().zip(row) {
+            column.push(value.clone());
+        }
+    }
+    columns
+}
+
 /// Stored state of one row as read under lock.
 struct Stored {
     state: String,
@@ -732,8 +743,8 @@ async fn lock_and_read(
     >(AssertSqlSafe(sql))
     .bind(table_id)
     .bind(&texts);
-    for i in 0..shape.key.len() {
-        q = q.bind(keys.iter().map(|k| k[i].clone()).collect::<Vec<_>>());
+    for column in key_columns(keys.iter(), shape.key.len()) {
+        q = q.bind(column);
     }
     let rows = q.fetch_all(&mut **tx).await?;
     let mut out: Vec<Option<Stored>> = (0..keys.len()).map(|_| None).collect();
@@ -828,12 +839,8 @@ async fn read_rows(
         shape.key_join("t", "u")
     );
     let mut q = sqlx::query_as::<_, (i64, Vec<Option<String>>)>(AssertSqlSafe(sql));
-    for i in 0..shape.key.len() {
-        q = q.bind(
-            ids.iter()
-                .map(|&id| keys[id][i].clone())
-                .collect::<Vec<_>>(),
-        );
+    for column in key_columns(ids.iter().map(|&id| &keys[id]), shape.key.len()) {
+        q = q.bind(column);
     }
     let rows = q.fetch_all(&mut **tx).await?;
     Ok(rows

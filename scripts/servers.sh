@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Starts or stops a throwaway PostgreSQL 15 and a JetStream nats-server for the
+# test suite, both on free loopback ports, everything kept under DIR:
+#
+#   scripts/servers.sh start DIR   # then: source DIR/env
+#   scripts/servers.sh stop DIR    # safe to repeat
+#
+# DIR/pg        PostgreSQL data directory (trust auth, 127.0.0.1 only)
+# DIR/pgsock    its unix socket directory
+# DIR/nats      JetStream store directory
+# DIR/*.log     server logs
+# DIR/env       sourceable SYNCDATA_TEST_* variables for the tests
+set -euo pipefail
+
+PG_BIN=/usr/lib/postgresql/15/bin
+
+die() {
+    echo "servers.sh: error: $*" >&2
+    exit 1
+}
+
+usage() {
+    echo "usage: $0 start DIR | stop DIR" >&2
+    exit 2
+}
+
+[ $# -eq 2 ] || usage
+cmd=$1
+if [ "$cmd" = stop ] && [ ! -d "$2" ]; then
+    exit 0
+fi
+mkdir -p "$2"
+DIR=$(cd "$2" && pwd)
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# PostgreSQL refuses to run as root: run its tools as the postgres user then.
+as_pg() {
+    if is_root; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# A port below Linux's ephemeral range (32768+), so outgoing connections
+# never happen to hold it, and not listening right now.
+pick_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        if [ "$p" != "${1:-}" ] && ! port_in_use "$p"; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free TCP port found on 127.0.0.1"
+}
+
+# GET on the nats monitoring port, with curl if present, else bash's /dev/tcp.
+http_get() {
+    local port=$1 path=$2
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS --max-time 2 "http://127.0.0.1:$port$path"
+    else
+        (
+            exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+            printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$path" >&3
+            timeout 2 cat <&3
+        ) 2>/dev/null | tr -d '\r' | {
+            read -r _ code _ || exit 1
+            [ "$code" = 200 ] || exit 1
+            cat
+        }
+    fi
+}
+
+pid_alive() {
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null
+}
+
+pg_running() {
+    [ -f "$DIR/pg/postmaster.pid" ] && pid_alive "$(head -1 "$DIR/pg/postmaster.pid")"
+}
+
+nats_running() {
+    [ -f "$DIR/nats.pid" ] && pid_alive "$(cat "$DIR/nats.pid")"
+}
+
+start_pg() {
+    local port attempt
+    rm -rf "$DIR/pg" "$DIR/pgsock"
+    mkdir -p "$DIR/pg" "$DIR/pgsock"
+    : >"$DIR/pg.log"
+    if is_root; then
+        # postgres must be able to reach DIR (mktemp -d makes it 0700).
+        chmod a+rx "$DIR"
+        chown postgres:postgres "$DIR/pg" "$DIR/pgsock" "$DIR/pg.log"
+        runuser -u postgres -- test -w "$DIR/pg" \
+            || die "user postgres cannot write $DIR/pg: a parent directory is not accessible to it; use a directory under /tmp"
+    fi
+    chmod 700 "$DIR/pg"
+
+    if ! as_pg "$PG_BIN/initdb" -D "$DIR/pg" -U postgres --auth=trust -E UTF8 --locale=C \
+        >"$DIR/initdb.log" 2>&1; then
+        cat "$DIR/initdb.log" >&2
+        die "initdb failed (log: $DIR/initdb.log)"
+    fi
+    # initdb --auth=trust already trusts local sockets and 127.0.0.1 / ::1.
+    echo "include 'syncdata.conf'" | as_pg tee -a "$DIR/pg/postgresql.conf" >/dev/null
+
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_port)
+        as_pg tee "$DIR/pg/syncdata.conf" >/dev/null <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$DIR/pgsock'
+wal_level = logical
+max_connections = 300
+max_wal_senders = 10
+max_replication_slots = 10
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+EOF
+        if as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -t 60 start >/dev/null 2>&1; then
+            PG_PORT=$port
+            break
+        fi
+        if pg_running; then
+            as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+        if ! grep -qi "could not bind\|address already in use" "$DIR/pg.log"; then
+            cat "$DIR/pg.log" >&2
+            die "PostgreSQL failed to start (log: $DIR/pg.log)"
+        fi
+        echo "servers.sh: port $port was taken, retrying PostgreSQL (attempt $attempt)" >&2
+    done
+    [ -n "${PG_PORT:-}" ] || die "PostgreSQL could not bind a free port (log: $DIR/pg.log)"
+
+    local i
+    for i in $(seq 1 300); do
+        if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$DIR/pg.log" >&2
+    die "PostgreSQL on port $PG_PORT is not ready after 30 s (log: $DIR/pg.log)"
+}
+
+start_nats() {
+    local port mport attempt pid i
+    command -v nats-server >/dev/null 2>&1 || die "nats-server not found; run scripts/deps.sh"
+    rm -rf "$DIR/nats"
+    mkdir -p "$DIR/nats"
+    # Records up to 8 MB must fit in one message (the server default is 1 MB).
+    echo "max_payload: 8388608" >"$DIR/nats.conf"
+    : >"$DIR/nats.log"
+
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_port)
+        mport=$(pick_port "$port")
+        # All stdio to files: a caller capturing our output must not wait on
+        # the server holding the pipe open.
+        nats-server -c "$DIR/nats.conf" -js -a 127.0.0.1 -p "$port" -m "$mport" \
+            -sd "$DIR/nats" -P "$DIR/nats.pid" -l "$DIR/nats.log" \
+            </dev/null >>"$DIR/nats.out" 2>&1 &
+        pid=$!
+        echo "$pid" >"$DIR/nats.pid"
+        for i in $(seq 1 300); do
+            if ! pid_alive "$pid"; then
+                break
+            fi
+            if http_get "$mport" "/healthz?js-enabled-only=true" >/dev/null 2>&1 \
+                && port_in_use "$port"; then
+                NATS_PORT=$port
+                NATS_MPORT=$mport
+                return 0
+            fi
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then
+            kill -9 "$pid" 2>/dev/null || true
+            cat "$DIR/nats.log" >&2
+            die "nats-server is not ready after 30 s (log: $DIR/nats.log)"
+        fi
+        wait "$pid" 2>/dev/null || true
+        rm -f "$DIR/nats.pid"
+        if ! grep -qi "address already in use" "$DIR/nats.log" "$DIR/nats.out"; then
+            cat "$DIR/nats.log" "$DIR/nats.out" >&2
+            die "nats-server failed to start (log: $DIR/nats.log)"
+        fi
+        echo "servers.sh: port $port or $mport was taken, retrying nats-server (attempt $attempt)" >&2
+    done
+    die "nats-server could not bind a free port (log: $DIR/nats.log)"
+}
+
+stop_pg() {
+    if pg_running; then
+        as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast -w -t 60 stop >/dev/null 2>&1 \
+            || as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -m immediate -w stop >/dev/null 2>&1 \
+            || true
+        echo "servers.sh: stopped PostgreSQL ($DIR/pg)"
+    fi
+}
+
+stop_nats() {
+    local pid i
+    if nats_running; then
+        pid=$(cat "$DIR/nats.pid")
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        echo "servers.sh: stopped nats-server (pid $pid)"
+    fi
+    rm -f "$DIR/nats.pid"
+}
+
+case "$cmd" in
+start)
+    if pg_running || nats_running; then
+        die "servers already running in $DIR; run: $0 stop $DIR"
+    fi
+    [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb not found; run scripts/deps.sh"
+    rm -f "$DIR/env"
+    start_pg
+    start_nats
+    cat >"$DIR/env" <<EOF
+export SYNCDATA_TEST_PG_HOST=127.0.0.1
+export SYNCDATA_TEST_PG_PORT=$PG_PORT
+export SYNCDATA_TEST_PG_USER=postgres
+export SYNCDATA_TEST_PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export SYNCDATA_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export SYNCDATA_TEST_NATS_MONITOR=http://127.0.0.1:$NATS_MPORT
+EOF
+    cat <<EOF
+servers.sh: PostgreSQL 15 on 127.0.0.1:$PG_PORT (data $DIR/pg, socket $DIR/pgsock, log $DIR/pg.log)
+servers.sh: nats-server on 127.0.0.1:$NATS_PORT, monitoring :$NATS_MPORT (store $DIR/nats, log $DIR/nats.log)
+servers.sh: environment in $DIR/env  (source it; stop with: $0 stop $DIR)
+EOF
+    ;;
+stop)
+    stop_nats
+    stop_pg
+    ;;
+*)
+    usage
+    ;;
+esac
