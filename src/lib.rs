@@ -6,6 +6,7 @@ pub mod config;
 pub mod failure;
 pub mod nats;
 pub mod record;
+pub mod retry;
 pub mod store;
 pub mod subject;
 pub mod table;
