@@ -119,6 +119,8 @@ pub struct ProducerConfig {
     /// Lines longer than this are quarantined. Also capped by the server's
     /// max_payload.
     pub max_record_bytes: usize,
+    /// Serve Prometheus metrics here (e.g. "127.0.0.1:9188"); off when unset.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for ProducerConfig {
@@ -128,6 +130,7 @@ impl Default for ProducerConfig {
             max_in_flight: 1024,
             rescan_ms: 1000,
             max_record_bytes: 8 * 1024 * 1024,
+            metrics_addr: None,
         }
     }
 }
@@ -149,6 +152,8 @@ pub struct ConsumerConfig {
     pub pool_size: u32,
     /// Cap of the exponential backoff between retries of transient failures.
     pub max_backoff_ms: u64,
+    /// Serve Prometheus metrics here (e.g. "127.0.0.1:9187"); off when unset.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for ConsumerConfig {
@@ -161,6 +166,7 @@ impl Default for ConsumerConfig {
             max_attempts: 5,
             pool_size: 4,
             max_backoff_ms: 30_000,
+            metrics_addr: None,
         }
     }
 }

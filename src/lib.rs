@@ -10,5 +10,6 @@ pub mod retry;
 pub mod store;
 pub mod subject;
 pub mod table;
+pub mod telemetry;
 pub mod version;
 pub mod workload;

@@ -122,3 +122,141 @@ pub async fn log_failure(
     .await?;
     Ok(())
 }
+
+/// This database's destination id (see migration 0003).
+pub async fn instance_id(pool: &PgPool) -> Result<String, StoreError> {
+    Ok(sqlx::query_scalar("select id from syncdata.instance")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Per-table counts of applied rows, for `data_sync_metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+impl Counts {
+    pub fn is_zero(&self) -> bool {
+        *self == Counts::default()
+    }
+}
+
+/// Adds counts to the FREQ row of the period starting at `period_start`
+/// (unix seconds). Many daemons add to the same row.
+pub async fn add_freq_metrics(
+    pool: &PgPool,
+    table: &str,
+    period_start: i64,
+    period_secs: i64,
+    counts: Counts,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into data_sync_metrics (table_name, period_start, period_end, period_type, \
+                                        records_added, records_updated, records_deleted) \
+         values ($1, to_timestamp($2), to_timestamp($2 + $3), 'FREQ', $4, $5, $6) \
+         on conflict (table_name, period_start, period_type) do update set \
+            records_added = data_sync_metrics.records_added + excluded.records_added, \
+            records_updated = data_sync_metrics.records_updated + excluded.records_updated, \
+            records_deleted = data_sync_metrics.records_deleted + excluded.records_deleted",
+    )
+    .bind(table)
+    .bind(period_start)
+    .bind(period_secs)
+    .bind(counts.added as i64)
+    .bind(counts.updated as i64)
+    .bind(counts.deleted as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Recomputes the WEEK and MONTH roll-ups from the FREQ rows (idempotent).
+pub async fn roll_up_metrics(pool: &PgPool) -> Result<(), StoreError> {
+    for (period, step) in [("WEEK", "1 week"), ("MONTH", "1 month")] {
+        let unit = period.to_lowercase();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into data_sync_metrics (table_name, period_start, period_end, period_type, \
+                                            records_added, records_updated, records_deleted) \
+             select table_name, date_trunc('{unit}', period_start), \
+                    date_trunc('{unit}', period_start) + interval '{step}', '{period}', \
+                    sum(records_added), sum(records_updated), sum(records_deleted) \
+             from data_sync_metrics where period_type = 'FREQ' group by 1, 2 \
+             on conflict (table_name, period_start, period_type) do update set \
+                records_added = excluded.records_added, \
+                records_updated = excluded.records_updated, \
+                records_deleted = excluded.records_deleted"
+        )))
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Registers a running daemon.
+pub async fn register_daemon(
+    pool: &PgPool,
+    id: &uuid_like::Id,
+    host: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("insert into syncdata.daemons (id, host, pid) values ($1::uuid, $2, $3)")
+        .bind(&id.0)
+        .bind(host)
+        .bind(std::process::id() as i32)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn heartbeat(
+    pool: &PgPool,
+    id: &uuid_like::Id,
+    applied: u64,
+    errors: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update syncdata.daemons set last_seen = now(), records_applied = $2, errors = $3 where id = $1::uuid",
+    )
+    .bind(&id.0)
+    .bind(applied as i64)
+    .bind(errors as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn daemon_stopped(pool: &PgPool, id: &uuid_like::Id) -> Result<(), StoreError> {
+    sqlx::query(
+        "update syncdata.daemons set stopped_at = now(), last_seen = now() where id = $1::uuid",
+    )
+    .bind(&id.0)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Daemon ids as text (uuid without a uuid crate).
+pub mod uuid_like {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Id(pub String);
+
+    impl Id {
+        pub fn random() -> Id {
+            let b: [u8; 16] = rand::random();
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            Id(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
+        }
+    }
+}
+
+/// Seconds a daemon may go without a heartbeat and still count as running.
+pub const DAEMON_ALIVE_SECS: i64 = 20;

@@ -57,10 +57,13 @@ fn short_hash(parts: &[&str]) -> String {
         .collect()
 }
 
-/// A durable consumer name for a table: readable, bounded in length, safe as
-/// a directory name in the server's file store, and unique per
-/// (stream, schema, table) through a hash of the exact names.
-pub fn durable_name(stream: &str, schema: &str, table: &str) -> String {
+/// A durable consumer name for a table as applied into one destination
+/// database (`instance`, the id stored in that database): readable, bounded
+/// in length, safe as a directory name in the server's file store, and
+/// unique per (stream, instance, schema, table) through a hash of the exact
+/// names. Processes applying into the same database share it; another
+/// database gets its own.
+pub fn durable_name(stream: &str, instance: &str, schema: &str, table: &str) -> String {
     let readable: String = format!("{schema}_{table}")
         .chars()
         .map(|c| {
@@ -72,7 +75,15 @@ pub fn durable_name(stream: &str, schema: &str, table: &str) -> String {
         })
         .take(40)
         .collect();
-    format!("sd_{readable}_{}", short_hash(&[stream, schema, table]))
+    let instance: String = instance
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    format!(
+        "sd_{instance}_{readable}_{}",
+        short_hash(&[stream, &instance, schema, table])
+    )
 }
 
 /// The `Nats-Msg-Id` of a record: its identity (schema, table, version).

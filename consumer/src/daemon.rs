@@ -1,59 +1,70 @@
 //! The `syncdata start` daemon: one worker per whitelisted table, each on
 //! its table's durable pull consumer (one filter subject: nats-server 2.9
-//! silently ignores multiple filters). Any number of daemons may share the
-//! durables; JetStream spreads the messages among them.
+//! silently ignores multiple filters). Any number of daemons applying into
+//! the same database share the durables; JetStream spreads the messages
+//! among them. Around the workers: registration and heartbeat (for `status`),
+//! a control subscription (for `stop` from any machine), the audit metrics in
+//! `data_sync_metrics`, and Prometheus gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use futures::StreamExt;
 use sqlx::PgPool;
 use syncdata_core::apply::Applier;
 use syncdata_core::config::Config;
+use syncdata_core::retry::{self, RetryPolicy};
+use syncdata_core::store::{self, uuid_like::Id};
 use syncdata_core::table::TableName;
-use syncdata_core::{failure, nats, store, subject};
+use syncdata_core::{failure, nats, subject, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::progress;
 use crate::worker::{self, Ctx};
 
 pub const NO_TABLES: &str =
     "No tables in whitelist: add tables to sync with `syncdata add-tables TABLE…`";
 
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// The subject on which `syncdata stop` reaches every daemon applying into
+/// the database with this instance id. Outside the stream's subjects.
+pub fn control_subject(instance: &str) -> String {
+    format!("_SYNCDATA.control.{instance}.stop")
+}
+
 /// Connects to the local database, retrying while it is unreachable (a
 /// database that is starting is not a reason to give up).
 pub async fn connect_db(config: &Config, token: &CancellationToken) -> anyhow::Result<PgPool> {
-    let mut attempt = 0;
-    loop {
-        match store::connect(config).await {
-            Ok(pool) => return Ok(pool),
-            Err(store::StoreError::Connect { source, .. })
-                if failure::classify_sqlx(&source, true) == failure::Kind::Transient =>
-            {
-                attempt += 1;
-                warn!(error = %source, attempt, "database not reachable; retrying");
-                let d = failure::backoff_random(
-                    attempt,
-                    Duration::from_millis(500),
-                    Duration::from_secs(10),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = token.cancelled() => bail!("stopped while waiting for the database"),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let policy = RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(10));
+    let result = retry::retry(
+        policy,
+        token,
+        |e: &store::StoreError| {
+            matches!(e, store::StoreError::Connect { source, .. }
+                if failure::classify_sqlx(source, true) == failure::Kind::Transient)
+        },
+        |e, attempt, _| warn!(error = %e, attempt, "database not reachable; retrying"),
+        || store::connect(config),
+    )
+    .await;
+    match result {
+        Ok(pool) => Ok(pool),
+        Err(retry::RetryError::Permanent(e)) => Err(e.into()),
+        Err(retry::RetryError::Cancelled) => bail!("stopped while waiting for the database"),
     }
 }
 
 pub async fn ensure_consumer(
     stream: &jetstream::stream::Stream,
     config: &Config,
+    instance: &str,
     table: &TableName,
 ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    let name = subject::durable_name(&config.nats.stream, &table.schema, &table.table);
+    let name = subject::durable_name(&config.nats.stream, instance, &table.schema, &table.table);
     let filter = subject::table_subject(&config.nats.subject_prefix, &table.schema, &table.table);
     let cfg = pull::Config {
         durable_name: Some(name.clone()),
@@ -83,12 +94,23 @@ pub async fn ensure_consumer(
     Ok(consumer)
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    if let Some(addr) = config.consumer.metrics_addr {
+        telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let pool = connect_db(&config, &token).await?;
     let tables = store::whitelist(&pool).await?;
     if tables.is_empty() {
         bail!(NO_TABLES);
     }
+    let instance = store::instance_id(&pool).await?;
     let replica = Applier::detect_replica_role(&pool).await?;
     if !replica {
         warn!("not a superuser: applying without session_replication_role = replica, so triggers fire and FK violations are retried");
@@ -101,9 +123,13 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             .with_context(|| format!("checking whitelisted table {t}"))?;
     }
     let client = nats::connect(&config.nats, "syncdata").await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
-    nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
+    let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
+
+    let id = Id::random();
+    store::register_daemon(&pool, &id, &hostname()).await?;
+    let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
     let ctx = Arc::new(Ctx {
         config: config.clone(),
@@ -111,20 +137,118 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         js,
         fk_transient: !replica,
     });
+    let workers_token = token.child_token();
     let mut workers = Vec::new();
-    for table in tables {
-        let consumer = ensure_consumer(&stream, &config, &table).await?;
+    for table in &tables {
+        let consumer = ensure_consumer(&stream, &config, &instance, table).await?;
         workers.push(tokio::spawn(worker::run_table(
             ctx.clone(),
-            table,
+            table.clone(),
             consumer,
-            token.child_token(),
+            workers_token.child_token(),
         )));
     }
-    info!(tables = workers.len(), "syncdata started");
+    info!(tables = workers.len(), instance = %instance, "syncdata started");
+
+    let period = config.data_sync_freq as i64;
+    let mut metrics_tick = tokio::time::interval_at(
+        next_boundary(period),
+        Duration::from_secs(config.data_sync_freq),
+    );
+    let mut rollup_tick = tokio::time::interval(Duration::from_secs(config.metric_freq * 3600));
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            Some(_) = stop_requests.next() => {
+                info!("stop requested through NATS");
+                break;
+            }
+            _ = metrics_tick.tick() => {
+                // The period that just ended.
+                flush_metrics(&ctx, period, now_secs() - period).await;
+            }
+            _ = rollup_tick.tick() => {
+                if let Err(e) = store::roll_up_metrics(&pool).await {
+                    warn!(error = %e, "metrics roll-up failed; will retry next period");
+                }
+            }
+            _ = heartbeat.tick() => {
+                let errors = 0;
+                if let Err(e) = store::heartbeat(&pool, &id, ctx.applier.applied_total(), errors).await {
+                    warn!(error = %e, "heartbeat failed");
+                }
+                update_gauges(&stream, &dlq, &config, &instance, &tables).await;
+            }
+        }
+    }
+    info!("stopping: finishing in-flight batches");
+    workers_token.cancel();
     for w in workers {
         w.await.context("worker panicked")?;
     }
+    flush_metrics(&ctx, period, now_secs()).await;
+    if let Err(e) = store::roll_up_metrics(&pool).await {
+        warn!(error = %e, "metrics roll-up failed");
+    }
+    store::daemon_stopped(&pool, &id).await?;
     info!("syncdata stopped");
     Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The next multiple of `period` seconds since the epoch, as an Instant.
+fn next_boundary(period: i64) -> tokio::time::Instant {
+    let now = now_secs();
+    let next = (now / period + 1) * period;
+    tokio::time::Instant::now() + Duration::from_secs((next - now).max(1) as u64)
+}
+
+/// Adds the counts gathered since the last flush to the FREQ row of the
+/// period containing `at` (unix seconds).
+async fn flush_metrics(ctx: &Ctx, period: i64, at: i64) {
+    let start = at.div_euclid(period) * period;
+    for (table, counts) in ctx.applier.take_counts() {
+        if counts.is_zero() {
+            continue;
+        }
+        if let Err(e) = store::add_freq_metrics(
+            ctx.applier.pool(),
+            &table.to_string(),
+            start,
+            period,
+            counts,
+        )
+        .await
+        {
+            warn!(table = %table, error = %e, "writing data_sync_metrics failed");
+        }
+    }
+}
+
+async fn update_gauges(
+    stream: &jetstream::stream::Stream,
+    dlq: &jetstream::stream::Stream,
+    config: &Config,
+    instance: &str,
+    tables: &[TableName],
+) {
+    for t in tables {
+        match progress::table_progress(stream, dlq, config, instance, t).await {
+            Ok(p) => {
+                let name = t.to_string();
+                metrics::gauge!("syncdata_pending_messages", "table" => name.clone())
+                    .set((p.pending + p.ack_pending) as f64);
+                metrics::gauge!("syncdata_lag_seconds", "table" => name.clone()).set(p.lag_seconds);
+                metrics::gauge!("syncdata_dlq_messages", "table" => name).set(p.dlq as f64);
+            }
+            Err(e) => warn!(table = %t, error = %e, "reading table progress failed"),
+        }
+    }
 }

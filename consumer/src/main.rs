@@ -47,11 +47,45 @@ enum Command {
     },
     /// Run the sync daemon in the foreground (SIGINT/SIGTERM stop it gracefully).
     Start,
+    /// Stop the running daemons of this database, here and on other machines.
+    Stop {
+        /// How long to wait for in-flight batches, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Show sync status: the daemons, and per table pending, lag and dead letters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty a table locally and replay its whole history from the stream.
+    Resync {
+        table: String,
+        /// Return at once instead of showing progress until done.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Empty every synced table and reset its bookkeeping.
+    Clear {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Dead letters: records that failed permanently.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file plus environment) and print it, secrets redacted.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -82,15 +116,7 @@ enum DlqCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    syncdata_core::telemetry::init_logging(matches!(format, LogFormat::Json));
 }
 
 fn shutdown_on_signals(token: CancellationToken) {
@@ -101,7 +127,6 @@ fn shutdown_on_signals(token: CancellationToken) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("stopping: finishing in-flight batches");
         token.cancel();
     });
 }
@@ -130,6 +155,15 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Stop { timeout } => {
+            cmd::stop::run(&config, std::time::Duration::from_secs(timeout)).await
+        }
+        Command::Status { json } => cmd::status::run(&config, json).await,
+        Command::Resync { table, no_wait } => cmd::resync::run(&config, &table, !no_wait).await,
+        Command::Clear { yes } => cmd::clear::run(&config, yes).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => cmd::config::check(&config),
         Command::Start => {
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());

@@ -97,6 +97,9 @@ pub struct Applier {
     pool: PgPool,
     replica_role: bool,
     shapes: RwLock<HashMap<TableName, Arc<TableShape>>>,
+    /// Rows added/updated/deleted per table since the last `take_counts`.
+    counts: std::sync::Mutex<HashMap<TableName, crate::store::Counts>>,
+    applied_total: std::sync::atomic::AtomicU64,
 }
 
 struct Prepared {
@@ -121,7 +124,20 @@ impl Applier {
             pool,
             replica_role,
             shapes: RwLock::new(HashMap::new()),
+            counts: std::sync::Mutex::new(HashMap::new()),
+            applied_total: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Takes the per-table counts gathered since the last call.
+    pub fn take_counts(&self) -> HashMap<TableName, crate::store::Counts> {
+        std::mem::take(&mut *self.counts.lock().expect("counts lock"))
+    }
+
+    /// Records applied (changed local state) since the process started.
+    pub fn applied_total(&self) -> u64 {
+        self.applied_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn detect_replica_role(pool: &PgPool) -> Result<bool, sqlx::Error> {
@@ -177,6 +193,18 @@ impl Applier {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        let applied = report
+            .dispositions
+            .iter()
+            .filter(|d| **d == Disposition::Applied)
+            .count() as u64;
+        self.applied_total
+            .fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
+        let mut counts = self.counts.lock().expect("counts lock");
+        let c = counts.entry(table.clone()).or_default();
+        c.added += report.inserted;
+        c.updated += report.updated;
+        c.deleted += report.deleted;
         Ok(report)
     }
 }

@@ -1,6 +1,11 @@
 //! The `syncdata` commands, one file each.
 
 pub mod add_tables;
+pub mod clear;
+pub mod config;
 pub mod dlq;
 pub mod list_tables;
 pub mod remove_tables;
+pub mod resync;
+pub mod status;
+pub mod stop;

@@ -1,0 +1,23 @@
+//! `syncdata clear --yes`: empties every synced table and resets its
+//! bookkeeping, as seed 004 warns. The durables keep their position: later
+//! changes apply on top of the empty tables (use `resync` to replay history).
+
+use anyhow::bail;
+use syncdata_core::config::Config;
+use syncdata_core::store;
+
+pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        bail!("clear empties every synced table: add --yes to confirm");
+    }
+    let pool = store::connect(config).await?;
+    let tables = store::whitelist(&pool).await?;
+    if tables.is_empty() {
+        bail!(crate::daemon::NO_TABLES);
+    }
+    for t in &tables {
+        super::resync::reset_table(&pool, t).await?;
+        println!("cleared {t}");
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The producer's checkpoint: how far into the archive every record has been
+//! acknowledged by JetStream. Invariant: the file on disk is always a whole,
+//! earlier-written checkpoint (temp file, fsync, rename, fsync of the
+//! directory), and it never names a position beyond the last PubAck.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A position in the archive: every line of `file` before byte `offset`
+/// (that is, its first `line` lines) and every file named before `file` is
+/// done. Names compare byte-wise, which is the order files are read in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub file: String,
+    /// Bytes of `file` consumed: just after the last finished line.
+    pub offset: u64,
+    /// Lines of `file` consumed (blank and quarantined lines included).
+    pub line: u64,
+}
+
+impl Checkpoint {
+    /// The start of a file.
+    pub fn start_of(file: impl Into<String>) -> Self {
+        Checkpoint {
+            file: file.into(),
+            offset: 0,
+            line: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("checkpoint {path} is corrupt ({source}); inspect it, then fix or remove it")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The checkpoint file `checkpoint.json` in the producer's state directory.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    path: PathBuf,
+}
+
+impl CheckpointStore {
+    pub const FILE_NAME: &'static str = "checkpoint.json";
+    const TEMP_NAME: &'static str = "checkpoint.json.tmp";
+
+    pub fn new(state_dir: &Path) -> Self {
+        CheckpointStore {
+            path: state_dir.join(Self::FILE_NAME),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved checkpoint; None when there is none yet, which means "start
+    /// from the first file". A corrupt file is an error, never a silent
+    /// restart from the beginning.
+    pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CheckpointError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CheckpointError::Corrupt {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Replaces the checkpoint atomically: a crash at any point leaves
+    /// either the old or the new checkpoint, whole.
+    pub fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let err = |source| CheckpointError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let temp = dir.join(Self::TEMP_NAME);
+        let mut json = serde_json::to_vec(checkpoint).expect("a checkpoint always serializes");
+        json.push(b'\n');
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(err)?;
+        file.write_all(&json).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        drop(file);
+        fs::rename(&temp, &self.path).map_err(err)?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_checkpoint_means_start_from_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        let first = Checkpoint {
+            file: "0001.jsonl".into(),
+            offset: 1234,
+            line: 17,
+        };
+        store.save(&first).unwrap();
+        assert_eq!(store.load().unwrap(), Some(first));
+        let second = Checkpoint {
+            file: "0002.jsonl".into(),
+            offset: 9,
+            line: 1,
+        };
+        store.save(&second).unwrap();
+        assert_eq!(store.load().unwrap(), Some(second));
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![CheckpointStore::FILE_NAME.to_owned()]);
+    }
+
+    #[test]
+    fn a_stale_temp_file_does_not_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        store.save(&Checkpoint::start_of("a")).unwrap();
+        // A crash between write and rename leaves a torn temp file.
+        fs::write(dir.path().join(CheckpointStore::TEMP_NAME), b"{\"fi").unwrap();
+        assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("a")));
+        store.save(&Checkpoint::start_of("b")).unwrap();
+        assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("b")));
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_an_error_not_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        fs::write(store.path(), b"not json").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,54 @@
+//! syncdata-producer: tails the change archive and publishes every record to
+//! JetStream, one subject per table. It owns the production side of delivery:
+//! a record's checkpoint advances only after its PubAck, lines that cannot be
+//! published are quarantined (never dropped silently), and any failure
+//! rewinds to the last acknowledged line.
+
+pub mod archive;
+pub mod checkpoint;
+pub mod publisher;
+pub mod quarantine;
+pub mod sink;
+pub mod status;
+
+use anyhow::Context;
+use syncdata_core::config::Config;
+use syncdata_core::nats;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::publisher::{Publisher, Settings};
+use crate::sink::JetStreamSink;
+
+pub use crate::status::{status, Status};
+
+/// Runs the producer until `token` is cancelled: connects to NATS, makes sure
+/// the change stream exists, then tails the archive. Returns Ok after a clean
+/// shutdown (outstanding acknowledgements awaited, checkpoint written).
+pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    let settings = Settings::from_config(&config)?;
+    anyhow::ensure!(
+        settings.archive_dir.is_dir(),
+        "archive directory {} does not exist or is not a directory",
+        settings.archive_dir.display()
+    );
+    let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
+    async move {
+        let client = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            client = nats::connect(&config.nats, "syncdata-producer") => client?,
+        };
+        let sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
+        // Before the stream: a broken checkpoint should fail first and loudly.
+        let publisher = Publisher::new(sink, settings)?;
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            ensured = publisher.ensure_stream() => ensured
+                .with_context(|| format!("cannot create or read stream {}", config.nats.stream))?,
+        }
+        publisher.run(token).await?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}

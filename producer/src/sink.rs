@@ -1,0 +1,124 @@
+//! Where published records go: the [`Sink`] contract and its JetStream
+//! implementation. Invariant: a record counts as delivered only when its
+//! acknowledgement future resolves to `Ok`; every failure is reported, none
+//! is swallowed, so the publisher can rewind and send again.
+
+use std::future::Future;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+/// The server's answer to one accepted publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// The server already held a message with this id and dropped this one.
+    pub duplicate: bool,
+}
+
+/// Resolves when the server has stored (or deduplicated) the message.
+pub type AckFuture = BoxFuture<'static, Result<Acked, SinkError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// This message can never be published as it is; retrying is pointless.
+    #[error("message of {size} bytes exceeds the server's max_payload of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    /// No stream takes the subject; create it, then retry.
+    #[error("no stream takes the subject: {0}")]
+    StreamMissing(String),
+    /// Anything else (timeout, connection lost, server error): retry.
+    #[error("publish failed: {0}")]
+    Failed(String),
+}
+
+/// A message destination with acknowledgements.
+///
+/// Contract: at-least-once. `publish` hands one message to the server and
+/// returns a future of its acknowledgement; the caller awaits those futures
+/// in order and may drop unresolved ones (after a failure) and publish the
+/// same messages again. The destination must deduplicate by `msg_id`, so a
+/// re-published message is harmless. Many acknowledgements may be pending
+/// at once; the caller bounds how many.
+pub trait Sink: Send {
+    /// The largest payload the server accepts.
+    fn max_payload(&self) -> usize;
+
+    /// Creates the destination stream when it is missing.
+    fn ensure_stream(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    fn publish(
+        &self,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<AckFuture, SinkError>> + Send;
+}
+
+/// Publishes to a JetStream stream, with `Nats-Msg-Id` set for server-side
+/// deduplication.
+pub struct JetStreamSink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Config,
+}
+
+impl JetStreamSink {
+    pub fn new(client: async_nats::Client, stream: stream::Config) -> Self {
+        let js = jetstream::new(client.clone());
+        JetStreamSink { client, js, stream }
+    }
+}
+
+/// Failures of a publish or of its acknowledgement. An oversized message is
+/// told apart where its size is known (in `publish`).
+fn classify(err: jetstream::context::PublishError) -> SinkError {
+    match err.kind() {
+        PublishErrorKind::StreamNotFound => SinkError::StreamMissing(err.to_string()),
+        _ => SinkError::Failed(err.to_string()),
+    }
+}
+
+impl Sink for JetStreamSink {
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    async fn ensure_stream(&self) -> Result<(), SinkError> {
+        syncdata_core::nats::ensure_stream(&self.js, self.stream.clone())
+            .await
+            .map(drop)
+            .map_err(|e| SinkError::Failed(e.to_string()))
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    ) -> Result<AckFuture, SinkError> {
+        let size = payload.len();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => SinkError::TooLarge {
+                    size,
+                    max: self.max_payload(),
+                },
+                _ => classify(e),
+            })?;
+        Ok(async move {
+            ack.await
+                .map(|a| Acked {
+                    duplicate: a.duplicate,
+                })
+                .map_err(classify)
+        }
+        .boxed())
+    }
+}

@@ -1,0 +1,157 @@
+//! `syncdata-producer status`: where the producer stands, read from the
+//! archive directory and the state directory alone. Invariant: read-only,
+//! and needs no NATS server.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use syncdata_core::config::{Config, ConfigError};
+
+use crate::archive::{self, ArchiveError};
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::quarantine::{self, QuarantineError};
+
+/// Quarantine entries shown.
+const RECENT: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub archive_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// None: nothing published yet; the producer starts with the first file.
+    pub checkpoint: Option<Checkpoint>,
+    pub files: usize,
+    /// Files named after the checkpoint's file: not started yet.
+    pub files_after_checkpoint: usize,
+    pub quarantined: u64,
+    /// The last quarantine entries, oldest first (without the raw lines).
+    pub recent_quarantine: Vec<QuarantinedLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantinedLine {
+    pub file: String,
+    pub line: u64,
+    pub offset: u64,
+    pub reason: String,
+    pub at: String,
+}
+
+pub fn status(config: &Config) -> Result<Status, StatusError> {
+    let archive_dir = config.archive_dir()?.to_owned();
+    let state_dir = config.producer_state_dir()?;
+    let checkpoint = CheckpointStore::new(&state_dir).load()?;
+    let names = archive::list(&archive_dir)?;
+    let files_after_checkpoint = match &checkpoint {
+        Some(c) => names.iter().filter(|n| **n > c.file).count(),
+        None => names.len(),
+    };
+    let summary = quarantine::summary(&state_dir, RECENT)?;
+    Ok(Status {
+        archive_dir,
+        state_dir,
+        checkpoint,
+        files: names.len(),
+        files_after_checkpoint,
+        quarantined: summary.count,
+        recent_quarantine: summary
+            .recent
+            .into_iter()
+            .map(|e| QuarantinedLine {
+                file: e.file,
+                line: e.line,
+                offset: e.offset,
+                reason: e.reason,
+                at: e.at,
+            })
+            .collect(),
+    })
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "archive dir:   {}", self.archive_dir.display())?;
+        writeln!(f, "state dir:     {}", self.state_dir.display())?;
+        match &self.checkpoint {
+            Some(c) => writeln!(
+                f,
+                "checkpoint:    {} offset {} line {}",
+                c.file, c.offset, c.line
+            )?,
+            None => writeln!(f, "checkpoint:    none (starts with the first file)")?,
+        }
+        writeln!(
+            f,
+            "files:         {} ({} after the checkpoint)",
+            self.files, self.files_after_checkpoint
+        )?;
+        writeln!(f, "quarantined:   {}", self.quarantined)?;
+        for q in &self.recent_quarantine {
+            writeln!(f, "  {}:{} {} ({})", q.file, q.line, q.reason, q.at)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::{Entry, Quarantine};
+
+    #[test]
+    fn reports_checkpoint_files_and_quarantine_without_nats() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path();
+        for name in ["a", "b", "c", "d.tmp"] {
+            std::fs::write(archive.join(name), b"").unwrap();
+        }
+        let config = Config::from_toml(&format!(
+            "pg_database = \"x\"\narchive_dir = {:?}\n",
+            archive.display().to_string()
+        ))
+        .unwrap();
+        let s = status(&config).unwrap();
+        assert_eq!(
+            (s.files, s.files_after_checkpoint, s.quarantined),
+            (3, 3, 0)
+        );
+        assert!(s.checkpoint.is_none());
+
+        let state = archive.join(".syncdata");
+        std::fs::create_dir(&state).unwrap();
+        CheckpointStore::new(&state)
+            .save(&Checkpoint {
+                file: "a".into(),
+                offset: 5,
+                line: 1,
+            })
+            .unwrap();
+        let mut q = Quarantine::open(&state).unwrap();
+        q.add(&Entry::new("a", 0, 1, "not a JSON record", 3, b"bad"))
+            .unwrap();
+        let s = status(&config).unwrap();
+        assert_eq!(
+            (s.files, s.files_after_checkpoint, s.quarantined),
+            (3, 2, 1)
+        );
+        let text = s.to_string();
+        assert!(text.contains("checkpoint:    a offset 5 line 1"), "{text}");
+        assert!(text.contains("a:1 not a JSON record"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["checkpoint"]["offset"], 5);
+        assert!(!json.to_string().contains("bad\""), "raw lines stay out");
+    }
+}
