@@ -27,6 +27,10 @@ pub use crate::status::{status, Status};
 /// shutdown (outstanding acknowledgements awaited, checkpoint written).
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
     let settings = Settings::from_config(&config)?;
+    if let Some(addr) = config.producer.metrics_addr {
+        syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     anyhow::ensure!(
         settings.archive_dir.is_dir(),
         "archive directory {} does not exist or is not a directory",

@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use syncdata_core::config::Config;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -47,14 +46,7 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    syncdata_core::telemetry::init_logging(matches!(format, LogFormat::Json));
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
