@@ -10,7 +10,7 @@ use crate::config::NatsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
         #[source]

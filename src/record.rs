@@ -143,11 +143,8 @@ impl RecordError {
 impl Record {
     /// Parses and validates one line (without its newline).
     pub fn parse(line: &[u8]) -> Result<Record, RecordError> {
-        let record: Record = serde_json::from_slice(line).map_err(|e| {
-            // serde_json's message names line/column and the kind of fault;
-            // it does not quote the input.
-            RecordError::Json(e.to_string())
-        })?;
+        let record: Record =
+            serde_json::from_slice(line).map_err(|e| RecordError::Json(redact(&e.to_string())))?;
         record.validate()?;
         Ok(record)
     }
@@ -202,6 +199,27 @@ impl Record {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record always serializes")
     }
+}
+
+/// serde_json quotes a string value in "invalid type/value" messages; the
+/// value may be personal data, so it is cut out (the rest names the fault).
+fn redact(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + MARK.len()..];
+        // The quoted value ends at the last `"` before ", expected".
+        let end = after
+            .find("\", expected")
+            .or_else(|| after.rfind('"'))
+            .map_or(after.len(), |e| e + 1);
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Maximum nesting of arrays and objects in valid JSON text.
@@ -366,6 +384,20 @@ mod tests {
         );
         let err = Record::parse(long.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("63-byte limit"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_string_values() {
+        let err = Record::parse(
+            br#"{"table":"t","op":"INSERT","data":{"id":1},"lsn":"0/1","seq":"jane@example.com"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("jane@example.com"), "{err}");
+        assert!(
+            err.contains("invalid type: a string, expected u64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -137,14 +137,22 @@ mod tests {
     #[test]
     fn durable_names_are_bounded_and_distinct() {
         let long = "x".repeat(63);
-        let d = durable_name("S", "public", &long);
-        assert!(d.len() <= 3 + 40 + 1 + 16, "{d}");
+        let d = durable_name("S", "i1", "public", &long);
+        assert!(d.len() <= 3 + 12 + 1 + 40 + 1 + 16, "{d}");
         assert_ne!(
-            durable_name("S", "public", "a.b"),
-            durable_name("S", "public", "a_b")
+            durable_name("S", "i1", "public", "a.b"),
+            durable_name("S", "i1", "public", "a_b")
         );
-        assert_ne!(durable_name("S", "a", "b_c"), durable_name("S", "a_b", "c"));
-        assert!(!durable_name("S", "p", "a b.c*>").contains(['.', '*', '>', ' ']));
+        assert_ne!(
+            durable_name("S", "i1", "a", "b_c"),
+            durable_name("S", "i1", "a_b", "c")
+        );
+        assert_ne!(
+            durable_name("S", "i1", "public", "t"),
+            durable_name("S", "i2", "public", "t"),
+            "each destination database has its own durables"
+        );
+        assert!(!durable_name("S", "i1", "p", "a b.c*>").contains(['.', '*', '>', ' ']));
     }
 
     #[test]
