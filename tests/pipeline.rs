@@ -254,3 +254,102 @@ async fn consumer_killed_mid_batch_and_restarted_applies_everything_once() {
     let restarted = syncdata(dir.path(), &config, &["start"]);
     wait_converged(&names, &local, &expected, &[&restarted]).await;
 }
+
+async fn stream_count(nats_url: &str, stream: &str) -> u64 {
+    let client = support::nats_connect(nats_url).await;
+    let js = jetstream::new(client);
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
+    let history = workload::generate(&WorkloadSpec {
+        seed: 21,
+        changes: 20_000,
+        truncate: true,
+        partial_updates: true,
+        key_changes: true,
+    });
+    let expected_db = demo_db("natskill_expected").await;
+    workload::apply_in_order(&expected_db.pool, &history)
+        .await
+        .unwrap();
+    let expected = fingerprints(&expected_db).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = support::NatsServer::start(&dir.path().join("nats")).await;
+    let local = demo_db("natskill_local").await;
+    let names = TestNames::new("natskill");
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &local,
+        &names,
+        &nats.url(),
+        &archive,
+        "[consumer]\nbatch_size = 200\nack_wait_secs = 5\nmax_backoff_ms = 1000\n[producer]\nmax_in_flight = 256\n",
+    );
+    add_tables(dir.path(), &config);
+    workload::write_archive(&archive, &history, 2_000).unwrap();
+    let producer = Proc::spawn("syncdata-producer", &["run"], &config, &[], dir.path());
+    let consumers: Vec<Proc> = (0..2)
+        .map(|_| syncdata(dir.path(), &config, &["start"]))
+        .collect();
+
+    let url = nats.url();
+    support::wait_until("the stream is mid-way", Duration::from_secs(60), || async {
+        stream_count(&url, &names.stream).await >= 5_000
+    })
+    .await;
+    let total = history.len() as u64;
+    let before_kill = stream_count(&url, &names.stream).await;
+    nats.kill9();
+    assert!(
+        before_kill < total,
+        "the kill lands mid-stream ({before_kill} of {total})"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // the outage itself
+    nats.restart().await;
+
+    support::wait_until(
+        "every record in the stream",
+        Duration::from_secs(120),
+        || async { stream_count(&url, &names.stream).await >= total },
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if fingerprints(&local).await == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence after the NATS restart\nproducer:\n{}\nconsumer:\n{}",
+            producer.log(),
+            consumers[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        stream_count(&url, &names.stream).await,
+        total,
+        "nothing duplicated in the stream"
+    );
+    let failed: i64 =
+        sqlx::query_scalar("select count(*) from data_sync_logs where status <> 'SUCCESS'")
+            .fetch_one(&local.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0, "no dead letters from a NATS outage");
+    for mut p in consumers.into_iter().chain([producer]) {
+        assert!(
+            p.is_running(),
+            "every process rode out the outage:\n{}",
+            p.log()
+        );
+    }
+}
