@@ -343,3 +343,20 @@ async fn hostile_names_are_quoted_or_rejected() {
     let err = applier.apply_batch(&ghost, &[], "").await.unwrap_err();
     assert!(err.to_string().contains("not found locally"), "{err}");
 }
+
+#[tokio::test]
+async fn a_column_added_locally_is_seen_without_a_restart() {
+    let (db, applier) = setup("newcol", "create table t (id int primary key, a text);").await;
+    let table = TableName::new("public", "t");
+    let r =
+        rec(r#"{"table":"t","op":"INSERT","data":{"id":1,"a":"x","b":"y"},"lsn":"0/1","seq":0}"#);
+    let report = applier.apply_batch(&table, &one(&r), "").await.unwrap();
+    assert!(matches!(report.dispositions[0], Disposition::Rejected(_)));
+    sqlx::query("alter table t add column b text")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = applier.apply_batch(&table, &one(&r), "").await.unwrap();
+    assert_eq!(report.dispositions, [Disposition::Applied]);
+    assert_eq!(dump(&db, "t").await, ["(1,x,y)"]);
+}

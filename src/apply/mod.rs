@@ -113,6 +113,8 @@ struct Prepared {
     dispositions: Vec<Option<Disposition>>,
     versions: Vec<Version>,
     ops: Vec<Op>,
+    /// A record named a column the cached shape does not have.
+    unknown_column: bool,
 }
 
 impl Applier {
@@ -176,12 +178,19 @@ impl Applier {
         batch: &[Incoming<'_>],
         archive_ref: &str,
     ) -> Result<BatchReport, ApplyError> {
-        let shape = self.shape(table).await?;
+        let mut shape = self.shape(table).await?;
         let db = |source| ApplyError::Db {
             table: table.clone(),
             source,
         };
         let mut prepared = prepare(&shape, batch);
+        if prepared.unknown_column {
+            // The local table may have gained the column since the shape
+            // was cached (the fix for such dead letters): look again once.
+            self.forget_shape(table).await;
+            shape = self.shape(table).await?;
+            prepared = prepare(&shape, batch);
+        }
         let mut tx = self.pool.begin().await.map_err(db)?;
         if self.replica_role {
             sqlx::query("set local session_replication_role = replica")
@@ -221,6 +230,7 @@ fn prepare(shape: &TableShape, batch: &[Incoming<'_>]) -> Prepared {
         dispositions: vec![None; batch.len()],
         versions: Vec::with_capacity(batch.len()),
         ops: Vec::with_capacity(batch.len()),
+        unknown_column: false,
     };
     for (index, inc) in batch.iter().enumerate() {
         let r = inc.record;
@@ -238,7 +248,13 @@ fn prepare(shape: &TableShape, batch: &[Incoming<'_>]) -> Prepared {
                 p.truncate = p.truncate.max(Some(version));
                 p.dispositions[index] = Some(Disposition::Applied);
             }
-            Err(reason) => p.dispositions[index] = Some(Disposition::Rejected(reason)),
+            Err(Rejection::UnknownColumn(reason)) => {
+                p.unknown_column = true;
+                p.dispositions[index] = Some(Disposition::Rejected(reason));
+            }
+            Err(Rejection::Other(reason)) => {
+                p.dispositions[index] = Some(Disposition::Rejected(reason))
+            }
         }
     }
     p
@@ -256,43 +272,67 @@ fn intern(
     })
 }
 
+enum Rejection {
+    UnknownColumn(String),
+    Other(String),
+}
+
 fn to_change(
     shape: &TableShape,
     r: &Record,
     keys: &mut Vec<Vec<String>>,
     ids: &mut HashMap<String, usize>,
-) -> Result<Option<Change>, String> {
+) -> Result<Option<Change>, Rejection> {
+    to_change_inner(shape, r, keys, ids).map_err(|(unknown, reason)| {
+        if unknown {
+            Rejection::UnknownColumn(reason)
+        } else {
+            Rejection::Other(reason)
+        }
+    })
+}
+
+/// Errors: (names an unknown column, reason).
+fn to_change_inner(
+    shape: &TableShape,
+    r: &Record,
+    keys: &mut Vec<Vec<String>>,
+    ids: &mut HashMap<String, usize>,
+) -> Result<Option<Change>, (bool, String)> {
     let n = shape.columns.len();
     let values_of =
-        |cols: &crate::record::Columns, field: &str| -> Result<Vec<Option<Val>>, String> {
+        |cols: &crate::record::Columns, field: &str| -> Result<Vec<Option<Val>>, (bool, String)> {
             let mut values = vec![None; n];
             for (name, value) in cols {
                 match shape.by_name.get(name) {
                     Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
                     None if shape.generated.contains(name) => {}
                     None => {
-                        return Err(format!(
-                            "{field} names column {name:?}, which table {} does not have",
-                            shape.name
+                        return Err((
+                            true,
+                            format!(
+                                "{field} names column {name:?}, which table {} does not have",
+                                shape.name
+                            ),
                         ))
                     }
                 }
             }
             Ok(values)
         };
-    let key_of = |values: &[Option<Val>], field: &str| -> Result<Vec<String>, String> {
+    let key_of = |values: &[Option<Val>], field: &str| -> Result<Vec<String>, (bool, String)> {
         shape
             .key
             .iter()
             .map(|&c| match &values[c] {
                 Some(Val::Known(Some(t))) => Ok(t.clone()),
-                Some(_) => Err(format!(
-                    "{field}: key column {:?} is null",
-                    shape.columns[c].name
+                Some(_) => Err((
+                    false,
+                    format!("{field}: key column {:?} is null", shape.columns[c].name),
                 )),
-                None => Err(format!(
-                    "{field} lacks key column {:?}",
-                    shape.columns[c].name
+                None => Err((
+                    false,
+                    format!("{field} lacks key column {:?}", shape.columns[c].name),
                 )),
             })
             .collect()
