@@ -1,1 +1,758 @@
-fn main() {}
+//! `syncdata-demo`: the whole pipeline on one machine, checked end to end.
+//!
+//! 1. Creates two databases, `syncdata_demo_expected` (stands in for
+//!    production) and `syncdata_demo_local` (the synced copy), with the demo
+//!    schema.
+//! 2. Generates a synthetic history (inserts, full/partial/key-changing
+//!    updates, deletes, one TRUNCATE) and applies it in order to the expected
+//!    database with the reference applier: that is the truth.
+//! 3. Writes a real config file, resets the demo's JetStream streams and
+//!    archive directory, registers the tables with `syncdata add-tables`, and
+//!    starts `syncdata-producer run` and N × `syncdata start`.
+//! 4. Writes the history as change files, the tail of it appended to a file
+//!    that is still being written.
+//! 5. Waits until every local table's fingerprint equals the expected one,
+//!    prints a comparison table and the throughput, and stops the processes.
+//!
+//! Exit status 0 only when every table matches.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use syncdata_core::config::{Config, CONFIG_ENV};
+use syncdata_core::record::Record;
+use syncdata_core::workload::{self, WorkloadSpec, DEMO_DDL};
+
+const EXPECTED_DB: &str = "syncdata_demo_expected";
+const LOCAL_DB: &str = "syncdata_demo_local";
+const STREAM: &str = "SYNCDATA_DEMO";
+const SUBJECT_PREFIX: &str = "syncdata_demo.changes";
+const DLQ_STREAM: &str = "SYNCDATA_DEMO_DLQ";
+const DLQ_SUBJECT_PREFIX: &str = "syncdata_demo.dlq";
+const SCHEMA: &str = "public";
+
+/// Environment variables that override the config file; the children must
+/// see only the file the demo wrote.
+const OVERRIDE_VARS: &[&str] = &[
+    "PG_PASSWORD",
+    "PG_DB_NAME",
+    "PG_USER_NAME",
+    "PG_HOST",
+    "PG_PORT",
+    "DATA_SYNC_FREQ",
+    "METRIC_FREQ",
+    "NATS_URL",
+];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncdata-demo",
+    about = "Runs producer, NATS and consumers end to end on a synthetic history and checks \
+             the local copy against an in-order replay"
+)]
+struct Args {
+    /// PostgreSQL server (any database on it; the demo creates its own two).
+    #[arg(long, value_name = "URL")]
+    pg_url: String,
+    /// NATS server with JetStream.
+    #[arg(long, value_name = "URL")]
+    nats_url: String,
+    /// Working directory: config, archive and logs (created if missing).
+    #[arg(long, value_name = "DIR")]
+    workdir: PathBuf,
+    /// Number of changes in the history.
+    #[arg(long, default_value_t = 20_000)]
+    changes: usize,
+    /// Number of `syncdata start` processes.
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Seed of the synthetic history.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Seconds to wait for the local copy to match.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("syncdata-demo: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool> {
+    if args.consumers == 0 {
+        bail!("--consumers must be at least 1");
+    }
+    std::fs::create_dir_all(&args.workdir)
+        .with_context(|| format!("cannot create {}", args.workdir.display()))?;
+    let workdir = args.workdir.canonicalize()?;
+    let archive = workdir.join("archive");
+    let bins = Binaries::locate()?;
+
+    // 1. Databases.
+    let base = PgConnectOptions::from_str(&args.pg_url).context("--pg-url is not a valid URL")?;
+    let admin = pool(base.clone(), 2)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(&args.pg_url)))?;
+    for db in [EXPECTED_DB, LOCAL_DB] {
+        recreate_database(&admin, db).await?;
+    }
+    admin.close().await;
+    let expected = pool(base.clone().database(EXPECTED_DB), 4).await?;
+    let local = pool(base.clone().database(LOCAL_DB), 4).await?;
+    for (db, p) in [(EXPECTED_DB, &expected), (LOCAL_DB, &local)] {
+        sqlx::raw_sql(DEMO_DDL)
+            .execute(p)
+            .await
+            .with_context(|| format!("cannot create the demo tables in {db}"))?;
+    }
+    println!("databases {EXPECTED_DB} and {LOCAL_DB} created with the demo schema");
+
+    // 2. History and truth.
+    let spec = WorkloadSpec::full(args.seed, args.changes);
+    let t = Instant::now();
+    let records = workload::generate(&spec);
+    let generated_in = t.elapsed();
+    let mix = workload::describe(&records)
+        .into_iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "generated {} changes (seed {}) in {:.0} ms: {mix}",
+        records.len(),
+        args.seed,
+        ms(generated_in)
+    );
+    let t = Instant::now();
+    workload::apply_in_order(&expected, &records)
+        .await
+        .context("in-order apply to the expected database failed")?;
+    println!(
+        "applied them in order to {EXPECTED_DB} in {:.0} ms",
+        ms(t.elapsed())
+    );
+    let tables = workload::demo_tables();
+    let mut truth = Vec::new();
+    for table in &tables {
+        truth.push(workload::table_fingerprint(&expected, SCHEMA, table).await?);
+    }
+
+    // 3. Config, clean streams and archive.
+    let config_path = workdir.join("config.toml");
+    let config_text = config_toml(&base, &args.pg_url, &args.nats_url, &archive)?;
+    std::fs::write(&config_path, config_text)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = Config::load_from(&config_path, |_| None)
+        .context("the demo wrote a config file the project does not accept")?;
+    println!("config written to {}", config_path.display());
+    reset_streams(&config).await?;
+    if archive.exists() {
+        std::fs::remove_dir_all(&archive)
+            .with_context(|| format!("cannot clear {}", archive.display()))?;
+    }
+    std::fs::create_dir_all(&archive)?;
+
+    // 4. Processes.
+    let mut procs = Procs::new(&workdir, &config_path);
+    let add = procs
+        .run_to_end(
+            &bins.consumer,
+            &["add-tables", "customers", "orders", "order_lines"],
+            "add-tables",
+        )
+        .await?;
+    if !add.success() {
+        print_log_tail(&workdir.join("add-tables.log"));
+        bail!("`syncdata add-tables customers orders order_lines` failed: {add}");
+    }
+    println!("tables registered with `syncdata add-tables`");
+    procs.spawn(&bins.producer, &["run"], "producer")?;
+    for i in 1..=args.consumers {
+        procs.spawn(&bins.consumer, &["start"], &format!("consumer-{i}"))?;
+    }
+    println!(
+        "started syncdata-producer and {} syncdata consumer(s); logs in {}",
+        args.consumers,
+        workdir.display()
+    );
+
+    // 5. Archive, then 6. wait for convergence.
+    let started = Instant::now();
+    let mut all_written = None;
+    let outcome = async {
+        write_history(&archive, &records).await?;
+        all_written = Some(Instant::now());
+        wait_for_match(&local, &tables, &truth, &mut procs, args.timeout_secs).await
+    }
+    .await;
+    let elapsed = started.elapsed();
+    let lag = all_written.map(|t| t.elapsed());
+    let stop_warnings = procs.stop().await;
+    let warn = || {
+        for w in &stop_warnings {
+            println!("warning: {w}");
+        }
+    };
+
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            warn();
+            procs.print_log_tails();
+            return Err(e);
+        }
+    };
+    let local_prints = match &outcome {
+        Wait::Matched(prints) | Wait::Gave(_, prints) => prints.clone(),
+    };
+    println!();
+    print_table(&tables, &truth, &local_prints);
+    println!();
+    warn();
+    match outcome {
+        Wait::Matched(_) => {
+            println!(
+                "{} changes synced in {:.2} s ({:.0} changes/s) by 1 producer and {} consumer(s)",
+                records.len(),
+                elapsed.as_secs_f64(),
+                records.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+                args.consumers
+            );
+            if let Some(lag) = lag {
+                println!(
+                    "(the last changes were appended {:.2} s after the first; the local copy \
+                     matched {:.2} s after the last append)",
+                    (elapsed - lag).as_secs_f64(),
+                    lag.as_secs_f64()
+                );
+            }
+            println!("OK: every table matches");
+            Ok(true)
+        }
+        Wait::Gave(reason, _) => {
+            println!("FAILED: {reason}");
+            procs.print_log_tails();
+            Ok(false)
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn pool(options: PgConnectOptions, max: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.application_name("syncdata-demo"))
+        .await?)
+}
+
+async fn recreate_database(admin: &PgPool, name: &str) -> Result<()> {
+    // `name` is one of this file's constants; quoted anyway.
+    let ident = format!("\"{}\"", name.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {ident} WITH (FORCE)"
+    )))
+    .execute(admin)
+    .await
+    .with_context(|| format!("cannot drop database {name}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {ident}")))
+        .execute(admin)
+        .await
+        .with_context(|| format!("cannot create database {name}"))?;
+    Ok(())
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match url_password(url) {
+        Some(_) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let at = rest.rfind('@').unwrap_or(0);
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The percent-decoded password of a `postgres://user:password@host/db` URL.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    let bytes = password.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn config_toml(
+    base: &PgConnectOptions,
+    pg_url: &str,
+    nats_url: &str,
+    archive: &Path,
+) -> Result<String> {
+    let archive = archive
+        .to_str()
+        .context("the work directory path is not UTF-8")?;
+    let mut s = String::from("# Written by syncdata-demo.\n");
+    s += &format!("pg_host = {}\n", toml_str(base.get_host()));
+    s += &format!("pg_port = {}\n", base.get_port());
+    s += &format!("pg_user = {}\n", toml_str(base.get_username()));
+    if let Some(pw) = url_password(pg_url) {
+        s += &format!("pg_password = {}\n", toml_str(&pw));
+    }
+    s += &format!("pg_database = {}\n", toml_str(LOCAL_DB));
+    s += &format!("archive_dir = {}\n", toml_str(archive));
+    s += "data_sync_freq = 60\n";
+    s += "\n[nats]\n";
+    s += &format!("url = {}\n", toml_str(nats_url));
+    s += &format!("stream = {}\n", toml_str(STREAM));
+    s += &format!("subject_prefix = {}\n", toml_str(SUBJECT_PREFIX));
+    s += &format!("dlq_stream = {}\n", toml_str(DLQ_STREAM));
+    s += &format!("dlq_subject_prefix = {}\n", toml_str(DLQ_SUBJECT_PREFIX));
+    Ok(s)
+}
+
+/// Deletes the demo's streams (and with them every durable consumer) so a
+/// rerun starts from nothing.
+async fn reset_streams(config: &Config) -> Result<()> {
+    use async_nats::jetstream::context::DeleteStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
+
+    let client = syncdata_core::nats::connect(&config.nats, "syncdata-demo").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    for name in [&config.nats.stream, &config.nats.dlq_stream] {
+        match js.delete_stream(name).await {
+            Ok(_) => println!("deleted the old JetStream stream {name}"),
+            Err(e) => match e.kind() {
+                DeleteStreamErrorKind::JetStream(je)
+                    if je.error_code() == ErrorCode::STREAM_NOT_FOUND => {}
+                _ => return Err(e).with_context(|| format!("cannot delete stream {name}")),
+            },
+        }
+    }
+    client.drain().await.ok();
+    Ok(())
+}
+
+struct Binaries {
+    producer: PathBuf,
+    consumer: PathBuf,
+}
+
+impl Binaries {
+    /// `syncdata` and `syncdata-producer` next to this executable.
+    fn locate() -> Result<Binaries> {
+        let exe = std::env::current_exe().context("cannot locate the demo's own executable")?;
+        let dir = exe
+            .parent()
+            .context("the demo executable has no directory")?;
+        let find = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+            if !p.is_file() {
+                bail!(
+                    "{} not found next to syncdata-demo; build everything with \
+                     `cargo build --workspace --bins`",
+                    p.display()
+                );
+            }
+            Ok(p)
+        };
+        Ok(Binaries {
+            producer: find("syncdata-producer")?,
+            consumer: find("syncdata")?,
+        })
+    }
+}
+
+struct Child {
+    name: String,
+    log: PathBuf,
+    child: tokio::process::Child,
+    status: Option<ExitStatus>,
+}
+
+/// The processes the demo started, with their logs.
+struct Procs {
+    workdir: PathBuf,
+    config: PathBuf,
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Procs {
+    fn new(workdir: &Path, config: &Path) -> Self {
+        Procs {
+            workdir: workdir.to_owned(),
+            config: config.to_owned(),
+            children: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    fn command(
+        &mut self,
+        bin: &Path,
+        args: &[&str],
+        name: &str,
+    ) -> Result<tokio::process::Command> {
+        let log = self.workdir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(args)
+            .env(CONFIG_ENV, &self.config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        for var in OVERRIDE_VARS {
+            cmd.env_remove(var);
+        }
+        // Plain logs: they are files, read by people and by grep.
+        cmd.env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        self.logs.push(log);
+        Ok(cmd)
+    }
+
+    async fn run_to_end(&mut self, bin: &Path, args: &[&str], name: &str) -> Result<ExitStatus> {
+        let mut cmd = self.command(bin, args, name)?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                child.kill().await.ok();
+                bail!("{name} did not finish within 60 s")
+            }
+        }
+    }
+
+    fn spawn(&mut self, bin: &Path, args: &[&str], name: &str) -> Result<()> {
+        let mut cmd = self.command(bin, args, name)?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.children.push(Child {
+            name: name.to_owned(),
+            log: self.logs.last().cloned().expect("command() pushed the log"),
+            child,
+            status: None,
+        });
+        Ok(())
+    }
+
+    /// The first process found to have exited, with its status.
+    fn exited(&mut self) -> Option<(String, ExitStatus)> {
+        for c in &mut self.children {
+            if c.status.is_none() {
+                if let Ok(Some(status)) = c.child.try_wait() {
+                    c.status = Some(status);
+                    return Some((c.name.clone(), status));
+                }
+            }
+        }
+        None
+    }
+
+    /// SIGTERM to every process still running, then wait for each (SIGKILL
+    /// after 20 s). Returns warnings about processes that did not stop well.
+    async fn stop(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for c in &mut self.children {
+            if c.status.is_some() {
+                continue;
+            }
+            if let Some(pid) = c.child.id() {
+                let sent = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                if !sent.is_ok_and(|s| s.success()) {
+                    warnings.push(format!("could not send SIGTERM to {} (pid {pid})", c.name));
+                }
+            }
+        }
+        for c in &mut self.children {
+            if c.status.is_some() {
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), c.child.wait()).await {
+                Ok(Ok(status)) => {
+                    c.status = Some(status);
+                    if !status.success() {
+                        warnings.push(format!(
+                            "{} exited with {status} after SIGTERM (see {})",
+                            c.name,
+                            c.log.display()
+                        ));
+                    }
+                }
+                Ok(Err(e)) => warnings.push(format!("cannot wait for {}: {e}", c.name)),
+                Err(_) => {
+                    c.child.kill().await.ok();
+                    warnings.push(format!(
+                        "{} did not stop within 20 s of SIGTERM and was killed",
+                        c.name
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
+    fn print_log_tails(&self) {
+        for log in &self.logs {
+            print_log_tail(log);
+        }
+    }
+}
+
+fn print_log_tail(log: &Path) {
+    const LINES: usize = 25;
+    println!("\n--- last {LINES} lines of {} ---", log.display());
+    match std::fs::read(log) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                println!("(empty)");
+            }
+            for line in &lines[lines.len().saturating_sub(LINES)..] {
+                // Keep huge log lines (a logged record) readable.
+                if line.len() > 400 {
+                    let mut end = 400;
+                    while !line.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    println!("{}…", &line[..end]);
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+        Err(e) => println!("(cannot read: {e})"),
+    }
+}
+
+/// The first ~80% as complete files at once, the rest appended in whole
+/// lines to one more file over about 1.5 s.
+async fn write_history(archive: &Path, records: &[Record]) -> Result<()> {
+    let split = records.len() * 8 / 10;
+    let per_file = split.div_ceil(4).max(1);
+    let written = workload::write_archive(archive, &records[..split], per_file)
+        .with_context(|| format!("cannot write change files to {}", archive.display()))?;
+    let last = archive.join(workload::archive_file_name(written.len() + 1));
+    println!(
+        "wrote {split} changes as {} file(s); appending {} more to {} while it is read",
+        written.len(),
+        records.len() - split,
+        last.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let rest = &records[split..];
+    const CHUNKS: usize = 6;
+    let per_chunk = rest.len().div_ceil(CHUNKS).max(1);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&last)
+        .with_context(|| format!("cannot create {}", last.display()))?;
+    for (i, chunk) in rest.chunks(per_chunk).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut buf = Vec::new();
+        for r in chunk {
+            buf.extend_from_slice(&r.to_json());
+            buf.push(b'\n');
+        }
+        file.write_all(&buf)?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+enum Wait {
+    Matched(Vec<(i64, String)>),
+    /// Gave up: why, and the last local fingerprints.
+    Gave(String, Vec<(i64, String)>),
+}
+
+async fn wait_for_match(
+    local: &PgPool,
+    tables: &[&str],
+    truth: &[(i64, String)],
+    procs: &mut Procs,
+    timeout_secs: u64,
+) -> Result<Wait> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let mut last_progress = Instant::now();
+    let mut prints: Vec<(i64, String)> = vec![(0, String::new()); tables.len()];
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let mut all = true;
+        let mut last_error = None;
+        for (i, table) in tables.iter().enumerate() {
+            match workload::table_fingerprint(local, SCHEMA, table).await {
+                Ok(p) => prints[i] = p,
+                Err(e) => last_error = Some(e),
+            }
+            all &= prints[i] == truth[i];
+        }
+        if all && last_error.is_none() {
+            return Ok(Wait::Matched(prints));
+        }
+        if let Some((name, status)) = procs.exited() {
+            return Ok(Wait::Gave(
+                format!("{name} exited early ({status}) before the local copy matched"),
+                prints,
+            ));
+        }
+        if Instant::now() >= deadline {
+            let reason = match last_error {
+                Some(e) => format!("no match within {timeout_secs} s (last error: {e})"),
+                None => format!("no match within {timeout_secs} s"),
+            };
+            return Ok(Wait::Gave(reason, prints));
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let rows = tables
+                .iter()
+                .zip(prints.iter().zip(truth))
+                .map(|(t, (l, e))| format!("{t} {}/{}", l.0, e.0))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("waiting… local/expected rows: {rows}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = &mut interrupt => {
+                return Ok(Wait::Gave("interrupted".to_owned(), prints));
+            }
+        }
+    }
+}
+
+fn print_table(tables: &[&str], truth: &[(i64, String)], local: &[(i64, String)]) {
+    let width = tables.iter().map(|t| t.len()).max().unwrap_or(5).max(5);
+    println!(
+        "{:<width$} | {:>13} | {:>10} | {:<32} | {:<32} | match",
+        "table", "expected rows", "local rows", "expected checksum", "local checksum"
+    );
+    println!(
+        "{}-+-{}-+-{}-+-{}-+-{}-+------",
+        "-".repeat(width),
+        "-".repeat(13),
+        "-".repeat(10),
+        "-".repeat(32),
+        "-".repeat(32)
+    );
+    for (i, t) in tables.iter().enumerate() {
+        let (er, ec) = &truth[i];
+        let (lr, lc) = &local[i];
+        let ok = er == lr && ec == lc;
+        println!(
+            "{t:<width$} | {er:>13} | {lr:>10} | {ec:<32} | {lc:<32} | {}",
+            if ok { "yes" } else { "NO" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_decoded_and_redacted() {
+        let url = "postgres://me:p%40ss%3Aw@127.0.0.1:5432/postgres";
+        assert_eq!(url_password(url).as_deref(), Some("p@ss:w"));
+        assert_eq!(redact(url), "postgres://me:***@127.0.0.1:5432/postgres");
+        assert_eq!(
+            url_password("postgres://postgres@127.0.0.1:1/postgres"),
+            None
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1:1/x"),
+            "postgres://postgres@127.0.0.1:1/x"
+        );
+    }
+
+    #[test]
+    fn config_is_accepted_by_the_project() {
+        let url = "postgres://demo:se\"cret@127.0.0.1:6543/postgres";
+        let base = PgConnectOptions::from_str(url).unwrap();
+        let text = config_toml(
+            &base,
+            url,
+            "nats://127.0.0.1:4333",
+            Path::new("/tmp/a \"dir\"/archive"),
+        )
+        .unwrap();
+        let c = Config::from_toml(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pg_port, 6543);
+        assert_eq!(c.pg_user, "demo");
+        assert_eq!(c.pg_password.as_deref(), Some("se\"cret"));
+        assert_eq!(c.pg_database.as_deref(), Some(LOCAL_DB));
+        assert_eq!(
+            c.archive_dir.as_deref(),
+            Some(Path::new("/tmp/a \"dir\"/archive"))
+        );
+        assert_eq!(c.nats.stream, STREAM);
+        assert_eq!(c.nats.dlq_subject_prefix, DLQ_SUBJECT_PREFIX);
+    }
+}
