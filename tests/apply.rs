@@ -360,3 +360,89 @@ async fn a_column_added_locally_is_seen_without_a_restart() {
     assert_eq!(report.dispositions, [Disposition::Applied]);
     assert_eq!(dump(&db, "t").await, ["(1,x,y)"]);
 }
+
+/// Two consumers on one row: the one that waits for the other's row lock
+/// must see everything the other committed, target row included (under READ
+/// COMMITTED a statement that waits for a lock re-reads only the locked
+/// row, not rows joined to it).
+#[tokio::test]
+async fn a_batch_waiting_for_a_row_lock_sees_what_the_holder_committed() {
+    let (db, applier) = setup(
+        "lockwait",
+        "create table t (id int primary key, a text, big text);",
+    )
+    .await;
+    let table = TableName::new("public", "t");
+    // The row starts deleted: a committed tombstone to lock.
+    let delete = rec(r#"{"table":"t","op":"DELETE","old_keys":{"id":1},"lsn":"0/5","seq":0}"#);
+    applier
+        .apply_batch(&table, &one(&delete), "")
+        .await
+        .unwrap();
+
+    // "Consumer A": locks the row's bookkeeping, as a batch does.
+    let mut a = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from syncdata.row_state where key = '1' for update")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+
+    // "Consumer B": a partial UPDATE of the same row; it must wait for A.
+    let applier = std::sync::Arc::new(applier);
+    let b = {
+        let applier = applier.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            let partial = rec(
+                r#"{"table":"t","op":"UPDATE","data":{"id":1,"a":"new"},"old_keys":{"id":1},"lsn":"0/20","seq":0}"#,
+            );
+            applier.apply_batch(&table, &one(&partial), "").await
+        })
+    };
+    support::wait_until(
+        "B waits for A's row lock",
+        std::time::Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like '%row_state%'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
+
+    // A makes the row live (an INSERT at 0/10) and commits.
+    sqlx::query("update syncdata.row_state set state = 'L', lsn = 16, seq = 0, floor_lsn = 5, floor_seq = 0 where key = '1'")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    sqlx::query("insert into t values (1, 'old', 'BIG')")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    a.commit().await.unwrap();
+
+    let report = b.await.unwrap().unwrap();
+    assert_eq!(report.dispositions, [Disposition::Applied]);
+    assert_eq!(report.parked, 0, "B saw the row A committed");
+    assert_eq!(dump(&db, "t").await, ["(1,new,BIG)"]);
+}
+
+#[tokio::test]
+async fn values_too_long_for_their_column_are_errors_not_truncated() {
+    let (_db, applier) = setup(
+        "toolong",
+        "create table t (id int primary key, v varchar(5), c char(3));",
+    )
+    .await;
+    let table = TableName::new("public", "t");
+    let r = rec(
+        r#"{"table":"t","op":"INSERT","data":{"id":1,"v":"toolong","c":"ab"},"lsn":"0/1","seq":0}"#,
+    );
+    let err = applier.apply_batch(&table, &one(&r), "").await.unwrap_err();
+    assert_eq!(err.sqlstate().as_deref(), Some("22001"), "{err}");
+}

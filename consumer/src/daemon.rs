@@ -117,10 +117,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     }
     let applier = Applier::new(pool.clone(), replica);
     for t in &tables {
-        applier
-            .shape(t)
-            .await
-            .with_context(|| format!("checking whitelisted table {t}"))?;
+        // A table missing locally or without a primary key must not stop the
+        // others: its worker dead-letters its records with this error.
+        if let Err(e) = applier.shape(t).await {
+            warn!(table = %t, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
+        }
     }
     let client = nats::connect(&config.nats, "syncdata").await?;
     let js = jetstream::new(client.clone());
@@ -186,6 +187,13 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     workers_token.cancel();
     for w in workers {
         w.await.context("worker panicked")?;
+    }
+    // Acks are only queued on the connection; push them out before the
+    // process exits, or the last batch's messages come back after ack_wait.
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "flushing acks failed; they will be redelivered"),
+        Err(_) => warn!("flushing acks timed out; they will be redelivered"),
     }
     flush_metrics(&ctx, period, now_secs()).await;
     if let Err(e) = store::roll_up_metrics(&pool).await {

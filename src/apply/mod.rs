@@ -783,6 +783,19 @@ async fn lock_and_read(
     .bind(&sorted)
     .execute(&mut **tx)
     .await?;
+    // Lock first, in a statement of its own. Under READ COMMITTED a
+    // statement that waits for a row lock re-reads the locked row but not
+    // the rows joined to it, so a target row committed by the transaction
+    // it waited for would look absent (and one it deleted, present). The
+    // read below starts once the locks are held and sees all they guarded.
+    sqlx::query(
+        "select 1 from syncdata.row_state where table_id = $1 and key = any($2) \
+         order by key collate \"C\" for update",
+    )
+    .bind(table_id)
+    .bind(&sorted)
+    .execute(&mut **tx)
+    .await?;
     let (kparams, kaliases) = shape.key_params(3);
     let sql = format!(
         "select u.i, s.state::text, s.lsn, s.seq, s.floor_lsn, s.floor_seq, s.col_versions, s.parked, \
@@ -790,8 +803,7 @@ async fn lock_and_read(
          from unnest($2::text[], {kparams}) with ordinality as u(key, {kaliases}, i) \
          join syncdata.row_state s on s.table_id = $1 and s.key = u.key \
          left join {} t on {} \
-         order by s.key collate \"C\" \
-         for update of s",
+         order by s.key collate \"C\"",
         shape.name.quoted(),
         shape.key_join("t", "u")
     );

@@ -63,7 +63,21 @@ impl TableShape {
             return Err(ShapeError::NotFound(name.clone()));
         };
         let rows: Vec<(String, String, bool, bool)> = sqlx::query_as(
-            "select a.attname::text, format_type(a.atttypid, a.atttypmod), \
+            // Explicit casts to a length-limited character or bit type
+            // truncate silently ('toolong'::varchar(5) is 'toolo'); cast to
+            // the unlimited type and let the assignment to the column
+            // enforce the limit (22001 / 22026), as an INSERT would.
+            "select a.attname::text, \
+                    case a.atttypid \
+                        when 'varchar'::regtype then 'character varying' \
+                        when 'bpchar'::regtype then 'bpchar' \
+                        when 'bit'::regtype then 'bit varying' \
+                        when 'varbit'::regtype then 'bit varying' \
+                        when 'varchar[]'::regtype then 'character varying[]' \
+                        when 'bpchar[]'::regtype then 'bpchar[]' \
+                        when 'bit[]'::regtype then 'bit varying[]' \
+                        when 'varbit[]'::regtype then 'bit varying[]' \
+                        else format_type(a.atttypid, a.atttypmod) end, \
                     a.attgenerated <> '', a.atttypid = 'bytea'::regtype \
              from pg_attribute a \
              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped \

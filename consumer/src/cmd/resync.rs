@@ -74,8 +74,12 @@ pub async fn run(config: &Config, input: &str, wait: bool) -> anyhow::Result<()>
     let durable =
         subject::durable_name(&config.nats.stream, &instance, &table.schema, &table.table);
 
-    let _ = stream.delete_consumer(&durable).await;
     reset_table(&pool, &table).await?;
+    // Delete and recreate back to back: a worker's pull that lands while the
+    // durable is missing gets no answer and stalls the table until the
+    // client-side fetch timeout (expires + 5 s), so the gap must not span
+    // the reset (seconds on a large table).
+    let _ = stream.delete_consumer(&durable).await;
     ensure_consumer(&stream, config, &instance, &table).await?;
     println!("{table}: emptied; replaying its history from the start of the stream");
     if !wait {

@@ -109,7 +109,10 @@ async fn streams(
     .await
     .map_err(|_| anyhow::anyhow!("timed out"))??;
     let js = jetstream::new(client);
-    let changes = js.get_stream(&config.nats.stream).await?;
+    // Created when missing (as the DLQ just below, and as `start` and
+    // `resync` do): before the first daemon or producer run the stream does
+    // not exist yet, which is "nothing pending", not "NATS not reachable".
+    let changes = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
     Ok((changes, dlq))
 }
