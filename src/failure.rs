@@ -3,8 +3,6 @@
 //! poison record) or permanent (isolate the record, retry up to
 //! `max_attempts`, then dead-letter it).
 
-use std::time::Duration;
-
 use crate::apply::shape::ShapeError;
 use crate::apply::ApplyError;
 
@@ -62,39 +60,9 @@ pub fn classify_apply(e: &ApplyError, fk_is_transient: bool) -> Kind {
     }
 }
 
-/// Capped exponential backoff with full jitter: attempt 1 waits up to
-/// `base`, each further attempt doubles the ceiling, never above `cap`.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let ceiling = exp.min(cap);
-    ceiling
-        .mul_f64(jitter.clamp(0.0, 1.0))
-        .max(base.min(ceiling) / 2)
-}
-
-/// [`backoff`] with a random jitter.
-pub fn backoff_random(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    backoff(attempt, base, cap, rand::random::<f64>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_stays_in_bounds() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(5);
-        assert_eq!(backoff(1, base, cap, 1.0), base);
-        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff(30, base, cap, 1.0), cap);
-        for attempt in 1..40 {
-            for j in [0.0, 0.3, 0.99] {
-                let d = backoff(attempt, base, cap, j);
-                assert!(d >= base / 2 && d <= cap, "{attempt} {j} {d:?}");
-            }
-        }
-    }
 
     #[test]
     fn sqlstates_classify_per_design() {

@@ -19,6 +19,7 @@ use syncdata_core::apply::{Applier, ApplyError, Disposition, Incoming};
 use syncdata_core::config::Config;
 use syncdata_core::failure::{self, Kind};
 use syncdata_core::record::Record;
+use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::table::TableName;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -59,7 +60,7 @@ pub async fn run_table(
 ) {
     let batch_size = ctx.config.consumer.batch_size;
     let wait = Duration::from_millis(ctx.config.consumer.fetch_wait_ms);
-    let cap = Duration::from_millis(ctx.config.consumer.max_backoff_ms);
+    let policy = retry_policy(&ctx.config);
     let mut failures: u32 = 0;
     info!(table = %table, "worker started");
     // Checked once per batch: a batch that was fetched is always applied
@@ -76,7 +77,7 @@ pub async fn run_table(
             Err(err) => {
                 failures += 1;
                 warn!(table = %table, error = %err, "fetch failed; retrying");
-                sleep_or_cancel(failure::backoff_random(failures, BASE_BACKOFF, cap), &token).await;
+                retry::sleep(policy.delay_for(failures), &token).await;
                 continue;
             }
         };
@@ -93,7 +94,7 @@ pub async fn run_table(
         }
         if process(&ctx, &table, msgs).await {
             failures += 1;
-            sleep_or_cancel(failure::backoff_random(failures, BASE_BACKOFF, cap), &token).await;
+            retry::sleep(policy.delay_for(failures), &token).await;
         } else {
             failures = 0;
         }
@@ -101,11 +102,11 @@ pub async fn run_table(
     info!(table = %table, "worker stopped");
 }
 
-async fn sleep_or_cancel(d: Duration, token: &CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => {}
-        _ = token.cancelled() => {}
-    }
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy::new(
+        BASE_BACKOFF,
+        Duration::from_millis(config.consumer.max_backoff_ms),
+    )
 }
 
 /// Applies and settles one fetched batch. Returns true when a transient
@@ -225,12 +226,12 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
 }
 
 async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Option<Fate>>) -> bool {
-    let cap = Duration::from_millis(ctx.config.consumer.max_backoff_ms);
+    let policy = retry_policy(&ctx.config);
     let max_attempts = i64::from(ctx.config.consumer.max_attempts);
     let mut transient = false;
     let mut acks = Vec::new();
     for (item, fate) in items.into_iter().zip(fates) {
-        let delay = failure::backoff_random(item.delivered.max(1) as u32, BASE_BACKOFF, cap);
+        let delay = policy.delay_for(item.delivered.max(1) as u32);
         match fate.expect("every message has a fate") {
             Fate::Ack => acks.push(item.msg),
             Fate::Retry => {
