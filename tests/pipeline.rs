@@ -353,3 +353,92 @@ async fn nats_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_tables_outside_the_whitelist_wait_in_the_stream_and_a_5mb_row_applies() {
+    let local = support::fresh_database("wl_local").await;
+    sqlx::raw_sql(
+        "create table kept (id int primary key, body text);
+         create table later (id int primary key, v text);",
+    )
+    .execute(&local.pool)
+    .await
+    .unwrap();
+    let names = TestNames::new("wl");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &local,
+        &names,
+        &support::nats_url(),
+        &archive,
+        "",
+    );
+    let mut add = syncdata(dir.path(), &config, &["add-tables", "kept"]);
+    assert!(
+        add.wait_timeout(Duration::from_secs(60)).unwrap().success(),
+        "{}",
+        add.log()
+    );
+
+    let big = "b".repeat(5 * 1024 * 1024);
+    let mut lines = Vec::new();
+    for i in 0..50 {
+        lines.push(serde_json::json!({"table": "kept", "op": "INSERT", "data": {"id": i, "body": format!("row {i}")}, "lsn": format!("0/{:X}", 0x100 + i), "seq": 0}).to_string());
+        lines.push(serde_json::json!({"table": "later", "op": "INSERT", "data": {"id": i, "v": format!("v{i}")}, "lsn": format!("0/{:X}", 0x100 + i), "seq": 1}).to_string());
+    }
+    lines.push(serde_json::json!({"table": "kept", "op": "INSERT", "data": {"id": 1000, "body": big}, "lsn": "0/1000", "seq": 0}).to_string());
+    std::fs::write(
+        archive.join("changes-000001.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+
+    let producer = Proc::spawn("syncdata-producer", &["run"], &config, &[], dir.path());
+    let consumer = syncdata(dir.path(), &config, &["start"]);
+    support::wait_until(
+        "kept applied, 5 MB row included",
+        Duration::from_secs(90),
+        || async {
+            let (n, len): (i64, Option<i64>) =
+                sqlx::query_as("select count(*), max(length(body))::bigint from kept")
+                    .fetch_one(&local.pool)
+                    .await
+                    .unwrap();
+            n == 51 && len == Some(5 * 1024 * 1024)
+        },
+    )
+    .await;
+    let later: i64 = sqlx::query_scalar("select count(*) from later")
+        .fetch_one(&local.pool)
+        .await
+        .unwrap();
+    assert_eq!(later, 0, "not whitelisted: nothing applied");
+    let stored = stream_count(&support::nats_url(), &names.stream).await;
+    assert_eq!(stored, 101, "the other table's records wait in the stream");
+    drop(consumer);
+
+    // Whitelisting the table later applies its whole history from the stream.
+    let mut add = syncdata(dir.path(), &config, &["add-tables", "later"]);
+    assert!(
+        add.wait_timeout(Duration::from_secs(60)).unwrap().success(),
+        "{}",
+        add.log()
+    );
+    let _consumer = syncdata(dir.path(), &config, &["start"]);
+    support::wait_until(
+        "later applied from the stream",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = sqlx::query_scalar("select count(*) from later")
+                .fetch_one(&local.pool)
+                .await
+                .unwrap();
+            n == 50
+        },
+    )
+    .await;
+    drop(producer);
+}
