@@ -137,6 +137,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         applier,
         js,
         fk_transient: !replica,
+        errors: std::sync::atomic::AtomicU64::new(0),
     });
     let workers_token = token.child_token();
     let mut workers = Vec::new();
@@ -175,7 +176,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                 }
             }
             _ = heartbeat.tick() => {
-                let errors = 0;
+                let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = store::heartbeat(&pool, &id, ctx.applier.applied_total(), errors).await {
                     warn!(error = %e, "heartbeat failed");
                 }

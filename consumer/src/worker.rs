@@ -32,6 +32,8 @@ pub struct Ctx {
     pub js: jetstream::Context,
     /// Without replica mode, an FK violation means "parent not here yet".
     pub fk_transient: bool,
+    /// Failed apply attempts (transient or permanent) since start.
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -55,7 +57,7 @@ struct Item {
 pub async fn run_table(
     ctx: Arc<Ctx>,
     table: TableName,
-    consumer: PullConsumer,
+    mut consumer: PullConsumer,
     token: CancellationToken,
 ) {
     let batch_size = ctx.config.consumer.batch_size;
@@ -83,11 +85,22 @@ pub async fn run_table(
         };
         let fetched: Vec<_> = messages.collect().await;
         let mut msgs = Vec::with_capacity(fetched.len());
+        let mut ended_with_error = false;
         for m in fetched {
             match m {
                 Ok(m) => msgs.push(m),
-                Err(err) => debug!(table = %table, error = %err, "fetch ended"),
+                Err(err) => {
+                    debug!(table = %table, error = %err, "fetch ended");
+                    ended_with_error = true;
+                }
             }
+        }
+        if ended_with_error {
+            // E.g. 409 "Consumer Deleted" while `syncdata resync` recreates
+            // the durable: a pull sent before it exists again gets no answer
+            // and stalls this table for the client-side fetch timeout
+            // (expires + 5 s). Pull again once the durable answers.
+            wait_for_durable(&mut consumer, &table, &token).await;
         }
         if msgs.is_empty() {
             continue;
@@ -107,6 +120,27 @@ fn retry_policy(config: &Config) -> RetryPolicy {
         BASE_BACKOFF,
         Duration::from_millis(config.consumer.max_backoff_ms),
     )
+}
+
+/// Waits (at most 30 s) until the table's durable answers again.
+async fn wait_for_durable(
+    consumer: &mut PullConsumer,
+    table: &TableName,
+    token: &CancellationToken,
+) {
+    let started = Instant::now();
+    while !token.is_cancelled() {
+        match consumer.info().await {
+            Ok(_) => return,
+            Err(err) if started.elapsed() > Duration::from_secs(30) => {
+                warn!(table = %table, error = %err, "durable consumer still missing; pulling anyway");
+                return;
+            }
+            Err(_) => {
+                retry::sleep(Duration::from_millis(50), token).await;
+            }
+        }
+    }
 }
 
 /// Applies and settles one fetched batch. Returns true when a transient
@@ -189,6 +223,8 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
             }
             Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
                 Kind::Transient => {
+                    ctx.errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(table = %table, records = group.len(), error = %err, "transient failure; will retry");
                     metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
                     for &i in &group {
@@ -196,6 +232,8 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                     }
                 }
                 Kind::Permanent => {
+                    ctx.errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
                     if matches!(err, ApplyError::Db { .. }) {
                         // A schema change may be the cause; read it afresh.

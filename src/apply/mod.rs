@@ -46,6 +46,7 @@ pub enum Disposition {
 #[derive(Debug, Default, Clone)]
 pub struct BatchReport {
     pub dispositions: Vec<Disposition>,
+    /// Applied records by op (seed 004's records_added/updated/deleted).
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
@@ -474,6 +475,15 @@ async fn apply_in_tx(
         states[k].apply_delete(floor);
     }
     let outcomes = merge::merge(&mut states, live_changes.clone());
+    // The oldest image of each key in the batch: a DELETE after it deletes
+    // a row the batch itself brought, not a missing one.
+    let mut first_image: HashMap<usize, Version> = HashMap::new();
+    for c in &live_changes {
+        if let Change::Image { key, .. } = c.change {
+            let v = first_image.entry(key).or_insert(c.version);
+            *v = (*v).min(c.version);
+        }
+    }
     for c in &live_changes {
         let outcome = outcomes[&c.index];
         p.dispositions[c.index] = Some(match outcome {
@@ -481,8 +491,15 @@ async fn apply_in_tx(
             Outcome::Superseded => Disposition::Superseded,
         });
         if outcome == Outcome::Applied {
+            match p.ops[c.index] {
+                Op::Insert => report.inserted += 1,
+                Op::Update => report.updated += 1,
+                Op::Delete => report.deleted += 1,
+                Op::Truncate => {}
+            }
             if let Change::Delete { key } = c.change {
-                if !exists[key] && initial[key].cells.iter().all(Option::is_none) {
+                let brought_here = first_image.get(&key).is_some_and(|&v| v < c.version);
+                if !exists[key] && !brought_here && initial[key].cells.iter().all(Option::is_none) {
                     report.deletes_of_missing += 1;
                 }
             }
@@ -551,22 +568,15 @@ async fn apply_in_tx(
                         None
                     });
                 }
-                report.updated += 1;
             } else {
                 for (c, cell) in st.cells.iter().enumerate() {
                     upserts[c].push(resolve_cell(c, &cell.as_ref().expect("live").val));
-                }
-                if exists[id] {
-                    report.updated += 1;
-                } else {
-                    report.inserted += 1;
                 }
             }
         } else if exists[id] {
             for (i, k) in key.iter().enumerate() {
                 deletes[i].push(k.clone());
             }
-            report.deleted += 1;
         }
         if st.is_parked() {
             report.parked += 1;
