@@ -80,6 +80,13 @@ pub struct NatsConfig {
     pub url: String,
     /// Credentials file (`.creds`), when the server requires one.
     pub creds_file: Option<PathBuf>,
+    /// Require TLS (also implied by a `tls://` URL or any TLS file below).
+    pub tls_required: bool,
+    /// CA certificate(s) to trust for the server (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS; give both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub stream: String,
     pub subject_prefix: String,
     pub dlq_stream: String,
@@ -97,6 +104,10 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             creds_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             stream: "SYNCDATA_CHANGES".to_owned(),
             subject_prefix: "syncdata.changes".to_owned(),
             dlq_stream: "SYNCDATA_DLQ".to_owned(),
@@ -343,6 +354,12 @@ impl Config {
                 "must not overlap nats.subject_prefix",
             ));
         }
+        if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+            return Err(invalid(
+                "nats.tls_cert_file",
+                "give nats.tls_cert_file and nats.tls_key_file together",
+            ));
+        }
         if !(1..=5).contains(&n.replicas) {
             return Err(invalid("nats.replicas", "must be 1 to 5"));
         }
@@ -484,6 +501,7 @@ metric_freq = 24
                 "nats.dlq_subject_prefix",
             ),
             ("[consumer]\nbatch_size = 0", "consumer.batch_size"),
+            ("[nats]\ntls_cert_file = \"/x.pem\"", "nats.tls_cert_file"),
             ("[producer]\nmax_in_flight = 9000", "producer.max_in_flight"),
         ];
         for (extra, field) in cases {

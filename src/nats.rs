@@ -35,6 +35,15 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         .event_callback(|event| async move {
             tracing::info!(event = %event, "nats connection event");
         });
+    if cfg.tls_required || cfg.tls_ca_file.is_some() || cfg.tls_cert_file.is_some() {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
     if let Some(creds) = &cfg.creds_file {
         opts = opts
             .credentials_file(creds)
