@@ -9,7 +9,9 @@
 # loopback ports, and runs `syncdata-demo` against them: a synthetic
 # production history goes through change files -> syncdata-producer ->
 # JetStream -> syncdata consumers -> a local database, which is then compared
-# table by table with an in-order replay of the same history. Extra arguments
+# table by table with an in-order replay of the same history. The producer
+# and every consumer serve Prometheus metrics on free loopback ports; the
+# demo scrapes them at the end and prints a summary line. Extra arguments
 # go to syncdata-demo (see `target/debug/syncdata-demo --help`).
 #
 # Exits with the demo's status: 0 only when every table matches. The servers

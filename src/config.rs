@@ -71,6 +71,8 @@ pub struct Config {
     pub producer: ProducerConfig,
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +134,18 @@ pub struct ProducerConfig {
     pub max_record_bytes: usize,
     /// Serve Prometheus metrics here (e.g. "127.0.0.1:9188"); off when unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Sanitization rules (TOML, see README "Sanitization"). Unset: records
+    /// are published as they are, and the producer warns at startup.
+    pub rules_file: Option<PathBuf>,
+    /// How often the rules file is checked for changes (halted tables resume
+    /// when their rules are complete).
+    pub rules_reload_ms: u64,
+    /// File holding the sanitization key. Unset: the `SYNCDATA_SANITIZE_KEY`
+    /// environment variable. Never in the rules file.
+    pub sanitize_key_file: Option<PathBuf>,
+    /// Source PostgreSQL URL for `check-rules` (`--source` overrides). No
+    /// password here: use PGPASSWORD or ~/.pgpass.
+    pub source_url: Option<String>,
 }
 
 impl Default for ProducerConfig {
@@ -142,6 +156,10 @@ impl Default for ProducerConfig {
             rescan_ms: 1000,
             max_record_bytes: 8 * 1024 * 1024,
             metrics_addr: None,
+            rules_file: None,
+            rules_reload_ms: 1000,
+            sanitize_key_file: None,
+            source_url: None,
         }
     }
 }
@@ -182,6 +200,109 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// The production side's logical decoding: `syncdata-producer setup-source`,
+/// `archive` and `snapshot`. The source database's URL is
+/// `producer.source_url` (or `--source`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Logical replication slot the archiver reads (`[a-z0-9_]`, as
+    /// PostgreSQL requires).
+    pub slot: String,
+    /// Output plugin of the slot. Only wal2json (format-version 2) is
+    /// understood; the setting exists for diagnostics and tests.
+    pub plugin: String,
+    /// Tables archived when `archive` gets no `--tables` (empty: all tables
+    /// of the database).
+    pub tables: Vec<String>,
+    /// Role `setup-source --create-user` creates.
+    pub user: String,
+    /// How often the archiver asks the slot for changes when caught up.
+    pub poll_ms: u64,
+    /// A segment file is closed once it holds this many bytes...
+    pub segment_max_bytes: u64,
+    /// ...or once its first record is this old (latency under steady load).
+    pub segment_max_age_ms: u64,
+    /// Rows asked of the slot per call (whole transactions are always read
+    /// to their end, streamed).
+    pub peek_max_changes: u32,
+    /// Rows per file written by `snapshot`.
+    pub snapshot_file_rows: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            slot: "syncdata_slot".to_owned(),
+            plugin: "wal2json".to_owned(),
+            tables: Vec::new(),
+            user: "syncdata_user".to_owned(),
+            poll_ms: 200,
+            segment_max_bytes: 16 * 1024 * 1024,
+            segment_max_age_ms: 500,
+            peek_max_changes: 10_000,
+            snapshot_file_rows: 100_000,
+        }
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let slot_ok = !self.slot.is_empty()
+            && self.slot.len() <= crate::record::MAX_IDENTIFIER_BYTES
+            && self
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !slot_ok {
+            return Err(invalid(
+                "source.slot",
+                "1 to 63 lower-case letters, digits and '_' (PostgreSQL's rule for slot names)",
+            ));
+        }
+        if self.plugin.is_empty()
+            || !self
+                .plugin
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "source.plugin",
+                "letters, digits, '_' and '-' only",
+            ));
+        }
+        for t in &self.tables {
+            crate::table::TableName::parse(t)
+                .map_err(|e| invalid("source.tables", e.to_string()))?;
+        }
+        if self.user.is_empty() || self.user.len() > crate::record::MAX_IDENTIFIER_BYTES {
+            return Err(invalid("source.user", "1 to 63 bytes"));
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            return Err(invalid("source.poll_ms", "must be 10 to 60000"));
+        }
+        if self.segment_max_bytes < 4096 {
+            return Err(invalid("source.segment_max_bytes", "must be at least 4096"));
+        }
+        if !(10..=3_600_000).contains(&self.segment_max_age_ms) {
+            return Err(invalid(
+                "source.segment_max_age_ms",
+                "must be 10 to 3600000",
+            ));
+        }
+        if !(1..=i32::MAX as u32).contains(&self.peek_max_changes) {
+            return Err(invalid(
+                "source.peek_max_changes",
+                "must be 1 to 2147483647",
+            ));
+        }
+        if self.snapshot_file_rows == 0 {
+            return Err(invalid("source.snapshot_file_rows", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
 fn default_archive_port() -> u16 {
     22
 }
@@ -218,6 +339,7 @@ impl fmt::Debug for Config {
             .field("nats", &self.nats)
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -379,6 +501,41 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        if p.rules_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(invalid("producer.rules_file", "must not be empty"));
+        }
+        if p.rules_reload_ms == 0 {
+            return Err(invalid("producer.rules_reload_ms", "must be positive"));
+        }
+        if p.sanitize_key_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(invalid("producer.sanitize_key_file", "must not be empty"));
+        }
+        if let Some(url) = &p.source_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "producer.source_url",
+                    "must be a postgres:// or postgresql:// URL",
+                ));
+            }
+            // user:password@host: the file must not hold the password.
+            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+            let authority = authority.split(['/', '?']).next().unwrap_or("");
+            if authority
+                .rsplit_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+            {
+                return Err(invalid(
+                    "producer.source_url",
+                    "must not hold a password (use PGPASSWORD or ~/.pgpass)",
+                ));
+            }
+        }
         let c = &self.consumer;
         if !(1..=100_000).contains(&c.batch_size) {
             return Err(invalid("consumer.batch_size", "must be 1 to 100000"));
@@ -398,6 +555,7 @@ impl Config {
         if c.pool_size == 0 {
             return Err(invalid("consumer.pool_size", "must be at least 1"));
         }
+        self.source.validate()?;
         Ok(())
     }
 
@@ -490,6 +648,62 @@ metric_freq = 24
     }
 
     #[test]
+    fn source_settings_default_parse_and_validate() {
+        let c = Config::from_toml("pg_database = \"app\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.source.slot, "syncdata_slot");
+        assert_eq!(c.source.plugin, "wal2json");
+        assert_eq!(c.source.segment_max_age_ms, 500);
+        let c = Config::from_toml(
+            "pg_database = \"app\"\n[source]\nslot = \"s1\"\ntables = [\"users\", \"sales.orders\"]\n\
+             segment_max_bytes = 65536\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.source.tables.len(), 2);
+        for (extra, field) in [
+            ("slot = \"Bad-Slot\"", "source.slot"),
+            ("plugin = \"a b\"", "source.plugin"),
+            ("tables = [\"a.b.c\"]", "source.tables"),
+            ("poll_ms = 0", "source.poll_ms"),
+            ("segment_max_bytes = 10", "source.segment_max_bytes"),
+            ("segment_max_age_ms = 0", "source.segment_max_age_ms"),
+            ("peek_max_changes = 0", "source.peek_max_changes"),
+            ("snapshot_file_rows = 0", "source.snapshot_file_rows"),
+        ] {
+            let c =
+                Config::from_toml(&format!("pg_database = \"app\"\n[source]\n{extra}\n")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err:?} should name {field}");
+        }
+    }
+
+    #[test]
+    fn sanitization_settings_default_and_parse() {
+        let c = Config::from_toml("pg_database = \"app\"\n").unwrap();
+        assert_eq!(c.producer.rules_file, None);
+        assert_eq!(c.producer.rules_reload_ms, 1000);
+        assert_eq!(c.producer.sanitize_key_file, None);
+        assert_eq!(c.producer.source_url, None);
+        let c = Config::from_toml(
+            "pg_database = \"app\"\n[producer]\nrules_file = \"/etc/syncdata/rules.toml\"\n\
+             rules_reload_ms = 250\nsanitize_key_file = \"/etc/syncdata/key\"\n\
+             source_url = \"postgres://reader@db:5432/app?sslmode=require\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.producer.rules_file.as_deref(),
+            Some(Path::new("/etc/syncdata/rules.toml"))
+        );
+        assert_eq!(c.producer.rules_reload_ms, 250);
+        assert_eq!(
+            c.producer.source_url.as_deref(),
+            Some("postgres://reader@db:5432/app?sslmode=require")
+        );
+    }
+
+    #[test]
     fn invalid_values_name_their_field() {
         let base = "pg_database = \"app\"\n";
         let cases = [
@@ -503,6 +717,23 @@ metric_freq = 24
             ("[consumer]\nbatch_size = 0", "consumer.batch_size"),
             ("[nats]\ntls_cert_file = \"/x.pem\"", "nats.tls_cert_file"),
             ("[producer]\nmax_in_flight = 9000", "producer.max_in_flight"),
+            ("[producer]\nrules_file = \"\"", "producer.rules_file"),
+            (
+                "[producer]\nrules_reload_ms = 0",
+                "producer.rules_reload_ms",
+            ),
+            (
+                "[producer]\nsanitize_key_file = \"\"",
+                "producer.sanitize_key_file",
+            ),
+            (
+                "[producer]\nsource_url = \"mysql://h/db\"",
+                "producer.source_url",
+            ),
+            (
+                "[producer]\nsource_url = \"postgres://u:secret@h/db\"",
+                "producer.source_url",
+            ),
         ];
         for (extra, field) in cases {
             let c = Config::from_toml(&format!("{base}{extra}")).unwrap();

@@ -65,6 +65,27 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Compare local tables with the source, chunk by chunk over the primary
+    /// key, and list the keys that differ. Exit status 0 only when equal.
+    Verify {
+        /// Tables to compare (default: every whitelisted table).
+        tables: Vec<String>,
+        /// The source (production) database URL (default: producer.source_url).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// Columns sanitization changes, left out of the comparison: col or table.col, comma separated.
+        #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+        exclude_columns: Vec<String>,
+        /// Differing keys listed per table, at most.
+        #[arg(long, default_value_t = 20)]
+        max_rows: usize,
+        /// Keys per compared chunk.
+        #[arg(long, default_value_t = cmd::verify::DEFAULT_CHUNK_ROWS)]
+        chunk_rows: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Empty every synced table and reset its bookkeeping.
     Clear {
         #[arg(long)]
@@ -160,6 +181,24 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json } => cmd::status::run(&config, json).await,
         Command::Resync { table, no_wait } => cmd::resync::run(&config, &table, !no_wait).await,
+        Command::Verify {
+            tables,
+            source,
+            exclude_columns,
+            max_rows,
+            chunk_rows,
+            json,
+        } => {
+            let args = cmd::verify::VerifyArgs {
+                tables,
+                source,
+                exclude_columns,
+                max_rows,
+                chunk_rows,
+                json,
+            };
+            cmd::verify::run(&config, args).await
+        }
         Command::Clear { yes } => cmd::clear::run(&config, yes).await,
         Command::Config {
             command: ConfigCommand::Check,

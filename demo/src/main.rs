@@ -8,11 +8,13 @@
 //!    database with the reference applier: that is the truth.
 //! 3. Writes a real config file, resets the demo's JetStream streams and
 //!    archive directory, registers the tables with `syncdata add-tables`, and
-//!    starts `syncdata-producer run` and N × `syncdata start`.
+//!    starts `syncdata-producer run` and N × `syncdata start`, each serving
+//!    Prometheus metrics on a free loopback port.
 //! 4. Writes the history as change files, the tail of it appended to a file
 //!    that is still being written.
 //! 5. Waits until every local table's fingerprint equals the expected one,
-//!    prints a comparison table and the throughput, and stops the processes.
+//!    prints a comparison table and the throughput, scrapes every process's
+//!    `/metrics` and prints a summary line, and stops the processes.
 //!
 //! Exit status 0 only when every table matches.
 
@@ -181,14 +183,29 @@ async fn run(args: Args) -> Result<bool> {
         bail!("`syncdata add-tables customers orders order_lines` failed: {add}");
     }
     println!("tables registered with `syncdata add-tables`");
-    procs.spawn(&bins.producer, &["run"], "producer")?;
+    // Each process gets its own config file: the shared one plus the
+    // address its Prometheus endpoint listens on.
+    let mut endpoints = Vec::new();
+    let producer_port = free_port()?;
+    let producer_config = process_config(&config_path, "producer", "producer", producer_port)?;
+    procs.spawn(&bins.producer, &["run"], "producer", &producer_config)?;
+    endpoints.push(("producer".to_owned(), producer_port));
     for i in 1..=args.consumers {
-        procs.spawn(&bins.consumer, &["start"], &format!("consumer-{i}"))?;
+        let name = format!("consumer-{i}");
+        let port = free_port()?;
+        let config = process_config(&config_path, &name, "consumer", port)?;
+        procs.spawn(&bins.consumer, &["start"], &name, &config)?;
+        endpoints.push((name, port));
     }
     println!(
-        "started syncdata-producer and {} syncdata consumer(s); logs in {}",
+        "started syncdata-producer and {} syncdata consumer(s); logs in {}; metrics on {}",
         args.consumers,
-        workdir.display()
+        workdir.display(),
+        endpoints
+            .iter()
+            .map(|(name, port)| format!("{name} 127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // 5. Archive, then 6. wait for convergence.
@@ -202,6 +219,9 @@ async fn run(args: Args) -> Result<bool> {
     .await;
     let elapsed = started.elapsed();
     let lag = all_written.map(|t| t.elapsed());
+    // While the processes still run: their endpoints are part of what the
+    // demo shows working (the local stack's Prometheus scrapes the same).
+    let metrics = metrics_summary(&endpoints).await;
     let stop_warnings = procs.stop().await;
     let warn = || {
         for w in &stop_warnings {
@@ -223,6 +243,10 @@ async fn run(args: Args) -> Result<bool> {
     println!();
     print_table(&tables, &truth, &local_prints);
     println!();
+    match &metrics {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("warning: {e}"),
+    }
     warn();
     match outcome {
         Wait::Matched(_) => {
@@ -362,6 +386,95 @@ fn config_toml(
     Ok(s)
 }
 
+/// A loopback port free right now (another process could take it before
+/// the child binds it; the child then fails to start, which the demo reports).
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `<workdir>/<name>.toml`: the shared config plus `[<section>]
+/// metrics_addr` on `port`, checked like the shared one.
+fn process_config(shared: &Path, name: &str, section: &str, port: u16) -> Result<PathBuf> {
+    let mut text = std::fs::read_to_string(shared)
+        .with_context(|| format!("cannot read {}", shared.display()))?;
+    text += &format!("\n[{section}]\nmetrics_addr = \"127.0.0.1:{port}\"\n");
+    let path = shared.with_file_name(format!("{name}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Config::load_from(&path, |_| None).with_context(|| {
+        format!(
+            "the demo wrote a config file ({}) the project does not accept",
+            path.display()
+        )
+    })?;
+    Ok(path)
+}
+
+/// The body of `GET /metrics` on 127.0.0.1:`port`.
+async fn scrape(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .context("timed out")??;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200") => {
+            Ok(body.to_owned())
+        }
+        _ => bail!("unexpected answer: {:.80}", text),
+    }
+}
+
+/// The values of `metric`'s samples (every label set) in an exposition.
+fn samples<'a>(body: &'a str, metric: &'a str) -> impl Iterator<Item = f64> + 'a {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series.split('{').next()? == metric).then(|| value.parse::<f64>().ok())?
+        })
+}
+
+/// One line of what the processes' Prometheus endpoints say: records
+/// published, rows written per consumer, worst lag, dead letters.
+async fn metrics_summary(endpoints: &[(String, u16)]) -> Result<String> {
+    let mut published = 0.0;
+    let mut quarantined = 0.0;
+    let mut written = Vec::new();
+    let mut lag: f64 = 0.0;
+    let mut dead: f64 = 0.0;
+    for (name, port) in endpoints {
+        let body = scrape(*port)
+            .await
+            .with_context(|| format!("metrics: cannot scrape {name} on 127.0.0.1:{port}"))?;
+        if name == "producer" {
+            published += samples(&body, "syncdata_producer_published_total").sum::<f64>();
+            quarantined += samples(&body, "syncdata_producer_quarantined_total").sum::<f64>();
+        } else {
+            let rows: f64 = samples(&body, "syncdata_records_applied_total").sum();
+            written.push(format!("{name} {rows}"));
+            lag = samples(&body, "syncdata_lag_seconds").fold(lag, f64::max);
+            // Every consumer reports the DLQ of the same durables.
+            dead = samples(&body, "syncdata_dlq_messages")
+                .sum::<f64>()
+                .max(dead);
+        }
+    }
+    Ok(format!(
+        "metrics (GET /metrics of each process): producer published {published} records \
+         ({quarantined} lines quarantined); rows written: {}; lag (last sampled) {lag:.1} s; dead letters {dead}",
+        written.join(", ")
+    ))
+}
+
 /// Deletes the demo's streams (and with them every durable consumer) so a
 /// rerun starts from nothing.
 async fn reset_streams(config: &Config) -> Result<()> {
@@ -444,6 +557,7 @@ impl Procs {
         bin: &Path,
         args: &[&str],
         name: &str,
+        config: &Path,
     ) -> Result<tokio::process::Command> {
         let log = self.workdir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)
@@ -451,7 +565,7 @@ impl Procs {
         let err = out.try_clone()?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(args)
-            .env(CONFIG_ENV, &self.config)
+            .env(CONFIG_ENV, config)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -469,7 +583,8 @@ impl Procs {
     }
 
     async fn run_to_end(&mut self, bin: &Path, args: &[&str], name: &str) -> Result<ExitStatus> {
-        let mut cmd = self.command(bin, args, name)?;
+        let config = self.config.clone();
+        let mut cmd = self.command(bin, args, name, &config)?;
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -482,8 +597,9 @@ impl Procs {
         }
     }
 
-    fn spawn(&mut self, bin: &Path, args: &[&str], name: &str) -> Result<()> {
-        let mut cmd = self.command(bin, args, name)?;
+    /// Starts a long-running process with its own config file.
+    fn spawn(&mut self, bin: &Path, args: &[&str], name: &str, config: &Path) -> Result<()> {
+        let mut cmd = self.command(bin, args, name, config)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;

@@ -32,6 +32,33 @@ impl Checkpoint {
     }
 }
 
+/// A table halted by sanitization (a column without a rule, a table without
+/// an entry, a value its transform rejects): every record of the table
+/// before this position is acknowledged; from here on its records are held
+/// back until its rules are complete, then re-read from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltedTable {
+    pub schema: String,
+    pub table: String,
+    /// The position just before the table's first unpublished record.
+    pub file: String,
+    pub offset: u64,
+    pub line: u64,
+    /// Why it halted (names table and columns, never values).
+    pub reason: String,
+}
+
+/// The whole checkpoint file: the main position plus the halted tables,
+/// written together atomically, so the main position can never be on disk
+/// past a halted table's records without that table's halt position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    #[serde(flatten)]
+    pub position: Checkpoint,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub halted: Vec<HaltedTable>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}: {source}")]
@@ -78,6 +105,11 @@ impl CheckpointStore {
     /// from the first file". A corrupt file is an error, never a silent
     /// restart from the beginning.
     pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        Ok(self.load_state()?.map(|s| s.position))
+    }
+
+    /// The saved checkpoint with its halted tables.
+    pub fn load_state(&self) -> Result<Option<CheckpointState>, CheckpointError> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -99,13 +131,21 @@ impl CheckpointStore {
     /// Replaces the checkpoint atomically: a crash at any point leaves
     /// either the old or the new checkpoint, whole.
     pub fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.save_state(&CheckpointState {
+            position: checkpoint.clone(),
+            halted: Vec::new(),
+        })
+    }
+
+    /// Replaces the checkpoint and the halted tables atomically.
+    pub fn save_state(&self, state: &CheckpointState) -> Result<(), CheckpointError> {
         let err = |source| CheckpointError::Write {
             path: self.path.clone(),
             source,
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temp = dir.join(Self::TEMP_NAME);
-        let mut json = serde_json::to_vec(checkpoint).expect("a checkpoint always serializes");
+        let mut json = serde_json::to_vec(state).expect("a checkpoint always serializes");
         json.push(b'\n');
         let mut file = OpenOptions::new()
             .write(true)
@@ -169,6 +209,32 @@ mod tests {
         fs::write(dir.path().join(CheckpointStore::TEMP_NAME), b"{\"fi").unwrap();
         assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("a")));
         store.save(&Checkpoint::start_of("b")).unwrap();
+        assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("b")));
+    }
+
+    #[test]
+    fn halted_tables_are_saved_with_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        // A file written before halts existed still loads.
+        fs::write(store.path(), br#"{"file":"a","offset":5,"line":1}"#).unwrap();
+        let state = store.load_state().unwrap().unwrap();
+        assert!(state.halted.is_empty());
+        assert_eq!(state.position.offset, 5);
+        let state = CheckpointState {
+            position: Checkpoint::start_of("b"),
+            halted: vec![HaltedTable {
+                schema: "public".into(),
+                table: "users".into(),
+                file: "a".into(),
+                offset: 3,
+                line: 1,
+                reason: "column \"ssn\" has no rule".into(),
+            }],
+        };
+        store.save_state(&state).unwrap();
+        assert_eq!(store.load_state().unwrap(), Some(state));
+        // The plain view still reads the position.
         assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("b")));
     }
 

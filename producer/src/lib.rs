@@ -5,10 +5,14 @@
 //! rewinds to the last acknowledged line.
 
 pub mod archive;
+pub mod archiver;
 pub mod checkpoint;
 pub mod publisher;
 pub mod quarantine;
+pub mod sanitize;
 pub mod sink;
+pub mod snapshot;
+pub mod source;
 pub mod status;
 
 use anyhow::Context;
@@ -18,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::publisher::{Publisher, Settings};
+use crate::sanitize::{Sanitizer, SecretKey};
 use crate::sink::JetStreamSink;
 
 pub use crate::status::{status, Status};
@@ -36,6 +41,8 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         "archive directory {} does not exist or is not a directory",
         settings.archive_dir.display()
     );
+    // Before any connection: bad rules or a missing key stop the start.
+    let sanitizer = load_sanitizer(&config)?;
     let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
     async move {
         let client = tokio::select! {
@@ -44,7 +51,10 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         };
         let sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
         // Before the stream: a broken checkpoint should fail first and loudly.
-        let publisher = Publisher::new(sink, settings)?;
+        let mut publisher = Publisher::new(sink, settings)?;
+        if let Some(sanitizer) = sanitizer {
+            publisher = publisher.with_sanitizer(sanitizer);
+        }
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
             ensured = publisher.ensure_stream() => ensured
@@ -55,4 +65,26 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     }
     .instrument(span)
     .await
+}
+
+/// The sanitization rules of `producer.rules_file`, compiled with the key
+/// (`producer.sanitize_key_file`, else `SYNCDATA_SANITIZE_KEY`). None, with a
+/// warning, when no rules file is configured.
+pub fn load_sanitizer(config: &Config) -> anyhow::Result<Option<Sanitizer>> {
+    let Some(path) = &config.producer.rules_file else {
+        tracing::warn!(
+            "no producer.rules_file: records are published as they are, unsanitized; \
+             set a rules file wherever the archive holds personal data"
+        );
+        return Ok(None);
+    };
+    let key = SecretKey::load(config.producer.sanitize_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    let sanitizer = Sanitizer::load(
+        path,
+        key,
+        std::time::Duration::from_millis(config.producer.rules_reload_ms),
+    )?;
+    Ok(Some(sanitizer))
 }

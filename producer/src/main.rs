@@ -37,12 +37,78 @@ enum LogFormat {
 enum Command {
     /// Tail the archive and publish until SIGINT or SIGTERM.
     Run,
+    /// Check the source for logical decoding (wal_level, wal2json,
+    /// privileges) and create what is missing. Idempotent.
+    SetupSource {
+        /// Create the replication slot (source.slot) when it is missing.
+        #[arg(long)]
+        create_slot: bool,
+        /// Create (or complete) a role with LOGIN REPLICATION; its password
+        /// comes from SYNCDATA_USER_PASSWORD when set.
+        #[arg(long)]
+        create_user: bool,
+        /// Name of that role (default: source.user).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Tables to check for a primary key and grant SELECT on: a,b
+        #[arg(long, value_name = "TABLES")]
+        tables: Option<String>,
+        /// Source database URL (default: producer.source_url).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+    },
+    /// Read the replication slot and write change segments into archive_dir
+    /// until SIGINT or SIGTERM.
+    Archive {
+        /// Only these tables (a,b); default: source.tables, else all.
+        #[arg(long, value_name = "TABLES")]
+        tables: Option<String>,
+        /// Source database URL (default: producer.source_url).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+    },
+    /// Write a consistent copy of a table into the archive as INSERTs (initial
+    /// load, or re-seed when the stream no longer holds its history).
+    Snapshot {
+        table: String,
+        /// Source database URL (default: producer.source_url).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+    },
+    /// Check the sanitization rules against the source schema: columns
+    /// without rules, unknown transforms or parameters, NULL on NOT NULL,
+    /// non-injective transforms on keys, type mismatches, foreign keys that
+    /// would no longer join. Exits non-zero on any error.
+    CheckRules {
+        /// Rules file (default: producer.rules_file).
+        #[arg(long, value_name = "PATH")]
+        rules: Option<PathBuf>,
+        /// Source database URL (default: producer.source_url).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Show the checkpoint, pending files and quarantine (needs no NATS).
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file plus environment) and what the
+    /// producer requires of it, without connecting anywhere; print it,
+    /// secrets redacted.
+    Check,
 }
 
 fn init_logging(format: LogFormat) {
@@ -79,7 +145,65 @@ fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `check-rules`: needs the configuration only for what the flags leave out.
+async fn check_rules(
+    config: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    source: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (rules, source) = match (rules, source) {
+        (Some(r), Some(s)) => (r, s),
+        (rules, source) => {
+            let config = load_config(config)?;
+            let rules = rules
+                .or(config.producer.rules_file.clone())
+                .context("no rules file: pass --rules or set producer.rules_file")?;
+            let source = source
+                .or(config.producer.source_url.clone())
+                .context("no source database: pass --source or set producer.source_url")?;
+            (rules, source)
+        }
+    };
+    let report = syncdata_producer::sanitize::check::check_rules(&rules, &source).await?;
+    print(&syncdata_producer::sanitize::check::render(&report, json))?;
+    anyhow::ensure!(
+        report.errors() == 0,
+        "{} has {} error(s)",
+        rules.display(),
+        report.errors()
+    );
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`… | head`) is not an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Tables halted by sanitization, from the checkpoint (for `status`).
+fn halted_tables(
+    config: &Config,
+) -> anyhow::Result<Vec<syncdata_producer::checkpoint::HaltedTable>> {
+    let dir = config.producer_state_dir()?;
+    let state = syncdata_producer::checkpoint::CheckpointStore::new(&dir).load_state()?;
+    Ok(state.map(|s| s.halted).unwrap_or_default())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::CheckRules {
+        rules,
+        source,
+        json,
+    } = cli.command
+    {
+        return check_rules(cli.config, rules, source, json).await;
+    }
     let config = load_config(cli.config)?;
     match cli.command {
         Command::Run => {
@@ -87,12 +211,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cancel_on_signals(token.clone())?;
             syncdata_producer::run(config, token).await
         }
+        Command::SetupSource {
+            create_slot,
+            create_user,
+            user,
+            tables,
+            source,
+        } => {
+            let args = syncdata_producer::source::SetupArgs {
+                create_slot,
+                create_user,
+                user,
+                tables,
+                source,
+            };
+            syncdata_producer::source::setup_command(&config, args).await
+        }
+        Command::Archive { tables, source } => {
+            let token = CancellationToken::new();
+            cancel_on_signals(token.clone())?;
+            syncdata_producer::archiver::run_command(&config, source, tables, token).await
+        }
+        Command::Snapshot { table, source } => {
+            let token = CancellationToken::new();
+            cancel_on_signals(token.clone())?;
+            syncdata_producer::snapshot::run_command(&config, source, &table, token).await
+        }
+        Command::CheckRules { .. } => unreachable!("handled above"),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            config.archive_dir()?;
+            print(&format!("configuration OK\n{config:#?}\n"))
+        }
         Command::Status { json } => {
             let status = syncdata_producer::status(&config)?;
+            let halted = halted_tables(&config)?;
             let text = if json {
-                serde_json::to_string_pretty(&status)? + "\n"
+                let mut v = serde_json::to_value(&status)?;
+                v["halted_tables"] = serde_json::to_value(&halted)?;
+                serde_json::to_string_pretty(&v)? + "\n"
             } else {
-                status.to_string()
+                let mut text = status.to_string();
+                text.push_str(&format!("halted tables: {}\n", halted.len()));
+                for h in &halted {
+                    text.push_str(&format!(
+                        "  {}.{} held from {} line {}: {}\n",
+                        h.schema,
+                        h.table,
+                        h.file,
+                        h.line + 1,
+                        h.reason
+                    ));
+                }
+                text
             };
             // A closed pipe (`status | head`) is not an error worth a panic.
             match std::io::stdout().lock().write_all(text.as_bytes()) {

@@ -4,7 +4,15 @@
 //! quarantined; after any failure publishing rewinds to the last such
 //! position, so no record is ever skipped (re-sent ones are deduplicated by
 //! the server through their `Nats-Msg-Id`).
+//!
+//! With sanitization rules, a record is published only sanitized. A table
+//! whose record cannot be (a column without a rule, …) halts: its halt
+//! position goes into the checkpoint with the main position (one atomic
+//! write), its later records are skipped, and under newer rules it is
+//! re-read from there up to the main cursor before the main cursor carries
+//! it again. Other tables never wait for it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +25,17 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use syncdata_core::config::{Config, ConfigError};
 use syncdata_core::record::Record;
 use syncdata_core::subject::{message_id, table_subject};
+use syncdata_core::table::TableName;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveError, Line, LineKind, Next, Tail};
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointState, CheckpointStore, HaltedTable,
+};
 use crate::quarantine::{self, Quarantine, QuarantineError};
+use crate::sanitize::{Sanitizer, Verdict};
 use crate::sink::{Acked, Sink, SinkError};
 
 /// What the publisher needs from the configuration, plus the timings the
@@ -106,6 +118,11 @@ struct Position {
 }
 
 impl Position {
+    /// Archive order: files by name, then offset.
+    fn before(&self, other: &Position) -> bool {
+        (&*self.file, self.offset) < (&*other.file, other.offset)
+    }
+
     fn start_of(file: Arc<str>) -> Self {
         Position {
             file,
@@ -133,11 +150,73 @@ impl From<Checkpoint> for Position {
     }
 }
 
+/// What settling a window entry means.
+#[derive(Debug, Clone)]
+enum Mark {
+    /// The main cursor: everything before this position is settled.
+    Main(Position),
+    /// A halted table's replay: every record of `table` before `pos` is
+    /// settled.
+    Replay { table: TableName, pos: Position },
+    /// Replay `id` of `table` read everything up to `until` and all of it
+    /// settled: the halt can go (unless the table halted again meanwhile).
+    ReplayDone {
+        table: TableName,
+        id: u64,
+        until: Position,
+    },
+}
+
 /// Lines taken from the archive and not yet settled, in archive order: each
-/// resolves to the position just after its line once the server acknowledged
-/// it (or at once, for a line that needs no publish). FuturesOrdered yields
-/// them in order, so the latest settled position is always contiguous.
-type Window = FuturesOrdered<BoxFuture<'static, (Position, Result<Option<Acked>, SinkError>)>>;
+/// resolves to its mark once the server acknowledged it (or at once, for a
+/// line that needs no publish). FuturesOrdered yields them in order, so the
+/// latest settled position is always contiguous.
+type Window = FuturesOrdered<BoxFuture<'static, (Mark, Result<Option<Acked>, SinkError>)>>;
+
+/// Where a halted table stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Its records at or after `at` are held back (skipped by the main
+    /// cursor, to be replayed).
+    Halted,
+    /// Being re-read from `at` (the main cursor waits meanwhile).
+    Replaying { id: u64 },
+    /// Re-read up to where the main cursor was; the main cursor publishes
+    /// its records again; the halt goes once the replay's last record settles.
+    Draining { id: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Halt {
+    /// Every record of the table before this is acknowledged (or lies after
+    /// the settled main position, where the main cursor reads it again).
+    at: Position,
+    reason: String,
+    /// The rules generation it halted under; retried under a newer one.
+    generation: u64,
+    phase: Phase,
+}
+
+/// A halted table being re-read from its halt position.
+struct Replay {
+    id: u64,
+    table: TableName,
+    cursor: Cursor,
+    /// Where the main cursor stood when the replay began.
+    until: Position,
+}
+
+/// How one record went.
+enum Outcome {
+    /// Handed to the sink; the future resolves with its acknowledgement.
+    Sent(crate::sink::AckFuture),
+    /// Needs no publish (excluded, quarantined).
+    Done,
+    /// Shutdown came first: not sent, not settled.
+    Cancelled,
+    /// The record's table halted on it (why).
+    Halted(TableName, String),
+}
 
 /// The file being read.
 struct Cursor {
@@ -161,6 +240,14 @@ pub struct Publisher<S> {
     need_stream: bool,
     /// An acknowledgement arrived since the last failure (resets the backoff).
     progressed: bool,
+    /// Sanitization rules; None publishes records as they are.
+    sanitizer: Option<Sanitizer>,
+    /// Tables halted by sanitization (persisted with the checkpoint).
+    halts: BTreeMap<TableName, Halt>,
+    /// The halts changed since the checkpoint was written.
+    halts_dirty: bool,
+    replay: Option<Replay>,
+    next_replay_id: u64,
 }
 
 impl<S: Sink> Publisher<S> {
@@ -174,7 +261,30 @@ impl<S: Sink> Publisher<S> {
             }
         })?;
         let checkpoints = CheckpointStore::new(&settings.state_dir);
-        let acked = checkpoints.load()?.map(Position::from);
+        let state = checkpoints.load_state()?;
+        let halts = state
+            .as_ref()
+            .map(|s| {
+                s.halted
+                    .iter()
+                    .map(|h| {
+                        let halt = Halt {
+                            at: Position {
+                                file: h.file.as_str().into(),
+                                offset: h.offset,
+                                line: h.line,
+                            },
+                            reason: h.reason.clone(),
+                            // Tried again under the rules loaded now.
+                            generation: 0,
+                            phase: Phase::Halted,
+                        };
+                        (TableName::new(h.schema.clone(), h.table.clone()), halt)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let acked = state.map(|s| Position::from(s.position));
         let quarantine = Quarantine::open(&settings.state_dir)?;
         Ok(Publisher {
             sink,
@@ -186,7 +296,18 @@ impl<S: Sink> Publisher<S> {
             last_save: Instant::now(),
             need_stream: false,
             progressed: false,
+            sanitizer: None,
+            halts,
+            halts_dirty: false,
+            replay: None,
+            next_replay_id: 1,
         })
+    }
+
+    /// Sanitizes every record with these rules before publishing it.
+    pub fn with_sanitizer(mut self, sanitizer: Sanitizer) -> Self {
+        self.sanitizer = Some(sanitizer);
+        self
     }
 
     /// Creates the destination stream when it is missing.
@@ -209,8 +330,17 @@ impl<S: Sink> Publisher<S> {
             state = %self.settings.state_dir.display(),
             checkpoint = ?self.position(),
             quarantined = self.quarantine.count(),
+            rules = self.sanitizer.as_ref().map(|s| s.path().display().to_string()),
+            halted_tables = self.halts.len(),
             "producer starting"
         );
+        for (table, halt) in &self.halts {
+            tracing::error!(
+                table = %format!("{}.{}", table.schema, table.table),
+                reason = %halt.reason,
+                "table halted by sanitization; its records are held until its rules are complete"
+            );
+        }
         // Holding a sender keeps `recv` pending (not closed) without a watcher.
         let (wake_tx, mut wake_rx) = mpsc::channel(1);
         let _watcher = watch(&self.settings.archive_dir, wake_tx.clone());
@@ -218,7 +348,11 @@ impl<S: Sink> Publisher<S> {
         rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut backoff = self.backoff();
         loop {
-            let err = match self.session(&token, &mut wake_rx, &mut rescan).await {
+            let result = self.session(&token, &mut wake_rx, &mut rescan).await;
+            // The window is gone: replays start over from their settled
+            // progress in the next session.
+            self.abandon_replays();
+            let err = match result {
                 Ok(()) => break,
                 Err(err) => err,
             };
@@ -298,7 +432,13 @@ impl<S: Sink> Publisher<S> {
             if token.is_cancelled() {
                 break;
             }
-            let dirty = self.acked != self.saved;
+            if let Some(s) = &mut self.sanitizer {
+                s.poll();
+            }
+            if self.replay.is_none() && self.start_replay(&cursor)? {
+                idle = false;
+            }
+            let dirty = self.acked != self.saved || self.halts_dirty;
             if dirty && (self.last_save.elapsed() >= every || (idle && window.is_empty())) {
                 self.save()?;
             }
@@ -308,8 +448,14 @@ impl<S: Sink> Publisher<S> {
                     .await?;
                 continue;
             }
-            let dirty = self.acked != self.saved;
+            let dirty = self.acked != self.saved || self.halts_dirty;
             let save_at = self.last_save + every;
+            // Halted tables wait for a change of the rules file.
+            let reload_at = self
+                .sanitizer
+                .as_ref()
+                .filter(|_| !self.halts.is_empty())
+                .map(Sanitizer::next_check);
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
@@ -317,6 +463,7 @@ impl<S: Sink> Publisher<S> {
                 Some(()) = wake.recv() => idle = false,
                 _ = rescan.tick() => idle = false,
                 _ = tokio::time::sleep_until(save_at), if dirty => {}
+                _ = tokio::time::sleep_until(reload_at.unwrap_or(save_at)), if reload_at.is_some() => {}
             }
         }
         self.drain(&mut window).await;
@@ -362,6 +509,10 @@ impl<S: Sink> Publisher<S> {
     ) -> Result<bool, PublisherError> {
         // Reading is synchronous and may never wait: let other tasks run.
         tokio::task::consume_budget().await;
+        if self.replay.is_some() {
+            self.replay_step(window, max_payload, token).await?;
+            return Ok(true);
+        }
         let cur = match cursor {
             Some(cur) => cur,
             None => match self.open_at_acked()? {
@@ -475,49 +626,31 @@ impl<S: Sink> Publisher<S> {
                 Err(err) => {
                     self.quarantine.add(&reject(&err.to_string(), bytes))?;
                 }
-                Ok(mut record) => {
-                    // A file without ordinals: the line stands in, and the
-                    // file name keeps the message id unique.
-                    let origin = record
-                        .seq
-                        .is_none()
-                        .then(|| format!("{file}:{}", line.number));
-                    record.seq.get_or_insert(line.number);
-                    let id = message_id(
-                        &record.schema,
-                        &record.table,
-                        record.version(line.number),
-                        origin.as_deref(),
-                    );
-                    let subject =
-                        table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
-                    let payload = record.to_json();
-                    let size = payload.len();
-                    let sent = if size > max_payload {
-                        Err(SinkError::TooLarge {
-                            size,
-                            max: max_payload,
-                        })
+                Ok(record) => {
+                    let start = Position {
+                        file: file.clone(),
+                        offset: line.start,
+                        line: line.number - 1,
+                    };
+                    if self.is_held(&record, &start) {
+                        metrics::counter!("syncdata_producer_held_total").increment(1);
                     } else {
-                        tokio::select! {
+                        match self
+                            .send(record, file, &line, bytes, max_payload, token, false)
+                            .await?
+                        {
+                            Outcome::Sent(ack) => {
+                                let mark = Mark::Main(pos);
+                                window
+                                    .push_back(async move { (mark, ack.await.map(Some)) }.boxed());
+                                return Ok(());
+                            }
                             // Not sent: the position is not advanced, so the
                             // line is read again on the next start.
-                            _ = token.cancelled() => return Ok(()),
-                            sent = self.sink.publish(subject, id, payload.into()) => sent,
+                            Outcome::Cancelled => return Ok(()),
+                            Outcome::Done => {}
+                            Outcome::Halted(table, reason) => self.halt(table, start, reason),
                         }
-                    };
-                    match sent {
-                        Ok(ack) => {
-                            window.push_back(async move { (pos, ack.await.map(Some)) }.boxed());
-                            return Ok(());
-                        }
-                        Err(SinkError::TooLarge { size, max }) => {
-                            let reason = format!(
-                                "record of {size} bytes is larger than the server's max_payload ({max})"
-                            );
-                            self.quarantine.add(&reject(&reason, bytes))?;
-                        }
-                        Err(err) => return Err(err.into()),
                     }
                 }
             },
@@ -526,18 +659,368 @@ impl<S: Sink> Publisher<S> {
         Ok(())
     }
 
+    /// Sanitizes and publishes one record read at `line` of `file`.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &mut self,
+        mut record: Record,
+        file: &Arc<str>,
+        line: &Line,
+        raw: &[u8],
+        max_payload: usize,
+        token: &CancellationToken,
+        replaying: bool,
+    ) -> Result<Outcome, PublisherError> {
+        // A file without ordinals: the line stands in, and the file name
+        // keeps the message id unique.
+        let origin = record
+            .seq
+            .is_none()
+            .then(|| format!("{file}:{}", line.number));
+        record.seq.get_or_insert(line.number);
+        let id = message_id(
+            &record.schema,
+            &record.table,
+            record.version(line.number),
+            origin.as_deref(),
+        );
+        if let Some(sanitizer) = &self.sanitizer {
+            match sanitizer.apply(&mut record) {
+                Ok(Verdict::Publish) => {}
+                Ok(Verdict::Exclude) => {
+                    metrics::counter!("syncdata_producer_excluded_total").increment(1);
+                    return Ok(Outcome::Done);
+                }
+                Err(halt) => {
+                    let table = TableName::new(record.schema, record.table);
+                    return Ok(Outcome::Halted(table, halt.reason));
+                }
+            }
+        }
+        let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
+        let payload = record.to_json();
+        let size = payload.len();
+        let sent = if size > max_payload {
+            Err(SinkError::TooLarge {
+                size,
+                max: max_payload,
+            })
+        } else {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(Outcome::Cancelled),
+                sent = self.sink.publish(subject, id, payload.into()) => sent,
+            }
+        };
+        match sent {
+            Ok(ack) => Ok(Outcome::Sent(ack)),
+            Err(SinkError::TooLarge { size, max }) => {
+                let reason = format!(
+                    "record of {size} bytes is larger than the server's max_payload ({max})"
+                );
+                let entry =
+                    quarantine::Entry::new(file, line.start, line.number, &reason, line.len(), raw);
+                if !self.quarantine.add(&entry)? && replaying {
+                    // The quarantine only appends in archive order.
+                    tracing::error!(
+                        file = %file,
+                        line = line.number,
+                        reason = %reason,
+                        "a held record cannot be published and lies before the quarantine's end; it is skipped"
+                    );
+                }
+                Ok(Outcome::Done)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The rules generation in force (1 without rules).
+    fn generation(&self) -> u64 {
+        self.sanitizer.as_ref().map_or(1, Sanitizer::generation)
+    }
+
+    /// Whether the record belongs to a halted table at or after its halt
+    /// position: it waits for the table's replay.
+    fn is_held(&self, record: &Record, start: &Position) -> bool {
+        if self.halts.is_empty() {
+            return false;
+        }
+        let table = TableName::new(record.schema.clone(), record.table.clone());
+        self.halts
+            .get(&table)
+            .is_some_and(|h| h.phase == Phase::Halted && !start.before(&h.at))
+    }
+
+    /// Halts `table` at the record starting at `start` (or keeps it halted).
+    fn halt(&mut self, table: TableName, start: Position, reason: String) {
+        let generation = self.generation();
+        let name = format!("{}.{}", table.schema, table.table);
+        let log = |at: &Position, reason: &str| {
+            tracing::error!(
+                table = %name,
+                file = %at.file,
+                line = at.line + 1,
+                reason = %reason,
+                "table halted by sanitization: its records are held (not published, not dropped) until its rules are complete; other tables go on"
+            );
+        };
+        match self.halts.get_mut(&table) {
+            None => {
+                log(&start, &reason);
+                self.halts.insert(
+                    table,
+                    Halt {
+                        at: start,
+                        reason,
+                        generation,
+                        phase: Phase::Halted,
+                    },
+                );
+            }
+            Some(h) => {
+                // A record before the halt position failed (the rules
+                // changed): hold from there. Otherwise `at` is the settled
+                // progress of a replay and stays.
+                let moved = h.phase == Phase::Halted && start.before(&h.at);
+                if moved {
+                    h.at = start;
+                }
+                if moved || h.phase != Phase::Halted || h.reason != reason {
+                    log(&h.at, &reason);
+                }
+                h.phase = Phase::Halted;
+                h.generation = generation;
+                h.reason = reason;
+            }
+        }
+        self.halts_dirty = true;
+        metrics::gauge!("syncdata_producer_halted_tables").set(self.halts.len() as f64);
+    }
+
+    /// Under newer rules, re-reads a halted table's held records, from its
+    /// halt position to where the main cursor stands (the main cursor waits
+    /// meanwhile). Returns whether anything changed.
+    fn start_replay(&mut self, cursor: &Option<Cursor>) -> Result<bool, PublisherError> {
+        let generation = self.generation();
+        let Some(table) = self
+            .halts
+            .iter()
+            .find(|(_, h)| h.phase == Phase::Halted && h.generation < generation)
+            .map(|(t, _)| t.clone())
+        else {
+            return Ok(false);
+        };
+        let name = format!("{}.{}", table.schema, table.table);
+        let at = self.halts[&table].at.clone();
+        let until = match cursor {
+            Some(c) => Some(Position {
+                file: c.name.clone(),
+                offset: c.tail.offset(),
+                line: c.tail.lines(),
+            }),
+            None => self.acked.clone(),
+        };
+        let opened = match until.filter(|u| at.before(u)) {
+            Some(until) => self.open_from(&at)?.map(|c| (c, until)),
+            None => None,
+        };
+        let Some((replay_cursor, until)) = opened else {
+            // The main cursor has not passed the halt position (or nothing
+            // is left there): it reads those records itself.
+            self.halts.remove(&table);
+            self.halts_dirty = true;
+            metrics::gauge!("syncdata_producer_halted_tables").set(self.halts.len() as f64);
+            tracing::info!(table = %name, "halted table resumed");
+            return Ok(true);
+        };
+        let id = self.next_replay_id;
+        self.next_replay_id += 1;
+        if let Some(h) = self.halts.get_mut(&table) {
+            h.phase = Phase::Replaying { id };
+        }
+        tracing::info!(
+            table = %name,
+            from_file = %at.file,
+            from_line = at.line + 1,
+            until_file = %until.file,
+            until_line = until.line,
+            "rules changed: re-reading the halted table's held records"
+        );
+        self.replay = Some(Replay {
+            id,
+            table,
+            cursor: replay_cursor,
+            until,
+        });
+        Ok(true)
+    }
+
+    /// Opens the archive at `at`, or at the first file after it when its
+    /// file is gone.
+    fn open_from(&self, at: &Position) -> Result<Option<Cursor>, PublisherError> {
+        if let Some(tail) = self.open(&at.file, at.offset, at.line)? {
+            return Ok(Some(Cursor {
+                name: at.file.clone(),
+                tail,
+            }));
+        }
+        let names = archive::list(&self.settings.archive_dir)?;
+        let mut after = Some(&*at.file);
+        while let Some(name) = archive::next_after(&names, after) {
+            if let Some(tail) = self.open(name, 0, 0)? {
+                return Ok(Some(Cursor {
+                    name: name.into(),
+                    tail,
+                }));
+            }
+            after = Some(name);
+        }
+        Ok(None)
+    }
+
+    /// One line of the replay: only the replayed table's records are
+    /// published; every line advances the table's settled progress.
+    async fn replay_step(
+        &mut self,
+        window: &mut Window,
+        max_payload: usize,
+        token: &CancellationToken,
+    ) -> Result<(), PublisherError> {
+        let r = self.replay.as_mut().expect("called during a replay");
+        let here = Position {
+            file: r.cursor.name.clone(),
+            offset: r.cursor.tail.offset(),
+            line: r.cursor.tail.lines(),
+        };
+        if !here.before(&r.until) {
+            self.finish_replay(window);
+            return Ok(());
+        }
+        let line = match r.cursor.tail.next_line()? {
+            Next::Line(line) => line,
+            Next::Pending => {
+                // Files before the main cursor's are finished.
+                r.cursor.tail.finish();
+                return Ok(());
+            }
+            Next::End => {
+                let names = archive::list(&self.settings.archive_dir)?;
+                let mut after = Some(r.cursor.name.clone());
+                loop {
+                    let next = archive::next_after(&names, after.as_deref())
+                        .filter(|n| *n <= &*r.until.file)
+                        .map(Arc::<str>::from);
+                    let Some(next) = next else {
+                        // Nothing left before the main cursor.
+                        self.finish_replay(window);
+                        return Ok(());
+                    };
+                    let path = self.settings.archive_dir.join(&*next);
+                    match Tail::open(&path, 0, 0, self.settings.max_record_bytes) {
+                        Ok(tail) => {
+                            let r = self.replay.as_mut().expect("called during a replay");
+                            r.cursor = Cursor { name: next, tail };
+                            return Ok(());
+                        }
+                        Err(ArchiveError::Read { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            after = Some(next);
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+        };
+        let file = r.cursor.name.clone();
+        let table = r.table.clone();
+        let pos = Position {
+            file: file.clone(),
+            offset: line.end,
+            line: line.number,
+        };
+        let start = Position {
+            file: file.clone(),
+            offset: line.start,
+            line: line.number - 1,
+        };
+        let mut ack = None;
+        if let LineKind::Text(bytes) = &line.kind {
+            let record = Record::parse(bytes)
+                .ok()
+                .filter(|rec| rec.schema == table.schema && rec.table == table.table);
+            if let Some(record) = record {
+                match self
+                    .send(record, &file, &line, bytes, max_payload, token, true)
+                    .await?
+                {
+                    Outcome::Sent(a) => ack = Some(a),
+                    Outcome::Done => {}
+                    Outcome::Cancelled => return Ok(()),
+                    Outcome::Halted(_, reason) => {
+                        self.replay = None;
+                        self.halt(table, start, reason);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let mark = Mark::Replay { table, pos };
+        match ack {
+            Some(a) => window.push_back(async move { (mark, a.await.map(Some)) }.boxed()),
+            None => self.mark(mark, window),
+        }
+        Ok(())
+    }
+
+    /// The replay reached the main cursor: the main cursor takes the table
+    /// over; the halt goes once everything replayed has settled.
+    fn finish_replay(&mut self, window: &mut Window) {
+        let Some(r) = self.replay.take() else { return };
+        if let Some(h) = self.halts.get_mut(&r.table) {
+            if h.phase == (Phase::Replaying { id: r.id }) {
+                h.phase = Phase::Draining { id: r.id };
+            }
+        }
+        tracing::info!(
+            table = %format!("{}.{}", r.table.schema, r.table.table),
+            "held records re-read; the table is published again"
+        );
+        self.mark(
+            Mark::ReplayDone {
+                table: r.table,
+                id: r.id,
+                until: r.until,
+            },
+            window,
+        );
+    }
+
+    /// After a failure the window is gone: halted tables go back to waiting
+    /// at their settled progress and are replayed again in the next session.
+    fn abandon_replays(&mut self) {
+        self.replay = None;
+        for h in self.halts.values_mut() {
+            h.phase = Phase::Halted;
+        }
+    }
+
     /// A position reached without a publish: settled once all before it are.
     fn complete(&mut self, pos: Position, window: &mut Window) {
+        self.mark(Mark::Main(pos), window);
+    }
+
+    fn mark(&mut self, mark: Mark, window: &mut Window) {
         if window.is_empty() {
-            self.acked = Some(pos);
+            self.apply_mark(mark);
         } else {
-            window.push_back(future::ready((pos, Ok(None))).boxed());
+            window.push_back(future::ready((mark, Ok(None))).boxed());
         }
     }
 
     fn settle(
         &mut self,
-        (pos, result): (Position, Result<Option<Acked>, SinkError>),
+        (mark, result): (Mark, Result<Option<Acked>, SinkError>),
     ) -> Result<(), PublisherError> {
         if let Some(ack) = result? {
             metrics::counter!("syncdata_producer_published_total").increment(1);
@@ -546,21 +1029,67 @@ impl<S: Sink> Publisher<S> {
             }
             self.progressed = true;
         }
-        self.acked = Some(pos);
+        self.apply_mark(mark);
         Ok(())
     }
 
-    /// Writes the settled position when it moved.
+    fn apply_mark(&mut self, mark: Mark) {
+        match mark {
+            Mark::Main(pos) => self.acked = Some(pos),
+            Mark::Replay { table, pos } => {
+                if let Some(h) = self.halts.get_mut(&table) {
+                    if h.at.before(&pos) {
+                        h.at = pos;
+                        self.halts_dirty = true;
+                    }
+                }
+            }
+            Mark::ReplayDone { table, id, until } => {
+                let Some(h) = self.halts.get_mut(&table) else {
+                    return;
+                };
+                if h.phase == (Phase::Draining { id }) {
+                    self.halts.remove(&table);
+                    metrics::gauge!("syncdata_producer_halted_tables").set(self.halts.len() as f64);
+                    tracing::info!(
+                        table = %format!("{}.{}", table.schema, table.table),
+                        "halted table resumed: every held record is published"
+                    );
+                } else if h.at.before(&until) {
+                    h.at = until;
+                }
+                self.halts_dirty = true;
+            }
+        }
+    }
+
+    /// Writes the settled position (and the halted tables) when they moved.
     fn save(&mut self) -> Result<(), PublisherError> {
         let Some(at) = &self.acked else {
             return Ok(());
         };
-        if self.saved.as_ref() == Some(at) {
+        if self.saved.as_ref() == Some(at) && !self.halts_dirty {
             return Ok(());
         }
-        self.checkpoints.save(&at.to_checkpoint())?;
+        let state = CheckpointState {
+            position: at.to_checkpoint(),
+            halted: self
+                .halts
+                .iter()
+                .map(|(t, h)| HaltedTable {
+                    schema: t.schema.clone(),
+                    table: t.table.clone(),
+                    file: h.at.file.to_string(),
+                    offset: h.at.offset,
+                    line: h.at.line,
+                    reason: h.reason.clone(),
+                })
+                .collect(),
+        };
+        self.checkpoints.save_state(&state)?;
         metrics::gauge!("syncdata_producer_checkpoint_offset").set(at.offset as f64);
         self.saved = Some(at.clone());
+        self.halts_dirty = false;
         self.last_save = Instant::now();
         Ok(())
     }
@@ -606,5 +1135,7 @@ fn wakes(event: &notify::Event) -> bool {
         })
 }
 
+#[cfg(test)]
+mod sanitize_tests;
 #[cfg(test)]
 mod tests;

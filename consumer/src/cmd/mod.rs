@@ -9,3 +9,4 @@ pub mod remove_tables;
 pub mod resync;
 pub mod status;
 pub mod stop;
+pub mod verify;
