@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::{self, BoxFuture};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use syncdata_core::config::{Config, ConfigError};
 use syncdata_core::record::Record;
+use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::subject::{message_id, table_subject};
 use syncdata_core::table::TableName;
 use tokio::sync::mpsc;
@@ -381,9 +381,8 @@ impl<S: Sink> Publisher<S> {
             if let Err(save) = self.save() {
                 tracing::warn!(error = %save, "cannot write the checkpoint");
             }
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !retry::sleep(delay, &token).await {
+                break;
             }
         }
         self.save()?;
@@ -394,13 +393,7 @@ impl<S: Sink> Publisher<S> {
     /// Capped exponential backoff with jitter, never running out.
     fn backoff(&self) -> impl Iterator<Item = Duration> {
         let max = self.settings.max_backoff;
-        ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100).min(max))
-            .with_max_delay(max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .map(move |d| d.min(max))
+        RetryPolicy::new(Duration::from_millis(100).min(max), max).delays()
     }
 
     /// Publishes from the last settled position until cancelled (Ok, after

@@ -32,6 +32,7 @@ use anyhow::Context;
 use futures::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use syncdata_core::config::Config;
+use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::table::TableName;
 use syncdata_core::version::{Lsn, Version};
 use tokio::time::Instant;
@@ -154,7 +155,8 @@ pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow
         settings,
     };
     let mut started = false;
-    let mut delay = Duration::from_millis(200);
+    let policy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut delays = policy.delays();
     let result = loop {
         let began = Instant::now();
         let err = match archiver.session(&token, &mut started).await {
@@ -162,7 +164,7 @@ pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow
             Err(err) => err,
         };
         if began.elapsed() > Duration::from_secs(60) {
-            delay = Duration::from_millis(200);
+            delays = policy.delays();
         }
         // What is written is complete: keep it.
         if let Err(e) = archiver.close_segment() {
@@ -171,12 +173,11 @@ pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow
         if !started || !is_transient(&err) {
             break Err(err);
         }
+        let delay = delays.next().unwrap_or(policy.cap);
         tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "source connection lost; reconnecting");
-        tokio::select! {
-            _ = token.cancelled() => break Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+        if !retry::sleep(delay, &token).await {
+            break Ok(());
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     };
     if started {
         tracing::info!(
