@@ -108,6 +108,28 @@ async fn add_tables(config: &Path, tables: &[&str]) {
 }
 
 /// `syncdata dlq list --json`, parsed.
+/// This test's own stream names, directory and configuration for `local`,
+/// with `tables` whitelisted (the directory lives as long as the guard).
+async fn whitelisted(
+    local: &TestDb,
+    tag: &str,
+    extra_toml: &str,
+    tables: &[&str],
+) -> (TestNames, tempfile::TempDir, std::path::PathBuf) {
+    let names = TestNames::new(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        local,
+        &names,
+        &support::nats_url(),
+        dir.path(),
+        extra_toml,
+    );
+    add_tables(&config, tables).await;
+    (names, dir, config)
+}
+
 async fn dlq_list(config: &Path) -> Vec<Json> {
     let out = cli_ok(config, &["dlq", "list", "--json"]).await;
     match serde_json::from_str(&out) {
@@ -603,17 +625,13 @@ async fn consumer_sigkilled_five_times() {
     let expected = expected_demo_state("kill5_expected", &history).await;
 
     let local = demo_db(support::fresh_database("kill5_local").await).await;
-    let names = TestNames::new("kill5");
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
+    let (names, dir, config) = whitelisted(
         &local,
-        &names,
-        &support::nats_url(),
-        dir.path(),
+        "kill5",
         "[consumer]\nbatch_size = 50\nack_wait_secs = 2\nmax_attempts = 2\nmax_backoff_ms = 500\n",
-    );
-    add_tables(&config, &workload::demo_tables()).await;
+        &workload::demo_tables(),
+    )
+    .await;
     publish_records(&names, &history).await;
 
     let batches = || async {
@@ -670,17 +688,7 @@ async fn one_poison_record_in_a_batch_of_500_dead_letters_only_itself() {
         "create table items (id bigint primary key, qty integer not null, name text)",
     )
     .await;
-    let names = TestNames::new("poison");
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
-        &local,
-        &names,
-        &support::nats_url(),
-        dir.path(),
-        "[consumer]\nbatch_size = 1000\nfetch_wait_ms = 500\nmax_attempts = 2\nmax_backoff_ms = 500\n",
-    );
-    add_tables(&config, &["items"]).await;
+    let (names, dir, config) = whitelisted(&local, "poison", "[consumer]\nbatch_size = 1000\nfetch_wait_ms = 500\nmax_attempts = 2\nmax_backoff_ms = 500\n", &["items"]).await;
 
     let subject = subject_of(&names, "items");
     let mut msgs = Vec::new();
@@ -828,17 +836,13 @@ async fn bad_input_corpus_consumer_side() {
     ddl(&local, CORPUS_DDL).await;
     let expected_db = support::fresh_database("corpus_expected").await;
     ddl(&expected_db, CORPUS_DDL).await;
-    let names = TestNames::new("corpus");
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
+    let (names, dir, config) = whitelisted(
         &local,
-        &names,
-        &support::nats_url(),
-        dir.path(),
+        "corpus",
         "[consumer]\nbatch_size = 64\nmax_attempts = 2\nmax_backoff_ms = 500\n",
-    );
-    add_tables(&config, &["corpus", "other"]).await;
+        &["corpus", "other"],
+    )
+    .await;
 
     // Good records have versions 1000 + 10*i (+1, +2), the bad ones 40_00x;
     // the DELETE of a missing row sits at a known version so that an older
@@ -1282,17 +1286,13 @@ async fn bad_input_corpus_absent_and_keyless_tables() {
          create table nokey (id bigint primary key, v text);",
     )
     .await;
-    let names = TestNames::new("tables");
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
+    let (names, dir, config) = whitelisted(
         &local,
-        &names,
-        &support::nats_url(),
-        dir.path(),
+        "tables",
         "[consumer]\nbatch_size = 50\nmax_attempts = 2\nmax_backoff_ms = 500\n",
-    );
-    add_tables(&config, &["keep", "ghost", "nokey"]).await;
+        &["keep", "ghost", "nokey"],
+    )
+    .await;
     ddl(
         &local,
         "drop table ghost; alter table nokey drop constraint nokey_pkey;",
@@ -1394,17 +1394,13 @@ async fn dlq_replay_of_an_old_record_never_overwrites_newer_data() {
         "create table docs (id bigint primary key, title text, body text)",
     )
     .await;
-    let names = TestNames::new("replay");
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
+    let (names, dir, config) = whitelisted(
         &local,
-        &names,
-        &support::nats_url(),
-        dir.path(),
+        "replay",
         "[consumer]\nbatch_size = 100\nmax_attempts = 2\nmax_backoff_ms = 500\n",
-    );
-    add_tables(&config, &["docs"]).await;
+        &["docs"],
+    )
+    .await;
     let subject = subject_of(&names, "docs");
 
     // Version 10: rows 1 and 2 with a column the local table lacks.
