@@ -988,9 +988,20 @@ async fn verify_lists_a_single_altered_and_a_single_missing_row_of_a_large_table
     // Without the exclusion the sanitized column counts too.
     let (ok, out) = verify(d, &cfg, &src.url, &["big", "--json"]).await;
     assert!(!ok);
-    let json_start = out.find('[').expect("json output");
-    let json_end = out.rfind(']').expect("json output");
-    let report: serde_json::Value = serde_json::from_str(&out[json_start..=json_end]).unwrap();
+    // Logs (stderr) share the output with the report: the pretty-printed
+    // report runs from a line that is exactly "[" to the next line "]".
+    let json_start = out
+        .find("\n[\n")
+        .map(|i| i + 1)
+        .or_else(|| out.starts_with("[\n").then_some(0))
+        .unwrap_or_else(|| panic!("no JSON report in:\n{out}"));
+    let json_end = json_start
+        + out[json_start..]
+            .find("\n]")
+            .unwrap_or_else(|| panic!("unterminated JSON report in:\n{out}"))
+        + 2;
+    let report: serde_json::Value = serde_json::from_str(&out[json_start..json_end])
+        .unwrap_or_else(|e| panic!("{e}: {}", &out[json_start..json_end]));
     assert_eq!(report[0]["differing_rows"], 3, "{out}");
     let keys: Vec<String> = report[0]["rows"]
         .as_array()

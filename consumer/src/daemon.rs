@@ -140,9 +140,14 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         errors: std::sync::atomic::AtomicU64::new(0),
     });
     let workers_token = token.child_token();
-    let mut workers = Vec::new();
+    let mut consumers = Vec::new();
     for table in &tables {
-        let consumer = ensure_consumer(&stream, &config, &instance, table).await?;
+        consumers.push(ensure_consumer(&stream, &config, &instance, table).await?);
+    }
+    // Once, before any pull is in flight (see update_dlq_gauges).
+    update_gauges(&stream, &dlq, &config, &instance, &tables).await;
+    let mut workers = Vec::new();
+    for (table, consumer) in tables.iter().zip(consumers) {
         workers.push(tokio::spawn(worker::run_table(
             ctx.clone(),
             table.clone(),
@@ -180,7 +185,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                 if let Err(e) = store::heartbeat(&pool, &id, ctx.applier.applied_total(), errors).await {
                     warn!(error = %e, "heartbeat failed");
                 }
-                update_gauges(&stream, &dlq, &config, &instance, &tables).await;
+                update_dlq_gauges(&dlq, &config, &tables).await;
             }
         }
     }
@@ -258,6 +263,21 @@ async fn update_gauges(
                 metrics::gauge!("syncdata_dlq_messages", "table" => name).set(p.dlq as f64);
             }
             Err(e) => warn!(table = %t, error = %e, "reading table progress failed"),
+        }
+    }
+}
+
+/// The periodic gauge: dead letters per table, from the DLQ stream's
+/// subject counts. Pending and lag are set by the workers from delivery
+/// metadata; asking for a consumer's state while its pulls are served can
+/// stall them on nats-server 2.9.
+async fn update_dlq_gauges(dlq: &jetstream::stream::Stream, config: &Config, tables: &[TableName]) {
+    for t in tables {
+        match progress::dlq_count(dlq, config, t).await {
+            Ok(n) => {
+                metrics::gauge!("syncdata_dlq_messages", "table" => t.to_string()).set(n as f64)
+            }
+            Err(e) => warn!(table = %t, error = %e, "reading dead-letter count failed"),
         }
     }
 }

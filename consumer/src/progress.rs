@@ -57,9 +57,14 @@ pub async fn table_progress(
         let filter = table_subject(&config.nats.subject_prefix, &table.schema, &table.table);
         p.pending = subject_count(changes, &filter).await?;
     }
-    let dlq_filter = table_subject(&config.nats.dlq_subject_prefix, &table.schema, &table.table);
-    p.dlq = subject_count(dlq, &dlq_filter).await?;
+    p.dlq = dlq_count(dlq, config, table).await?;
     Ok(p)
+}
+
+/// Dead letters of one table.
+pub async fn dlq_count(dlq: &Stream, config: &Config, table: &TableName) -> anyhow::Result<u64> {
+    let filter = table_subject(&config.nats.dlq_subject_prefix, &table.schema, &table.table);
+    subject_count(dlq, &filter).await
 }
 
 async fn subject_count(stream: &Stream, filter: &str) -> anyhow::Result<u64> {

@@ -103,16 +103,35 @@ pub async fn run_table(
             wait_for_durable(&mut consumer, &table, &token).await;
         }
         if msgs.is_empty() {
+            // Caught up (for this process's view of the durable).
+            set_progress_gauges(&table, 0, 0.0);
             continue;
         }
+        // Pending and lag come from the delivery metadata, not from asking
+        // the server for the consumer's state: on nats-server 2.9 such a
+        // request while a pull is served can leave the pull unanswered until
+        // the client's timeout.
+        let progress = msgs.last().and_then(|m| m.info().ok()).map(|i| {
+            let age = time::OffsetDateTime::now_utc() - i.published;
+            (i.pending, age.as_seconds_f64().max(0.0))
+        });
         if process(&ctx, &table, msgs).await {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
             failures = 0;
         }
+        if let Some((pending, age)) = progress {
+            set_progress_gauges(&table, pending, if pending == 0 { 0.0 } else { age });
+        }
     }
     info!(table = %table, "worker stopped");
+}
+
+fn set_progress_gauges(table: &TableName, pending: u64, lag_seconds: f64) {
+    let name = table.to_string();
+    metrics::gauge!("syncdata_pending_messages", "table" => name.clone()).set(pending as f64);
+    metrics::gauge!("syncdata_lag_seconds", "table" => name).set(lag_seconds);
 }
 
 fn retry_policy(config: &Config) -> RetryPolicy {

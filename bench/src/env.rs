@@ -1,0 +1,811 @@
+//! What every measurement needs: the two PostgreSQL clusters, NATS, the
+//! project's binaries and PostgreSQL's client tools, configuration files,
+//! child processes (with their peak RSS), and JetStream progress.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream;
+use futures::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use syncdata_core::config::CONFIG_ENV;
+use syncdata_core::subject;
+
+/// Environment variables that override a config file: the children must see
+/// only the file the harness wrote.
+const OVERRIDE_VARS: &[&str] = &[
+    "PG_PASSWORD",
+    "PG_DB_NAME",
+    "PG_USER_NAME",
+    "PG_HOST",
+    "PG_PORT",
+    "DATA_SYNC_FREQ",
+    "METRIC_FREQ",
+    "NATS_URL",
+    "SYNCDATA_SANITIZE_KEY",
+];
+
+/// Which PostgreSQL cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Production stand-in: wal_level=logical, wal2json, publications.
+    Source,
+    /// The local copy: native subscriber and syncdata consumers.
+    Target,
+}
+
+pub struct Env {
+    source: PgConnectOptions,
+    target: PgConnectOptions,
+    pub nats_url: String,
+    pub workdir: PathBuf,
+    pub producer_bin: PathBuf,
+    pub consumer_bin: PathBuf,
+    pub pg_bin: PathBuf,
+    pub log_level: String,
+}
+
+impl Env {
+    pub fn new(
+        source_url: &str,
+        target_url: &str,
+        nats_url: &str,
+        workdir: &Path,
+        bin_dir: &Path,
+        pg_bin: &Path,
+        log_level: &str,
+    ) -> Result<Env> {
+        let source =
+            PgConnectOptions::from_str(source_url).context("--source-url is not a valid URL")?;
+        let target =
+            PgConnectOptions::from_str(target_url).context("--target-url is not a valid URL")?;
+        std::fs::create_dir_all(workdir)
+            .with_context(|| format!("cannot create {}", workdir.display()))?;
+        let find = |name: &str| -> Result<PathBuf> {
+            let p = bin_dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "{} not found; build with `cargo build --release --workspace --bins`",
+                    p.display()
+                );
+            }
+            Ok(p)
+        };
+        for tool in ["pgbench", "pg_dump", "pg_restore", "psql"] {
+            if !pg_bin.join(tool).is_file() {
+                bail!("{} not found (--pg-bin)", pg_bin.join(tool).display());
+            }
+        }
+        Ok(Env {
+            source,
+            target,
+            nats_url: nats_url.to_owned(),
+            workdir: workdir.canonicalize()?,
+            producer_bin: find("syncdata-producer")?,
+            consumer_bin: find("syncdata")?,
+            pg_bin: pg_bin.to_owned(),
+            log_level: log_level.to_owned(),
+        })
+    }
+
+    fn options(&self, side: Side) -> &PgConnectOptions {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+
+    pub fn host(&self, side: Side) -> String {
+        self.options(side).get_host().to_owned()
+    }
+
+    pub fn port(&self, side: Side) -> u16 {
+        self.options(side).get_port()
+    }
+
+    pub fn user(&self, side: Side) -> String {
+        self.options(side).get_username().to_owned()
+    }
+
+    /// A libpq URL (no password: the harness expects trust auth or
+    /// ~/.pgpass, as the throwaway servers of scripts/servers.sh give).
+    pub fn url(&self, side: Side, db: &str) -> String {
+        format!(
+            "postgres://{}@{}:{}/{}",
+            self.user(side),
+            self.host(side),
+            self.port(side),
+            db
+        )
+    }
+
+    /// A libpq key/value connection string (for CREATE SUBSCRIPTION).
+    pub fn conninfo(&self, side: Side, db: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.host(side),
+            self.port(side),
+            self.user(side),
+            db
+        )
+    }
+
+    pub async fn pool(&self, side: Side, db: &str, max: u32) -> Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(
+                self.options(side)
+                    .clone()
+                    .database(db)
+                    .application_name("syncdata-bench"),
+            )
+            .await
+            .with_context(|| format!("cannot connect to {}", self.url(side, db)))
+    }
+
+    /// Drops (with FORCE) and creates a database. Replication slots and
+    /// subscriptions bound to it are removed first.
+    pub async fn recreate_db(&self, side: Side, name: &str) -> Result<()> {
+        self.drop_db(side, name).await?;
+        let admin = self.pool(side, "postgres", 1).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {}",
+            ident(name)
+        )))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("cannot create database {name}"))?;
+        admin.close().await;
+        Ok(())
+    }
+
+    pub async fn drop_db(&self, side: Side, name: &str) -> Result<()> {
+        let admin = self.pool(side, "postgres", 1).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&admin)
+                .await?;
+        if exists {
+            // Subscriptions live in a database but are dropped from inside it.
+            let subs: Vec<String> = sqlx::query_scalar(
+                "SELECT s.subname::text FROM pg_subscription s JOIN pg_database d \
+                 ON d.oid = s.subdbid WHERE d.datname = $1",
+            )
+            .bind(name)
+            .fetch_all(&admin)
+            .await?;
+            if !subs.is_empty() {
+                let db = self.pool(side, name, 1).await?;
+                for sub in subs {
+                    let s = ident(&sub);
+                    for sql in [
+                        format!("ALTER SUBSCRIPTION {s} DISABLE"),
+                        format!("ALTER SUBSCRIPTION {s} SET (slot_name = NONE)"),
+                        format!("DROP SUBSCRIPTION {s}"),
+                    ] {
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&db).await?;
+                    }
+                }
+                db.close().await;
+            }
+            // A walsender that just lost its subscriber lets go of its slot
+            // within a moment.
+            for _ in 0..100 {
+                let active: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active",
+                )
+                .bind(name)
+                .fetch_one(&admin)
+                .await?;
+                if active == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sqlx::query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1 AND NOT active",
+            )
+            .bind(name)
+            .execute(&admin)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(name)
+            )))
+            .execute(&admin)
+            .await
+            .with_context(|| format!("cannot drop database {name}"))?;
+        }
+        admin.close().await;
+        Ok(())
+    }
+
+    /// A PostgreSQL client tool with host, port and user of `side`.
+    pub fn pg_tool(&self, tool: &str, side: Side) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.pg_bin.join(tool));
+        cmd.arg("-h")
+            .arg(self.host(side))
+            .arg("-p")
+            .arg(self.port(side).to_string())
+            .arg("-U")
+            .arg(self.user(side))
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a client tool to the end; its output goes to `log`. Fails with
+    /// the log's tail when it fails.
+    pub async fn run_tool(
+        &self,
+        tool: &str,
+        side: Side,
+        args: &[&str],
+        log: &str,
+    ) -> Result<String> {
+        let path = self.log_path(log);
+        let mut cmd = self.pg_tool(tool, side);
+        cmd.args(args);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {tool}"))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&path, &text)?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {} failed ({}):\n{}",
+                args.join(" "),
+                out.status,
+                tail(&text, 20)
+            );
+        }
+        Ok(text)
+    }
+
+    /// `pg_dump ARGS | psql -d DB` (source to target), to the end.
+    pub async fn dump_into(&self, dump_args: &[&str], target_db: &str, log: &str) -> Result<()> {
+        let log_path = self.log_path(log);
+        let err = std::fs::File::create(&log_path)?;
+        let mut dump = self.pg_tool("pg_dump", Side::Source);
+        dump.args(dump_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err.try_clone()?);
+        let mut dump = dump.spawn().context("cannot run pg_dump")?;
+        let pipe: Stdio = dump
+            .stdout
+            .take()
+            .context("pg_dump stdout")?
+            .try_into()
+            .context("pg_dump stdout as stdin")?;
+        let mut psql = self.pg_tool("psql", Side::Target);
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", target_db])
+            .stdin(pipe)
+            .stdout(err.try_clone()?)
+            .stderr(err);
+        let mut psql = psql.spawn().context("cannot run psql")?;
+        let (d, p) = tokio::join!(dump.wait(), psql.wait());
+        let (d, p) = (d?, p?);
+        if !d.success() || !p.success() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("pg_dump ({d}) | psql ({p}) failed:\n{}", tail(&text, 20));
+        }
+        Ok(())
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        let dir = self.workdir.join("logs");
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join(format!("{name}.log"))
+    }
+
+    /// A fresh directory under the work directory.
+    pub fn fresh_dir(&self, rel: &str) -> Result<PathBuf> {
+        let dir = self.workdir.join(rel);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// A connection to NATS with JetStream.
+    pub async fn jetstream(&self) -> Result<jetstream::Context> {
+        let client = async_nats::ConnectOptions::new()
+            .name("syncdata-bench")
+            .connect(self.nats_url.as_str())
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", self.nats_url))?;
+        Ok(jetstream::new(client))
+    }
+
+    /// Spawns one of the project's binaries with `config`, logging to
+    /// `logs/<name>.log`.
+    pub fn spawn(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        config: &Path,
+        name: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Child> {
+        let log = self.log_path(name);
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(args)
+            .env(CONFIG_ENV, config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        for var in OVERRIDE_VARS {
+            cmd.env_remove(var);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Child {
+            name: name.to_owned(),
+            log,
+            child,
+        })
+    }
+
+    /// Runs one of the project's binaries to the end (60 s at most).
+    pub async fn run_bin(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        config: &Path,
+        name: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut c = self.spawn(bin, args, config, name, extra_env)?;
+        match tokio::time::timeout(Duration::from_secs(600), c.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    bail!(
+                        "{} {} failed ({status}):\n{}",
+                        bin.display(),
+                        args.join(" "),
+                        c.log_tail(20)
+                    );
+                }
+                Ok(())
+            }
+            Err(_) => {
+                c.child.kill().await.ok();
+                bail!("{name} did not finish within 600 s")
+            }
+        }
+    }
+}
+
+/// A child process of the harness.
+pub struct Child {
+    pub name: String,
+    pub log: PathBuf,
+    pub child: tokio::process::Child,
+}
+
+impl Child {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    }
+
+    /// Fails when the process has exited (it should still be running).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!(
+                "{} exited early ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(25)
+            );
+        }
+        Ok(())
+    }
+
+    /// The exit status when the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            lines,
+        )
+    }
+
+    /// SIGTERM, then SIGKILL after 20 s.
+    pub async fn stop(mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("warning: {} ignored SIGTERM for 20 s; killed", self.name);
+            self.child.kill().await.ok();
+        }
+    }
+}
+
+pub async fn stop_all(children: Vec<Child>) {
+    for c in children {
+        c.stop().await;
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One measurement's JetStream names: its own change and DLQ streams, so
+/// measurements never see each other's messages or durables.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    pub stream: String,
+    pub subject_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_subject_prefix: String,
+}
+
+impl Streams {
+    pub fn new(tag: &str) -> Streams {
+        Streams {
+            stream: format!("BENCH_{}", tag.to_uppercase()),
+            subject_prefix: format!("bench_{tag}.changes"),
+            dlq_stream: format!("BENCH_{}_DLQ", tag.to_uppercase()),
+            dlq_subject_prefix: format!("bench_{tag}.dlq"),
+        }
+    }
+
+    /// Deletes both streams (and their durables) if they exist.
+    pub async fn reset(&self, js: &jetstream::Context) -> Result<()> {
+        for name in [&self.stream, &self.dlq_stream] {
+            if js.get_stream(name).await.is_ok() {
+                js.delete_stream(name)
+                    .await
+                    .with_context(|| format!("cannot delete stream {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages in the change stream (None while it does not exist).
+    pub async fn messages(&self, js: &jetstream::Context) -> Option<u64> {
+        let mut s = js.get_stream(&self.stream).await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    }
+
+    /// Messages in the DLQ stream (0 when it does not exist).
+    pub async fn dead_letters(&self, js: &jetstream::Context) -> u64 {
+        match js.get_stream(&self.dlq_stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Durable names of `tables` (in `public`) for the destination database
+    /// with this instance id.
+    pub fn durables(&self, instance: &str, tables: &[&str]) -> Vec<String> {
+        tables
+            .iter()
+            .map(|t| subject::durable_name(&self.stream, instance, "public", t))
+            .collect()
+    }
+
+    /// True when every durable exists and has nothing left to deliver or to
+    /// be acknowledged: every message was applied and acked after commit.
+    pub async fn drained(&self, js: &jetstream::Context, durables: &[String]) -> bool {
+        let Ok(stream) = js.get_stream(&self.stream).await else {
+            return false;
+        };
+        for d in durables {
+            let Ok(mut c) = stream
+                .get_consumer::<jetstream::consumer::pull::Config>(d)
+                .await
+            else {
+                return false;
+            };
+            let Ok(info) = c.info().await else {
+                return false;
+            };
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True when every durable exists.
+    pub async fn durables_exist(&self, js: &jetstream::Context, durables: &[String]) -> bool {
+        let Ok(stream) = js.get_stream(&self.stream).await else {
+            return false;
+        };
+        let mut names = stream.consumer_names();
+        let mut found = Vec::new();
+        while let Some(Ok(n)) = names.next().await {
+            found.push(n);
+        }
+        durables.iter().all(|d| found.contains(d))
+    }
+}
+
+/// Installs, in a syncdata target database, a clock of committed batches:
+/// an ALWAYS trigger (the consumer applies as `session_replication_role =
+/// replica`) after each insert into `data_sync_logs`, which is the last
+/// statement of every batch's transaction, records `clock_timestamp()` in
+/// `bench_batch_end`. The last batch's time is when everything was applied
+/// (its commit follows within a fraction of a millisecond: fsync is off).
+///
+/// Why not poll JetStream for the durables' pending counts instead: with
+/// nats-server 2.9.10, `CONSUMER.INFO` requests while a pull consumer is
+/// being served can leave a pull request partly filled and never answered
+/// with its 408; async-nats then waits `expires + 5 s` for it. Polling
+/// even once a second stalled consumers for tens of seconds in 1 of 2
+/// trials (none without polling). So JetStream is asked only once the
+/// consumers have gone quiet, to confirm that nothing is left.
+pub async fn install_batch_clock(target: &PgPool) -> Result<()> {
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS bench_batch_end (at timestamptz NOT NULL, rows int)",
+        "CREATE OR REPLACE FUNCTION bench_batch_end_fn() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO bench_batch_end VALUES (clock_timestamp(), NEW.rows_synced); \
+         RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS bench_batch_end_trg ON data_sync_logs",
+        "CREATE TRIGGER bench_batch_end_trg AFTER INSERT ON data_sync_logs \
+         FOR EACH ROW EXECUTE FUNCTION bench_batch_end_fn()",
+        "ALTER TABLE data_sync_logs ENABLE ALWAYS TRIGGER bench_batch_end_trg",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(target)
+            .await
+            .context("installing the batch clock in the target")?;
+    }
+    Ok(())
+}
+
+/// The longest pause between two consecutive batch commits, and the
+/// number of batches (from the batch clock).
+pub async fn longest_gap(target: &PgPool) -> Result<(Duration, i64)> {
+    let (gap_us, batches): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT (extract(epoch FROM max(gap)) * 1e6)::bigint, count(*) FROM \
+         (SELECT at - lag(at) OVER (ORDER BY at) AS gap FROM bench_batch_end) g",
+    )
+    .fetch_one(target)
+    .await?;
+    Ok((
+        Duration::from_micros(gap_us.unwrap_or(0).max(0) as u64),
+        batches,
+    ))
+}
+
+/// Microseconds since the Unix epoch, this machine's wall clock (the same
+/// clock PostgreSQL's `clock_timestamp()` reads here).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64
+}
+
+/// Waits until the consumers applied everything and returns how long after
+/// `started_us` (wall clock, µs) the last batch committed.
+///
+/// Polls only the target database (every 100 ms) until no batch has
+/// committed for `quiet`; then asks JetStream whether every durable has
+/// nothing pending or unacknowledged (acks follow commits). If not, it
+/// waits for the next quiet period. `extra` may add a check of its own
+/// (e.g. a row count).
+pub async fn wait_applied(
+    js: &jetstream::Context,
+    streams: &Streams,
+    durables: &[String],
+    target: &PgPool,
+    started_us: i64,
+    children: &mut [Child],
+    timeout: Duration,
+) -> Result<Duration> {
+    let quiet = Duration::from_millis(1000);
+    let deadline = Instant::now() + timeout;
+    let mut last_count = -1i64;
+    let mut changed = Instant::now();
+    let mut checked_at_count = -1i64;
+    loop {
+        let (count, last_us): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM max(at)) * 1e6)::bigint FROM bench_batch_end",
+        )
+        .fetch_one(target)
+        .await?;
+        if count != last_count {
+            last_count = count;
+            changed = Instant::now();
+        }
+        if count > 0 && changed.elapsed() >= quiet && checked_at_count != count {
+            checked_at_count = count;
+            if streams.drained(js, durables).await {
+                let last_us = last_us.unwrap_or(started_us);
+                return Ok(Duration::from_micros((last_us - started_us).max(0) as u64));
+            }
+        }
+        for c in children.iter_mut() {
+            c.check_running()?;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = children
+                .iter()
+                .map(|c| format!("--- {} ---\n{}", c.name, c.log_tail(15)))
+                .collect();
+            bail!(
+                "timed out after {} s waiting for the consumers ({count} batches committed)\n{}",
+                timeout.as_secs(),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A configuration file for the project's binaries.
+pub struct ConfigSpec<'a> {
+    pub name: &'a str,
+    pub side: Side,
+    pub database: &'a str,
+    pub archive_dir: &'a Path,
+    pub streams: &'a Streams,
+    /// TOML appended after `[nats]`: `[producer]`, `[consumer]`, `[source]`.
+    pub extra: String,
+}
+
+impl Env {
+    pub fn write_config(&self, spec: &ConfigSpec<'_>) -> Result<PathBuf> {
+        let s = spec.streams;
+        let text = format!(
+            "# Written by syncdata-bench.\n\
+             pg_host = {}\n\
+             pg_port = {}\n\
+             pg_user = {}\n\
+             pg_database = {}\n\
+             archive_dir = {}\n\
+             data_sync_freq = 60\n\
+             \n\
+             [nats]\n\
+             url = {}\n\
+             stream = {}\n\
+             subject_prefix = {}\n\
+             dlq_stream = {}\n\
+             dlq_subject_prefix = {}\n\
+             \n\
+             {}\n",
+            toml_str(&self.host(spec.side)),
+            self.port(spec.side),
+            toml_str(&self.user(spec.side)),
+            toml_str(spec.database),
+            toml_str(&spec.archive_dir.to_string_lossy()),
+            toml_str(&self.nats_url),
+            toml_str(&s.stream),
+            toml_str(&s.subject_prefix),
+            toml_str(&s.dlq_stream),
+            toml_str(&s.dlq_subject_prefix),
+            spec.extra,
+        );
+        let dir = self.workdir.join("config");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.toml", spec.name));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// Polls `check` every `every` until it is true; fails after `timeout`,
+/// or as soon as `alive` reports a dead process. Returns the moment the
+/// check first held.
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    every: Duration,
+    timeout: Duration,
+    children: &mut [Child],
+    mut check: F,
+) -> Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(Instant::now());
+        }
+        for c in children.iter_mut() {
+            c.check_running()?;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = children
+                .iter()
+                .map(|c| format!("--- {} ---\n{}", c.name, c.log_tail(15)))
+                .collect();
+            bail!(
+                "timed out after {} s waiting for {what}\n{}",
+                timeout.as_secs(),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Total size of the regular, non-hidden files of a directory.
+pub fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,602 @@
+//! Measurements 1 and 2: one pgbench tpcb-like run on the source, caught up
+//! by PostgreSQL's native logical replication (the anchor) and by syncdata.
+//!
+//! Before pgbench: the source gets `pgbench -i`, a primary key on
+//! `pgbench_history` (`hid bigserial`), a publication, and the wal2json slot
+//! of `syncdata-producer setup-source --create-slot`. The subscriber
+//! database gets the schema, a subscription that copies the initial rows and
+//! is then disabled (its slot keeps the changes), and each syncdata target
+//! database gets the same initial rows (pg_dump -Fc | pg_restore). Then
+//! pgbench writes N transactions (4 row changes each: 3 UPDATEs, 1 INSERT).
+//!
+//! 1. Native: from `ALTER SUBSCRIPTION … ENABLE` until the subscriber holds
+//!    every history row (max(hid) reached, then count(*) equal; each source
+//!    transaction applies atomically on the subscriber, so that is all of
+//!    them). Then all four tables are compared with the source.
+//! 2. syncdata, in stages, each timed alone: the archiver (slot → segment
+//!    files), the producer (files → stream, until the stream holds every
+//!    record), then `syncdata start` × K from launch until every durable has
+//!    nothing pending or unacknowledged (acks follow commits); the tables are
+//!    then compared with the source. The end is the commit of the last
+//!    batch, read from a trigger in the target (see
+//!    `env::install_batch_clock`: JetStream is not polled while consumers
+//!    work, as that disturbs nats-server 2.9).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sqlx::PgPool;
+use syncdata_core::workload;
+
+use crate::env::{self, ConfigSpec, Env, Side, Streams};
+use crate::report::{self, Report};
+
+pub const TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+const SOURCE_DB: &str = "bench_src";
+const NATIVE_DB: &str = "bench_native";
+const PUBLICATION: &str = "bench_pub";
+const SUBSCRIPTION: &str = "bench_sub";
+const SLOT: &str = "bench_syncdata_slot";
+/// A pause between batch commits this long is a stall, not apply work.
+pub const STALL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scale: u32,
+    pub transactions: u64,
+    pub clients: u32,
+    pub jobs: u32,
+    pub consumers: Vec<usize>,
+    /// `[consumer]` settings for the catch-up runs (TOML lines).
+    pub consumer_toml: String,
+}
+
+pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
+    let js = env.jetstream().await?;
+    let per_client = opts.transactions.div_ceil(u64::from(opts.clients));
+    println!(
+        "== pgbench: scale {}, {} clients × {} transactions",
+        opts.scale, opts.clients, per_client
+    );
+
+    // --- Source.
+    for k in &opts.consumers {
+        env.drop_db(Side::Target, &sd_db(*k)).await?;
+    }
+    env.drop_db(Side::Target, NATIVE_DB).await?;
+    env.recreate_db(Side::Source, SOURCE_DB).await?;
+    let t = Instant::now();
+    env.run_tool(
+        "pgbench",
+        Side::Source,
+        &["-i", "-q", "-s", &opts.scale.to_string(), SOURCE_DB],
+        "pgbench-init",
+    )
+    .await?;
+    println!(
+        "pgbench -i -s {} in {}",
+        opts.scale,
+        report::secs(t.elapsed())
+    );
+    let src = env.pool(Side::Source, SOURCE_DB, 2).await?;
+    // One statement each: VACUUM refuses to run inside a (multi-statement)
+    // transaction.
+    for sql in [
+        "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY",
+        "VACUUM ANALYZE",
+        "CHECKPOINT",
+    ] {
+        sqlx::raw_sql(sql).execute(&src).await?;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE PUBLICATION {PUBLICATION} FOR TABLE {}",
+        TABLES.join(", ")
+    )))
+    .execute(&src)
+    .await?;
+
+    // --- Native subscriber: schema, initial copy, then disabled.
+    env.recreate_db(Side::Target, NATIVE_DB).await?;
+    let mut dump_args = vec!["--schema-only", "--no-publications", "--no-subscriptions"];
+    for t in TABLES {
+        dump_args.extend(["-t", t]);
+    }
+    dump_args.push(SOURCE_DB);
+    env.dump_into(&dump_args, NATIVE_DB, "pgbench-native-schema")
+        .await?;
+    let native = env.pool(Side::Target, NATIVE_DB, 2).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SUBSCRIPTION {SUBSCRIPTION} CONNECTION '{}' PUBLICATION {PUBLICATION} \
+         WITH (copy_data = true)",
+        env.conninfo(Side::Source, SOURCE_DB)
+    )))
+    .execute(&native)
+    .await
+    .context("CREATE SUBSCRIPTION")?;
+    let t = Instant::now();
+    wait_for(
+        "the subscription's initial copy",
+        Duration::from_secs(900),
+        || async {
+            let not_ready: i64 = sqlx::query_scalar(
+                "SELECT count(*) FILTER (WHERE srsubstate <> 'r') + 4 - count(*) \
+                 FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
+                 WHERE s.subname = $1",
+            )
+            .bind(SUBSCRIPTION)
+            .fetch_one(&native)
+            .await?;
+            Ok(not_ready == 0)
+        },
+    )
+    .await?;
+    println!(
+        "native subscription: initial copy in {}",
+        report::secs(t.elapsed())
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER SUBSCRIPTION {SUBSCRIPTION} DISABLE"
+    )))
+    .execute(&native)
+    .await?;
+    let disabled_at = Instant::now();
+    wait_for("the subscription to stop", Duration::from_secs(60), || async {
+        let active: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(SUBSCRIPTION)
+        .fetch_one(&src)
+        .await?;
+        Ok(!active)
+    })
+    .await?;
+
+    // --- syncdata: slot (before pgbench), then the initial rows.
+    let streams = Streams::new("pgbench");
+    streams.reset(&js).await?;
+    let archive = env.fresh_dir("pgbench/archive")?;
+    let source_toml = format!(
+        "[producer]\nsource_url = {}\n\n[source]\nslot = {}\ntables = [{}]\n",
+        env::toml_str(&env.url(Side::Source, SOURCE_DB)),
+        env::toml_str(SLOT),
+        TABLES.map(env::toml_str).join(", ")
+    );
+    let producer_config = env.write_config(&ConfigSpec {
+        name: "pgbench-producer",
+        side: Side::Source,
+        database: SOURCE_DB,
+        archive_dir: &archive,
+        streams: &streams,
+        extra: source_toml,
+    })?;
+    env.run_bin(
+        &env.producer_bin,
+        &[
+            "setup-source",
+            "--create-slot",
+            "--tables",
+            &TABLES.join(","),
+        ],
+        &producer_config,
+        "pgbench-setup-source",
+        &[],
+    )
+    .await?;
+    let dump = env.workdir.join("pgbench/base.dump");
+    let mut args = vec!["-Fc", "--no-publications", "--no-subscriptions", "-f"];
+    let dump_s = dump.to_string_lossy().into_owned();
+    args.push(&dump_s);
+    for t in TABLES {
+        args.extend(["-t", t]);
+    }
+    args.push(SOURCE_DB);
+    env.run_tool("pg_dump", Side::Source, &args, "pgbench-base-dump")
+        .await?;
+    for k in &opts.consumers {
+        let db = sd_db(*k);
+        env.recreate_db(Side::Target, &db).await?;
+        env.run_tool(
+            "pg_restore",
+            Side::Target,
+            &["--no-owner", "-d", &db, &dump_s],
+            &format!("pgbench-restore-{k}"),
+        )
+        .await?;
+    }
+    src.close().await;
+
+    // --- pgbench.
+    let t = Instant::now();
+    let out = env
+        .run_tool(
+            "pgbench",
+            Side::Source,
+            &[
+                "-n",
+                "-c",
+                &opts.clients.to_string(),
+                "-j",
+                &opts.jobs.to_string(),
+                "-t",
+                &per_client.to_string(),
+                SOURCE_DB,
+            ],
+            "pgbench-run",
+        )
+        .await?;
+    let pgbench_time = t.elapsed();
+    let tps = out
+        .lines()
+        .find(|l| l.starts_with("tps ="))
+        .unwrap_or("")
+        .to_owned();
+    let src = env.pool(Side::Source, SOURCE_DB, 2).await?;
+    let (history, max_hid): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(max(hid), 0) FROM pgbench_history")
+            .fetch_one(&src)
+            .await?;
+    let changes = 4 * history as u64;
+    println!(
+        "pgbench: {} transactions ({changes} row changes) in {}; {tps}",
+        history,
+        report::secs(pgbench_time)
+    );
+    report.setting(format!(
+        "pgbench: tpcb-like, scale {}, {} clients, {} jobs, {} transactions = {} row changes \
+         (3 UPDATEs + 1 INSERT each); pgbench_history given `hid bigserial PRIMARY KEY` on both sides",
+        opts.scale,
+        opts.clients,
+        opts.jobs,
+        report::thousands(history as u64),
+        report::thousands(changes)
+    ));
+
+    // --- 1. Native catch-up.
+    // The launcher starts a subscription's apply worker at most once per
+    // wal_retrieve_retry_interval (5 s by default): let that pass, or the
+    // catch-up would include up to 5 s of launcher throttling.
+    let throttle = Duration::from_secs(6);
+    if disabled_at.elapsed() < throttle {
+        tokio::time::sleep(throttle - disabled_at.elapsed()).await;
+    }
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM pgbench_history")
+        .fetch_one(&native)
+        .await?;
+    if before != 0 {
+        bail!("the disabled subscription applied {before} history rows before the timing");
+    }
+    let t0 = Instant::now();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER SUBSCRIPTION {SUBSCRIPTION} ENABLE"
+    )))
+    .execute(&native)
+    .await?;
+    let native_done = wait_native(&native, history, max_hid).await?;
+    let native_time = native_done - t0;
+    let native_rate = report::rate(changes, native_time);
+    println!(
+        "native logical replication: caught up in {} ({}/s)",
+        report::secs(native_time),
+        report::fmt_rate(native_rate)
+    );
+    compare_tables(&src, &native, "native subscriber").await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SUBSCRIPTION {SUBSCRIPTION}"
+    )))
+    .execute(&native)
+    .await?;
+    native.close().await;
+    report.target(
+        "1",
+        "Native logical replication catch-up (publication → subscription, enabled after pgbench)",
+        format!(
+            "{} row changes/s ({} in {})",
+            report::fmt_rate(native_rate),
+            report::thousands(changes),
+            report::secs(native_time)
+        ),
+        "anchor (measured elsewhere: 45k–50k/s)",
+        "",
+    );
+
+    // --- 2a. Archive: slot → files.
+    let t0 = Instant::now();
+    let archiver = env.spawn(
+        &env.producer_bin,
+        &["archive"],
+        &producer_config,
+        "pgbench-archiver",
+        &[],
+    )?;
+    let mut children = vec![archiver];
+    let mut counter = LineCounter::default();
+    let archived_at = env::poll_until(
+        "the archiver to write every change",
+        Duration::from_millis(50),
+        Duration::from_secs(1800),
+        &mut children,
+        || {
+            let n = counter.count(&archive);
+            async move { Ok(n? >= changes) }
+        },
+    )
+    .await?;
+    let archive_time = archived_at - t0;
+    env::stop_all(children).await;
+    let records = LineCounter::default().count(&archive)?;
+    if records != changes {
+        report.note(format!(
+            "the archiver wrote {records} records for {changes} row changes"
+        ));
+    }
+    let bytes = env::dir_bytes(&archive)?;
+    println!(
+        "archiver: {records} records ({}) in {}",
+        report::mb(bytes),
+        report::secs(archive_time)
+    );
+
+    // --- 2b. Publish: files → stream.
+    let t0 = Instant::now();
+    let producer = env.spawn(
+        &env.producer_bin,
+        &["run"],
+        &producer_config,
+        "pgbench-producer",
+        &[],
+    )?;
+    let mut children = vec![producer];
+    let published_at = env::poll_until(
+        "the stream to hold every record",
+        Duration::from_millis(20),
+        Duration::from_secs(1800),
+        &mut children,
+        || {
+            let js = js.clone();
+            let streams = streams.clone();
+            async move { Ok(streams.messages(&js).await.unwrap_or(0) >= records) }
+        },
+    )
+    .await?;
+    let publish_time = published_at - t0;
+    env::stop_all(children).await;
+    println!(
+        "producer: {records} records published in {}",
+        report::secs(publish_time)
+    );
+
+    // --- 2c. Apply: stream → target, K consumers.
+    let mut best: Option<(usize, Duration)> = None;
+    for &k in &opts.consumers {
+        let db = sd_db(k);
+        let config = env.write_config(&ConfigSpec {
+            name: &format!("pgbench-consumer-{k}"),
+            side: Side::Target,
+            database: &db,
+            archive_dir: &archive,
+            streams: &streams,
+            extra: opts.consumer_toml.clone(),
+        })?;
+        let mut add = vec!["add-tables"];
+        add.extend(TABLES);
+        env.run_bin(
+            &env.consumer_bin,
+            &add,
+            &config,
+            &format!("pgbench-add-tables-{k}"),
+            &[],
+        )
+        .await?;
+        let target = env.pool(Side::Target, &db, 2).await?;
+        let instance = syncdata_core::store::instance_id(&target)
+            .await
+            .context("the target's instance id (migrations not run?)")?;
+        let durables = streams.durables(&instance, &TABLES);
+        env::install_batch_clock(&target).await?;
+        let t0 = env::now_us();
+        let mut children = Vec::new();
+        for i in 1..=k {
+            children.push(env.spawn(
+                &env.consumer_bin,
+                &["start"],
+                &config,
+                &format!("pgbench-consumer-{k}-{i}"),
+                &[],
+            )?);
+        }
+        let elapsed = env::wait_applied(
+            &js,
+            &streams,
+            &durables,
+            &target,
+            t0,
+            &mut children,
+            Duration::from_secs(3600),
+        )
+        .await?;
+        let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
+        env::stop_all(children).await;
+        let (gap, batches) = env::longest_gap(&target).await?;
+        if gap >= STALL {
+            report.note(format!(
+                "catch-up with {k} consumer(s): the consumers stalled: {:.1} s passed between two \
+                 of the {batches} batch commits (see \"what limits it\")",
+                gap.as_secs_f64()
+            ));
+        }
+        compare_tables(&src, &target, &format!("syncdata target ({k} consumer(s))")).await?;
+        let dead = streams.dead_letters(&js).await;
+        if dead > 0 {
+            bail!("{dead} records were dead-lettered during the catch-up");
+        }
+        target.close().await;
+        let r = report::rate(changes, elapsed);
+        let ratio = r / native_rate;
+        println!(
+            "syncdata, {k} consumer(s): applied in {} ({}/s, {:.2}× native)",
+            report::secs(elapsed),
+            report::fmt_rate(r),
+            ratio
+        );
+        report.target(
+            "2",
+            format!(
+                "syncdata catch-up, {k} consumer{} (`syncdata start` launch → last batch committed)",
+                if k == 1 { "" } else { "s" }
+            ),
+            format!(
+                "{} row changes/s ({} in {}; peak RSS {})",
+                report::fmt_rate(r),
+                report::thousands(changes),
+                report::secs(elapsed),
+                rss.iter()
+                    .map(|b| report::mb(*b))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "≥ 1.0× native (goal 2×)",
+            format!(
+                "{}{}",
+                report::verdict_ratio(ratio, 1.0),
+                if ratio >= 2.0 { ", goal 2× reached" } else { "" }
+            ),
+        );
+        if best.is_none_or(|(_, b)| elapsed < b) {
+            best = Some((k, elapsed));
+        }
+    }
+    report.row(
+        "2",
+        "syncdata archiver: wal2json slot → segment files (`syncdata-producer archive`)",
+        format!(
+            "{} changes/s ({} records, {}, in {})",
+            report::fmt_rate(report::rate(records, archive_time)),
+            report::thousands(records),
+            report::mb(bytes),
+            report::secs(archive_time)
+        ),
+    );
+    report.row(
+        "2",
+        "syncdata producer on the pgbench files → stream (PubAck)",
+        format!(
+            "{} records/s, {} MB/s",
+            report::fmt_rate(report::rate(records, publish_time)),
+            format_args!("{:.1}", bytes as f64 / 1e6 / publish_time.as_secs_f64())
+        ),
+    );
+    if let Some((k, apply)) = best {
+        let total = archive_time + publish_time + apply;
+        let r = report::rate(changes, total);
+        report.row(
+            "2",
+            format!(
+                "syncdata end to end, stages one after another (archive + publish + apply with {k})"
+            ),
+            format!(
+                "{} row changes/s ({}; {:.2}× native)",
+                report::fmt_rate(r),
+                report::secs(total),
+                r / native_rate
+            ),
+        );
+    }
+    src.close().await;
+    // Leave no slot behind: it would hold WAL for the rest of the run.
+    let admin = env.pool(Side::Source, "postgres", 1).await?;
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = $1 AND NOT active",
+    )
+    .bind(SLOT)
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    Ok(())
+}
+
+fn sd_db(k: usize) -> String {
+    format!("bench_sd_{k}")
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Until the subscriber holds every history row. `max(hid)` is an index
+/// probe, cheap enough to poll every 10 ms; the exact count is taken only
+/// once the newest row is there.
+async fn wait_native(native: &PgPool, history: i64, max_hid: i64) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let max: i64 = sqlx::query_scalar("SELECT coalesce(max(hid), 0) FROM pgbench_history")
+            .fetch_one(native)
+            .await?;
+        if max >= max_hid {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pgbench_history")
+                .fetch_one(native)
+                .await?;
+            if count >= history {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("native replication did not catch up within an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Row count and checksum of every pgbench table, source against target.
+pub async fn compare_tables(src: &PgPool, dst: &PgPool, what: &str) -> Result<()> {
+    for t in TABLES {
+        let a = workload::table_fingerprint(src, "public", t).await?;
+        let b = workload::table_fingerprint(dst, "public", t).await?;
+        if a != b {
+            bail!("{what}: {t} differs from the source: {a:?} vs {b:?}");
+        }
+    }
+    println!("{what}: all {} tables equal the source", TABLES.len());
+    Ok(())
+}
+
+/// Counts the lines of the complete segment files of a directory, reading
+/// each file once (a segment's name appears only when it is complete).
+#[derive(Default)]
+struct LineCounter {
+    seen: HashSet<String>,
+    lines: u64,
+}
+
+impl LineCounter {
+    fn count(&mut self, dir: &Path) -> Result<u64> {
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".jsonl") || self.seen.contains(&name) {
+                continue;
+            }
+            let bytes = std::fs::read(dir.join(&name))?;
+            self.lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.seen.insert(name);
+        }
+        Ok(self.lines)
+    }
+}

@@ -1,0 +1,305 @@
+//! Measurements 3 and 5: the producer's throughput from archive files to
+//! PubAck, with and without sanitization, and the peak RSS of the producer
+//! and of a consumer with an N-record backlog.
+//!
+//! The records are the demo schema's synthetic history (`workload::generate`:
+//! inserts, full, partial and key-changing UPDATEs, deletes, one TRUNCATE,
+//! large TOAST-able texts, jsonb, arrays, 30-digit numerics), written as
+//! files of 100,000 records before anything is timed.
+//!
+//! - Producer: from launching `syncdata-producer run` until the stream holds
+//!   N messages (stream info polled every 20 ms; a message is in the stream
+//!   once its PubAck is sent). records/s = N / t, MB/s = file bytes / t.
+//!   The sanitized run reads the same files (its own checkpoint directory)
+//!   with a rules file covering every column of the three tables.
+//! - Memory: VmHWM of the producer when it has published all N, and of one
+//!   `syncdata start` that applied the N-message backlog of the unsanitized
+//!   stream into an empty demo database (launch → last batch committed, with
+//!   every durable drained).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use syncdata_core::workload::{self, WorkloadSpec};
+
+use crate::env::{self, ConfigSpec, Env, Side, Streams};
+use crate::report::{self, Report};
+
+/// "≤ 64 MB RSS per process", read as 64,000,000 bytes (the stricter reading).
+const MEMORY_TARGET: u64 = 64_000_000;
+const TARGET_DB: &str = "bench_demo";
+
+/// A realistic rule set for the demo schema: keyed pseudonyms that still
+/// join, fake names and e-mails, a dropped free text, shifted dates, a
+/// masked note, a hashed field inside jsonb.
+const RULES: &str = r#"# syncdata-bench: sanitization rules for the demo schema
+[tables.customers]
+key = ["id"]
+[tables.customers.columns]
+id = { transform = "hmac", output = "integer", min = 1, max = 9223372036854775807 }
+email = { transform = "fake", kind = "email", unique = true }
+name = { transform = "fake", kind = "name" }
+bio = "null"
+balance = "keep"
+updated_at = { transform = "date_shift", max_days = 30 }
+
+[tables.orders]
+key = ["id"]
+[tables.orders.columns]
+id = "keep"
+customer_id = { transform = "same_as", column = "public.customers.id" }
+amount = "keep"
+status = "keep"
+note = { transform = "mask", keep_first = 2 }
+tags = "keep"
+meta = { transform = "json", paths = [{ path = "$.coupon", transform = "hmac", length = 12 }] }
+created_at = { transform = "date_shift", max_days = 30, key = ["customer_id"], domain = "public.customers" }
+
+[tables.order_lines.columns]
+order_id = "keep"
+line = "keep"
+sku = "keep"
+qty = "keep"
+price = "keep"
+"#;
+
+/// 40 bytes; a throwaway key for a throwaway stream.
+const KEY: &str = "syncdata-bench-throwaway-sanitize-key-40";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub records: usize,
+    pub sanitize: bool,
+    pub memory: bool,
+    pub consumer_toml: String,
+}
+
+pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
+    let js = env.jetstream().await?;
+    let n = opts.records as u64;
+    println!("== producer: {} demo records", report::thousands(n));
+    let archive = env.fresh_dir("demo/archive")?;
+    let t = Instant::now();
+    let records = workload::generate(&WorkloadSpec::full(42, opts.records));
+    workload::write_archive(&archive, &records, 100_000)?;
+    drop(records);
+    let bytes = env::dir_bytes(&archive)?;
+    println!(
+        "generated and wrote {} records ({}) in {}",
+        report::thousands(n),
+        report::mb(bytes),
+        report::secs(t.elapsed())
+    );
+
+    // --- Without sanitization.
+    let plain = Streams::new("demo");
+    plain.reset(&js).await?;
+    let state = env.fresh_dir("demo/state-plain")?;
+    let config = env.write_config(&ConfigSpec {
+        name: "demo-producer",
+        side: Side::Source,
+        database: "postgres",
+        archive_dir: &archive,
+        streams: &plain,
+        extra: format!(
+            "[producer]\nstate_dir = {}\n",
+            env::toml_str(&state.to_string_lossy())
+        ),
+    })?;
+    let (t_plain, rss_plain) = publish(env, &js, &plain, &config, n, "demo-producer", &[]).await?;
+    let r_plain = report::rate(n, t_plain);
+    println!(
+        "producer: {}/s, {:.1} MB/s, peak RSS {}",
+        report::fmt_rate(r_plain),
+        bytes as f64 / 1e6 / t_plain.as_secs_f64(),
+        report::mb(rss_plain)
+    );
+    report.target(
+        "3",
+        "Producer, archive files → PubAck, no sanitization",
+        format!(
+            "{} records/s, {:.1} MB/s ({} records, {}, in {})",
+            report::fmt_rate(r_plain),
+            bytes as f64 / 1e6 / t_plain.as_secs_f64(),
+            report::thousands(n),
+            report::mb(bytes),
+            report::secs(t_plain)
+        ),
+        "≥ 100,000 records/s",
+        report::verdict_ratio(r_plain / 100_000.0, 1.0),
+    );
+
+    // --- With sanitization.
+    let mut rss_sanitized = None;
+    if opts.sanitize {
+        let sanitized = Streams::new("demosan");
+        sanitized.reset(&js).await?;
+        let state = env.fresh_dir("demo/state-sanitized")?;
+        let rules = env.workdir.join("config/demo-rules.toml");
+        std::fs::create_dir_all(rules.parent().expect("has a parent"))?;
+        std::fs::write(&rules, RULES)?;
+        let config = env.write_config(&ConfigSpec {
+            name: "demo-producer-sanitized",
+            side: Side::Source,
+            database: "postgres",
+            archive_dir: &archive,
+            streams: &sanitized,
+            extra: format!(
+                "[producer]\nstate_dir = {}\nrules_file = {}\n",
+                env::toml_str(&state.to_string_lossy()),
+                env::toml_str(&rules.to_string_lossy())
+            ),
+        })?;
+        let (t_san, rss) = publish(
+            env,
+            &js,
+            &sanitized,
+            &config,
+            n,
+            "demo-producer-sanitized",
+            &[("SYNCDATA_SANITIZE_KEY", KEY)],
+        )
+        .await?;
+        rss_sanitized = Some(rss);
+        let r_san = report::rate(n, t_san);
+        println!(
+            "producer with sanitization: {}/s, peak RSS {}",
+            report::fmt_rate(r_san),
+            report::mb(rss)
+        );
+        report.target(
+            "3",
+            "Producer, archive files → PubAck, with sanitization (hmac keys, fake names/e-mails, date shift, mask, jsonb path)",
+            format!(
+                "{} records/s, {:.1} MB/s (in {})",
+                report::fmt_rate(r_san),
+                bytes as f64 / 1e6 / t_san.as_secs_f64(),
+                report::secs(t_san)
+            ),
+            "≥ 100,000 records/s",
+            report::verdict_ratio(r_san / 100_000.0, 1.0),
+        );
+        js.delete_stream(&sanitized.stream).await.ok();
+    }
+
+    // --- Memory.
+    let what = format!("{}-record backlog", report::thousands(n));
+    report.target(
+        "5",
+        format!("Peak RSS (VmHWM), producer publishing {what} from files"),
+        match rss_sanitized {
+            Some(s) => format!(
+                "{} (with sanitization: {})",
+                report::mb(rss_plain),
+                report::mb(s)
+            ),
+            None => report::mb(rss_plain),
+        },
+        "≤ 64 MB",
+        report::verdict(rss_plain.max(rss_sanitized.unwrap_or(0)) <= MEMORY_TARGET),
+    );
+    if opts.memory {
+        env.recreate_db(Side::Target, TARGET_DB).await?;
+        let target = env.pool(Side::Target, TARGET_DB, 2).await?;
+        sqlx::raw_sql(workload::DEMO_DDL).execute(&target).await?;
+        let config = env.write_config(&ConfigSpec {
+            name: "demo-consumer",
+            side: Side::Target,
+            database: TARGET_DB,
+            archive_dir: &archive,
+            streams: &plain,
+            extra: opts.consumer_toml.clone(),
+        })?;
+        let mut add = vec!["add-tables"];
+        add.extend(workload::demo_tables());
+        env.run_bin(&env.consumer_bin, &add, &config, "demo-add-tables", &[])
+            .await?;
+        let instance = syncdata_core::store::instance_id(&target).await?;
+        let durables = plain.durables(&instance, &workload::demo_tables());
+        env::install_batch_clock(&target).await?;
+        let t0 = env::now_us();
+        let mut children =
+            vec![env.spawn(&env.consumer_bin, &["start"], &config, "demo-consumer", &[])?];
+        let elapsed = env::wait_applied(
+            &js,
+            &plain,
+            &durables,
+            &target,
+            t0,
+            &mut children,
+            Duration::from_secs(7200),
+        )
+        .await?;
+        let rss = children[0].peak_rss().unwrap_or(0);
+        env::stop_all(children).await;
+        let (gap, batches) = env::longest_gap(&target).await?;
+        if gap >= crate::pgbench::STALL {
+            report.note(format!(
+                "demo backlog apply: the consumer stalled: {:.1} s passed between two of the \
+                 {batches} batch commits",
+                gap.as_secs_f64()
+            ));
+        }
+        let dead = plain.dead_letters(&js).await;
+        if dead > 0 {
+            bail!("{dead} demo records were dead-lettered");
+        }
+        target.close().await;
+        println!(
+            "consumer: {what} applied in {} ({}/s), peak RSS {}",
+            report::secs(elapsed),
+            report::fmt_rate(report::rate(n, elapsed)),
+            report::mb(rss)
+        );
+        report.target(
+            "5",
+            format!("Peak RSS (VmHWM), one consumer applying a {what}"),
+            report::mb(rss),
+            "≤ 64 MB",
+            report::verdict(rss <= MEMORY_TARGET),
+        );
+        report.row(
+            "5",
+            "(same run) consumer apply rate on the demo history, 1 consumer",
+            format!(
+                "{} records/s ({} in {})",
+                report::fmt_rate(report::rate(n, elapsed)),
+                report::thousands(n),
+                report::secs(elapsed)
+            ),
+        );
+    }
+    js.delete_stream(&plain.stream).await.ok();
+    js.delete_stream(&plain.dlq_stream).await.ok();
+    Ok(())
+}
+
+/// Launches the producer and waits for the stream to hold `n` messages.
+/// Returns the time from launch and the producer's peak RSS then.
+async fn publish(
+    env: &Env,
+    js: &async_nats::jetstream::Context,
+    streams: &Streams,
+    config: &std::path::Path,
+    n: u64,
+    name: &str,
+    extra_env: &[(&str, &str)],
+) -> Result<(Duration, u64)> {
+    let t0 = Instant::now();
+    let mut children = vec![env.spawn(&env.producer_bin, &["run"], config, name, extra_env)?];
+    let done = env::poll_until(
+        "the stream to hold every record",
+        Duration::from_millis(20),
+        Duration::from_secs(3600),
+        &mut children,
+        || {
+            let js = js.clone();
+            let streams = streams.clone();
+            async move { Ok(streams.messages(&js).await.unwrap_or(0) >= n) }
+        },
+    )
+    .await?;
+    let rss = children[0].peak_rss().unwrap_or(0);
+    env::stop_all(children).await;
+    Ok((done - t0, rss))
+}
