@@ -32,36 +32,7 @@ const TARGET_DB: &str = "bench_demo";
 /// A realistic rule set for the demo schema: keyed pseudonyms that still
 /// join, fake names and e-mails, a dropped free text, shifted dates, a
 /// masked note, a hashed field inside jsonb.
-const RULES: &str = r#"# syncdata-bench: sanitization rules for the demo schema
-[tables.customers]
-key = ["id"]
-[tables.customers.columns]
-id = { transform = "hmac", output = "integer", min = 1, max = 9223372036854775807 }
-email = { transform = "fake", kind = "email", unique = true }
-name = { transform = "fake", kind = "name" }
-bio = "null"
-balance = "keep"
-updated_at = { transform = "date_shift", max_days = 30 }
-
-[tables.orders]
-key = ["id"]
-[tables.orders.columns]
-id = "keep"
-customer_id = { transform = "same_as", column = "public.customers.id" }
-amount = "keep"
-status = "keep"
-note = { transform = "mask", keep_first = 2 }
-tags = "keep"
-meta = { transform = "json", paths = [{ path = "$.coupon", transform = "hmac", length = 12 }] }
-created_at = { transform = "date_shift", max_days = 30, key = ["customer_id"], domain = "public.customers" }
-
-[tables.order_lines.columns]
-order_id = "keep"
-line = "keep"
-sku = "keep"
-qty = "keep"
-price = "keep"
-"#;
+const RULES: &str = include_str!("../../producer/benches/demo-rules.toml");
 
 /// 40 bytes; a throwaway key for a throwaway stream.
 const KEY: &str = "syncdata-bench-throwaway-sanitize-key-40";

@@ -19,36 +19,7 @@ const ROUNDS: usize = 3;
 /// A realistic rule set for the demo schema: pseudonymized keys that still
 /// join, fake names and emails, a masked free-text column, dates shifted per
 /// customer, a hashed field inside jsonb.
-const RULES: &str = r#"
-[tables.customers]
-key = ["id"]
-[tables.customers.columns]
-id = { transform = "hmac", output = "integer", min = 1, max = 9223372036854775807 }
-email = { transform = "fake", kind = "email", unique = true }
-name = { transform = "fake", kind = "name" }
-bio = "null"
-balance = "keep"
-updated_at = { transform = "date_shift", max_days = 60 }
-
-[tables.orders]
-key = ["id"]
-[tables.orders.columns]
-id = "keep"
-customer_id = { transform = "same_as", column = "public.customers.id" }
-amount = "keep"
-status = "keep"
-note = { transform = "mask", keep_first = 4 }
-tags = "keep"
-meta = { transform = "json", paths = [{ path = "$.coupon", transform = "hmac", length = 16 }] }
-created_at = { transform = "date_shift", max_days = 60, key = ["customer_id"], domain = "public.customers" }
-
-[tables.order_lines.columns]
-order_id = "keep"
-line = "keep"
-sku = "keep"
-qty = "keep"
-price = "keep"
-"#;
+const RULES: &str = include_str!("demo-rules.toml");
 
 fn pass(lines: &[Vec<u8>], rules: Option<&CompiledRules>) -> (Duration, usize) {
     let started = Instant::now();
