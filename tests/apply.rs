@@ -433,6 +433,81 @@ async fn a_batch_waiting_for_a_row_lock_sees_what_the_holder_committed() {
 }
 
 #[tokio::test]
+async fn a_new_key_another_batch_inserts_meanwhile_is_merged_with_what_it_committed() {
+    let (db, applier) = setup(
+        "newkeyrace",
+        "create table t (id int primary key, a text, big text);",
+    )
+    .await;
+    let table = TableName::new("public", "t");
+    // Make the table known to the bookkeeping (its table_state row).
+    let other =
+        rec(r#"{"table":"t","op":"INSERT","data":{"id":2,"a":"x","big":"y"},"lsn":"0/1","seq":0}"#);
+    applier.apply_batch(&table, &one(&other), "").await.unwrap();
+    let table_id: i32 = sqlx::query_scalar("select id from syncdata.table_state")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    // "Consumer A": brings row 1 (an INSERT at 0/10), not yet committed.
+    let mut a = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into syncdata.row_state (table_id, key, state, lsn, seq) values ($1, '1', 'L', 16, 0)",
+    )
+    .bind(table_id)
+    .execute(&mut *a)
+    .await
+    .unwrap();
+    sqlx::query("insert into t values (1, 'old', 'BIG')")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+
+    // "Consumer B": a partial UPDATE of row 1. It finds no bookkeeping for
+    // the key, so it inserts one, and that insert waits for A's.
+    let applier = std::sync::Arc::new(applier);
+    let b = {
+        let applier = applier.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            let partial = rec(
+                r#"{"table":"t","op":"UPDATE","data":{"id":1,"a":"new"},"old_keys":{"id":1},"lsn":"0/20","seq":0}"#,
+            );
+            applier.apply_batch(&table, &one(&partial), "").await
+        })
+    };
+    support::wait_until(
+        "B waits for A's insert of the same key",
+        std::time::Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like '%row_state%'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
+    a.commit().await.unwrap();
+
+    let report = b.await.unwrap().unwrap();
+    assert_eq!(report.dispositions, [Disposition::Applied]);
+    assert_eq!(report.parked, 0, "B merged with the row A committed");
+    assert_eq!(dump(&db, "t").await, ["(1,new,BIG)", "(2,x,y)"]);
+    let (state, lsn): (String, i64) = sqlx::query_as(
+        "select state::text, lsn from syncdata.row_state where table_id = $1 and key = '1'",
+    )
+    .bind(table_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), lsn), ("L", 32), "B's version is recorded");
+}
+
+#[tokio::test]
 async fn values_too_long_for_their_column_are_errors_not_truncated() {
     let (_db, applier) = setup(
         "toolong",

@@ -404,14 +404,42 @@ fn key_columns<'a>(rows: impl Iterator<Item = &'a Vec<String>>, width: usize) ->
     columns
 }
 
-/// Stored state of one row as read under lock.
+/// A row's bookkeeping as read under lock.
 struct Stored {
     state: String,
     version: Version,
     floor: Option<Version>,
     col_versions: Option<serde_json::Value>,
     parked: Option<serde_json::Value>,
-    target_exists: bool,
+}
+
+/// Which rows need values from the target table that are not in hand.
+fn values_needed(states: &[RowState], initial: &[RowState]) -> HashSet<usize> {
+    let mut need = HashSet::new();
+    for (id, st) in states.iter().enumerate() {
+        if st == &initial[id] {
+            continue;
+        }
+        let full_write = st.is_parked()
+            || (st.is_live() && !st.cells.iter().flatten().any(|c| c.val == Val::InDb(id)));
+        for cell in st.cells.iter().flatten() {
+            if let Val::InDb(k) = cell.val {
+                if k != id || full_write {
+                    need.insert(k);
+                }
+            }
+        }
+    }
+    need
+}
+
+/// The text of column `c` of a cell value, from the batch or from the
+/// target rows read.
+fn resolve(fetched: &HashMap<usize, Vec<Option<String>>>, c: usize, val: &Val) -> Option<String> {
+    match val {
+        Val::Known(v) => v.clone(),
+        Val::InDb(k) => fetched.get(k).and_then(|row| row[c].clone()),
+    }
 }
 
 async fn apply_in_tx(
@@ -423,24 +451,34 @@ async fn apply_in_tx(
     let table_name = shape.name.to_string();
     // The table's row in table_state: KEY SHARE for ordinary batches (they
     // run side by side), UPDATE for a TRUNCATE (it waits for them and holds
-    // new ones off until it commits).
-    sqlx::query(
-        "insert into syncdata.table_state (table_name) values ($1) on conflict (table_name) do nothing",
-    )
-    .bind(&table_name)
-    .execute(&mut **tx)
-    .await?;
+    // new ones off until it commits). Created on the table's first batch.
     let lock = if p.truncate.is_some() {
         "for update"
     } else {
         "for key share"
     };
-    let (table_id, t_lsn, t_seq): (i32, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+    let select_state = format!(
         "select id, truncate_lsn, truncate_seq from syncdata.table_state where table_name = $1 {lock}"
-    )))
-    .bind(&table_name)
-    .fetch_one(&mut **tx)
-    .await?;
+    );
+    let mut row: Option<(i32, i64, i64)> = sqlx::query_as(AssertSqlSafe(select_state.clone()))
+        .bind(&table_name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if row.is_none() {
+        sqlx::query(
+            "insert into syncdata.table_state (table_name) values ($1) on conflict (table_name) do nothing",
+        )
+        .bind(&table_name)
+        .execute(&mut **tx)
+        .await?;
+        row = Some(
+            sqlx::query_as(AssertSqlSafe(select_state))
+                .bind(&table_name)
+                .fetch_one(&mut **tx)
+                .await?,
+        );
+    }
+    let (table_id, t_lsn, t_seq) = row.expect("table_state row");
     let mut floor = Version::from_db(t_lsn, t_seq);
 
     if let Some(vt) = p.truncate.filter(|&vt| vt > floor) {
@@ -461,20 +499,100 @@ async fn apply_in_tx(
     let mut report = BatchReport::default();
     let n = shape.columns.len();
     let key_count = p.keys.len();
-    let mut initial: Vec<RowState> = Vec::with_capacity(key_count);
+    let texts: Vec<String> = p.keys.iter().map(|k| key_text(k)).collect();
+    // The bookkeeping row of each key as found under lock (None: no row).
+    let mut stored: Vec<Option<Stored>> = (0..key_count).map(|_| None).collect();
     let mut exists = vec![false; key_count];
-    if key_count > 0 {
-        let stored = lock_and_read(tx, shape, table_id, &p.keys).await?;
-        for (id, s) in stored.into_iter().enumerate() {
-            exists[id] = s.as_ref().is_some_and(|s| s.target_exists);
-            initial.push(initial_state(shape, id, s));
+    // Bookkeeping rows this batch inserted for keys that had none.
+    let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
+    let mut pending: Vec<usize> = (0..key_count).collect();
+    // Whether a key's target row needs looking up: not when the batch
+    // brings a whole image newer than all that is known of it (the upsert
+    // writes it either way); always for deletes, old keys of key changes and
+    // rows a TRUNCATE reaches into.
+    let mut whole_image: Vec<Option<Version>> = vec![None; key_count];
+    let mut must_probe = vec![false; key_count];
+    for &k in &p.truncate_rows {
+        must_probe[k] = true;
+    }
+    for c in &live_changes {
+        match &c.change {
+            Change::Image { key, values, from } => {
+                if values.iter().all(Option::is_some) {
+                    whole_image[*key] = whole_image[*key].max(Some(c.version));
+                }
+                if let Some(old) = from {
+                    must_probe[*old] = true;
+                }
+            }
+            Change::Delete { key } => must_probe[*key] = true,
         }
     }
-    let mut states = initial.clone();
-    for &k in &p.truncate_rows {
-        states[k].apply_delete(floor);
-    }
-    let outcomes = merge::merge(&mut states, live_changes.clone());
+    // Keys without a bookkeeping row get theirs inserted with its final
+    // state (no placeholder written and rewritten). A key another batch
+    // inserted meanwhile conflicts: it is then locked and read like any
+    // other and the merge runs again (rare: two processes, one new key).
+    let (initial, states, outcomes, fetched) = loop {
+        if !pending.is_empty() {
+            let found = lock_existing(tx, table_id, &texts, &p.key_ids, &pending).await?;
+            for (id, s) in found {
+                stored[id] = Some(s);
+            }
+            let (probe, skip): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&id| {
+                let known = stored[id].as_ref().map(|s| s.version);
+                must_probe[id] || whole_image[id].is_none_or(|v| Some(v) <= known)
+            });
+            if !probe.is_empty() {
+                let present = target_present(tx, shape, &p.keys, &probe).await?;
+                for id in probe {
+                    exists[id] = present.contains(&id);
+                }
+            }
+            for id in skip {
+                // Not looked up: assumed present when synced before (the
+                // whole image overrides it either way).
+                exists[id] = stored[id].is_some();
+            }
+        }
+        let initial: Vec<RowState> = (0..key_count)
+            .map(|id| initial_state(shape, id, stored[id].as_ref(), exists[id]))
+            .collect();
+        let mut states = initial.clone();
+        for &k in &p.truncate_rows {
+            states[k].apply_delete(floor);
+        }
+        let outcomes = merge::merge(&mut states, live_changes.clone());
+        let need = values_needed(&states, &initial);
+        let fetched = if need.is_empty() {
+            HashMap::new()
+        } else {
+            read_rows(tx, shape, &p.keys, &need).await?
+        };
+        let mut new_rows = Vec::new();
+        for id in 0..key_count {
+            if stored[id].is_none() && inserted[id].is_none() && states[id] != initial[id] {
+                if let Some(row) = BookRow::of(shape, &states[id], &|c, v| resolve(&fetched, c, v))
+                {
+                    new_rows.push((id, row));
+                }
+            }
+        }
+        if new_rows.is_empty() {
+            break (initial, states, outcomes, fetched);
+        }
+        let done = insert_book(tx, table_id, &texts, &p.key_ids, &new_rows).await?;
+        pending.clear();
+        for (id, row) in new_rows {
+            if done.contains(&id) {
+                inserted[id] = Some(row);
+            } else {
+                pending.push(id);
+            }
+        }
+        if pending.is_empty() {
+            break (initial, states, outcomes, fetched);
+        }
+    };
     // The oldest image of each key in the batch: a DELETE after it deletes
     // a row the batch itself brought, not a missing one.
     let mut first_image: HashMap<usize, Version> = HashMap::new();
@@ -505,34 +623,7 @@ async fn apply_in_tx(
             }
         }
     }
-
-    // Which rows need values from the target table that are not in hand.
-    let mut need: HashSet<usize> = HashSet::new();
-    for (id, st) in states.iter().enumerate() {
-        if st == &initial[id] {
-            continue;
-        }
-        let full_write = st.is_parked()
-            || (st.is_live() && !st.cells.iter().flatten().any(|c| c.val == Val::InDb(id)));
-        for cell in st.cells.iter().flatten() {
-            if let Val::InDb(k) = cell.val {
-                if k != id || full_write {
-                    need.insert(k);
-                }
-            }
-        }
-    }
-    let fetched = if need.is_empty() {
-        HashMap::new()
-    } else {
-        read_rows(tx, shape, &p.keys, &need).await?
-    };
-    let resolve_cell = |c: usize, val: &Val| -> Option<String> {
-        match val {
-            Val::Known(v) => v.clone(),
-            Val::InDb(k) => fetched.get(k).and_then(|row| row[c].clone()),
-        }
-    };
+    let resolve_cell = |c: usize, val: &Val| resolve(&fetched, c, val);
 
     let mut upserts: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
     let mut partial_keys: Vec<Vec<String>> = vec![Vec::new(); shape.key.len()];
@@ -543,15 +634,10 @@ async fn apply_in_tx(
     let mut book_removals: Vec<String> = Vec::new();
 
     for (id, st) in states.iter().enumerate() {
-        let key = &p.keys[id];
-        let ktext = key_text(key);
         if st == &initial[id] {
-            // Untouched: a placeholder made for it must not outlive us.
-            if initial[id].cells.iter().all(Option::is_none) && initial[id].floor.is_none() {
-                book_removals.push(ktext);
-            }
             continue;
         }
+        let key = &p.keys[id];
         if st.is_live() {
             let own = st.cells.iter().flatten().any(|c| c.val == Val::InDb(id));
             if own && exists[id] {
@@ -581,7 +667,21 @@ async fn apply_in_tx(
         if st.is_parked() {
             report.parked += 1;
         }
-        book.push(shape, ktext, st, &resolve_cell, &mut book_removals);
+        let row = BookRow::of(shape, st, &resolve_cell);
+        if stored[id].is_some() {
+            match row {
+                Some(row) => book.push(texts[id].clone(), row),
+                None => book_removals.push(texts[id].clone()),
+            }
+        } else if let Some(ins) = &inserted[id] {
+            // Inserted above from an earlier round of the merge: bring it
+            // up to date if a later round changed it.
+            match row {
+                Some(row) if row == *ins => {}
+                Some(row) => book.push(texts[id].clone(), row),
+                None => book_removals.push(texts[id].clone()),
+            }
+        }
     }
 
     if !deletes[0].is_empty() {
@@ -773,82 +873,122 @@ async fn truncate_barrier(
     Ok(())
 }
 
-/// Ensures a bookkeeping row per key, locks them in key order and reads
-/// them with whether the target row exists. Returns one entry per key id.
-async fn lock_and_read(
+/// key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked
+type StoredRow = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<serde_json::Value>,
+    Option<serde_json::Value>,
+);
+
+/// Locks, in key order, the bookkeeping rows that exist for the keys
+/// `ids`, and reads them. Returns (key id, row) for each row found.
+///
+/// Lock and read are one statement: a row lock waited for re-reads the
+/// locked row itself (its newest version), which is all this reads. The
+/// target table is read by a statement of its own once the locks are held:
+/// under READ COMMITTED a statement that waits for a row lock re-reads only
+/// the locked row, not the rows joined to it, so a target row committed by
+/// the transaction it waited for would look absent (and one it deleted,
+/// present).
+async fn lock_existing(
     tx: &mut Tx<'_>,
-    shape: &TableShape,
     table_id: i32,
-    keys: &[Vec<String>],
-) -> Result<Vec<Option<Stored>>, sqlx::Error> {
-    let texts: Vec<String> = keys.iter().map(|k| key_text(k)).collect();
-    let mut sorted = texts.clone();
-    sorted.sort();
-    sqlx::query(
-        "insert into syncdata.row_state (table_id, key, state, lsn, seq) \
-         select $1, k, 'N', 0, 0 from unnest($2::text[]) as k order by k collate \"C\" \
-         on conflict do nothing",
-    )
-    .bind(table_id)
-    .bind(&sorted)
-    .execute(&mut **tx)
-    .await?;
-    // Lock first, in a statement of its own. Under READ COMMITTED a
-    // statement that waits for a row lock re-reads the locked row but not
-    // the rows joined to it, so a target row committed by the transaction
-    // it waited for would look absent (and one it deleted, present). The
-    // read below starts once the locks are held and sees all they guarded.
-    sqlx::query(
-        "select 1 from syncdata.row_state where table_id = $1 and key = any($2) \
+    texts: &[String],
+    key_ids: &HashMap<String, usize>,
+    ids: &[usize],
+) -> Result<Vec<(usize, Stored)>, sqlx::Error> {
+    let mut wanted: Vec<&str> = ids.iter().map(|&id| texts[id].as_str()).collect();
+    wanted.sort_unstable();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "select key, state::text, lsn, seq, floor_lsn, floor_seq, col_versions, parked \
+         from syncdata.row_state where table_id = $1 and key = any($2) \
          order by key collate \"C\" for update",
     )
     .bind(table_id)
-    .bind(&sorted)
-    .execute(&mut **tx)
+    .bind(&wanted)
+    .fetch_all(&mut **tx)
     .await?;
-    let (kparams, kaliases) = shape.key_params(3);
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, state, lsn, seq, fl, fs, cv, parked)| {
+            let id = *key_ids.get(&key)?;
+            Some((
+                id,
+                Stored {
+                    state,
+                    version: Version::from_db(lsn, seq),
+                    floor: fl.zip(fs).map(|(l, s)| Version::from_db(l, s)),
+                    col_versions: cv,
+                    parked,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Which of the keys `ids` have a row in the target table.
+async fn target_present(
+    tx: &mut Tx<'_>,
+    shape: &TableShape,
+    keys: &[Vec<String>],
+    ids: &[usize],
+) -> Result<HashSet<usize>, sqlx::Error> {
+    let (kparams, kaliases) = shape.key_params(1);
     let sql = format!(
-        "select u.i, s.state::text, s.lsn, s.seq, s.floor_lsn, s.floor_seq, s.col_versions, s.parked, \
-                (t.ctid is not null) \
-         from unnest($2::text[], {kparams}) with ordinality as u(key, {kaliases}, i) \
-         join syncdata.row_state s on s.table_id = $1 and s.key = u.key \
-         left join {} t on {} \
-         order by s.key collate \"C\"",
+        "select u.i from unnest({kparams}) with ordinality as u({kaliases}, i) join {} t on {}",
         shape.name.quoted(),
         shape.key_join("t", "u")
     );
-    let mut q = sqlx::query_as::<
-        _,
-        (
-            i64,
-            String,
-            i64,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<serde_json::Value>,
-            Option<serde_json::Value>,
-            bool,
-        ),
-    >(AssertSqlSafe(sql))
-    .bind(table_id)
-    .bind(&texts);
-    for column in key_columns(keys.iter(), shape.key.len()) {
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+    for column in key_columns(ids.iter().map(|&id| &keys[id]), shape.key.len()) {
         q = q.bind(column);
     }
     let rows = q.fetch_all(&mut **tx).await?;
-    let mut out: Vec<Option<Stored>> = (0..keys.len()).map(|_| None).collect();
-    for (i, state, lsn, seq, fl, fs, cv, parked, target_exists) in rows {
-        out[(i - 1) as usize] = Some(Stored {
-            state,
-            version: Version::from_db(lsn, seq),
-            floor: fl.zip(fs).map(|(l, s)| Version::from_db(l, s)),
-            col_versions: cv,
-            parked,
-            target_exists,
-        });
+    Ok(rows.into_iter().map(|i| ids[(i - 1) as usize]).collect())
+}
+
+/// Inserts the bookkeeping rows of keys that had none, in key order.
+/// Returns the key ids inserted; the others were inserted by another
+/// transaction meanwhile.
+async fn insert_book(
+    tx: &mut Tx<'_>,
+    table_id: i32,
+    texts: &[String],
+    key_ids: &HashMap<String, usize>,
+    rows: &[(usize, BookRow)],
+) -> Result<HashSet<usize>, sqlx::Error> {
+    let mut book = Bookkeeping::default();
+    for (id, row) in rows {
+        book.push(texts[*id].clone(), row.clone());
     }
-    Ok(out)
+    let done: Vec<String> = sqlx::query_scalar(
+        "insert into syncdata.row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
+         select $1, u.key, u.state::\"char\", u.lsn, u.seq, u.fl, u.fs, u.cv::jsonb, u.pk::jsonb \
+         from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
+              as u(key, state, lsn, seq, fl, fs, cv, pk) \
+         order by u.key collate \"C\" \
+         on conflict do nothing returning key",
+    )
+    .bind(table_id)
+    .bind(book.keys)
+    .bind(book.states)
+    .bind(book.lsns)
+    .bind(book.seqs)
+    .bind(book.floor_lsns)
+    .bind(book.floor_seqs)
+    .bind(book.col_versions)
+    .bind(book.parked)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(done
+        .iter()
+        .filter_map(|k| key_ids.get(k).copied())
+        .collect())
 }
 
 fn version_of_json(v: &serde_json::Value) -> Option<Version> {
@@ -856,10 +996,27 @@ fn version_of_json(v: &serde_json::Value) -> Option<Version> {
     Some(Version::from_db(a.first()?.as_i64()?, a.get(1)?.as_i64()?))
 }
 
-fn initial_state(shape: &TableShape, id: usize, stored: Option<Stored>) -> RowState {
+fn initial_state(
+    shape: &TableShape,
+    id: usize,
+    stored: Option<&Stored>,
+    target_exists: bool,
+) -> RowState {
     let n = shape.columns.len();
     let mut st = RowState::empty(n);
-    let Some(s) = stored else { return st };
+    let Some(s) = stored else {
+        // No bookkeeping: a row present locally was loaded before syncing
+        // began (known, at the lowest version); otherwise nothing is known.
+        if target_exists {
+            for cell in &mut st.cells {
+                *cell = Some(Cell {
+                    val: Val::InDb(id),
+                    version: Version::ZERO,
+                });
+            }
+        }
+        return st;
+    };
     let col_version = |c: usize| {
         s.col_versions
             .as_ref()
@@ -868,9 +1025,9 @@ fn initial_state(shape: &TableShape, id: usize, stored: Option<Stored>) -> RowSt
             .unwrap_or(s.version)
     };
     match s.state.as_str() {
-        // A row present locally without bookkeeping (loaded before syncing
-        // began): known, at the lowest version.
-        "N" if s.target_exists => {
+        // A placeholder (written by earlier versions inside a transaction,
+        // never committed): as if there were no bookkeeping.
+        "N" if target_exists => {
             for cell in &mut st.cells {
                 *cell = Some(Cell {
                     val: Val::InDb(id),
@@ -878,7 +1035,7 @@ fn initial_state(shape: &TableShape, id: usize, stored: Option<Stored>) -> RowSt
                 });
             }
         }
-        "L" if s.target_exists => {
+        "L" if target_exists => {
             for (c, cell) in st.cells.iter_mut().enumerate() {
                 *cell = Some(Cell {
                     val: Val::InDb(id),
@@ -939,31 +1096,25 @@ async fn read_rows(
         .collect())
 }
 
-#[derive(Default)]
-struct Bookkeeping {
-    keys: Vec<String>,
-    states: Vec<String>,
-    lsns: Vec<i64>,
-    seqs: Vec<i64>,
-    floor_lsns: Vec<Option<i64>>,
-    floor_seqs: Vec<Option<i64>>,
-    col_versions: Vec<Option<String>>,
-    parked: Vec<Option<String>>,
+/// A row's bookkeeping as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BookRow {
+    state: &'static str,
+    lsn: i64,
+    seq: i64,
+    floor: Option<(i64, i64)>,
+    col_versions: Option<String>,
+    parked: Option<String>,
 }
 
-impl Bookkeeping {
-    fn push(
-        &mut self,
+impl BookRow {
+    /// The bookkeeping of a merged row; None when nothing is known of it.
+    fn of(
         shape: &TableShape,
-        key: String,
         st: &RowState,
         resolve: &dyn Fn(usize, &Val) -> Option<String>,
-        removals: &mut Vec<String>,
-    ) {
-        let Some(version) = st.version() else {
-            removals.push(key);
-            return;
-        };
+    ) -> Option<BookRow> {
+        let version = st.version()?;
         let state = if st.is_live() {
             "L"
         } else if st.is_parked() {
@@ -987,22 +1138,43 @@ impl Bookkeeping {
                 }
             }
         }
-        let (l, s) = version.to_db();
-        let floor = st.floor.map(Version::to_db);
-        self.keys.push(key);
-        self.states.push(state.to_owned());
-        self.lsns.push(l);
-        self.seqs.push(s);
-        self.floor_lsns.push(floor.map(|f| f.0));
-        self.floor_seqs.push(floor.map(|f| f.1));
-        self.col_versions.push(
-            (!cv.is_empty())
+        let (lsn, seq) = version.to_db();
+        Some(BookRow {
+            state,
+            lsn,
+            seq,
+            floor: st.floor.map(Version::to_db),
+            col_versions: (!cv.is_empty())
                 .then(|| serde_json::Value::Object(cv.into_iter().collect()).to_string()),
-        );
-        self.parked.push(
-            (state == "P")
+            parked: (state == "P")
                 .then(|| serde_json::Value::Object(parked.into_iter().collect()).to_string()),
-        );
+        })
+    }
+}
+
+/// Bookkeeping rows as columns, for `unnest`.
+#[derive(Default)]
+struct Bookkeeping {
+    keys: Vec<String>,
+    states: Vec<&'static str>,
+    lsns: Vec<i64>,
+    seqs: Vec<i64>,
+    floor_lsns: Vec<Option<i64>>,
+    floor_seqs: Vec<Option<i64>>,
+    col_versions: Vec<Option<String>>,
+    parked: Vec<Option<String>>,
+}
+
+impl Bookkeeping {
+    fn push(&mut self, key: String, row: BookRow) {
+        self.keys.push(key);
+        self.states.push(row.state);
+        self.lsns.push(row.lsn);
+        self.seqs.push(row.seq);
+        self.floor_lsns.push(row.floor.map(|f| f.0));
+        self.floor_seqs.push(row.floor.map(|f| f.1));
+        self.col_versions.push(row.col_versions);
+        self.parked.push(row.parked);
     }
 
     async fn write(self, tx: &mut Tx<'_>, table_id: i32) -> Result<(), sqlx::Error> {
