@@ -5,12 +5,6 @@ use syncdata_consumer::{cmd, daemon};
 use syncdata_core::config::{Config, CONFIG_ENV};
 use tokio_util::sync::CancellationToken;
 
-// Applying allocates many small, short-lived values (one record, its
-// strings and arrays per message); glibc's allocator spent a tenth of the
-// process's time on them in the catch-up benchmark.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "syncdata",

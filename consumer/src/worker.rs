@@ -65,18 +65,17 @@ pub async fn run_table(
     let policy = retry_policy(&ctx.config);
     let mut failures: u32 = 0;
     info!(table = %table, "worker started");
-    // The next batch is pulled while this one applies, so NATS and the
-    // database work side by side (one batch ahead at most).
-    let mut prefetch: Option<tokio::task::JoinHandle<Fetched>> = None;
     // Checked once per batch: a batch that was fetched is always applied
     // and acked (or nakked) before the worker stops.
     while !token.is_cancelled() {
-        let fetched = match prefetch.take() {
-            Some(task) => task.await.unwrap_or_else(|e| Err(e.to_string())),
-            None => fetch(consumer.clone(), batch_size, wait).await,
-        };
-        let (msgs, ended_with_error) = match fetched {
-            Ok(f) => f,
+        let messages = match consumer
+            .batch()
+            .max_messages(batch_size)
+            .expires(wait)
+            .messages()
+            .await
+        {
+            Ok(stream) => stream,
             Err(err) => {
                 failures += 1;
                 warn!(table = %table, error = %err, "fetch failed; retrying");
@@ -84,6 +83,18 @@ pub async fn run_table(
                 continue;
             }
         };
+        let fetched: Vec<_> = messages.collect().await;
+        let mut msgs = Vec::with_capacity(fetched.len());
+        let mut ended_with_error = false;
+        for m in fetched {
+            match m {
+                Ok(m) => msgs.push(m),
+                Err(err) => {
+                    debug!(table = %table, error = %err, "fetch ended");
+                    ended_with_error = true;
+                }
+            }
+        }
         if ended_with_error {
             // E.g. 409 "Consumer Deleted" while `syncdata resync` recreates
             // the durable: a pull sent before it exists again gets no answer
@@ -96,71 +107,25 @@ pub async fn run_table(
             set_progress_gauges(&table, 0, 0.0);
             continue;
         }
-        if !token.is_cancelled() {
-            prefetch = Some(tokio::spawn(fetch(consumer.clone(), batch_size, wait)));
-        }
-        if apply_and_settle(&ctx, &table, msgs).await {
+        // Pending and lag come from the delivery metadata, not from asking
+        // the server for the consumer's state: on nats-server 2.9 such a
+        // request while a pull is served can leave the pull unanswered until
+        // the client's timeout.
+        let progress = msgs.last().and_then(|m| m.info().ok()).map(|i| {
+            let age = time::OffsetDateTime::now_utc() - i.published;
+            (i.pending, age.as_seconds_f64().max(0.0))
+        });
+        if process(&ctx, &table, msgs).await {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
             failures = 0;
         }
-    }
-    // A batch pulled ahead is applied too rather than left to come back
-    // after ack_wait.
-    if let Some(task) = prefetch {
-        if let Ok(Ok((msgs, _))) = task.await {
-            if !msgs.is_empty() {
-                apply_and_settle(&ctx, &table, msgs).await;
-            }
+        if let Some((pending, age)) = progress {
+            set_progress_gauges(&table, pending, if pending == 0 { 0.0 } else { age });
         }
     }
     info!(table = %table, "worker stopped");
-}
-
-/// A pulled batch and whether the pull ended with an error, or why the
-/// pull could not be made.
-type Fetched = Result<(Vec<Message>, bool), String>;
-
-async fn fetch(consumer: PullConsumer, batch_size: usize, wait: Duration) -> Fetched {
-    let messages = consumer
-        .batch()
-        .max_messages(batch_size)
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    let fetched: Vec<_> = messages.collect().await;
-    let mut msgs = Vec::with_capacity(fetched.len());
-    let mut ended_with_error = false;
-    for m in fetched {
-        match m {
-            Ok(m) => msgs.push(m),
-            Err(err) => {
-                debug!(error = %err, "fetch ended");
-                ended_with_error = true;
-            }
-        }
-    }
-    Ok((msgs, ended_with_error))
-}
-
-/// Applies one batch and sets the progress gauges from its delivery
-/// metadata. Returns true when a transient failure left messages to retry.
-async fn apply_and_settle(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
-    // Pending and lag come from the delivery metadata, not from asking the
-    // server for the consumer's state: on nats-server 2.9 such a request
-    // while a pull is served can leave the pull unanswered until the
-    // client's timeout.
-    let progress = msgs.last().and_then(|m| m.info().ok()).map(|i| {
-        let age = time::OffsetDateTime::now_utc() - i.published;
-        (i.pending, age.as_seconds_f64().max(0.0))
-    });
-    let transient = process(ctx, table, msgs).await;
-    if let Some((pending, age)) = progress {
-        set_progress_gauges(table, pending, if pending == 0 { 0.0 } else { age });
-    }
-    transient
 }
 
 fn set_progress_gauges(table: &TableName, pending: u64, lag_seconds: f64) {
