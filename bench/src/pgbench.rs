@@ -472,6 +472,27 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             best = Some((k, elapsed));
         }
     }
+    // --- 2d. The broker path alone: what delivering and acking one
+    // message per change costs, with nothing applied.
+    let broker_time = broker_only(&js, &streams, records).await?;
+    let broker_rate = report::rate(records, broker_time);
+    println!(
+        "broker alone: {records} messages pulled and acked in {} ({}/s, {:.2}× native)",
+        report::secs(broker_time),
+        report::fmt_rate(broker_rate),
+        broker_rate / native_rate
+    );
+    report.row(
+        "2",
+        "JetStream alone: the same stream pulled (1,000 per pull, a durable per table as `syncdata start` uses) and each message acked, nothing parsed or applied (the harness's own client)",
+        format!(
+            "{} messages/s ({} in {}; {:.2}× native)",
+            report::fmt_rate(broker_rate),
+            report::thousands(records),
+            report::secs(broker_time),
+            broker_rate / native_rate
+        ),
+    );
     report.row(
         "2",
         "syncdata archiver: wal2json slot → segment files (`syncdata-producer archive`)",
@@ -520,6 +541,92 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     .await?;
     admin.close().await;
     Ok(())
+}
+
+/// Pulls every message of the pgbench tables from `streams` through one
+/// fresh durable per table, 1,000 at a time, acking each: the broker's share
+/// of a catch-up, without parsing or applying anything. Returns the time
+/// from the first pull until the last message was acked.
+async fn broker_only(
+    js: &async_nats::jetstream::Context,
+    streams: &Streams,
+    records: u64,
+) -> Result<Duration> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+
+    let stream = js.get_stream(&streams.stream).await?;
+    let mut consumers = Vec::new();
+    for t in TABLES {
+        let name = format!("bench_broker_only_{t}");
+        let _ = stream.delete_consumer(&name).await;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: syncdata_core::subject::table_subject(
+                    &streams.subject_prefix,
+                    "public",
+                    t,
+                ),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("durable {name}"))?;
+        consumers.push((name, consumer));
+    }
+    let t0 = Instant::now();
+    let tasks: Vec<_> = consumers
+        .iter()
+        .map(|(_, consumer)| {
+            let consumer = consumer.clone();
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                let mut last = Instant::now();
+                loop {
+                    let batch: Vec<_> = consumer
+                        .batch()
+                        .max_messages(1000)
+                        .expires(Duration::from_millis(200))
+                        .messages()
+                        .await?
+                        .collect()
+                        .await;
+                    if batch.is_empty() {
+                        return anyhow::Ok((acked, last));
+                    }
+                    for m in batch {
+                        m.map_err(|e| anyhow::anyhow!("{e}"))?
+                            .ack()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        acked += 1;
+                    }
+                    last = Instant::now();
+                }
+            })
+        })
+        .collect();
+    // Until the last ack, as the catch-up is timed until the last commit
+    // (the pulls that then wait out their expiry count in neither).
+    let mut acked = 0;
+    let mut end = t0;
+    for task in tasks {
+        let (n, last) = task.await??;
+        acked += n;
+        end = end.max(last);
+    }
+    let elapsed = end - t0;
+    for (name, _) in &consumers {
+        let _ = stream.delete_consumer(name).await;
+    }
+    if acked != records {
+        bail!("the broker-only pass acked {acked} messages, the stream holds {records}");
+    }
+    Ok(elapsed)
 }
 
 fn sd_db(k: usize) -> String {

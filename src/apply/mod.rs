@@ -512,14 +512,18 @@ async fn apply_in_tx(
     // rows a TRUNCATE reaches into.
     let mut whole_image: Vec<Option<Version>> = vec![None; key_count];
     let mut must_probe = vec![false; key_count];
+    // Whether that newest whole image is an UPDATE (so the row is most
+    // likely there: written by UPDATE first, not by an upsert).
+    let mut by_update = vec![false; key_count];
     for &k in &p.truncate_rows {
         must_probe[k] = true;
     }
     for c in &live_changes {
         match &c.change {
             Change::Image { key, values, from } => {
-                if values.iter().all(Option::is_some) {
-                    whole_image[*key] = whole_image[*key].max(Some(c.version));
+                if values.iter().all(Option::is_some) && whole_image[*key] < Some(c.version) {
+                    whole_image[*key] = Some(c.version);
+                    by_update[*key] = p.ops[c.index] == Op::Update;
                 }
                 if let Some(old) = from {
                     must_probe[*old] = true;
@@ -626,6 +630,11 @@ async fn apply_in_tx(
     let resolve_cell = |c: usize, val: &Val| resolve(&fetched, c, val);
 
     let mut upserts: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
+    // Whole rows most likely present: an UPDATE by key, like native
+    // replication, cheaper than an upsert; those it finds absent are upserted.
+    let has_non_key = (0..n).any(|c| !shape.is_key(c));
+    let mut updates: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
+    let mut update_ids: Vec<usize> = Vec::new();
     let mut partial_keys: Vec<Vec<String>> = vec![Vec::new(); shape.key.len()];
     let mut partial_vals: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
     let mut partial_mask: Vec<Vec<bool>> = vec![Vec::new(); n];
@@ -655,8 +664,15 @@ async fn apply_in_tx(
                     });
                 }
             } else {
+                let likely_there = exists[id] || by_update[id];
+                let into = if likely_there && has_non_key {
+                    update_ids.push(id);
+                    &mut updates
+                } else {
+                    &mut upserts
+                };
                 for (c, cell) in st.cells.iter().enumerate() {
-                    upserts[c].push(resolve_cell(c, &cell.as_ref().expect("live").val));
+                    into[c].push(resolve_cell(c, &cell.as_ref().expect("live").val));
                 }
             }
         } else if exists[id] {
@@ -696,6 +712,51 @@ async fn apply_in_tx(
             q = q.bind(col);
         }
         q.execute(&mut **tx).await?;
+    }
+    if !update_ids.is_empty() {
+        let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
+        let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+        let sets: Vec<String> = (0..n)
+            .filter(|&c| !shape.is_key(c))
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    shape.quoted_column(c),
+                    shape.cast(c, &format!("u.c{c}"))
+                )
+            })
+            .collect();
+        let join: Vec<String> = shape
+            .key
+            .iter()
+            .map(|&c| {
+                format!(
+                    "t.{} = {}",
+                    shape.quoted_column(c),
+                    shape.cast(c, &format!("u.c{c}"))
+                )
+            })
+            .collect();
+        let sql = format!(
+            "update {} t set {} from unnest({}) with ordinality as u({}, i) where {} returning u.i",
+            shape.name.quoted(),
+            sets.join(", "),
+            params.join(", "),
+            aliases.join(", "),
+            join.join(" and "),
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        for col in &updates {
+            q = q.bind(col);
+        }
+        let found: HashSet<i64> = q.fetch_all(&mut **tx).await?.into_iter().collect();
+        for (row, _) in update_ids.iter().enumerate() {
+            if !found.contains(&(row as i64 + 1)) {
+                for c in 0..n {
+                    upserts[c].push(updates[c][row].take());
+                }
+            }
+        }
     }
     if !upserts[0].is_empty() {
         let cols: Vec<String> = (0..n).map(|c| shape.quoted_column(c)).collect();
