@@ -293,7 +293,7 @@ fn report(err: &anyhow::Error) -> String {
     out
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
