@@ -211,7 +211,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -83,7 +83,7 @@ pub async fn run_table(
                 continue;
             }
         };
-        let fetched: Vec<_> = messages.collect().await;
+        let fetched = collect_until(messages, wait + PULL_GRACE).await;
         let mut msgs = Vec::with_capacity(fetched.len());
         let mut ended_with_error = false;
         for m in fetched {
@@ -126,6 +126,43 @@ pub async fn run_table(
         }
     }
     info!(table = %table, "worker stopped");
+}
+
+/// How long after its expiry (and after its last message) a pull is given
+/// up on. nats-server 2.9 does not always answer a pull that expires
+/// partly filled, and async-nats then waits for its own timer, expiry + 5 s:
+/// the table stalls (measured: p99 latency 5 s at `fetch_wait_ms` 50). By
+/// this time the server has expired the pull and sends nothing more for it;
+/// should a message still come for it, it is redelivered after `ack_wait`.
+const PULL_GRACE: Duration = Duration::from_millis(100);
+
+/// The messages of one pull, until it ends or `limit` has passed.
+async fn collect_until<S>(mut messages: S, limit: Duration) -> Vec<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + limit;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(m)) => {
+                out.push(m);
+                // Messages still coming (a slow link, large records): wait on.
+                deadline = deadline.max(tokio::time::Instant::now() + PULL_GRACE);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                debug!(
+                    received = out.len(),
+                    last_ms = ?started.elapsed().as_millis(),
+                    "pull unanswered after its expiry; pulling again"
+                );
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn set_progress_gauges(table: &TableName, pending: u64, lag_seconds: f64) {
@@ -343,5 +380,50 @@ async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Optio
 async fn nak(msg: &Message, delay: Duration) {
     if let Err(err) = msg.ack_with(AckKind::Nak(Some(delay))).await {
         debug!(error = %err, "nak failed; the message returns after ack_wait");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    /// Items at the given offsets (ms from the start), then a stream that
+    /// never ends: a pull the server leaves unanswered.
+    fn pull(offsets: &'static [u64]) -> impl futures::Stream<Item = u64> + Unpin {
+        let start = tokio::time::Instant::now();
+        Box::pin(
+            stream::iter(offsets.iter().copied())
+                .then(move |ms| async move {
+                    tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                    ms
+                })
+                .chain(stream::pending()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_pull_ends_after_its_expiry_and_grace() {
+        let start = tokio::time::Instant::now();
+        let got = collect_until(pull(&[5, 20]), Duration::from_millis(50) + PULL_GRACE).await;
+        assert_eq!(got, [5, 20]);
+        assert_eq!(start.elapsed(), Duration::from_millis(50) + PULL_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_still_arriving_after_the_expiry_are_all_taken() {
+        let start = tokio::time::Instant::now();
+        // A slow link: the pull's messages keep coming after its expiry.
+        let got = collect_until(pull(&[40, 120, 200, 290]), Duration::from_millis(150)).await;
+        assert_eq!(got, [40, 120, 200, 290]);
+        assert_eq!(start.elapsed(), Duration::from_millis(290) + PULL_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_that_ends_returns_at_once() {
+        let start = tokio::time::Instant::now();
+        let s = stream::iter([1u64, 2, 3]);
+        assert_eq!(collect_until(s, Duration::from_secs(5)).await, [1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }
