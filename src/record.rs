@@ -224,6 +224,11 @@ fn redact(message: &str) -> String {
 
 /// Maximum nesting of arrays and objects in valid JSON text.
 fn json_depth(raw: &str) -> usize {
+    // Only an array or an object nests; strings, numbers and literals (all
+    // wal2json sends but for json columns) need no scan.
+    if !raw.trim_start().starts_with(['[', '{']) {
+        return 0;
+    }
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for b in raw.bytes() {
         if in_string {

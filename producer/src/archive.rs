@@ -231,7 +231,7 @@ impl Tail {
                 // Everything buffered belongs to the over-long line up to its
                 // newline; it is counted, not kept.
                 let pending = &self.buf[self.start..];
-                if let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                if let Some(i) = memchr::memchr(b'\n', pending) {
                     skip.len += i as u64;
                     self.start += i + 1;
                     self.scanned = self.start;
@@ -242,7 +242,7 @@ impl Tail {
                 self.start = self.buf.len();
                 self.scanned = self.start;
             } else {
-                if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                     let end = self.scanned + i;
                     let bytes = self.buf[self.start..end].to_vec();
                     self.start = end + 1;
