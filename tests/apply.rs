@@ -6,7 +6,7 @@ mod support;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use syncdata_core::apply::{Applier, ApplyError, Disposition, Incoming};
+use syncdata_core::apply::{Applier, ApplyError, BatchReport, Disposition, Incoming};
 use syncdata_core::record::Record;
 use syncdata_core::store;
 use syncdata_core::table::TableName;
@@ -81,6 +81,36 @@ async fn dump(db: &support::TestDb, table: &str) -> Vec<String> {
     .fetch_all(&db.pool)
     .await
     .expect("dump")
+}
+
+/// "Consumer B" of the lock tests: a partial UPDATE of row 1 of `t` (column
+/// `a` = 'new' at 0/20), applied by a task of its own.
+fn spawn_partial_update_of_row_1(
+    applier: Applier,
+    table: &TableName,
+) -> tokio::task::JoinHandle<Result<BatchReport, ApplyError>> {
+    let table = table.clone();
+    tokio::spawn(async move {
+        let partial = rec(
+            r#"{"table":"t","op":"UPDATE","data":{"id":1,"a":"new"},"old_keys":{"id":1},"lsn":"0/20","seq":0}"#,
+        );
+        applier.apply_batch(&table, &one(&partial), "").await
+    })
+}
+
+/// Until a statement on the bookkeeping of `db` waits for a lock.
+async fn wait_for_a_lock_wait(db: &support::TestDb, what: &str) {
+    support::wait_until(what, std::time::Duration::from_secs(20), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like '%row_state%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
 }
 
 async fn dump_all(db: &support::TestDb) -> Vec<Vec<String>> {
@@ -388,32 +418,8 @@ async fn a_batch_waiting_for_a_row_lock_sees_what_the_holder_committed() {
         .unwrap();
 
     // "Consumer B": a partial UPDATE of the same row; it must wait for A.
-    let applier = std::sync::Arc::new(applier);
-    let b = {
-        let applier = applier.clone();
-        let table = table.clone();
-        tokio::spawn(async move {
-            let partial = rec(
-                r#"{"table":"t","op":"UPDATE","data":{"id":1,"a":"new"},"old_keys":{"id":1},"lsn":"0/20","seq":0}"#,
-            );
-            applier.apply_batch(&table, &one(&partial), "").await
-        })
-    };
-    support::wait_until(
-        "B waits for A's row lock",
-        std::time::Duration::from_secs(20),
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity where datname = current_database() \
-             and wait_event_type = 'Lock' and query like '%row_state%'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            waiting > 0
-        },
-    )
-    .await;
+    let b = spawn_partial_update_of_row_1(applier, &table);
+    wait_for_a_lock_wait(&db, "B waits for A's row lock").await;
 
     // A makes the row live (an INSERT at 0/10) and commits.
     sqlx::query("update syncdata.row_state set state = 'L', lsn = 16, seq = 0, floor_lsn = 5, floor_seq = 0 where key = '1'")
@@ -465,32 +471,8 @@ async fn a_new_key_another_batch_inserts_meanwhile_is_merged_with_what_it_commit
 
     // "Consumer B": a partial UPDATE of row 1. It finds no bookkeeping for
     // the key, so it inserts one, and that insert waits for A's.
-    let applier = std::sync::Arc::new(applier);
-    let b = {
-        let applier = applier.clone();
-        let table = table.clone();
-        tokio::spawn(async move {
-            let partial = rec(
-                r#"{"table":"t","op":"UPDATE","data":{"id":1,"a":"new"},"old_keys":{"id":1},"lsn":"0/20","seq":0}"#,
-            );
-            applier.apply_batch(&table, &one(&partial), "").await
-        })
-    };
-    support::wait_until(
-        "B waits for A's insert of the same key",
-        std::time::Duration::from_secs(20),
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity where datname = current_database() \
-             and wait_event_type = 'Lock' and query like '%row_state%'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            waiting > 0
-        },
-    )
-    .await;
+    let b = spawn_partial_update_of_row_1(applier, &table);
+    wait_for_a_lock_wait(&db, "B waits for A's insert of the same key").await;
     a.commit().await.unwrap();
 
     let report = b.await.unwrap().unwrap();

@@ -413,6 +413,14 @@ struct Stored {
     parked: Option<serde_json::Value>,
 }
 
+/// `$1::text[], …, $n::text[]` and `c0, …, c{n-1}`: whole rows bound as one
+/// text array per column, for `unnest`.
+fn whole_row_params(n: usize) -> (String, String) {
+    let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
+    let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+    (params.join(", "), aliases.join(", "))
+}
+
 /// Which rows need values from the target table that are not in hand.
 fn values_needed(states: &[RowState], initial: &[RowState]) -> HashSet<usize> {
     let mut need = HashSet::new();
@@ -714,8 +722,7 @@ async fn apply_in_tx(
         q.execute(&mut **tx).await?;
     }
     if !update_ids.is_empty() {
-        let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
-        let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+        let (params, aliases) = whole_row_params(n);
         let sets: Vec<String> = (0..n)
             .filter(|&c| !shape.is_key(c))
             .map(|c| {
@@ -738,11 +745,9 @@ async fn apply_in_tx(
             })
             .collect();
         let sql = format!(
-            "update {} t set {} from unnest({}) with ordinality as u({}, i) where {} returning u.i",
+            "update {} t set {} from unnest({params}) with ordinality as u({aliases}, i) where {} returning u.i",
             shape.name.quoted(),
             sets.join(", "),
-            params.join(", "),
-            aliases.join(", "),
             join.join(" and "),
         );
         let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
@@ -750,18 +755,16 @@ async fn apply_in_tx(
             q = q.bind(col);
         }
         let found: HashSet<i64> = q.fetch_all(&mut **tx).await?.into_iter().collect();
-        for (row, _) in update_ids.iter().enumerate() {
-            if !found.contains(&(row as i64 + 1)) {
-                for c in 0..n {
-                    upserts[c].push(updates[c][row].take());
-                }
-            }
+        let absent: Vec<usize> = (0..update_ids.len())
+            .filter(|&row| !found.contains(&(row as i64 + 1)))
+            .collect();
+        for (column, upsert) in updates.iter_mut().zip(upserts.iter_mut()) {
+            upsert.extend(absent.iter().map(|&row| column[row].take()));
         }
     }
     if !upserts[0].is_empty() {
         let cols: Vec<String> = (0..n).map(|c| shape.quoted_column(c)).collect();
-        let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
-        let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+        let (params, aliases) = whole_row_params(n);
         let casts: Vec<String> = (0..n).map(|c| shape.cast(c, &format!("u.c{c}"))).collect();
         let key_cols: Vec<String> = shape.key.iter().map(|&c| shape.quoted_column(c)).collect();
         let sets: Vec<String> = (0..n)
@@ -774,12 +777,10 @@ async fn apply_in_tx(
             format!("do update set {}", sets.join(", "))
         };
         let sql = format!(
-            "insert into {} ({}) overriding system value select {} from unnest({}) as u({}) on conflict ({}) {conflict}",
+            "insert into {} ({}) overriding system value select {} from unnest({params}) as u({aliases}) on conflict ({}) {conflict}",
             shape.name.quoted(),
             cols.join(", "),
             casts.join(", "),
-            params.join(", "),
-            aliases.join(", "),
             key_cols.join(", "),
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
