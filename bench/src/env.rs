@@ -147,6 +147,21 @@ impl Env {
             .with_context(|| format!("cannot connect to {}", self.url(side, db)))
     }
 
+    /// Drops the source's replication slot `slot` unless a process uses it:
+    /// a slot left behind holds WAL for the rest of the run.
+    pub async fn drop_source_slot(&self, slot: &str) -> Result<()> {
+        let admin = self.pool(Side::Source, "postgres", 1).await?;
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(slot)
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        Ok(())
+    }
+
     /// Drops (with FORCE) and creates a database. Replication slots and
     /// subscriptions bound to it are removed first.
     pub async fn recreate_db(&self, side: Side, name: &str) -> Result<()> {
@@ -575,6 +590,25 @@ impl Streams {
             }
         }
         true
+    }
+
+    /// Waits until every durable exists (the consumers in `children` made
+    /// them), failing if one of those processes dies or after 60 s.
+    pub async fn wait_for_durables(
+        &self,
+        js: &jetstream::Context,
+        durables: &[String],
+        children: &mut [Child],
+    ) -> Result<()> {
+        poll_until(
+            "the consumer's durable",
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+            children,
+            || async move { Ok(self.durables_exist(js, durables).await) },
+        )
+        .await?;
+        Ok(())
     }
 
     /// True when every durable exists.

@@ -105,19 +105,9 @@ async fn one(env: &Env, opts: &Options, fetch_wait_ms: u64, report: &mut Report)
             &[],
         )?,
     ];
-    env::poll_until(
-        "the consumer's durable",
-        Duration::from_millis(50),
-        Duration::from_secs(60),
-        &mut children,
-        || {
-            let js = js.clone();
-            let streams = streams.clone();
-            let durables = durables.clone();
-            async move { Ok(streams.durables_exist(&js, &durables).await) }
-        },
-    )
-    .await?;
+    streams
+        .wait_for_durables(&js, &durables, &mut children)
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Steady appends.

@@ -530,16 +530,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         );
     }
     src.close().await;
-    // Leave no slot behind: it would hold WAL for the rest of the run.
-    let admin = env.pool(Side::Source, "postgres", 1).await?;
-    sqlx::query(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-         WHERE slot_name = $1 AND NOT active",
-    )
-    .bind(SLOT)
-    .execute(&admin)
-    .await?;
-    admin.close().await;
+    env.drop_source_slot(SLOT).await?;
     Ok(())
 }
 

@@ -147,19 +147,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             &[],
         )?,
     ];
-    env::poll_until(
-        "the consumer's durable",
-        Duration::from_millis(50),
-        Duration::from_secs(60),
-        &mut children,
-        || {
-            let js = js.clone();
-            let streams = streams.clone();
-            let durables = durables.clone();
-            async move { Ok(streams.durables_exist(&js, &durables).await) }
-        },
-    )
-    .await?;
+    streams
+        .wait_for_durables(&js, &durables, &mut children)
+        .await?;
 
     env::install_batch_clock(&dst).await?;
     let t0 = Instant::now();
@@ -270,14 +260,6 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     );
     js.delete_stream(&streams.stream).await.ok();
     js.delete_stream(&streams.dlq_stream).await.ok();
-    let admin = env.pool(Side::Source, "postgres", 1).await?;
-    sqlx::query(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-         WHERE slot_name = $1 AND NOT active",
-    )
-    .bind(SLOT)
-    .execute(&admin)
-    .await?;
-    admin.close().await;
+    env.drop_source_slot(SLOT).await?;
     Ok(())
 }
