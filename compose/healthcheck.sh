@@ -7,7 +7,7 @@
 #   syncdata-healthcheck [PORT]    # default: $SYNCDATA_METRICS_PORT, else 9187
 #
 # Plain bash (/dev/tcp), so the runtime image needs no HTTP client.
-# Tested by tests/compose.rs against the real endpoints.
+# Tested by testkit/tests/it/compose.rs against the real endpoints.
 set -u
 port="${1:-${SYNCDATA_METRICS_PORT:-9187}}"
 case "$port" in

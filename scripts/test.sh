@@ -3,7 +3,7 @@
 # dependencies, formatting, lints, build, throwaway servers, tests.
 #
 #   scripts/test.sh                       # everything
-#   scripts/test.sh --test support_smoke  # extra arguments go to `cargo test`
+#   scripts/test.sh -p syncdata-testkit --test it -- apply::  # extra arguments go to `cargo test`
 #   SYNCDATA_SKIP_LINT=1 scripts/test.sh  # skip fmt and clippy (local runs)
 set -euo pipefail
 

@@ -87,7 +87,7 @@ async fn one(env: &Env, opts: &Options, fetch_wait_ms: u64, report: &mut Report)
         &[],
     )
     .await?;
-    let instance = syncdata_core::store::instance_id(&target).await?;
+    let instance = syncdata_consumer::store::instance_id(&target).await?;
     let durables = streams.durables(&instance, &["lat"]);
     let mut children = vec![
         env.spawn(

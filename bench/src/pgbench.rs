@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sqlx::PgPool;
-use syncdata_core::workload;
+use syncdata_testkit::workload;
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
@@ -395,7 +395,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         )
         .await?;
         let target = env.pool(Side::Target, &db, 2).await?;
-        let instance = syncdata_core::store::instance_id(&target)
+        let instance = syncdata_consumer::store::instance_id(&target)
             .await
             .context("the target's instance id (migrations not run?)")?;
         let durables = streams.durables(&instance, &TABLES);

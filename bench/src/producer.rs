@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use syncdata_core::workload::{self, WorkloadSpec};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
@@ -185,7 +185,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         add.extend(workload::demo_tables());
         env.run_bin(&env.consumer_bin, &add, &config, "demo-add-tables", &[])
             .await?;
-        let instance = syncdata_core::store::instance_id(&target).await?;
+        let instance = syncdata_consumer::store::instance_id(&target).await?;
         let durables = plain.durables(&instance, &workload::demo_tables());
         env::install_batch_clock(&target).await?;
         let t0 = env::now_us();

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use syncdata_core::workload;
+use syncdata_testkit::workload;
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
@@ -129,7 +129,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         &[],
     )
     .await?;
-    let instance = syncdata_core::store::instance_id(&dst).await?;
+    let instance = syncdata_consumer::store::instance_id(&dst).await?;
     let durables = streams.durables(&instance, &["snap"]);
     let mut children = vec![
         env.spawn(

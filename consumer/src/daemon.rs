@@ -9,16 +9,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::apply::Applier;
+use crate::failure;
+use crate::store::{self, uuid_like::Id};
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use futures::StreamExt;
 use sqlx::PgPool;
-use syncdata_core::apply::Applier;
 use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
-use syncdata_core::store::{self, uuid_like::Id};
 use syncdata_core::table::TableName;
-use syncdata_core::{failure, nats, subject, telemetry};
+use syncdata_core::{nats, subject, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -3,10 +3,10 @@
 //! recorded as FAILED in `data_sync_logs`, and only then acked, so it is
 //! never lost and never blocks its table.
 
+use crate::store;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use sqlx::PgPool;
-use syncdata_core::store;
 use syncdata_core::subject::table_subject;
 use syncdata_core::table::TableName;
 

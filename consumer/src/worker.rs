@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::apply::{Applier, ApplyError, Disposition, Incoming};
+use crate::failure::{self, Kind};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use syncdata_core::apply::{Applier, ApplyError, Disposition, Incoming};
 use syncdata_core::config::Config;
-use syncdata_core::failure::{self, Kind};
 use syncdata_core::record::Record;
 use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::table::TableName;

@@ -29,7 +29,7 @@ use clap::Parser;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use syncdata_core::config::{Config, CONFIG_ENV};
 use syncdata_core::record::Record;
-use syncdata_core::workload::{self, WorkloadSpec, DEMO_DDL};
+use syncdata_testkit::workload::{self, WorkloadSpec, DEMO_DDL};
 
 const EXPECTED_DB: &str = "syncdata_demo_expected";
 const LOCAL_DB: &str = "syncdata_demo_local";

@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use syncdata_core::record::Record;
-use syncdata_core::workload::{self, WorkloadSpec};
 use syncdata_producer::sanitize::{rules, CompiledRules, SecretKey, Verdict};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 const RECORDS: usize = 200_000;
 const ROUNDS: usize = 3;

@@ -1,9 +1,9 @@
 //! `syncdata add-tables T…`: whitelist tables after checking each exists
 //! locally with a primary key.
 
+use crate::store;
 use anyhow::{bail, Context};
 use syncdata_core::config::Config;
-use syncdata_core::store;
 use syncdata_core::table::TableName;
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {

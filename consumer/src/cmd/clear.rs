@@ -2,9 +2,9 @@
 //! bookkeeping, as seed 004 warns. The durables keep their position: later
 //! changes apply on top of the empty tables (use `resync` to replay history).
 
+use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
-use syncdata_core::store;
 
 pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
     if !yes {

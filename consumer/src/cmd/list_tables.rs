@@ -1,7 +1,7 @@
 //! `syncdata list-tables [--json]`.
 
+use crate::store;
 use syncdata_core::config::Config;
-use syncdata_core::store;
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;

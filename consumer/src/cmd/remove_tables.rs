@@ -1,8 +1,8 @@
 //! `syncdata remove-tables T…`: stop syncing tables (their local rows stay).
 
+use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
-use syncdata_core::store;
 use syncdata_core::table::TableName;
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {

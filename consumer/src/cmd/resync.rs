@@ -10,12 +10,13 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use crate::apply::Applier;
+use crate::store;
 use anyhow::{bail, Context};
 use async_nats::jetstream;
-use syncdata_core::apply::Applier;
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
-use syncdata_core::{nats, store, subject};
+use syncdata_core::{nats, subject};
 
 use crate::daemon::ensure_consumer;
 use crate::progress;

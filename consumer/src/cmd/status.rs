@@ -3,11 +3,11 @@
 //! and connected workers. The JSON form is documented in the README
 //! ("status --json") and asserted by a test.
 
+use crate::store;
 use async_nats::jetstream;
 use serde::Serialize;
 use sqlx::PgPool;
 use syncdata_core::config::Config;
-use syncdata_core::store;
 use syncdata_core::{nats, table::TableName};
 
 use crate::progress::{self, TableProgress};

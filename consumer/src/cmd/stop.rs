@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
-use syncdata_core::{nats, store};
+use syncdata_core::nats;
 
 use crate::daemon::control_subject;
 

@@ -22,12 +22,12 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Instant;
 
+use crate::store;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use syncdata_core::config::Config;
-use syncdata_core::store;
 use syncdata_core::table::{quote_ident, TableName};
 
 /// Rows per summarised chunk (also the largest chunk compared row by row).

@@ -4,7 +4,7 @@
 //! a large table under pgbench, and `syncdata verify`; end to end through
 //! NATS into two consumers.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

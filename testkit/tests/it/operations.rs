@@ -4,7 +4,7 @@
 //! endpoint and `data_sync_metrics`. Each test runs the real binary against
 //! the real PostgreSQL and nats-server, with its own database and streams.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -17,7 +17,7 @@ use syncdata_core::config::NatsConfig;
 use syncdata_core::nats;
 use syncdata_core::record::Record;
 use syncdata_core::subject::{durable_name, table_subject};
-use syncdata_core::workload::{self, WorkloadSpec};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 // ---------------------------------------------------------------------------
 // Fixture

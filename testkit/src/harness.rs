@@ -11,8 +11,6 @@
 //! (tokio); functions that only signal or stop something are plain. Waiting
 //! is always `wait_until` with a timeout, never a bare sleep.
 
-#![allow(dead_code)]
-
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Write};
@@ -28,7 +26,7 @@ use sqlx::Connection;
 
 const HOW_TO_START: &str = "integration tests need the throwaway PostgreSQL and nats-server \
      that `scripts/test.sh` starts: run `bash scripts/test.sh` (optionally with \
-     `--test NAME`), or `bash scripts/servers.sh start DIR && source DIR/env` before \
+     `-p syncdata-testkit --test it -- MODULE::`), or `bash scripts/servers.sh start DIR && source DIR/env` before \
      `cargo test`";
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

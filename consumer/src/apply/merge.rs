@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::version::Version;
+use syncdata_core::version::Version;
 
 /// Index of a key in the batch's key table.
 pub type KeyId = usize;
@@ -190,8 +190,8 @@ pub fn merge(states: &mut [RowState], mut changes: Vec<Versioned>) -> HashMap<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::version::Lsn;
     use proptest::prelude::*;
+    use syncdata_core::version::Lsn;
 
     fn v(n: u64) -> Version {
         Version::new(Lsn(n), 0)

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use tokio::sync::RwLock;
 
-use crate::record::{Op, Record};
-use crate::table::TableName;
-use crate::version::Version;
 use merge::{Cell, Change, Outcome, RowState, Val, Versioned};
 use shape::{ShapeError, TableShape};
+use syncdata_core::record::{Op, Record};
+use syncdata_core::table::TableName;
+use syncdata_core::version::Version;
 
 /// One record of a batch, with the ordinal to use when it carries no `seq`.
 #[derive(Debug, Clone)]
@@ -301,26 +301,27 @@ fn to_change_inner(
     ids: &mut HashMap<String, usize>,
 ) -> Result<Option<Change>, (bool, String)> {
     let n = shape.columns.len();
-    let values_of =
-        |cols: &crate::record::Columns, field: &str| -> Result<Vec<Option<Val>>, (bool, String)> {
-            let mut values = vec![None; n];
-            for (name, value) in cols {
-                match shape.by_name.get(name) {
-                    Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
-                    None if shape.generated.contains(name) => {}
-                    None => {
-                        return Err((
-                            true,
-                            format!(
-                                "{field} names column {name:?}, which table {} does not have",
-                                shape.name
-                            ),
-                        ))
-                    }
+    let values_of = |cols: &syncdata_core::record::Columns,
+                     field: &str|
+     -> Result<Vec<Option<Val>>, (bool, String)> {
+        let mut values = vec![None; n];
+        for (name, value) in cols {
+            match shape.by_name.get(name) {
+                Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
+                None if shape.generated.contains(name) => {}
+                None => {
+                    return Err((
+                        true,
+                        format!(
+                            "{field} names column {name:?}, which table {} does not have",
+                            shape.name
+                        ),
+                    ))
                 }
             }
-            Ok(values)
-        };
+        }
+        Ok(values)
+    };
     let key_of = |values: &[Option<Val>], field: &str| -> Result<Vec<String>, (bool, String)> {
         shape
             .key

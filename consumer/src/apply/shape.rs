@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgPool;
 
-use crate::table::{quote_ident, TableName};
+use syncdata_core::table::{quote_ident, TableName};
 
 #[derive(Debug, Clone)]
 pub struct Column {

@@ -7,8 +7,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::apply::shape::{ShapeError, TableShape};
-use crate::config::Config;
-use crate::table::TableName;
+use syncdata_core::config::Config;
+use syncdata_core::table::TableName;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -26,8 +26,8 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::record::{Columns, Op, Record, Value};
-use crate::version::Lsn;
+use syncdata_core::record::{Columns, Op, Record, Value};
+use syncdata_core::version::Lsn;
 
 /// The demo schema (in `public`). Run it with `sqlx::raw_sql(DEMO_DDL)`.
 pub const DEMO_DDL: &str = r#"

@@ -15,7 +15,7 @@
 //!    consumers, the pgbench seed workload and the health checks, with only
 //!    hosts, ports, paths and names changed to the test's.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ const CONFIG_ENV_OVERRIDES: &[&str] = &[
 // ---------------------------------------------------------------------------
 
 fn compose_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("compose")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose")
 }
 
 fn read(path: &Path) -> String {
@@ -992,7 +992,7 @@ async fn fingerprints(db: &TestDb, tables: &[String]) -> Vec<(i64, String)> {
     let mut out = Vec::new();
     for t in tables {
         out.push(
-            syncdata_core::workload::table_fingerprint(&db.pool, "public", t)
+            syncdata_testkit::workload::table_fingerprint(&db.pool, "public", t)
                 .await
                 .unwrap_or_else(|e| panic!("fingerprint of {t}: {e}")),
         );

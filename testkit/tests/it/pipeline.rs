@@ -1,7 +1,7 @@
 //! The whole pipeline with real processes: `syncdata-producer` and several
 //! `syncdata start` daemons on a real nats-server and PostgreSQL.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use support::{Proc, TestDb, TestNames};
 use syncdata_core::record::Record;
 use syncdata_core::subject::table_subject;
-use syncdata_core::workload::{self, WorkloadSpec};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 async fn demo_db(tag: &str) -> TestDb {
     let db = support::fresh_database(tag).await;

@@ -2,13 +2,13 @@
 //! wal2json reference samples, in order, reversed and shuffled; the TRUNCATE
 //! barrier; partial UPDATEs before their INSERTs; hostile names.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use syncdata_core::apply::{Applier, ApplyError, BatchReport, Disposition, Incoming};
+use syncdata_consumer::apply::{Applier, ApplyError, BatchReport, Disposition, Incoming};
+use syncdata_consumer::store;
 use syncdata_core::record::Record;
-use syncdata_core::store;
 use syncdata_core::table::TableName;
 
 const SAMPLE_DDL: &str = "

@@ -2,7 +2,7 @@
 //! stream across a SIGKILL, files still being written, hostile table names,
 //! and quarantine of lines that are not records.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use support::{Proc, TestNames};
 use syncdata_core::subject::table_subject;
-use syncdata_core::workload::{self, WorkloadSpec};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 fn producer(dir: &Path, config: &Path) -> Proc {
     Proc::spawn(

@@ -3,12 +3,12 @@
 //! state is reproducible (same history, same fingerprints), values survive
 //! byte-exact, and the applier follows the seed's conflict rules.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::time::Instant;
 
 use syncdata_core::record::Record;
-use syncdata_core::workload::{
+use syncdata_testkit::workload::{
     apply_in_order, demo_tables, generate, table_fingerprint, WorkloadSpec, DEMO_DDL,
 };
 

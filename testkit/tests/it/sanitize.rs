@@ -12,7 +12,7 @@
 //! - `check-rules` reports every error class on a fixture schema;
 //! - keyed rules without a key stop the producer at startup.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

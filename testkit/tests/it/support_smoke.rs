@@ -1,7 +1,7 @@
 //! Checks the test support module against real servers: the shared ones from
 //! `scripts/test.sh`, and private ones that are killed and restarted.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! Every test has its own databases and JetStream names, publishes straight
 //! into JetStream (no producer) and runs the real `syncdata` binary.
 
-mod support;
+use syncdata_testkit::harness as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +18,7 @@ use serde_json::{json, Value as Json};
 use support::{PgServer, Proc, TestDb, TestNames};
 use syncdata_core::record::Record;
 use syncdata_core::subject::table_subject;
-use syncdata_core::workload::{self, WorkloadSpec};
+use syncdata_testkit::workload::{self, WorkloadSpec};
 
 const H_ERROR: &str = "Syncdata-Error";
 const H_SQLSTATE: &str = "Syncdata-Sqlstate";
@@ -471,7 +471,7 @@ async fn wait_demo_converged(
                 .flat_map(|p| {
                     p.log()
                         .lines()
-                        .filter(|l| l.contains("syncdata_core::apply"))
+                        .filter(|l| l.contains("syncdata_consumer::apply"))
                         .take(10)
                         .map(str::to_owned)
                         .collect::<Vec<_>>()

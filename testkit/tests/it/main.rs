@@ -1,0 +1,16 @@
+//! syncdata's integration tests, one binary: every module runs the real
+//! binaries against the real PostgreSQL 15 and nats-server that
+//! `scripts/test.sh` starts (or private servers for tests that kill one).
+//!
+//! Run one area with `cargo test -p syncdata-testkit --test it -- apply::`.
+
+mod apply;
+mod compose;
+mod failures;
+mod operations;
+mod pipeline;
+mod producer;
+mod sanitize;
+mod source;
+mod support_smoke;
+mod workload;
