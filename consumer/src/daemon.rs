@@ -49,7 +49,7 @@ pub async fn connect_db(config: &Config, token: &CancellationToken) -> anyhow::R
                 if failure::classify_sqlx(source, true) == failure::Kind::Transient)
         },
         |e, attempt, _| warn!(error = %e, attempt, "database not reachable; retrying"),
-        || store::connect(config),
+        || store::connect_and_migrate(config),
     )
     .await;
     match result {

@@ -45,6 +45,8 @@ enum Command {
         #[arg(required = true)]
         tables: Vec<String>,
     },
+    /// Create or upgrade syncdata's own tables in the local database.
+    Migrate,
     /// Run the sync daemon in the foreground (SIGINT/SIGTERM stop it gracefully).
     Start,
     /// Stop the running daemons of this database, here and on other machines.
@@ -159,6 +161,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
+        Command::Migrate => cmd::migrate::run(&config).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
         Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
         Command::Dlq { command } => {

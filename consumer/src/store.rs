@@ -1,16 +1,48 @@
 //! The local database's own tables: migrations (seed-004 tables plus the
 //! `syncdata` bookkeeping schema) and the `tables_to_sync` whitelist.
+//!
+//! Invariants: syncdata's migration history lives in
+//! `syncdata._sqlx_migrations`, never in `public` (an application that uses
+//! sqlx keeps its own history there); only [`connect_and_migrate`] (`start`,
+//! `add-tables`, `migrate`) creates or changes anything, every other command
+//! connects with [`connect`], which creates nothing. Every connection pins
+//! the session settings that shape values' text form ([`SESSION_SETTINGS`]).
 
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
+use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
 
 use crate::apply::shape::{ShapeError, TableShape};
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// syncdata's migrations, recorded in [`MIGRATIONS_TABLE`].
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut m = sqlx::migrate!("./migrations");
+    m.create_schema("syncdata");
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+});
+
+/// Where syncdata records its applied migrations.
+pub const MIGRATIONS_TABLE: &str = "syncdata._sqlx_migrations";
+
+/// Session settings that shape how values are written as text. The apply
+/// engine reads columns as text (carried-over columns of a key change,
+/// parked rows) and writes them back through the column's input function, so
+/// a database or role default such as `bytea_output = 'escape'` or
+/// `IntervalStyle = 'sql_standard'` must not reach these connections.
+pub const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+    ("DateStyle", "ISO, MDY"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,24 +62,169 @@ pub enum StoreError {
     BadWhitelistEntry { stored: String, reason: String },
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    #[error(
+        "syncdata is not set up in database {database:?} (none of its tables are there); \
+         run `syncdata migrate` (or `add-tables`, or `start`) against it first, \
+         or check pg_database / PG_DB_NAME"
+    )]
+    NotSetUp { database: String },
+    #[error(
+        "syncdata's tables in database {database:?} are older than this syncdata \
+         ({applied} of {known} migrations applied); run `syncdata migrate`"
+    )]
+    Outdated {
+        database: String,
+        applied: usize,
+        known: usize,
+    },
 }
 
-/// Connects and runs the migrations (safe to do from many processes at once:
-/// the migrator takes an advisory lock).
+/// Connects without creating or changing anything, after checking that
+/// syncdata is set up and up to date in that database (for every command
+/// but `start`, `add-tables` and `migrate`).
 pub async fn connect(config: &Config) -> Result<PgPool, StoreError> {
-    let pool = PgPoolOptions::new()
+    let pool = open(config).await?;
+    let database = config.pg_database.clone().unwrap_or_default();
+    let applied = applied_migrations(&pool).await?;
+    let known = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count();
+    match applied {
+        None => Err(StoreError::NotSetUp { database }),
+        Some(applied) if applied < known => Err(StoreError::Outdated {
+            database,
+            applied,
+            known,
+        }),
+        Some(_) => Ok(pool),
+    }
+}
+
+/// Connects and runs the migrations, first moving syncdata's history out of
+/// `public._sqlx_migrations` where an earlier version kept it. Safe from
+/// many processes at once (advisory locks).
+pub async fn connect_and_migrate(config: &Config) -> Result<PgPool, StoreError> {
+    let pool = open(config).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Runs syncdata's migrations on `pool` (see [`connect_and_migrate`]).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    adopt_legacy_history(pool).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+async fn open(config: &Config) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
         .max_connections(config.consumer.pool_size)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(config.pg_connect_options())
+        .connect_with(config.pg_connect_options().options(SESSION_SETTINGS))
         .await
         .map_err(|source| StoreError::Connect {
             host: config.pg_host.clone(),
             port: config.pg_port,
             database: config.pg_database.clone().unwrap_or_default(),
             source,
-        })?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+        })
+}
+
+/// Whether a migration row (version, checksum) is one of syncdata's.
+fn is_ours(version: i64, checksum: &[u8]) -> bool {
+    MIGRATOR
+        .iter()
+        .any(|m| m.version == version && *m.checksum == *checksum)
+}
+
+/// How many of syncdata's migrations the database records as applied
+/// (in its own table, or still in `public` from an earlier version); None
+/// when syncdata was never set up there. Reads only.
+pub async fn applied_migrations(pool: &PgPool) -> Result<Option<usize>, StoreError> {
+    let mut found = None;
+    for table in [MIGRATIONS_TABLE, "public._sqlx_migrations"] {
+        let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
+            .bind(table)
+            .fetch_one(pool)
+            .await?;
+        if !exists {
+            continue;
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select version, checksum from {table} where success"
+        )))
+        .fetch_all(pool)
+        .await?;
+        let ours = rows.iter().filter(|(v, c)| is_ours(*v, c)).count();
+        if ours > 0 || table == MIGRATIONS_TABLE {
+            found = Some(found.unwrap_or(0).max(ours));
+        }
+    }
+    Ok(found)
+}
+
+/// Upgrade in place: an earlier syncdata recorded its migrations in
+/// `public._sqlx_migrations`, where an application using sqlx keeps its
+/// own. Moves syncdata's rows (same version and checksum as one of its
+/// migrations) into [`MIGRATIONS_TABLE`], leaves every other row where it
+/// is, and drops the public table only if that leaves it empty.
+async fn adopt_legacy_history(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx: sqlx::Transaction<'_, Postgres> = pool.begin().await?;
+    // One process at a time (several daemons may start together).
+    sqlx::query("select pg_advisory_xact_lock(hashtext('syncdata.adopt_legacy_history'))")
+        .execute(&mut *tx)
+        .await?;
+    let legacy: bool = sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !legacy {
+        return Ok(());
+    }
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("select version, checksum from public._sqlx_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+    let ours: Vec<i64> = rows
+        .iter()
+        .filter(|(v, c)| is_ours(*v, c))
+        .map(|(v, _)| *v)
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create schema if not exists syncdata; \
+         create table if not exists {MIGRATIONS_TABLE} (\
+             version bigint primary key, description text not null, \
+             installed_on timestamptz not null default now(), success boolean not null, \
+             checksum bytea not null, execution_time bigint not null)"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {MIGRATIONS_TABLE} \
+         select version, description, installed_on, success, checksum, execution_time \
+         from public._sqlx_migrations where version = any($1) on conflict (version) do nothing"
+    )))
+    .bind(&ours)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from public._sqlx_migrations where version = any($1)")
+        .bind(&ours)
+        .execute(&mut *tx)
+        .await?;
+    let left: i64 = sqlx::query_scalar("select count(*) from public._sqlx_migrations")
+        .fetch_one(&mut *tx)
+        .await?;
+    if left == 0 {
+        sqlx::query("drop table public._sqlx_migrations")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        moved = ours.len(),
+        "moved syncdata's migration history from public._sqlx_migrations to {MIGRATIONS_TABLE}"
+    );
+    Ok(())
 }
 
 /// The whitelisted tables, in the order they were added.

@@ -7,7 +7,7 @@ use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
-    let pool = store::connect(config).await?;
+    let pool = store::connect_and_migrate(config).await?;
     let creator = std::env::var("USER").ok();
     let mut failed = 0;
     for input in tables {

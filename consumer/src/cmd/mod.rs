@@ -5,6 +5,7 @@ pub mod clear;
 pub mod config;
 pub mod dlq;
 pub mod list_tables;
+pub mod migrate;
 pub mod remove_tables;
 pub mod resync;
 pub mod status;
