@@ -280,8 +280,72 @@ pub struct SourceColumn {
     pub is_bytea: bool,
 }
 
+/// Why a table's replica identity loses changes, if it does: NOTHING, or
+/// an index other than the primary key, leaves DELETEs (and key changes)
+/// without the old primary key in wal2json's output. DEFAULT and FULL
+/// carry it.
+pub async fn replica_identity_problem(
+    conn: &mut PgConnection,
+    oid: i64,
+    name: &TableName,
+) -> anyhow::Result<Option<String>> {
+    let (ident, identity_is_pk): (String, Option<bool>) = sqlx::query_as(
+        "SELECT c.relreplident::text, \
+                (SELECT i.indisprimary FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+         FROM pg_class c WHERE c.oid = $1::int8::oid",
+    )
+    .bind(oid)
+    .fetch_one(&mut *conn)
+    .await?;
+    let what = match (ident.as_str(), identity_is_pk) {
+        ("n", _) => "replica identity NOTHING",
+        ("i", Some(false)) => "a replica identity index that is not its primary key",
+        _ => return Ok(None),
+    };
+    Ok(Some(format!(
+        "table {name} has {what}: its DELETEs and key-changing UPDATEs reach wal2json without \
+         the old primary key and could not be synced. Fix: `ALTER TABLE {} REPLICA IDENTITY \
+         DEFAULT`",
+        name.quoted()
+    )))
+}
+
+/// [`replica_identity_problem`] for each of `tables` that exists.
+pub async fn replica_identity_problems(
+    conn: &mut PgConnection,
+    tables: &[TableName],
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for name in tables {
+        let oid: Option<i64> = sqlx::query_scalar(
+            "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+        )
+        .bind(&name.schema)
+        .bind(&name.table)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(oid) = oid {
+            problems.extend(replica_identity_problem(conn, oid, name).await?);
+        }
+    }
+    Ok(problems)
+}
+
+async fn check_replica_identity(
+    conn: &mut PgConnection,
+    oid: i64,
+    name: &TableName,
+) -> anyhow::Result<()> {
+    match replica_identity_problem(conn, oid, name).await? {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
+    }
+}
+
 /// Reads a table's columns and primary key; errors clearly when the table
-/// does not exist or has no primary key.
+/// does not exist, has no primary key, or has a replica identity that
+/// loses changes ([`replica_identity_problem`]).
 pub async fn source_table(
     conn: &mut PgConnection,
     name: &TableName,
@@ -314,6 +378,7 @@ pub async fn source_table(
             name.quoted()
         );
     }
+    check_replica_identity(conn, oid, name).await?;
     let columns: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT a.attname::text, bt.typcategory::text, bt.oid = 'bytea'::regtype \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
@@ -458,7 +523,7 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
     }
     if !opts.tables.is_empty() {
         report.push(format!(
-            "ok: {} table(s) exist with a primary key",
+            "ok: {} table(s) exist with a primary key and a replica identity that carries it",
             opts.tables.len()
         ));
     }
@@ -644,6 +709,10 @@ pub fn plugin_options(tables: &[TableName]) -> Vec<String> {
         ("include-xids", "1"),
         ("include-timestamp", "1"),
         ("include-transaction", "1"),
+        // NaN and ±Infinity are not JSON numbers: without this wal2json
+        // writes them as null. The decoder turns the other numbers back
+        // into bare JSON numbers (as the snapshot writes them).
+        ("numeric-data-types-as-string", "1"),
     ]
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])

@@ -47,7 +47,45 @@ struct RawRow {
 #[derive(Deserialize)]
 struct RawColumn {
     name: String,
+    /// The column's type (include-types), e.g. `numeric(10,2)`.
+    #[serde(default, rename = "type")]
+    type_name: Option<String>,
     value: Value,
+}
+
+/// The types wal2json writes as JSON strings with
+/// `numeric-data-types-as-string` (without it, NaN and ±Infinity, which
+/// JSON numbers cannot hold, arrive as null).
+const NUMERIC_TYPES: [&str; 7] = [
+    "smallint",
+    "integer",
+    "bigint",
+    "oid",
+    "real",
+    "double precision",
+    "numeric",
+];
+
+impl RawColumn {
+    /// The value as the snapshot writes it (see `snapshot::json_value`):
+    /// numbers bare when they are JSON numbers, NaN and ±Infinity as text,
+    /// so a source value lands the same way by either path.
+    fn into_value(self) -> Value {
+        let numeric = self.type_name.as_deref().is_some_and(|t| {
+            let base = t.split('(').next().unwrap_or(t).trim();
+            NUMERIC_TYPES.contains(&base)
+        });
+        if numeric {
+            if let Some(text) = self.value.to_pg_text() {
+                if crate::snapshot::is_json_number(&text) {
+                    if let Ok(v) = serde_json::from_str(&text) {
+                        return v;
+                    }
+                }
+            }
+        }
+        self.value
+    }
 }
 
 #[derive(Deserialize)]
@@ -92,12 +130,16 @@ pub enum Event {
         ts: Option<String>,
     },
     Change(Change),
-    /// A change of a table wal2json knows no primary key for: it cannot be
+    /// A change that does not say which row it is: of a table wal2json
+    /// knows no primary key for (`has_pk` false), or a DELETE whose old key
+    /// is missing because the table's replica identity is NOTHING or an
+    /// index other than the primary key (`has_pk` true). It cannot be
     /// applied by key, so it is not archived.
     NoKey {
         schema: String,
         table: String,
         op: Op,
+        has_pk: bool,
     },
     Commit {
         commit: Lsn,
@@ -123,7 +165,9 @@ pub fn iso_timestamp(ts: &str) -> String {
 }
 
 fn columns(cols: Vec<RawColumn>) -> Columns {
-    cols.into_iter().map(|c| (c.name, c.value)).collect()
+    cols.into_iter()
+        .map(|c| (c.name.clone(), c.into_value()))
+        .collect()
 }
 
 /// Parses one wal2json row.
@@ -168,7 +212,12 @@ pub fn decode(row: &str) -> Result<Event, DecodeError> {
         .map(|p| p.name)
         .collect();
     if pk.is_empty() {
-        return Ok(Event::NoKey { schema, table, op });
+        return Ok(Event::NoKey {
+            schema,
+            table,
+            op,
+            has_pk: false,
+        });
     }
     let identity = raw.identity.map(columns);
     // The key before the change: the primary key columns of `identity`
@@ -216,7 +265,14 @@ pub fn decode(row: &str) -> Result<Event, DecodeError> {
                     op,
                 },
                 // No replica identity to say which row went.
-                None => return Ok(Event::NoKey { schema, table, op }),
+                None => {
+                    return Ok(Event::NoKey {
+                        schema,
+                        table,
+                        op,
+                        has_pk: true,
+                    })
+                }
             }
         }
         Op::Truncate => unreachable!("handled above"),

@@ -239,6 +239,9 @@ impl Archiver {
             info = source::require_slot(&mut conn, slot, &settings.source.plugin).await?;
         }
         source::probe_slot(&mut conn, slot, &settings.source.plugin, &self.options).await?;
+        for problem in source::replica_identity_problems(&mut conn, &settings.tables).await? {
+            tracing::error!("{problem}");
+        }
         let confirmed: Lsn = info
             .confirmed_flush
             .as_deref()
@@ -389,7 +392,12 @@ impl Archiver {
                     self.close_segment()?;
                 }
             }
-            Event::NoKey { schema, table, op } => {
+            Event::NoKey {
+                schema,
+                table,
+                op,
+                has_pk,
+            } => {
                 let tx = self
                     .tx
                     .as_mut()
@@ -398,12 +406,23 @@ impl Archiver {
                 let name = TableName::new(schema, table).to_string();
                 metrics::counter!("syncdata_archiver_keyless_changes_total").increment(1);
                 if self.keyless.insert(name.clone()) {
-                    tracing::error!(
-                        table = %name,
-                        op = %op,
-                        "table has no primary key (or no replica identity): its changes cannot \
-                         be synced and are not archived. Add a primary key, or leave it out of --tables"
-                    );
+                    if has_pk {
+                        tracing::error!(
+                            table = %name,
+                            op = %op,
+                            "a change reached wal2json without the row's old primary key: the \
+                             table's replica identity is NOTHING or an index other than its \
+                             primary key, so its DELETEs cannot be synced and are not archived. \
+                             Fix: ALTER TABLE {name} REPLICA IDENTITY DEFAULT"
+                        );
+                    } else {
+                        tracing::error!(
+                            table = %name,
+                            op = %op,
+                            "table has no primary key: its changes cannot be synced and are not \
+                             archived. Add a primary key, or leave it out of --tables"
+                        );
+                    }
                 }
             }
             Event::Commit { end, .. } => {
