@@ -141,6 +141,8 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         errors: std::sync::atomic::AtomicU64::new(0),
     });
     let workers_token = token.child_token();
+    // A resync a crash interrupted: finish it before anything is pulled.
+    crate::cmd::resync::resume_pending(&pool, &stream, &config, &instance).await?;
     let mut consumers = Vec::new();
     for table in &tables {
         consumers.push(ensure_consumer(&stream, &config, &instance, table).await?);

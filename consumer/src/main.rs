@@ -66,6 +66,12 @@ enum Command {
         /// Return at once instead of showing progress until done.
         #[arg(long)]
         no_wait: bool,
+        /// Confirm: the table is emptied before its history is replayed.
+        #[arg(long)]
+        yes: bool,
+        /// Resync with no daemon running: empty now, replay on the next `start`.
+        #[arg(long)]
+        offline: bool,
     },
     /// Compare local tables with the source, chunk by chunk over the primary
     /// key, and list the keys that differ. Exit status 0 only when equal.
@@ -183,7 +189,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             cmd::stop::run(&config, std::time::Duration::from_secs(timeout)).await
         }
         Command::Status { json } => cmd::status::run(&config, json).await,
-        Command::Resync { table, no_wait } => cmd::resync::run(&config, &table, !no_wait).await,
+        Command::Resync {
+            table,
+            no_wait,
+            yes,
+            offline,
+        } => cmd::resync::run(&config, &table, !no_wait, yes, offline).await,
         Command::Verify {
             tables,
             source,

@@ -1,6 +1,14 @@
-//! `syncdata resync T`: empty the local table and its row versions, and
-//! replay the table's whole history from the stream through a recreated
-//! durable. Other tables keep syncing meanwhile.
+//! `syncdata resync T --yes`: empty the local table and its row versions,
+//! and replay the table's whole history from the stream through a
+//! recreated durable. Other tables keep syncing meanwhile.
+//!
+//! Crash safety: the table is marked `resync_pending` (committed) before
+//! anything is emptied, and the mark is cleared only once the new durable
+//! is checked to start at the stream's first message. `syncdata start`
+//! finishes every resync still marked ([`resume_pending`]), so a crash at
+//! any point ends in a complete replay, never in an empty table with
+//! nothing to refill it. Without a running daemon nothing would replay the
+//! table, so `resync` refuses unless `--offline` (replay on the next start).
 //!
 //! The table's `table_state` row is locked FOR UPDATE while the table is
 //! emptied: in-flight batches of the table (KEY SHARE) finish first, new
@@ -14,6 +22,9 @@ use crate::apply::Applier;
 use crate::store;
 use anyhow::{bail, Context};
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
@@ -61,29 +72,146 @@ pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Resu
     Ok(())
 }
 
-pub async fn run(config: &Config, input: &str, wait: bool) -> anyhow::Result<()> {
+/// Marks (or unmarks) a resync of `table` as in progress.
+async fn set_pending(pool: &sqlx::PgPool, table: &TableName, pending: bool) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into syncdata.table_state (table_name, resync_pending) values ($1, $2) \
+         on conflict (table_name) do update set resync_pending = excluded.resync_pending",
+    )
+    .bind(table.to_string())
+    .bind(pending)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Test hook: `SYNCDATA_FAILPOINT=<name>` ends the process abruptly (as a
+/// crash would) when it reaches the named point.
+fn failpoint(name: &str) {
+    if std::env::var("SYNCDATA_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: exiting abruptly");
+        std::process::abort();
+    }
+}
+
+/// Empties `table`, deletes its durable and creates it again at the start
+/// of the stream, then clears the table's resync mark. Idempotent: run it
+/// again after a crash at any point.
+async fn perform(
+    pool: &sqlx::PgPool,
+    stream: &jetstream::stream::Stream,
+    config: &Config,
+    instance: &str,
+    table: &TableName,
+) -> anyhow::Result<()> {
+    let durable =
+        subject::durable_name(&config.nats.stream, instance, &table.schema, &table.table);
+    let old_created = match stream.consumer_info(&durable).await {
+        Ok(info) => Some(info.created),
+        Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => None,
+        Err(e) => bail!("reading durable {durable} of {table}: {e}"),
+    };
+    reset_table(pool, table).await?;
+    failpoint("resync-after-reset");
+    // Delete and recreate back to back: a worker's pull that lands while the
+    // durable is missing gets no answer and stalls the table until the
+    // client-side fetch timeout (expires + 5 s), so the gap must not span
+    // the reset (seconds on a large table).
+    match stream.delete_consumer(&durable).await {
+        Ok(status) if status.success => {}
+        Ok(_) => bail!("NATS did not delete durable {durable} of {table}; nothing was replayed"),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => bail!("deleting durable {durable} of {table}: {e}; nothing was replayed"),
+    }
+    let mut consumer = ensure_consumer(stream, config, instance, table).await?;
+    let info = consumer.info().await?;
+    let fresh = old_created.is_none_or(|old| old != info.created);
+    if !fresh || info.config.deliver_policy != DeliverPolicy::All {
+        bail!(
+            "durable {durable} of {table} was not recreated at the start of the stream \
+             (deliver policy {:?}); run the resync again",
+            info.config.deliver_policy
+        );
+    }
+    set_pending(pool, table, false).await?;
+    Ok(())
+}
+
+fn is_not_found(e: &jetstream::stream::ConsumerError) -> bool {
+    matches!(e.kind(), ConsumerErrorKind::JetStream(j)
+        if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND)
+}
+
+/// Finishes every resync a crash left marked (called by `start` before its
+/// workers pull anything).
+pub async fn resume_pending(
+    pool: &sqlx::PgPool,
+    stream: &jetstream::stream::Stream,
+    config: &Config,
+    instance: &str,
+) -> anyhow::Result<()> {
+    let pending: Vec<String> = sqlx::query_scalar(
+        "select table_name from syncdata.table_state where resync_pending order by id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for name in pending {
+        let table = TableName::parse(&name)?;
+        tracing::warn!(table = %table, "a resync was interrupted; finishing it: emptying the table and replaying its history");
+        perform(pool, stream, config, instance, &table).await?;
+    }
+    Ok(())
+}
+
+/// Daemons applying into this database now (heartbeat within
+/// [`store::DAEMON_ALIVE_SECS`]).
+async fn running_daemons(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select count(*) from syncdata.daemons where stopped_at is null \
+         and last_seen > now() - interval '{} seconds'",
+        store::DAEMON_ALIVE_SECS
+    )))
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn run(
+    config: &Config,
+    input: &str,
+    wait: bool,
+    yes: bool,
+    offline: bool,
+) -> anyhow::Result<()> {
     let table = TableName::parse(input)?;
     let pool = store::connect(config).await?;
     if !store::whitelist(&pool).await?.contains(&table) {
         bail!("{table} is not in the whitelist (syncdata add-tables {table})");
+    }
+    if !yes {
+        bail!("resync empties {table} and replays its history: add --yes to confirm");
+    }
+    let daemons = running_daemons(&pool).await?;
+    if daemons == 0 && !offline {
+        bail!(
+            "no syncdata daemon applies database {:?}: {table} would stay empty until one \
+             starts. Run `syncdata start` first, or pass --offline to empty it now and replay \
+             its history on the next start",
+            config.pg_database.clone().unwrap_or_default()
+        );
     }
     let instance = store::instance_id(&pool).await?;
     let client = nats::connect(&config.nats, "syncdata-resync").await?;
     let js = jetstream::new(client);
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
-    let durable =
-        subject::durable_name(&config.nats.stream, &instance, &table.schema, &table.table);
 
-    reset_table(&pool, &table).await?;
-    // Delete and recreate back to back: a worker's pull that lands while the
-    // durable is missing gets no answer and stalls the table until the
-    // client-side fetch timeout (expires + 5 s), so the gap must not span
-    // the reset (seconds on a large table).
-    let _ = stream.delete_consumer(&durable).await;
-    ensure_consumer(&stream, config, &instance, &table).await?;
+    set_pending(&pool, &table, true).await?;
+    perform(&pool, &stream, config, &instance, &table).await?;
     println!("{table}: emptied; replaying its history from the start of the stream");
-    if !wait {
+    if !wait || daemons == 0 {
+        if daemons == 0 {
+            println!("{table}: no daemon is running; `syncdata start` replays it");
+        }
         return Ok(());
     }
     let tty = std::io::stdout().is_terminal();
