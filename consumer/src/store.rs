@@ -86,7 +86,10 @@ pub async fn connect(config: &Config) -> Result<PgPool, StoreError> {
     let pool = open(config).await?;
     let database = config.pg_database.clone().unwrap_or_default();
     let applied = applied_migrations(&pool).await?;
-    let known = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count();
+    let known = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .count();
     match applied {
         None => Err(StoreError::NotSetUp { database }),
         Some(applied) if applied < known => Err(StoreError::Outdated {
@@ -172,9 +175,10 @@ async fn adopt_legacy_history(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("select pg_advisory_xact_lock(hashtext('syncdata.adopt_legacy_history'))")
         .execute(&mut *tx)
         .await?;
-    let legacy: bool = sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
-        .fetch_one(&mut *tx)
-        .await?;
+    let legacy: bool =
+        sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
+            .fetch_one(&mut *tx)
+            .await?;
     if !legacy {
         return Ok(());
     }

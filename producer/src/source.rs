@@ -163,6 +163,35 @@ pub async fn probe_slot(
     }
 }
 
+/// wal2json's option to write numbers as JSON strings: without it NaN and
+/// ±Infinity (not JSON numbers) come out as null. wal2json 2.5 and older
+/// do not know it and refuse to start with it.
+pub const NUMERIC_AS_STRING: &str = "numeric-data-types-as-string";
+
+/// Whether the slot's plugin accepts [`NUMERIC_AS_STRING`].
+pub async fn supports_numeric_as_string(
+    conn: &mut PgConnection,
+    slot: &str,
+) -> anyhow::Result<bool> {
+    let probed = sqlx::query(
+        "SELECT 1 FROM pg_logical_slot_peek_changes($1, '0/1'::pg_lsn, 1, \
+         'format-version', '2', $2, '1')",
+    )
+    .bind(slot)
+    .bind(NUMERIC_AS_STRING)
+    .fetch_all(&mut *conn)
+    .await;
+    match probed {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e))
+            if e.message().contains(NUMERIC_AS_STRING) && e.message().contains("unknown") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e).context("probing the slot's output plugin"),
+    }
+}
+
 /// Proves the plugin loads by creating a temporary slot (dropped at once).
 async fn probe_plugin_with_temporary_slot(
     conn: &mut PgConnection,
@@ -308,28 +337,6 @@ pub async fn replica_identity_problem(
          DEFAULT`",
         name.quoted()
     )))
-}
-
-/// [`replica_identity_problem`] for each of `tables` that exists.
-pub async fn replica_identity_problems(
-    conn: &mut PgConnection,
-    tables: &[TableName],
-) -> anyhow::Result<Vec<String>> {
-    let mut problems = Vec::new();
-    for name in tables {
-        let oid: Option<i64> = sqlx::query_scalar(
-            "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-        )
-        .bind(&name.schema)
-        .bind(&name.table)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(oid) = oid {
-            problems.extend(replica_identity_problem(conn, oid, name).await?);
-        }
-    }
-    Ok(problems)
 }
 
 async fn check_replica_identity(
@@ -712,7 +719,7 @@ pub fn plugin_options(tables: &[TableName]) -> Vec<String> {
         // NaN and ±Infinity are not JSON numbers: without this wal2json
         // writes them as null. The decoder turns the other numbers back
         // into bare JSON numbers (as the snapshot writes them).
-        ("numeric-data-types-as-string", "1"),
+        (NUMERIC_AS_STRING, "1"),
     ]
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])

@@ -83,10 +83,15 @@ impl RowState {
     /// row as loaded, never changed in this merge.
     fn from_target(&self) -> bool {
         !self.cells.is_empty()
-            && self
-                .cells
-                .iter()
-                .all(|c| matches!(c, Some(Cell { val: Val::InDb(_), .. })))
+            && self.cells.iter().all(|c| {
+                matches!(
+                    c,
+                    Some(Cell {
+                        val: Val::InDb(_),
+                        ..
+                    })
+                )
+            })
     }
 
     /// The version of the image the row exists by, if it exists. A row
@@ -427,7 +432,10 @@ mod tests {
         assert!(s.is_live(), "the image at v1 makes it");
         s.apply_delete(v(2));
         assert!(!s.is_live() && s.is_parked());
-        assert_eq!(s.apply_image(v(1), vec![k("1"), k("x"), k("y")]), Outcome::Superseded);
+        assert_eq!(
+            s.apply_image(v(1), vec![k("1"), k("x"), k("y")]),
+            Outcome::Superseded
+        );
         assert!(!s.is_live());
     }
 

@@ -104,8 +104,7 @@ async fn perform(
     instance: &str,
     table: &TableName,
 ) -> anyhow::Result<()> {
-    let durable =
-        subject::durable_name(&config.nats.stream, instance, &table.schema, &table.table);
+    let durable = subject::durable_name(&config.nats.stream, instance, &table.schema, &table.table);
     let old_created = match stream.consumer_info(&durable).await {
         Ok(info) => Some(info.created),
         Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => None,

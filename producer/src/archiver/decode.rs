@@ -392,3 +392,32 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod numbers_as_strings {
+    use super::*;
+
+    /// What wal2json writes with numeric-data-types-as-string.
+    const ROW: &str = r#"{"action":"I","schema":"public","table":"nums","columns":[{"name":"id","type":"integer","value":"7"},{"name":"n","type":"numeric(40,9)","value":"123456789012345678901234567890.123456789"},{"name":"f","type":"double precision","value":"NaN"},{"name":"r","type":"real","value":"-Infinity"},{"name":"g","type":"numeric","value":"Infinity"},{"name":"e","type":"double precision","value":"1.5e+300"},{"name":"t","type":"text","value":"42"},{"name":"z","type":"numeric","value":null}],"pk":[{"name":"id","type":"integer"}]}"#;
+
+    #[test]
+    fn numbers_come_back_bare_and_nan_and_infinity_stay_text() {
+        let Event::Change(c) = decode(ROW).unwrap() else {
+            panic!("a change")
+        };
+        let data = c.data.unwrap();
+        let raw = |k: &str| data[k].raw().to_owned();
+        // As the snapshot writes them (snapshot::json_value): numbers bare,
+        // digits exact; NaN and ±Infinity as strings; text stays text.
+        assert_eq!(raw("id"), "7");
+        assert_eq!(raw("n"), "123456789012345678901234567890.123456789");
+        assert_eq!(raw("f"), r#""NaN""#);
+        assert_eq!(raw("r"), r#""-Infinity""#);
+        assert_eq!(raw("g"), r#""Infinity""#);
+        assert_eq!(raw("e"), "1.5e+300");
+        assert_eq!(raw("t"), r#""42""#);
+        assert_eq!(raw("z"), "null");
+        assert_eq!(data["f"].to_pg_text().as_deref(), Some("NaN"));
+        assert_eq!(c.old_keys, None);
+    }
+}

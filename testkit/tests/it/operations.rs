@@ -345,6 +345,12 @@ async fn commands_end_to_end_with_error_paths() {
         assert!(out.stdout.contains("Usage:"), "syncdata {args:?}: {out}");
     }
 
+    // Not set up yet: a read-only command says so (and creates nothing);
+    // `migrate` sets syncdata up.
+    let out = w.cli(&["list-tables"]).await;
+    assert_fails_with(&out, "list-tables before setup", "syncdata is not set up");
+    w.ok(&["migrate"]).await;
+
     // An empty whitelist: list-tables says so, start refuses.
     let out = w.ok(&["list-tables"]).await;
     assert!(out.contains("No tables in whitelist"), "{out}");
@@ -830,7 +836,7 @@ async fn resync_restores_a_damaged_table_while_others_keep_syncing() {
 
     let mut resync = Proc::spawn(
         "syncdata",
-        &["resync", "customers"],
+        &["resync", "customers", "--yes"],
         &w.config,
         &[("RUST_LOG", "warn")],
         w.dir(),

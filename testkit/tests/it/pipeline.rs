@@ -14,7 +14,7 @@ use syncdata_core::record::Record;
 use syncdata_core::subject::table_subject;
 use syncdata_testkit::workload::{self, WorkloadSpec};
 
-async fn demo_db(tag: &str) -> TestDb {
+pub(crate) async fn demo_db(tag: &str) -> TestDb {
     let db = support::fresh_database(tag).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(workload::DEMO_DDL.to_owned()))
         .execute(&db.pool)
@@ -23,7 +23,7 @@ async fn demo_db(tag: &str) -> TestDb {
     db
 }
 
-async fn fingerprints(db: &TestDb) -> Vec<(i64, String)> {
+pub(crate) async fn fingerprints(db: &TestDb) -> Vec<(i64, String)> {
     let mut out = Vec::new();
     for t in workload::demo_tables() {
         out.push(
@@ -35,11 +35,11 @@ async fn fingerprints(db: &TestDb) -> Vec<(i64, String)> {
     out
 }
 
-fn syncdata(dir: &Path, config: &Path, args: &[&str]) -> Proc {
+pub(crate) fn syncdata(dir: &Path, config: &Path, args: &[&str]) -> Proc {
     Proc::spawn("syncdata", args, config, &[("RUST_LOG", "info")], dir)
 }
 
-fn add_tables(dir: &Path, config: &Path) {
+pub(crate) fn add_tables(dir: &Path, config: &Path) {
     let mut args = vec!["add-tables"];
     args.extend(workload::demo_tables());
     let mut p = syncdata(dir, config, &args);
@@ -51,7 +51,7 @@ fn add_tables(dir: &Path, config: &Path) {
 
 /// Publishes records straight into the change stream (no producer), with no
 /// message id, so duplicates stay duplicates.
-async fn publish_raw(names: &TestNames, records: &[Record]) {
+pub(crate) async fn publish_raw(names: &TestNames, records: &[Record]) {
     let client = support::nats_connect(&support::nats_url()).await;
     let js = jetstream::new(client);
     js.get_or_create_stream(jetstream::stream::Config {
@@ -82,7 +82,7 @@ async fn publish_raw(names: &TestNames, records: &[Record]) {
 
 /// Waits until the local tables equal the expected ones and every durable
 /// has nothing left to deliver or ack.
-async fn wait_converged(
+pub(crate) async fn wait_converged(
     names: &TestNames,
     local: &TestDb,
     expected: &[(i64, String)],

@@ -33,13 +33,13 @@ const SNAPSHOT_SCALE: u32 = 2;
 
 /// A private source PostgreSQL (wal_level = logical, wal2json installed)
 /// with database `src`.
-struct Source {
-    server: PgServer,
-    pool: PgPool,
-    url: String,
+pub(crate) struct Source {
+    pub(crate) server: PgServer,
+    pub(crate) pool: PgPool,
+    pub(crate) url: String,
 }
 
-async fn source(dir: &Path) -> Source {
+pub(crate) async fn source(dir: &Path) -> Source {
     let server = PgServer::start(&dir.join("source-pg")).await;
     let mut admin = PgConnection::connect(&server.url_for("postgres"))
         .await
@@ -63,7 +63,7 @@ impl Source {
         format!("postgres://{user}@127.0.0.1:{}/src", self.server.port())
     }
 
-    async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
             .execute(&self.pool)
             .await
@@ -112,7 +112,7 @@ fn run_ok(mut cmd: Command, what: &str) {
     );
 }
 
-fn config(
+pub(crate) fn config(
     dir: &Path,
     local: &TestDb,
     names: &TestNames,
@@ -133,7 +133,7 @@ fn config(
     )
 }
 
-fn producer(dir: &Path, config: &Path, args: &[&str]) -> Proc {
+pub(crate) fn producer(dir: &Path, config: &Path, args: &[&str]) -> Proc {
     Proc::spawn(
         "syncdata-producer",
         args,
@@ -143,12 +143,12 @@ fn producer(dir: &Path, config: &Path, args: &[&str]) -> Proc {
     )
 }
 
-fn syncdata(dir: &Path, config: &Path, args: &[&str]) -> Proc {
+pub(crate) fn syncdata(dir: &Path, config: &Path, args: &[&str]) -> Proc {
     Proc::spawn("syncdata", args, config, &[("RUST_LOG", "info")], dir)
 }
 
 /// Waits for a short-lived command; (succeeded, its output).
-async fn finish(mut p: Proc, timeout: Duration) -> (bool, String) {
+pub(crate) async fn finish(mut p: Proc, timeout: Duration) -> (bool, String) {
     let status = p
         .wait_exit(timeout)
         .await
@@ -164,7 +164,7 @@ async fn verify(dir: &Path, config: &Path, source_url: &str, extra: &[&str]) -> 
 
 /// Runs `verify` until it says equal; panics with its last output (and the
 /// daemons' logs) after `timeout`.
-async fn verify_until_equal(
+pub(crate) async fn verify_until_equal(
     dir: &Path,
     config: &Path,
     source_url: &str,
@@ -196,7 +196,7 @@ async fn verify_until_equal(
     }
 }
 
-async fn add_tables(dir: &Path, config: &Path, tables: &[&str]) {
+pub(crate) async fn add_tables(dir: &Path, config: &Path, tables: &[&str]) {
     let mut args = vec!["add-tables"];
     args.extend_from_slice(tables);
     let (ok, log) = finish(syncdata(dir, config, &args), Duration::from_secs(60)).await;
