@@ -120,6 +120,35 @@ impl TableName {
 
 /// Canonical form: `users` for public tables, `sales.orders` otherwise,
 /// quoting parts that need it. `parse(display(x)) == x`.
+/// Reads a source table's replica identity: (`pg_class.relreplident`,
+/// whether its identity index is the primary key). Binds: schema, table.
+pub const REPLICA_IDENTITY_SQL: &str = "SELECT c.relreplident::text, \
+     (SELECT i.indisprimary FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2";
+
+/// Why a source table's replica identity loses changes, if it does, with
+/// the fix: NOTHING, or an index other than the primary key, leaves DELETEs
+/// and key-changing UPDATEs without the old primary key in wal2json's
+/// output. DEFAULT and FULL carry it.
+pub fn replica_identity_problem(
+    name: &TableName,
+    relreplident: &str,
+    identity_is_pk: Option<bool>,
+) -> Option<String> {
+    let what = match (relreplident, identity_is_pk) {
+        ("n", _) => "replica identity NOTHING",
+        ("i", Some(false)) => "a replica identity index that is not its primary key",
+        _ => return None,
+    };
+    Some(format!(
+        "table {name} has {what}: its DELETEs and key-changing UPDATEs reach wal2json without \
+         the old primary key and could not be synced. Fix: `ALTER TABLE {} REPLICA IDENTITY \
+         DEFAULT`",
+        name.quoted()
+    ))
+}
+
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.schema == "public" {

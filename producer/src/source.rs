@@ -309,42 +309,14 @@ pub struct SourceColumn {
     pub is_bytea: bool,
 }
 
-/// Why a table's replica identity loses changes, if it does: NOTHING, or
-/// an index other than the primary key, leaves DELETEs (and key changes)
-/// without the old primary key in wal2json's output. DEFAULT and FULL
-/// carry it.
-pub async fn replica_identity_problem(
-    conn: &mut PgConnection,
-    oid: i64,
-    name: &TableName,
-) -> anyhow::Result<Option<String>> {
-    let (ident, identity_is_pk): (String, Option<bool>) = sqlx::query_as(
-        "SELECT c.relreplident::text, \
-                (SELECT i.indisprimary FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
-         FROM pg_class c WHERE c.oid = $1::int8::oid",
-    )
-    .bind(oid)
-    .fetch_one(&mut *conn)
-    .await?;
-    let what = match (ident.as_str(), identity_is_pk) {
-        ("n", _) => "replica identity NOTHING",
-        ("i", Some(false)) => "a replica identity index that is not its primary key",
-        _ => return Ok(None),
-    };
-    Ok(Some(format!(
-        "table {name} has {what}: its DELETEs and key-changing UPDATEs reach wal2json without \
-         the old primary key and could not be synced. Fix: `ALTER TABLE {} REPLICA IDENTITY \
-         DEFAULT`",
-        name.quoted()
-    )))
-}
-
-async fn check_replica_identity(
-    conn: &mut PgConnection,
-    oid: i64,
-    name: &TableName,
-) -> anyhow::Result<()> {
-    match replica_identity_problem(conn, oid, name).await? {
+async fn check_replica_identity(conn: &mut PgConnection, name: &TableName) -> anyhow::Result<()> {
+    let (ident, identity_is_pk): (String, Option<bool>) =
+        sqlx::query_as(syncdata_core::table::REPLICA_IDENTITY_SQL)
+            .bind(&name.schema)
+            .bind(&name.table)
+            .fetch_one(&mut *conn)
+            .await?;
+    match syncdata_core::table::replica_identity_problem(name, &ident, identity_is_pk) {
         Some(problem) => bail!("{problem}"),
         None => Ok(()),
     }
@@ -352,7 +324,7 @@ async fn check_replica_identity(
 
 /// Reads a table's columns and primary key; errors clearly when the table
 /// does not exist, has no primary key, or has a replica identity that
-/// loses changes ([`replica_identity_problem`]).
+/// loses changes (`syncdata_core::table::replica_identity_problem`).
 pub async fn source_table(
     conn: &mut PgConnection,
     name: &TableName,
@@ -385,7 +357,7 @@ pub async fn source_table(
             name.quoted()
         );
     }
-    check_replica_identity(conn, oid, name).await?;
+    check_replica_identity(conn, name).await?;
     let columns: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT a.attname::text, bt.typcategory::text, bt.oid = 'bytea'::regtype \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \

@@ -81,7 +81,7 @@ impl RowState {
 
     /// Every column read from the target table (`Val::InDb`): the state of a
     /// row as loaded, never changed in this merge.
-    fn from_target(&self) -> bool {
+    fn loaded_from_target(&self) -> bool {
         !self.cells.is_empty()
             && self.cells.iter().all(|c| {
                 matches!(
@@ -100,7 +100,7 @@ impl RowState {
     /// above: a delete older than every column leaves such a row live).
     fn born(&self) -> Option<Version> {
         let image = self.image.or_else(|| {
-            self.from_target()
+            self.loaded_from_target()
                 .then(|| self.cells.iter().flatten().map(|c| c.version).min())
                 .flatten()
         });

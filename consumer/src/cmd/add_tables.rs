@@ -1,5 +1,6 @@
 //! `syncdata add-tables T…`: whitelist tables after checking each exists
-//! locally with a primary key.
+//! locally with a primary key and, when `producer.source_url` is set, that
+//! the source's replica identity of it carries the primary key.
 
 use crate::store;
 use anyhow::{bail, Context};
@@ -9,10 +10,25 @@ use syncdata_core::table::TableName;
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
     let creator = std::env::var("USER").ok();
+    let mut source = match &config.producer.source_url {
+        Some(url) => match connect_source(url).await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot check the tables' replica identity on the source: {e:#}"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let mut failed = 0;
     for input in tables {
         let result = async {
             let name = TableName::parse(input)?;
+            if let Some(conn) = source.as_mut() {
+                check_source_identity(conn, &name).await?;
+            }
             let added = store::add_table(&pool, &name, creator.as_deref())
                 .await
                 .with_context(|| format!("cannot add {name}"))?;
@@ -30,6 +46,41 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     }
     if failed > 0 {
         bail!("{failed} of {} tables could not be added", tables.len());
+    }
+    Ok(())
+}
+
+async fn connect_source(url: &str) -> anyhow::Result<sqlx::PgConnection> {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = url.parse().context("invalid source_url")?;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        options.application_name("syncdata-add-tables").connect(),
+    )
+    .await
+    .context("connecting to the source timed out")?
+    .context("cannot connect to the source")
+}
+
+/// Refuses a table whose replica identity on the source would lose its
+/// DELETEs (NOTHING, or an index other than the primary key).
+async fn check_source_identity(
+    conn: &mut sqlx::PgConnection,
+    name: &TableName,
+) -> anyhow::Result<()> {
+    let row: Option<(String, Option<bool>)> =
+        sqlx::query_as(syncdata_core::table::REPLICA_IDENTITY_SQL)
+            .bind(&name.schema)
+            .bind(&name.table)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("reading the table's replica identity on the source")?;
+    if let Some((ident, identity_is_pk)) = row {
+        if let Some(problem) =
+            syncdata_core::table::replica_identity_problem(name, &ident, identity_is_pk)
+        {
+            bail!("{problem}");
+        }
     }
     Ok(())
 }

@@ -352,7 +352,24 @@ async fn nan_and_infinity_equal_by_snapshot_and_by_stream_and_identity_nothing_r
     .await;
     assert!(ok, "{log}");
 
-    // Rows 1-4 by snapshot; rows 5-8 and changes of rows 1-4 by stream.
+    // add-tables checks the source named by producer.source_url.
+    sqlx::raw_sql("CREATE TABLE ri_nothing (id int PRIMARY KEY, v text)")
+        .execute(&local.pool)
+        .await
+        .unwrap();
+    let (ok, log) = source::finish(
+        source::syncdata(d, &cfg, &["add-tables", "ri_nothing"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!ok, "add-tables must refuse ri_nothing:\n{log}");
+    assert!(
+        log.contains("replica identity NOTHING")
+            && log.contains("ALTER TABLE \"public\".\"ri_nothing\" REPLICA IDENTITY DEFAULT"),
+        "{log}"
+    );
+
+    // Rows 1-4 by snapshot; rows 5-8 and a change of row 4 by stream.
     let (ok, log) = source::finish(
         source::producer(d, &cfg, &["snapshot", "nums"]),
         Duration::from_secs(60),
