@@ -192,6 +192,30 @@ pub async fn supports_numeric_as_string(
     }
 }
 
+/// [`plugin_options`] for `tables` as the slot's plugin accepts them:
+/// without [`NUMERIC_AS_STRING`] when it does not know that option, with a
+/// warning saying what that costs and the fix.
+pub async fn accepted_plugin_options(
+    conn: &mut PgConnection,
+    slot: &str,
+    tables: &[TableName],
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let mut options = plugin_options(tables);
+    if supports_numeric_as_string(conn, slot).await? {
+        return Ok((options, None));
+    }
+    if let Some(at) = options.iter().position(|o| o == NUMERIC_AS_STRING) {
+        options.drain(at..at + 2);
+    }
+    let warning = format!(
+        "this wal2json does not know {NUMERIC_AS_STRING} (wal2json 2.5 and older): it writes \
+         NaN, Infinity and -Infinity in numeric and float columns as null, so through the \
+         stream they arrive as NULL (a snapshot keeps them). Fix: install a wal2json that \
+         supports {NUMERIC_AS_STRING}"
+    );
+    Ok((options, Some(warning)))
+}
+
 /// Proves the plugin loads by creating a temporary slot (dropped at once).
 async fn probe_plugin_with_temporary_slot(
     conn: &mut PgConnection,
@@ -517,7 +541,9 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
                     "ok: slot {slot} exists ({plugin}), in use by process {pid} (an archiver is running)"
                 )),
                 None => {
-                    probe_slot(&mut conn, slot, plugin, &plugin_options(&[])).await?;
+                    let (options, warning) = accepted_plugin_options(&mut conn, slot, &[]).await?;
+                    probe_slot(&mut conn, slot, plugin, &options).await?;
+                    report.extend(warning.map(|w| format!("warning: {w}")));
                     report.push(format!(
                         "ok: slot {slot} exists ({plugin} loads), confirmed up to {}",
                         info.confirmed_flush.as_deref().unwrap_or("-")

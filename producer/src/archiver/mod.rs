@@ -238,23 +238,12 @@ impl Archiver {
             }
             info = source::require_slot(&mut conn, slot, &settings.source.plugin).await?;
         }
-        if let Some(at) = self
-            .options
-            .iter()
-            .position(|o| o == source::NUMERIC_AS_STRING)
-        {
-            if !source::supports_numeric_as_string(&mut conn, slot).await? {
-                self.options.drain(at..at + 2);
-                tracing::warn!(
-                    "this wal2json does not know {} (wal2json 2.5 and older): it writes NaN, \
-                     Infinity and -Infinity in numeric and float columns as null, so through the \
-                     stream they arrive as NULL (a snapshot keeps them). Fix: install a wal2json \
-                     that supports {}",
-                    source::NUMERIC_AS_STRING,
-                    source::NUMERIC_AS_STRING
-                );
-            }
+        let (options, warning) =
+            source::accepted_plugin_options(&mut conn, slot, &settings.tables).await?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
         }
+        self.options = options;
         source::probe_slot(&mut conn, slot, &settings.source.plugin, &self.options).await?;
         let confirmed: Lsn = info
             .confirmed_flush
