@@ -529,6 +529,11 @@ impl Config {
             if authority
                 .rsplit_once('@')
                 .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+                || url
+                    .split_once('?')
+                    .is_some_and(|(_, q)| q.split('&').any(|kv| {
+                        kv.to_ascii_lowercase().starts_with("password=")
+                    }))
             {
                 return Err(invalid(
                     "producer.source_url",
@@ -732,6 +737,10 @@ metric_freq = 24
             ),
             (
                 "[producer]\nsource_url = \"postgres://u:secret@h/db\"",
+                "producer.source_url",
+            ),
+            (
+                "[producer]\nsource_url = \"postgres://u@h/db?password=secret\"",
                 "producer.source_url",
             ),
         ];

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod publisher;
 pub mod quarantine;
 pub mod sanitize;
+pub mod scram;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
