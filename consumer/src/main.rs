@@ -120,7 +120,8 @@ enum DlqCommand {
     },
     /// Show one dead letter with its record.
     Show { id: u64 },
-    /// Send dead letters back through the version guard (all, one table, or one ID).
+    /// Apply dead letters to this database again, through the version guard
+    /// (all, one table, or one ID); those that apply are removed.
     Replay {
         #[arg(long)]
         table: Option<String>,
@@ -133,6 +134,12 @@ enum DlqCommand {
         id: Option<u64>,
         #[arg(long)]
         yes: bool,
+    },
+    /// Copy the dead letters of the old shared layout into this database's.
+    Migrate {
+        /// Then delete the old ones (when every database has migrated).
+        #[arg(long)]
+        remove_old: bool,
     },
 }
 
@@ -174,6 +181,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 DlqCommand::Purge { table, id, yes } => {
                     dlq::purge(&config, Selection::from_args(table, id)?, yes).await
                 }
+                DlqCommand::Migrate { remove_old } => dlq::migrate(&config, remove_old).await,
             }
         }
         Command::Stop { timeout } => {

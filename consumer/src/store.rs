@@ -30,6 +30,8 @@ pub enum StoreError {
     BadWhitelistEntry { stored: String, reason: String },
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    #[error("refused: {0}")]
+    Denied(String),
 }
 
 /// Connects and runs the migrations (safe to do from many processes at once:
@@ -72,6 +74,9 @@ pub async fn add_table(
     name: &TableName,
     creator: Option<&str>,
 ) -> Result<bool, StoreError> {
+    if let Some(reason) = name.denied() {
+        return Err(StoreError::Denied(reason));
+    }
     TableShape::load(pool, name).await?;
     let done = sqlx::query(
         "insert into tables_to_sync (table_name, creator) values ($1, $2) on conflict (table_name) do nothing",

@@ -254,12 +254,13 @@ impl<S: Sink> Publisher<S> {
     /// Creates the state directory if needed and loads the checkpoint and
     /// the quarantine.
     pub fn new(sink: S, settings: Settings) -> Result<Self, PublisherError> {
-        std::fs::create_dir_all(&settings.state_dir).map_err(|source| {
+        syncdata_core::private_fs::create_dir_all(&settings.state_dir).map_err(|source| {
             PublisherError::StateDir {
                 path: settings.state_dir.clone(),
                 source,
             }
         })?;
+        syncdata_core::private_fs::warn_if_exposed(&settings.state_dir, "state");
         let checkpoints = CheckpointStore::new(&settings.state_dir);
         let state = checkpoints.load_state()?;
         let halts = state
