@@ -121,9 +121,9 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         bail!(NO_TABLES);
     }
     let instance = store::instance_id(&pool).await?;
-    let replica = Applier::detect_replica_role(&pool).await?;
+    let replica = store::may_set_replica_role(&pool).await?;
     if !replica {
-        warn!("not a superuser: applying without session_replication_role = replica, so triggers fire and FK violations are retried");
+        warn!("neither a superuser nor granted SET ON PARAMETER session_replication_role: applying without session_replication_role = replica, so triggers fire and FK violations are retried");
     }
     let applier = Applier::new(pool.clone(), replica);
     for t in &tables {

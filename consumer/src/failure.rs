@@ -137,7 +137,10 @@ pub fn describe(e: &ApplyError) -> String {
             format!("applying to {table}: {}", describe_sqlx(source))
         }
         ApplyError::Shape(ShapeError::Db { table, source }) => {
-            format!("reading the catalog for table {table}: {}", describe_sqlx(source))
+            format!(
+                "reading the catalog for table {table}: {}",
+                describe_sqlx(source)
+            )
         }
         ApplyError::Shape(shape) => shape.to_string(),
     }

@@ -224,7 +224,10 @@ async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Err(e) = main_inner(cli).await {
-        eprintln!("error: {}", syncdata_core::redact::redact(&format!("{e:#}")));
+        eprintln!(
+            "error: {}",
+            syncdata_core::redact::redact(&format!("{e:#}"))
+        );
         if std::env::var_os(CONFIG_ENV).is_none() {
             eprintln!("hint: set {CONFIG_ENV} or pass --config");
         }

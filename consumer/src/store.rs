@@ -128,6 +128,31 @@ pub async fn log_failure(
     Ok(())
 }
 
+/// Whether this role may apply with `session_replication_role = replica`:
+/// a superuser, or (PostgreSQL 15 and later) a role granted
+/// `SET ON PARAMETER session_replication_role` — the way to run the
+/// consumer without superuser (docs/data-protection.md).
+pub async fn may_set_replica_role(pool: &PgPool) -> Result<bool, StoreError> {
+    let superuser: bool =
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await?;
+    if superuser {
+        return Ok(true);
+    }
+    let version: i32 = sqlx::query_scalar("select current_setting('server_version_num')::int")
+        .fetch_one(pool)
+        .await?;
+    if version < 150_000 {
+        return Ok(false);
+    }
+    Ok(
+        sqlx::query_scalar("select has_parameter_privilege('session_replication_role', 'SET')")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// This database's destination id (see migration 0003).
 pub async fn instance_id(pool: &PgPool) -> Result<String, StoreError> {
     Ok(sqlx::query_scalar("select id from syncdata.instance")

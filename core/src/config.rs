@@ -533,11 +533,10 @@ impl Config {
             if authority
                 .rsplit_once('@')
                 .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-                || url
-                    .split_once('?')
-                    .is_some_and(|(_, q)| q.split('&').any(|kv| {
-                        kv.to_ascii_lowercase().starts_with("password=")
-                    }))
+                || url.split_once('?').is_some_and(|(_, q)| {
+                    q.split('&')
+                        .any(|kv| kv.to_ascii_lowercase().starts_with("password="))
+                })
             {
                 return Err(invalid(
                     "producer.source_url",

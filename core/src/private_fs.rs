@@ -88,7 +88,10 @@ mod tests {
         let f = nested.join("f");
         let mut file = open_options().write(true).create(true).open(&f).unwrap();
         file.write_all(b"x").unwrap();
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(exposed_bits(&f), None);
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(exposed_bits(&f), Some(0o044));

@@ -243,7 +243,10 @@ fn data_fault(message: &str) -> String {
         return "missing field".to_owned();
     }
     for fault in ["invalid type", "invalid value", "invalid length"] {
-        let Some(rest) = message.strip_prefix(fault).and_then(|r| r.strip_prefix(": ")) else {
+        let Some(rest) = message
+            .strip_prefix(fault)
+            .and_then(|r| r.strip_prefix(": "))
+        else {
             continue;
         };
         // The unexpected value as serde's `Unexpected` shows it, and what

@@ -180,8 +180,14 @@ mod tests {
             redact("cannot connect to postgres://reader:pw@db:5432/app: refused"),
             "cannot connect to postgres://reader:<redacted>@db:5432/app: refused"
         );
-        assert_eq!(redact("postgres://reader@db/app"), "postgres://reader@db/app");
-        assert_eq!(redact("url: \"nats://127.0.0.1:4222\""), "url: \"nats://127.0.0.1:4222\"");
+        assert_eq!(
+            redact("postgres://reader@db/app"),
+            "postgres://reader@db/app"
+        );
+        assert_eq!(
+            redact("url: \"nats://127.0.0.1:4222\""),
+            "url: \"nats://127.0.0.1:4222\""
+        );
     }
 
     #[test]
@@ -199,7 +205,10 @@ mod tests {
             "pg_password: Some(\"<redacted>\"),"
         );
         assert_eq!(redact("token = \"abc\""), "token = \"<redacted>\"");
-        assert_eq!(redact("{\"auth_token\":\"abc\"}"), "{\"auth_token\":\"<redacted>\"}");
+        assert_eq!(
+            redact("{\"auth_token\":\"abc\"}"),
+            "{\"auth_token\":\"<redacted>\"}"
+        );
         assert_eq!(redact("PGPASSWORD=x ls"), "PGPASSWORD=<redacted> ls");
         // Not credentials.
         for keep in [
@@ -216,7 +225,14 @@ mod tests {
 
     #[test]
     fn hostile_text_never_panics() {
-        for s in ["password=", "password:\"", "://", "a://@", "token: Some(", "x\u{e9}password=\u{e9}"] {
+        for s in [
+            "password=",
+            "password:\"",
+            "://",
+            "a://@",
+            "token: Some(",
+            "x\u{e9}password=\u{e9}",
+        ] {
             let _ = redact(s);
         }
     }

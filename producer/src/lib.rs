@@ -45,8 +45,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     // Before any connection: bad rules, a missing key or no rules without
     // the explicit opt-out stop the start.
     let sanitizer = load_sanitizer(&config)?;
-    metrics::gauge!("syncdata_producer_sanitization_enabled")
-        .set(if sanitizer.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!("syncdata_producer_sanitization_enabled").set(if sanitizer.is_some() {
+        1.0
+    } else {
+        0.0
+    });
     syncdata_core::private_fs::warn_if_exposed(&settings.archive_dir, "archive");
     let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
     async move {

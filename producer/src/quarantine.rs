@@ -289,7 +289,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut q = Quarantine::open(dir.path()).unwrap();
         q.add(&entry("a", 1)).unwrap();
-        let mut f = std::fs::OpenOptions::new().append(true).open(q.path()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(q.path())
+            .unwrap();
         f.write_all(br#"{"file":"a","off"#).unwrap();
         let mut q = Quarantine::open(dir.path()).unwrap();
         assert_eq!(q.count(), 1);

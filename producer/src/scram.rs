@@ -94,9 +94,14 @@ mod tests {
                     r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,\
                     c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let sig = hmac(&B64.decode(server).unwrap(), auth.as_bytes());
-        assert_eq!(B64.encode(sig), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            B64.encode(sig),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
         assert_eq!(B64.decode(stored).unwrap().len(), 32);
         assert!(verifier("caf\u{e9}").is_err());
-        assert!(verifier("pencil").unwrap().starts_with("SCRAM-SHA-256$4096:"));
+        assert!(verifier("pencil")
+            .unwrap()
+            .starts_with("SCRAM-SHA-256$4096:"));
     }
 }

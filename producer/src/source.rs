@@ -546,8 +546,8 @@ async fn create_user(
         // The verifier, computed here as psql's \password does: the
         // password itself never reaches the server, so no log and no
         // statistics view can hold it. Only base64, digits, '$' and ':'.
-        let verifier = crate::scram::verifier(password)
-            .context("SYNCDATA_USER_PASSWORD cannot be used")?;
+        let verifier =
+            crate::scram::verifier(password).context("SYNCDATA_USER_PASSWORD cannot be used")?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "ALTER ROLE {role} PASSWORD '{verifier}'"
         )))

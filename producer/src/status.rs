@@ -89,7 +89,10 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
 
 /// The sanitization mode the configuration gives `run`.
 pub fn sanitization_mode(config: &Config) -> &'static str {
-    match (&config.producer.rules_file, config.producer.allow_unsanitized) {
+    match (
+        &config.producer.rules_file,
+        config.producer.allow_unsanitized,
+    ) {
         (Some(_), _) => "rules",
         (None, true) => "off",
         (None, false) => "refused",

@@ -19,8 +19,7 @@ use syncdata_core::config::Config;
 use syncdata_core::nats;
 use syncdata_core::record::Record;
 use syncdata_core::subject::{
-    decode_token, dlq_instance_filter, dlq_legacy_filter, dlq_message_id, dlq_subject,
-    encode_token,
+    decode_token, dlq_instance_filter, dlq_legacy_filter, dlq_message_id, dlq_subject, encode_token,
 };
 use syncdata_core::table::TableName;
 
@@ -207,7 +206,7 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let msgs = dlq.select(&sel).await?;
     let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
-    let replica = Applier::detect_replica_role(&dlq.pool).await?;
+    let replica = store::may_set_replica_role(&dlq.pool).await?;
     let applier = Applier::new(dlq.pool.clone(), replica);
     let (mut replayed, mut kept) = (0, 0);
     for m in msgs {
@@ -301,7 +300,10 @@ pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
             .split_once('.')
             .and_then(|(s, t)| Some((decode_token(s)?, decode_token(t)?)))
         else {
-            eprintln!("dead letter {} has an unreadable subject; left as is", m.sequence);
+            eprintln!(
+                "dead letter {} has an unreadable subject; left as is",
+                m.sequence
+            );
             continue;
         };
         let key = (header(m, H_SUBJECT), header(m, H_SEQUENCE));
@@ -310,7 +312,9 @@ pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
             continue;
         }
         let mut headers = HeaderMap::new();
-        for name in [H_ERROR, H_SQLSTATE, H_ATTEMPTS, H_SUBJECT, H_SEQUENCE, H_TABLE] {
+        for name in [
+            H_ERROR, H_SQLSTATE, H_ATTEMPTS, H_SUBJECT, H_SEQUENCE, H_TABLE,
+        ] {
             if let Some(v) = header(m, name) {
                 headers.insert(name, v.as_str());
             }

@@ -148,7 +148,13 @@ fn shipped_rules() -> PathBuf {
 
 /// Spawns `bin args` under `umask 022` (a normal umask: files would be
 /// world-readable if syncdata relied on it).
-fn spawn_umask_022(bin: &str, args: &[&str], config: &Path, env: &[(&str, &str)], logs: &Path) -> Proc {
+fn spawn_umask_022(
+    bin: &str,
+    args: &[&str],
+    config: &Path,
+    env: &[(&str, &str)],
+    logs: &Path,
+) -> Proc {
     let program = support::bin(bin);
     let mut sh_args = vec![
         "-c",
@@ -206,8 +212,16 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
     for i in 1..=20u64 {
         payloads.push(rec(i, json!({"qty": i, "note": "ok"}), 100 + i));
     }
-    payloads.push(rec(1001, json!({"qty": "CANARY-TYPE-7f3a", "note": "x"}), 500));
-    payloads.push(rec(1002, json!({"qty": 1, "note": "CANARY-NUL\u{0}-9b2c"}), 501));
+    payloads.push(rec(
+        1001,
+        json!({"qty": "CANARY-TYPE-7f3a", "note": "x"}),
+        500,
+    ));
+    payloads.push(rec(
+        1002,
+        json!({"qty": 1, "note": "CANARY-NUL\u{0}-9b2c"}),
+        501,
+    ));
     payloads.push(
         br#"{"schema":"public","table":"items","op":"INSERT","lsn":"0/600","seq":"CANARY-ESC\", expected u64 CANARY-ESC-4d1e","data":{"id":1003}}"#
             .to_vec(),
@@ -260,7 +274,10 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
             .collect()
     };
     let (ia, ib) = (inst(&list_a), inst(&list_b));
-    assert!(ia.iter().all(|i| !i.is_empty() && *i == ia[0]), "{list_a:?}");
+    assert!(
+        ia.iter().all(|i| !i.is_empty() && *i == ia[0]),
+        "{list_a:?}"
+    );
     assert!(ib.iter().all(|i| *i == ib[0]), "{list_b:?}");
     assert_ne!(ia[0], ib[0], "two databases, two instances");
     let ids = |l: &[Json]| -> Vec<u64> { l.iter().map(|e| e["id"].as_u64().unwrap()).collect() };
@@ -305,7 +322,13 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
     }
 
     // Purge in B (one entry) leaves A's untouched; A's id is not B's.
-    let (ok, _, err) = run("syncdata", cfg_b, &["dlq", "show", &ids_a[0].to_string()], &[]).await;
+    let (ok, _, err) = run(
+        "syncdata",
+        cfg_b,
+        &["dlq", "show", &ids_a[0].to_string()],
+        &[],
+    )
+    .await;
     assert!(!ok && err.contains("no dead letter with id"), "{err}");
     syncdata_ok(cfg_b, &["dlq", "purge", "--yes", &ids_b[0].to_string()]).await;
     assert_eq!(dlq_list(cfg_b).await.len(), 2);
@@ -321,11 +344,7 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
         .execute(&a.pool)
         .await
         .unwrap();
-    let out = syncdata_ok(
-        cfg_a,
-        &["dlq", "replay", &type_mismatch["id"].to_string()],
-    )
-    .await;
+    let out = syncdata_ok(cfg_a, &["dlq", "replay", &type_mismatch["id"].to_string()]).await;
     assert!(out.contains("replayed 1 dead letters"), "{out}");
     let qty: String = sqlx::query_scalar("select qty from items where id = 1001")
         .fetch_one(&a.pool)
@@ -333,7 +352,11 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
         .unwrap();
     assert_eq!(qty, "CANARY-TYPE-7f3a");
     assert_eq!(dlq_list(cfg_a).await.len(), 2);
-    assert_eq!(dlq_list(cfg_b).await.len(), 2, "B's untouched by A's replay");
+    assert_eq!(
+        dlq_list(cfg_b).await.len(),
+        2,
+        "B's untouched by A's replay"
+    );
     assert_eq!(
         stream_messages(&names.stream).await,
         changes_before,
@@ -351,8 +374,17 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
         .into_iter()
         .find(|e| e["sqlstate"] == "22021")
         .expect("the NUL dead letter");
-    let (ok, _, err) = run("syncdata", cfg_a, &["dlq", "replay", &nul["id"].to_string()], &[]).await;
-    assert!(!ok && err.contains("kept") && !err.contains("CANARY"), "{err}");
+    let (ok, _, err) = run(
+        "syncdata",
+        cfg_a,
+        &["dlq", "replay", &nul["id"].to_string()],
+        &[],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("kept") && !err.contains("CANARY"),
+        "{err}"
+    );
     assert_eq!(dlq_list(cfg_a).await.len(), 2);
 
     // Purge all in A: B keeps its two.
@@ -401,11 +433,17 @@ async fn old_shared_dead_letters_are_migrated_per_database() {
     let (ok, out, err) = run("syncdata", &cfg, &["dlq", "list", "--json"], &[]).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "[]", "old dead letters are not this database's");
-    assert!(err.contains("dlq migrate"), "a hint names the migration: {err}");
+    assert!(
+        err.contains("dlq migrate"),
+        "a hint names the migration: {err}"
+    );
     let out = syncdata_ok(&cfg, &["dlq", "migrate"]).await;
     assert!(out.contains("copied 1 dead letters"), "{out}");
     let out = syncdata_ok(&cfg, &["dlq", "migrate", "--remove-old"]).await;
-    assert!(out.contains("copied 0") && out.contains("1 copied before"), "{out}");
+    assert!(
+        out.contains("copied 0") && out.contains("1 copied before"),
+        "{out}"
+    );
     let list = dlq_list(&cfg).await;
     assert_eq!(list.len(), 1);
     syncdata_ok(&cfg, &["dlq", "replay"]).await;
@@ -545,7 +583,10 @@ async fn shipped_rules_keep_canaries_off_the_stream_and_state_is_owner_only() {
 
     // 4: the state the producer wrote (checkpoint, quarantine with its raw
     // line, halts) is owner-only though it ran under umask 022.
-    assert!(count_files(&state) >= 2, "checkpoint and quarantine written");
+    assert!(
+        count_files(&state) >= 2,
+        "checkpoint and quarantine written"
+    );
     let bad = exposed(&state);
     assert!(bad.is_empty(), "group/other bits: {bad:?}");
 }
@@ -575,7 +616,13 @@ async fn archiver_and_snapshot_files_are_owner_only() {
             src.url, slot
         ),
     );
-    let (ok, out, err) = run("syncdata-producer", &cfg, &["setup-source", "--create-slot"], &[]).await;
+    let (ok, out, err) = run(
+        "syncdata-producer",
+        &cfg,
+        &["setup-source", "--create-slot"],
+        &[],
+    )
+    .await;
     assert!(ok, "{out}\n{err}");
     let mut archiver = spawn_umask_022("syncdata-producer", &["archive"], &cfg, &[], dir.path());
     sqlx::query("insert into t select g, 'w' from generate_series(51, 60) g")
@@ -597,7 +644,13 @@ async fn archiver_and_snapshot_files_are_owner_only() {
     .await;
     archiver.sigterm();
     let stopped = archiver.wait_exit(Duration::from_secs(30)).await;
-    let mut snap = spawn_umask_022("syncdata-producer", &["snapshot", "t"], &cfg, &[], dir.path());
+    let mut snap = spawn_umask_022(
+        "syncdata-producer",
+        &["snapshot", "t"],
+        &cfg,
+        &[],
+        dir.path(),
+    );
     let snapped = snap.wait_exit(Duration::from_secs(60)).await;
     let modes = exposed(&archive);
     let files = count_files(&archive);
@@ -628,7 +681,11 @@ async fn archiver_and_snapshot_files_are_owner_only() {
     assert!(snapped.is_some_and(|s| s.success()), "{}", snap.log());
     assert!(files >= 2, "segment and snapshot files");
     assert!(modes.is_empty(), "group/other bits: {modes:?}");
-    assert!(warned, "no warning about the exposed archive:\n{}", again.log());
+    assert!(
+        warned,
+        "no warning about the exposed archive:\n{}",
+        again.log()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -662,9 +719,15 @@ async fn credentials_never_appear_in_output_or_logs() {
         std::fs::write(&cfg, format!("{top}{text}")).unwrap();
         for bin in ["syncdata", "syncdata-producer"] {
             let (ok, out, err) = run(bin, &cfg, &["config", "check"], &[]).await;
-            assert!(ok && out.contains("configuration OK"), "{bin}: {out}\n{err}");
+            assert!(
+                ok && out.contains("configuration OK"),
+                "{bin}: {out}\n{err}"
+            );
             assert!(out.contains("<redacted>"), "{bin}: {out}");
-            assert!(!format!("{out}{err}").contains("CANARY"), "{bin}: {out}\n{err}");
+            assert!(
+                !format!("{out}{err}").contains("CANARY"),
+                "{bin}: {out}\n{err}"
+            );
         }
         // An error path with the URL: the producer cannot reach NATS.
         let (ok, out, err) = run("syncdata-producer", &cfg, &["run"], &[]).await;
@@ -684,8 +747,14 @@ async fn credentials_never_appear_in_output_or_logs() {
     );
     for bin in ["syncdata", "syncdata-producer"] {
         let (ok, out, err) = run(bin, &cfg, &["config", "check"], &[]).await;
-        assert!(!ok && err.contains("producer.source_url"), "{bin}: {out}\n{err}");
-        assert!(!format!("{out}{err}").contains("CANARY"), "{bin}: {out}\n{err}");
+        assert!(
+            !ok && err.contains("producer.source_url"),
+            "{bin}: {out}\n{err}"
+        );
+        assert!(
+            !format!("{out}{err}").contains("CANARY"),
+            "{bin}: {out}\n{err}"
+        );
     }
     // --source URLs on error paths.
     let cfg = support::write_config(
@@ -797,7 +866,8 @@ async fn syncdata_and_system_tables_cannot_be_whitelisted() {
         let (ok, out, err) = run("syncdata", &cfg, &["add-tables", t], &[]).await;
         assert!(!ok, "add-tables {t} succeeded:\n{out}");
         assert!(
-            err.contains("refused") && (err.contains("never writes there") || err.contains("own tables")),
+            err.contains("refused")
+                && (err.contains("never writes there") || err.contains("own tables")),
             "{t}: {err}"
         );
     }
@@ -814,4 +884,52 @@ async fn syncdata_and_system_tables_cannot_be_whitelisted() {
     let (ok, out, err) = run("syncdata", &cfg, &["start"], &[]).await;
     assert!(!ok, "{out}\n{err}");
     assert!(err.contains("whitelisted table refused"), "{err}");
+}
+
+/// The consumer without superuser: PostgreSQL 15's
+/// `GRANT SET ON PARAMETER session_replication_role` is enough to apply in
+/// replica mode (docs/data-protection.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_granted_set_on_session_replication_role_applies_in_replica_mode() {
+    let db = support::fresh_database("replica_role").await;
+    let role = support::unique("sd_consumer");
+    for sql in [
+        format!("create role {role} login"),
+        format!("grant set on parameter session_replication_role to {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let as_role = |granted: bool| {
+        let role = role.clone();
+        let db = db.clone();
+        async move {
+            let url = format!("postgres://{role}@{}:{}/{}", db.host, db.port, db.name);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
+            let may = syncdata_consumer::store::may_set_replica_role(&pool)
+                .await
+                .unwrap();
+            assert_eq!(may, granted);
+            if granted {
+                sqlx::raw_sql("begin; set local session_replication_role = replica; commit")
+                    .execute(&pool)
+                    .await
+                    .expect("the granted role sets it");
+            }
+        }
+    };
+    as_role(true).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "revoke set on parameter session_replication_role from {role}"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    as_role(false).await;
 }
