@@ -68,7 +68,7 @@ async fn one(env: &Env, opts: &Options, fetch_wait_ms: u64, report: &mut Report)
     streams.reset(&js).await?;
     let archive = env.fresh_dir("latency/archive")?;
     let extra = format!(
-        "{}\nfetch_wait_ms = {fetch_wait_ms}\n",
+        "{}\nfetch_wait_ms = {fetch_wait_ms}\n\n[producer]\nallow_unsanitized = true\n",
         consumer_table(&opts.consumer_toml)
     );
     let config = env.write_config(&ConfigSpec {

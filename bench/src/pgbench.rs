@@ -163,7 +163,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     streams.reset(&js).await?;
     let archive = env.fresh_dir("pgbench/archive")?;
     let source_toml = format!(
-        "[producer]\nsource_url = {}\n\n[source]\nslot = {}\ntables = [{}]\n",
+        "[producer]\nallow_unsanitized = true\nsource_url = {}\n\n[source]\nslot = {}\ntables = [{}]\n",
         env::toml_str(&env.url(Side::Source, SOURCE_DB)),
         env::toml_str(SLOT),
         TABLES.map(env::toml_str).join(", ")

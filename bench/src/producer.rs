@@ -73,7 +73,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         archive_dir: &archive,
         streams: &plain,
         extra: format!(
-            "[producer]\nstate_dir = {}\n",
+            "[producer]\nallow_unsanitized = true\nstate_dir = {}\n",
             env::toml_str(&state.to_string_lossy())
         ),
     })?;

@@ -100,7 +100,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         archive_dir: &archive,
         streams: &streams,
         extra: format!(
-            "[producer]\nsource_url = {}\n\n[source]\nslot = {}\ntables = [\"snap\"]\n",
+            "[producer]\nallow_unsanitized = true\nsource_url = {}\n\n[source]\nslot = {}\ntables = [\"snap\"]\n",
             env::toml_str(&env.url(Side::Source, SOURCE_DB)),
             env::toml_str(SLOT)
         ),

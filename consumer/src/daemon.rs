@@ -107,14 +107,23 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let pool = connect_db(&config, &token).await?;
-    let tables = store::whitelist(&pool).await?;
+    let mut tables = store::whitelist(&pool).await?;
+    // An entry put into tables_to_sync by hand is refused like add-tables
+    // refuses it.
+    tables.retain(|t| match t.denied() {
+        Some(reason) => {
+            tracing::error!(table = %t, "whitelisted table refused: {reason}");
+            false
+        }
+        None => true,
+    });
     if tables.is_empty() {
         bail!(NO_TABLES);
     }
     let instance = store::instance_id(&pool).await?;
-    let replica = Applier::detect_replica_role(&pool).await?;
+    let replica = store::may_set_replica_role(&pool).await?;
     if !replica {
-        warn!("not a superuser: applying without session_replication_role = replica, so triggers fire and FK violations are retried");
+        warn!("neither a superuser nor granted SET ON PARAMETER session_replication_role: applying without session_replication_role = replica, so triggers fire and FK violations are retried");
     }
     let applier = Applier::new(pool.clone(), replica);
     for t in &tables {
@@ -188,7 +197,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                 if let Err(e) = store::heartbeat(&pool, &id, ctx.applier.applied_total(), errors).await {
                     warn!(error = %e, "heartbeat failed");
                 }
-                update_dlq_gauges(&dlq, &config, &tables).await;
+                update_dlq_gauges(&dlq, &config, &instance, &tables).await;
             }
         }
     }
@@ -274,9 +283,14 @@ async fn update_gauges(
 /// subject counts. Pending and lag are set by the workers from delivery
 /// metadata; asking for a consumer's state while its pulls are served can
 /// stall them on nats-server 2.9.
-async fn update_dlq_gauges(dlq: &jetstream::stream::Stream, config: &Config, tables: &[TableName]) {
+async fn update_dlq_gauges(
+    dlq: &jetstream::stream::Stream,
+    config: &Config,
+    instance: &str,
+    tables: &[TableName],
+) {
     for t in tables {
-        match progress::dlq_count(dlq, config, t).await {
+        match progress::dlq_count(dlq, config, instance, t).await {
             Ok(n) => {
                 metrics::gauge!("syncdata_dlq_messages", "table" => t.to_string()).set(n as f64)
             }

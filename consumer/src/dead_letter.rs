@@ -2,12 +2,18 @@
 //! published to the DLQ stream with why it failed and where it came from,
 //! recorded as FAILED in `data_sync_logs`, and only then acked, so it is
 //! never lost and never blocks its table.
+//!
+//! Each destination database files under its own subjects
+//! (`<dlq_prefix>.<instance>.<schema>.<table>`) and message ids, so two
+//! databases dead-lettering the same record each keep their own entry. The
+//! error text is the reduced one of [`crate::failure::describe`]: SQLSTATE,
+//! table, column, constraint; never a value.
 
 use crate::store;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use sqlx::PgPool;
-use syncdata_core::subject::table_subject;
+use syncdata_core::subject::{dlq_message_id, dlq_subject};
 use syncdata_core::table::TableName;
 
 pub const H_ERROR: &str = "Syncdata-Error";
@@ -16,6 +22,8 @@ pub const H_ATTEMPTS: &str = "Syncdata-Attempts";
 pub const H_SUBJECT: &str = "Syncdata-Original-Subject";
 pub const H_SEQUENCE: &str = "Syncdata-Original-Sequence";
 pub const H_TABLE: &str = "Syncdata-Table";
+/// The destination (instance id) whose dead letter this is.
+pub const H_INSTANCE: &str = "Syncdata-Instance";
 
 pub struct DeadLetter<'a> {
     pub table: &'a TableName,
@@ -41,7 +49,10 @@ pub async fn publish(
     dlq_prefix: &str,
     dl: DeadLetter<'_>,
 ) -> anyhow::Result<()> {
+    // Dead letters are rare: read the id rather than carry it everywhere.
+    let instance = store::instance_id(pool).await?;
     let mut headers = HeaderMap::new();
+    headers.insert(H_INSTANCE, instance.as_str());
     headers.insert(H_ERROR, header_safe(&dl.error).as_str());
     if let Some(code) = &dl.sqlstate {
         headers.insert(H_SQLSTATE, code.as_str());
@@ -54,9 +65,9 @@ pub async fn publish(
     // between this publish and the ack cannot file it twice.
     headers.insert(
         "Nats-Msg-Id",
-        format!("dlq:{}:{}", dl.subject, dl.sequence).as_str(),
+        dlq_message_id(&instance, &dl.subject, dl.sequence).as_str(),
     );
-    let subject = table_subject(dlq_prefix, &dl.table.schema, &dl.table.table);
+    let subject = dlq_subject(dlq_prefix, &instance, &dl.table.schema, &dl.table.table);
     js.publish_with_headers(subject, headers, dl.payload)
         .await?
         .await?;

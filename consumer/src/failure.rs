@@ -51,6 +51,101 @@ pub fn classify_sqlx(e: &sqlx::Error, fk_is_transient: bool) -> Kind {
     }
 }
 
+/// Names of the SQLSTATEs a bad record meets most, for messages.
+fn sqlstate_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "22P02" => "invalid_text_representation",
+        "22021" => "character_not_in_repertoire",
+        "22001" => "string_data_right_truncation",
+        "22003" => "numeric_value_out_of_range",
+        "22007" => "invalid_datetime_format",
+        "22008" => "datetime_field_overflow",
+        "22P05" => "untranslatable_character",
+        "22023" => "invalid_parameter_value",
+        "23502" => "not_null_violation",
+        "23503" => "foreign_key_violation",
+        "23505" => "unique_violation",
+        "23514" => "check_violation",
+        "23P01" => "exclusion_violation",
+        "42703" => "undefined_column",
+        "42P01" => "undefined_table",
+        "42501" => "insufficient_privilege",
+        "42804" => "datatype_mismatch",
+        "40P01" => "deadlock_detected",
+        "40001" => "serialization_failure",
+        "55P03" => "lock_not_available",
+        "57014" => "query_canceled",
+        _ => return None,
+    })
+}
+
+/// A database error reduced to what may leave the local database: the
+/// SQLSTATE (and its name), the table, column and constraint it names.
+/// PostgreSQL's message text often quotes the offending value
+/// (`invalid input syntax for type integer: "…"`), which may be personal
+/// data: it stays in the local server's own log only. Other errors keep
+/// their message when it cannot hold a value (connection and pool errors).
+pub fn describe_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned());
+            let mut out = String::from("database error");
+            if let Some(code) = &code {
+                out.push_str(&format!(" SQLSTATE {code}"));
+                if let Some(name) = sqlstate_name(code) {
+                    out.push_str(&format!(" ({name})"));
+                }
+            }
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(t) = pg.table() {
+                    out.push_str(&format!(", table {}", header_safe(t)));
+                }
+                if let Some(c) = pg.column() {
+                    out.push_str(&format!(", column {}", header_safe(c)));
+                }
+                if let Some(c) = pg.constraint() {
+                    out.push_str(&format!(", constraint {}", header_safe(c)));
+                }
+            }
+            out
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => e.to_string(),
+        // Decoding and protocol errors may echo data: their kind only.
+        sqlx::Error::ColumnDecode { index, .. } => format!("cannot decode column {index}"),
+        sqlx::Error::Protocol(_) => "database protocol error".to_owned(),
+        _ => "database error".to_owned(),
+    }
+}
+
+/// Identifiers from the server, on one line.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
+}
+
+/// An apply error for logs, dead-letter headers and `data_sync_logs`:
+/// which table, and the reduced database error (see [`describe_sqlx`]).
+pub fn describe(e: &ApplyError) -> String {
+    match e {
+        ApplyError::Db { table, source } => {
+            format!("applying to {table}: {}", describe_sqlx(source))
+        }
+        ApplyError::Shape(ShapeError::Db { table, source }) => {
+            format!(
+                "reading the catalog for table {table}: {}",
+                describe_sqlx(source)
+            )
+        }
+        ApplyError::Shape(shape) => shape.to_string(),
+    }
+}
+
 pub fn classify_apply(e: &ApplyError, fk_is_transient: bool) -> Kind {
     match e {
         ApplyError::Db { source, .. } | ApplyError::Shape(ShapeError::Db { source, .. }) => {

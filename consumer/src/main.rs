@@ -128,7 +128,8 @@ enum DlqCommand {
     },
     /// Show one dead letter with its record.
     Show { id: u64 },
-    /// Send dead letters back through the version guard (all, one table, or one ID).
+    /// Apply dead letters to this database again, through the version guard
+    /// (all, one table, or one ID); those that apply are removed.
     Replay {
         #[arg(long)]
         table: Option<String>,
@@ -141,6 +142,12 @@ enum DlqCommand {
         id: Option<u64>,
         #[arg(long)]
         yes: bool,
+    },
+    /// Copy the dead letters of the old shared layout into this database's.
+    Migrate {
+        /// Then delete the old ones (when every database has migrated).
+        #[arg(long)]
+        remove_old: bool,
     },
 }
 
@@ -183,6 +190,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 DlqCommand::Purge { table, id, yes } => {
                     dlq::purge(&config, Selection::from_args(table, id)?, yes).await
                 }
+                DlqCommand::Migrate { remove_old } => dlq::migrate(&config, remove_old).await,
             }
         }
         Command::Stop { timeout } => {
@@ -230,7 +238,10 @@ async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Err(e) = main_inner(cli).await {
-        eprintln!("error: {e:#}");
+        eprintln!(
+            "error: {}",
+            syncdata_core::redact::redact(&format!("{e:#}"))
+        );
         if std::env::var_os(CONFIG_ENV).is_none() {
             eprintln!("hint: set {CONFIG_ENV} or pass --config");
         }

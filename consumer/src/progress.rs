@@ -57,13 +57,23 @@ pub async fn table_progress(
         let filter = table_subject(&config.nats.subject_prefix, &table.schema, &table.table);
         p.pending = subject_count(changes, &filter).await?;
     }
-    p.dlq = dlq_count(dlq, config, table).await?;
+    p.dlq = dlq_count(dlq, config, instance, table).await?;
     Ok(p)
 }
 
-/// Dead letters of one table.
-pub async fn dlq_count(dlq: &Stream, config: &Config, table: &TableName) -> anyhow::Result<u64> {
-    let filter = table_subject(&config.nats.dlq_subject_prefix, &table.schema, &table.table);
+/// This database's dead letters of one table.
+pub async fn dlq_count(
+    dlq: &Stream,
+    config: &Config,
+    instance: &str,
+    table: &TableName,
+) -> anyhow::Result<u64> {
+    let filter = syncdata_core::subject::dlq_subject(
+        &config.nats.dlq_subject_prefix,
+        instance,
+        &table.schema,
+        &table.table,
+    );
     subject_count(dlq, &filter).await
 }
 

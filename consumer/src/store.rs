@@ -77,6 +77,8 @@ pub enum StoreError {
         applied: usize,
         known: usize,
     },
+    #[error("refused: {0}")]
+    Denied(String),
 }
 
 /// Connects without creating or changing anything, after checking that
@@ -253,6 +255,9 @@ pub async fn add_table(
     name: &TableName,
     creator: Option<&str>,
 ) -> Result<bool, StoreError> {
+    if let Some(reason) = name.denied() {
+        return Err(StoreError::Denied(reason));
+    }
     TableShape::load(pool, name).await?;
     let done = sqlx::query(
         "insert into tables_to_sync (table_name, creator) values ($1, $2) on conflict (table_name) do nothing",
@@ -302,6 +307,31 @@ pub async fn log_failure(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Whether this role may apply with `session_replication_role = replica`:
+/// a superuser, or (PostgreSQL 15 and later) a role granted
+/// `SET ON PARAMETER session_replication_role` — the way to run the
+/// consumer without superuser (docs/data-protection.md).
+pub async fn may_set_replica_role(pool: &PgPool) -> Result<bool, StoreError> {
+    let superuser: bool =
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await?;
+    if superuser {
+        return Ok(true);
+    }
+    let version: i32 = sqlx::query_scalar("select current_setting('server_version_num')::int")
+        .fetch_one(pool)
+        .await?;
+    if version < 150_000 {
+        return Ok(false);
+    }
+    Ok(
+        sqlx::query_scalar("select has_parameter_privilege('session_replication_role', 'SET')")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// This database's destination id (see migration 0003).

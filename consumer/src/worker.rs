@@ -64,6 +64,10 @@ pub async fn run_table(
     let wait = Duration::from_millis(ctx.config.consumer.fetch_wait_ms);
     let policy = retry_policy(&ctx.config);
     let mut failures: u32 = 0;
+    if let Some(reason) = table.denied() {
+        tracing::error!(table = %table, "refusing to apply: {reason}");
+        return;
+    }
     info!(table = %table, "worker started");
     // Checked once per batch: a batch that was fetched is always applied
     // and acked (or nakked) before the worker stops.
@@ -281,7 +285,7 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                 Kind::Transient => {
                     ctx.errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(table = %table, records = group.len(), error = %err, "transient failure; will retry");
+                    warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
                     metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
                     for &i in &group {
                         fates[i] = Some(Fate::Retry);
@@ -304,7 +308,7 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                         let sqlstate = err.sqlstate();
                         for &i in &group {
                             fates[i] = Some(Fate::Poison {
-                                error: err.to_string(),
+                                error: failure::describe(&err),
                                 sqlstate: sqlstate.clone(),
                             });
                         }

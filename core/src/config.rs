@@ -134,9 +134,12 @@ pub struct ProducerConfig {
     pub max_record_bytes: usize,
     /// Serve Prometheus metrics here (e.g. "127.0.0.1:9188"); off when unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Sanitization rules (TOML, see README "Sanitization"). Unset: records
-    /// are published as they are, and the producer warns at startup.
+    /// Sanitization rules (TOML, see README "Sanitization"). Unset: `run`
+    /// refuses to start unless `allow_unsanitized` is true.
     pub rules_file: Option<PathBuf>,
+    /// Publish records unsanitized when no `rules_file` is set (only for
+    /// archives without personal data). Default false: fail closed.
+    pub allow_unsanitized: bool,
     /// How often the rules file is checked for changes (halted tables resume
     /// when their rules are complete).
     pub rules_reload_ms: u64,
@@ -157,6 +160,7 @@ impl Default for ProducerConfig {
             max_record_bytes: 8 * 1024 * 1024,
             metrics_addr: None,
             rules_file: None,
+            allow_unsanitized: false,
             rules_reload_ms: 1000,
             sanitize_key_file: None,
             source_url: None,
@@ -529,6 +533,10 @@ impl Config {
             if authority
                 .rsplit_once('@')
                 .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+                || url.split_once('?').is_some_and(|(_, q)| {
+                    q.split('&')
+                        .any(|kv| kv.to_ascii_lowercase().starts_with("password="))
+                })
             {
                 return Err(invalid(
                     "producer.source_url",
@@ -732,6 +740,10 @@ metric_freq = 24
             ),
             (
                 "[producer]\nsource_url = \"postgres://u:secret@h/db\"",
+                "producer.source_url",
+            ),
+            (
+                "[producer]\nsource_url = \"postgres://u@h/db?password=secret\"",
                 "producer.source_url",
             ),
         ];

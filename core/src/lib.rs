@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod nats;
+pub mod private_fs;
 pub mod record;
+pub mod redact;
 pub mod retry;
 pub mod subject;
 pub mod table;

@@ -24,7 +24,7 @@ pub enum NatsError {
 /// out, never a reason to exit.
 pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, NatsError> {
     let err = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Connect {
-        url: cfg.url.clone(),
+        url: crate::redact::redact_url(&cfg.url),
         source,
     };
     let mut opts = async_nats::ConnectOptions::new()

@@ -144,7 +144,7 @@ impl Record {
     /// Parses and validates one line (without its newline).
     pub fn parse(line: &[u8]) -> Result<Record, RecordError> {
         let record: Record =
-            serde_json::from_slice(line).map_err(|e| RecordError::Json(redact(&e.to_string())))?;
+            serde_json::from_slice(line).map_err(|e| RecordError::Json(redact(&e)))?;
         record.validate()?;
         Ok(record)
     }
@@ -201,26 +201,129 @@ impl Record {
     }
 }
 
-/// serde_json quotes a string value in "invalid type/value" messages; the
-/// value may be personal data, so it is cut out (the rest names the fault).
-fn redact(message: &str) -> String {
-    const MARK: &str = "string \"";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find(MARK) {
-        out.push_str(&rest[..i]);
-        out.push_str("a string");
-        let after = &rest[i + MARK.len()..];
-        // The quoted value ends at the last `"` before ", expected".
-        let end = after
-            .find("\", expected")
-            .or_else(|| after.rfind('"'))
-            .map_or(after.len(), |e| e + 1);
-        rest = &after[end..];
+/// A JSON error told structurally: its category, line and column, and for
+/// a data error the kind of fault (`invalid type: a string, expected u64`,
+/// `missing field `lsn``) — never a slice of the input. serde_json quotes
+/// the offending value in its messages; the value may be personal data, so
+/// the message is rebuilt from parts known not to come from the input
+/// rather than cut (a value can imitate any delimiter a cut looks for).
+fn redact(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let place = format!("at line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Io => format!("I/O error {place}"),
+        // serde_json's syntax messages are fixed texts ("expected value",
+        // "invalid escape", …): they never quote the input.
+        Category::Syntax | Category::Eof => {
+            let text = e.to_string();
+            let message = text.strip_suffix(&format!(" {place}")).unwrap_or(&text);
+            format!("syntax error: {message} {place}")
+        }
+        Category::Data => {
+            let text = e.to_string();
+            let message = text.strip_suffix(&format!(" {place}")).unwrap_or(&text);
+            format!("{} {place}", data_fault(message))
+        }
     }
-    out.push_str(rest);
-    out
 }
+
+/// The kind of a serde data error, from serde's own message forms:
+/// `invalid type: <unexpected>, expected <what the code expects>`,
+/// `invalid value: …`, `missing field `<field of Record>``. The unexpected
+/// part is replaced by its kind; anything not in these forms (custom
+/// messages, unknown fields or variants, which name input) is reduced to
+/// "invalid data".
+fn data_fault(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some(field) = rest.split('`').next() {
+            if RECORD_FIELDS.contains(&field) {
+                return format!("missing field `{field}`");
+            }
+        }
+        return "missing field".to_owned();
+    }
+    for fault in ["invalid type", "invalid value", "invalid length"] {
+        let Some(rest) = message
+            .strip_prefix(fault)
+            .and_then(|r| r.strip_prefix(": "))
+        else {
+            continue;
+        };
+        // The unexpected value as serde's `Unexpected` shows it, and what
+        // follows it once it is skipped by its own syntax.
+        let (kind, after) = if let Some(quoted) = rest.strip_prefix("string \"") {
+            ("a string", skip_debug_string(quoted))
+        } else if let Some((prefix, kind)) = [
+            ("integer `", "an integer"),
+            ("floating point `", "a number"),
+            ("boolean `", "a boolean"),
+        ]
+        .into_iter()
+        .find(|(p, _)| rest.starts_with(p))
+        {
+            // Digits, signs, '.', 'e', "true"/"false": never a backquote.
+            let value = &rest[prefix.len()..];
+            (kind, value.find('`').map(|e| &value[e + 1..]))
+        } else if let Some((word, kind)) = [
+            ("map", "a map"),
+            ("sequence", "a sequence"),
+            ("unit", "null"),
+            ("null", "null"),
+            ("byte array", "bytes"),
+        ]
+        .into_iter()
+        .find(|(w, _)| rest.starts_with(w))
+        {
+            (kind, Some(&rest[word.len()..]))
+        } else {
+            return fault.to_owned();
+        };
+        return match after.and_then(|a| a.strip_prefix(", expected ")) {
+            // What the code expected (`u64`, `a JSON object`): from serde
+            // and this crate, not from the input.
+            Some(expected) => format!("{fault}: {kind}, expected {expected}"),
+            None => format!("{fault}: {kind}"),
+        };
+    }
+    // `unknown variant `<input>`, expected …`: the input is left out.
+    for fault in ["unknown variant", "unknown field", "duplicate field"] {
+        if message.starts_with(fault) {
+            return fault.to_owned();
+        }
+    }
+    // This crate's own messages (`malformed lsn "…": …`): the phrase
+    // before any quoted or appended part.
+    let phrase = message
+        .split(['"', '`', '\'', ':'])
+        .next()
+        .unwrap_or("")
+        .trim();
+    if !phrase.is_empty() && phrase.bytes().all(|b| b.is_ascii_lowercase() || b == b' ') {
+        return phrase.to_owned();
+    }
+    "invalid data".to_owned()
+}
+
+/// The text after a Rust-debug-quoted string whose opening quote is
+/// already consumed: inside it every `"` and `\\` is escaped, so the first
+/// unescaped `"` ends it, whatever the value holds.
+fn skip_debug_string(quoted: &str) -> Option<&str> {
+    let mut escaped = false;
+    for (i, c) in quoted.char_indices() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return Some(&quoted[i + 1..]),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The top-level fields of a record (serde names them in "missing field").
+const RECORD_FIELDS: &[&str] = &[
+    "schema", "table", "op", "data", "old_keys", "lsn", "seq", "ts",
+];
 
 /// Maximum nesting of arrays and objects in valid JSON text.
 fn json_depth(raw: &str) -> usize {
@@ -403,6 +506,36 @@ mod tests {
             err.contains("invalid type: a string, expected u64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn parse_errors_are_structural_and_cannot_be_escaped() {
+        // A value imitating the end of serde's quoting, with and without
+        // quotes of its own.
+        for value in [
+            r#"x\", expected u64 SECRET-1"#,
+            r#"SECRET-2", expected"#,
+            "SECRET-3\\",
+            "SECRET-4`",
+        ] {
+            let line = format!(
+                r#"{{"table":"t","op":"INSERT","data":{{"id":1}},"lsn":"0/1","seq":"{value}"}}"#
+            );
+            let err = Record::parse(line.as_bytes()).unwrap_err().to_string();
+            assert!(!err.contains("SECRET"), "{err}");
+            assert!(err.contains("line 1 column"), "{err}");
+        }
+        // A syntax error inside a value names the place only.
+        let err = Record::parse(br#"{"table":"t","op":"INSERT","data":{"a":"SECRET-5\q"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains("syntax error"), "{err}");
+        // An unknown op is input: not echoed.
+        let err = Record::parse(br#"{"table":"t","op":"SECRET-6","lsn":"0/1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SECRET"), "{err}");
     }
 
     #[test]

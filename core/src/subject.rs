@@ -45,6 +45,37 @@ pub fn table_subject(prefix: &str, schema: &str, table: &str) -> String {
     format!("{prefix}.{}.{}", encode_token(schema), encode_token(table))
 }
 
+/// A destination's dead letters of one table:
+/// `<dlq_prefix>.<instance>.<schema>.<table>`. Each local database (its
+/// instance id) has its own subjects, so one database's dead letters are
+/// never deduplicated against, listed, replayed or purged with another's.
+pub fn dlq_subject(prefix: &str, instance: &str, schema: &str, table: &str) -> String {
+    format!(
+        "{prefix}.{}.{}.{}",
+        encode_token(instance),
+        encode_token(schema),
+        encode_token(table)
+    )
+}
+
+/// Every dead letter of one destination: `<dlq_prefix>.<instance>.>`.
+pub fn dlq_instance_filter(prefix: &str, instance: &str) -> String {
+    format!("{prefix}.{}.>", encode_token(instance))
+}
+
+/// Dead letters in the layout before per-destination subjects
+/// (`<dlq_prefix>.<schema>.<table>`, shared by every database).
+pub fn dlq_legacy_filter(prefix: &str) -> String {
+    format!("{prefix}.*.*")
+}
+
+/// The `Nats-Msg-Id` of a dead letter: the destination and the original
+/// message (its subject and stream sequence), so a crash between filing and
+/// acking cannot file it twice, and two databases never collide.
+pub fn dlq_message_id(instance: &str, original_subject: &str, sequence: u64) -> String {
+    format!("dlq:{instance}:{original_subject}:{sequence}")
+}
+
 fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -132,6 +163,22 @@ mod tests {
             "syncdata.changes.public.a%2Eb"
         );
         assert_ne!(encode_token("a.b"), encode_token("a_b"));
+    }
+
+    #[test]
+    fn dead_letters_are_per_destination() {
+        let a = dlq_subject("syncdata.dlq", "abc123", "public", "users");
+        assert_eq!(a, "syncdata.dlq.abc123.public.users");
+        assert_ne!(a, dlq_subject("syncdata.dlq", "def456", "public", "users"));
+        assert_eq!(
+            dlq_instance_filter("syncdata.dlq", "abc123"),
+            "syncdata.dlq.abc123.>"
+        );
+        assert_ne!(
+            dlq_message_id("abc123", "syncdata.changes.public.users", 7),
+            dlq_message_id("def456", "syncdata.changes.public.users", 7)
+        );
+        assert!(!dlq_subject("p", "a.b", "*", ">").contains(['*', '>']));
     }
 
     #[test]

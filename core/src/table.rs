@@ -20,6 +20,19 @@ pub struct TableNameError {
     pub reason: &'static str,
 }
 
+/// Schemas no table may be synced into: syncdata's own bookkeeping and
+/// PostgreSQL's catalogs (every `pg_*` schema is reserved to the system).
+pub const DENIED_SCHEMAS: &[&str] = &["syncdata", "information_schema"];
+
+/// Tables no table may be synced into, in any schema: the seed's own
+/// tables and the migration table of the local store.
+pub const DENIED_TABLES: &[&str] = &[
+    "data_sync_logs",
+    "data_sync_metrics",
+    "tables_to_sync",
+    "_sqlx_migrations",
+];
+
 /// `"name"` with inner quotes doubled: always safe as an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -112,6 +125,28 @@ impl TableName {
         }
     }
 
+    /// Why this table must never be whitelisted or applied to, if it must
+    /// not: a change stream that could write syncdata's bookkeeping, its
+    /// whitelist or a system catalog could corrupt or take over the local
+    /// database. One rule for `add-tables` and the worker.
+    pub fn denied(&self) -> Option<String> {
+        let schema = self.schema.as_str();
+        if schema.starts_with("pg_") || DENIED_SCHEMAS.contains(&schema) {
+            return Some(format!(
+                "{self} is in schema {}, which holds syncdata's bookkeeping or PostgreSQL's \
+                 catalog: syncdata never writes there",
+                show_ident(schema)
+            ));
+        }
+        if DENIED_TABLES.contains(&self.table.as_str()) {
+            return Some(format!(
+                "{self} is one of syncdata's own tables (data_sync_logs, data_sync_metrics, \
+                 tables_to_sync, _sqlx_migrations): it cannot be synced"
+            ));
+        }
+        None
+    }
+
     /// `"schema"."table"` for SQL.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
@@ -201,6 +236,29 @@ mod tests {
         let t = TableName::new("public", "users\"; drop table x; --");
         assert_eq!(t.quoted(), r#""public"."users""; drop table x; --""#);
         assert_eq!(t.to_string(), r#""users""; drop table x; --""#);
+    }
+
+    #[test]
+    fn bookkeeping_catalogs_and_seed_tables_are_denied() {
+        for name in [
+            "syncdata.row_state",
+            "syncdata.instance",
+            "pg_catalog.pg_authid",
+            "information_schema.tables",
+            "pg_toast.pg_toast_1259",
+            "pg_temp_3.t",
+            "data_sync_logs",
+            "data_sync_metrics",
+            "tables_to_sync",
+            "_sqlx_migrations",
+            "other.tables_to_sync",
+        ] {
+            let t = TableName::parse(name).unwrap();
+            assert!(t.denied().is_some(), "{name}");
+        }
+        for name in ["users", "sales.orders", "\"Syncdata\".t", "public.pg_like"] {
+            assert_eq!(TableName::parse(name).unwrap().denied(), None, "{name}");
+        }
     }
 
     proptest! {

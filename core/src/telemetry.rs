@@ -14,11 +14,46 @@ pub fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(RedactingStderr);
     if json {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Log lines pass through [`crate::redact::redact`] on their way to stderr:
+/// a URL or setting with a credential in an error message never reaches a
+/// log, whichever code path formatted it.
+struct RedactingStderr;
+
+struct RedactingWriter(Vec<u8>);
+
+impl std::io::Write for RedactingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.0.is_empty() {
+            let text = crate::redact::redact(&String::from_utf8_lossy(&self.0));
+            self.0.clear();
+            std::io::stderr().lock().write_all(text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedactingWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(Vec::with_capacity(256))
     }
 }
 

@@ -38,6 +38,8 @@ const SUBJECT_PREFIX: &str = "syncdata_demo.changes";
 const DLQ_STREAM: &str = "SYNCDATA_DEMO_DLQ";
 const DLQ_SUBJECT_PREFIX: &str = "syncdata_demo.dlq";
 const SCHEMA: &str = "public";
+/// The sanitization rules the demo's producer runs with: the local stack's.
+const RULES: &str = include_str!("../../compose/config/rules.toml");
 
 /// Environment variables that override the config file; the children must
 /// see only the file the demo wrote.
@@ -140,8 +142,27 @@ async fn run(args: Args) -> Result<bool> {
         args.seed,
         ms(generated_in)
     );
+    // The producer publishes what the shipped rules leave of each record:
+    // the expected copy gets the same.
+    let rules_path = workdir.join("rules.toml");
+    std::fs::write(&rules_path, RULES)
+        .with_context(|| format!("cannot write {}", rules_path.display()))?;
+    let sanitizer = syncdata_producer::sanitize::Sanitizer::load(
+        &rules_path,
+        None,
+        std::time::Duration::from_secs(3600),
+    )
+    .context("the shipped rules file does not load")?;
+    let mut sanitized = Vec::with_capacity(records.len());
+    for mut r in records.iter().cloned() {
+        match sanitizer.apply(&mut r) {
+            Ok(syncdata_producer::sanitize::Verdict::Publish) => sanitized.push(r),
+            Ok(_) => {}
+            Err(halt) => bail!("the shipped rules halt {}: {halt:?}", r.qualified_name()),
+        }
+    }
     let t = Instant::now();
-    workload::apply_in_order(&expected, &records)
+    workload::apply_in_order(&expected, &sanitized)
         .await
         .context("in-order apply to the expected database failed")?;
     println!(
@@ -156,7 +177,7 @@ async fn run(args: Args) -> Result<bool> {
 
     // 3. Config, clean streams and archive.
     let config_path = workdir.join("config.toml");
-    let config_text = config_toml(&base, &args.pg_url, &args.nats_url, &archive)?;
+    let config_text = config_toml(&base, &args.pg_url, &args.nats_url, &archive, &rules_path)?;
     std::fs::write(&config_path, config_text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load_from(&config_path, |_| None)
@@ -363,8 +384,12 @@ fn config_toml(
     pg_url: &str,
     nats_url: &str,
     archive: &Path,
+    rules: &Path,
 ) -> Result<String> {
     let archive = archive
+        .to_str()
+        .context("the work directory path is not UTF-8")?;
+    let rules = rules
         .to_str()
         .context("the work directory path is not UTF-8")?;
     let mut s = String::from("# Written by syncdata-demo.\n");
@@ -383,6 +408,8 @@ fn config_toml(
     s += &format!("subject_prefix = {}\n", toml_str(SUBJECT_PREFIX));
     s += &format!("dlq_stream = {}\n", toml_str(DLQ_STREAM));
     s += &format!("dlq_subject_prefix = {}\n", toml_str(DLQ_SUBJECT_PREFIX));
+    s += "\n[producer]\n";
+    s += &format!("rules_file = {}\n", toml_str(rules));
     Ok(s)
 }
 
@@ -399,7 +426,12 @@ fn free_port() -> Result<u16> {
 fn process_config(shared: &Path, name: &str, section: &str, port: u16) -> Result<PathBuf> {
     let mut text = std::fs::read_to_string(shared)
         .with_context(|| format!("cannot read {}", shared.display()))?;
-    text += &format!("\n[{section}]\nmetrics_addr = \"127.0.0.1:{port}\"\n");
+    let header = format!("\n[{section}]\n");
+    let setting = format!("metrics_addr = \"127.0.0.1:{port}\"\n");
+    match text.find(&header) {
+        Some(at) => text.insert_str(at + header.len(), &setting),
+        None => text += &format!("{header}{setting}"),
+    }
     let path = shared.with_file_name(format!("{name}.toml"));
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Config::load_from(&path, |_| None).with_context(|| {
@@ -856,6 +888,7 @@ mod tests {
             url,
             "nats://127.0.0.1:4333",
             Path::new("/tmp/a \"dir\"/archive"),
+            Path::new("/tmp/rules.toml"),
         )
         .unwrap();
         let c = Config::from_toml(&text).unwrap();
@@ -870,5 +903,9 @@ mod tests {
         );
         assert_eq!(c.nats.stream, STREAM);
         assert_eq!(c.nats.dlq_subject_prefix, DLQ_SUBJECT_PREFIX);
+        assert_eq!(
+            c.producer.rules_file.as_deref(),
+            Some(Path::new("/tmp/rules.toml"))
+        );
     }
 }

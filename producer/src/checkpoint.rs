@@ -3,7 +3,7 @@
 //! earlier-written checkpoint (temp file, fsync, rename, fsync of the
 //! directory), and it never names a position beyond the last PubAck.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -147,7 +147,7 @@ impl CheckpointStore {
         let temp = dir.join(Self::TEMP_NAME);
         let mut json = serde_json::to_vec(state).expect("a checkpoint always serializes");
         json.push(b'\n');
-        let mut file = OpenOptions::new()
+        let mut file = syncdata_core::private_fs::open_options()
             .write(true)
             .create(true)
             .truncate(true)

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod publisher;
 pub mod quarantine;
 pub mod sanitize;
+pub mod scram;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
@@ -41,8 +42,15 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         "archive directory {} does not exist or is not a directory",
         settings.archive_dir.display()
     );
-    // Before any connection: bad rules or a missing key stop the start.
+    // Before any connection: bad rules, a missing key or no rules without
+    // the explicit opt-out stop the start.
     let sanitizer = load_sanitizer(&config)?;
+    metrics::gauge!("syncdata_producer_sanitization_enabled").set(if sanitizer.is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    syncdata_core::private_fs::warn_if_exposed(&settings.archive_dir, "archive");
     let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
     async move {
         let client = tokio::select! {
@@ -67,14 +75,23 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     .await
 }
 
+/// The message `run` fails with when no rules file is configured and the
+/// opt-out is not set.
+pub const NO_RULES: &str = "no producer.rules_file: refusing to publish unsanitized records. \
+     Set producer.rules_file to a sanitization rules file (see README \"Sanitization\"; \
+     `syncdata-producer check-rules` checks it), or set producer.allow_unsanitized = true \
+     if this archive holds no personal data";
+
 /// The sanitization rules of `producer.rules_file`, compiled with the key
-/// (`producer.sanitize_key_file`, else `SYNCDATA_SANITIZE_KEY`). None, with a
-/// warning, when no rules file is configured.
+/// (`producer.sanitize_key_file`, else `SYNCDATA_SANITIZE_KEY`). Fails
+/// closed: without a rules file it is an error unless
+/// `producer.allow_unsanitized = true` (then None, with a warning).
 pub fn load_sanitizer(config: &Config) -> anyhow::Result<Option<Sanitizer>> {
     let Some(path) = &config.producer.rules_file else {
+        anyhow::ensure!(config.producer.allow_unsanitized, NO_RULES);
         tracing::warn!(
-            "no producer.rules_file: records are published as they are, unsanitized; \
-             set a rules file wherever the archive holds personal data"
+            "sanitization OFF (producer.allow_unsanitized = true, no producer.rules_file): \
+             records are published as they are"
         );
         return Ok(None);
     };

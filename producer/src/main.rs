@@ -242,7 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => {
             config.archive_dir()?;
-            print(&format!("configuration OK\n{config:#?}\n"))
+            print(&syncdata_core::redact::redact(&format!(
+                "configuration OK\n{config:#?}\n"
+            )))
         }
         Command::Status { json } => {
             let status = syncdata_producer::status(&config)?;
@@ -301,7 +303,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let message = report(&err);
+            let message = syncdata_core::redact::redact(&report(&err));
             if is_run {
                 tracing::error!(error = %message, "syncdata-producer failed");
             }

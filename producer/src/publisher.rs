@@ -254,12 +254,22 @@ impl<S: Sink> Publisher<S> {
     /// Creates the state directory if needed and loads the checkpoint and
     /// the quarantine.
     pub fn new(sink: S, settings: Settings) -> Result<Self, PublisherError> {
-        std::fs::create_dir_all(&settings.state_dir).map_err(|source| {
+        syncdata_core::private_fs::create_dir_all(&settings.state_dir).map_err(|source| {
             PublisherError::StateDir {
                 path: settings.state_dir.clone(),
                 source,
             }
         })?;
+        syncdata_core::private_fs::warn_if_exposed(&settings.state_dir, "state");
+        // Files an older version left to the umask (the checkpoint, the
+        // quarantine and its raw lines) become owner-only too.
+        if let Ok(entries) = std::fs::read_dir(&settings.state_dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = syncdata_core::private_fs::restrict_file(&e.path());
+                }
+            }
+        }
         let checkpoints = CheckpointStore::new(&settings.state_dir);
         let state = checkpoints.load_state()?;
         let halts = state

@@ -4,7 +4,7 @@
 //! when a rewind or a restart reads it again; entries appear in archive order.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -151,7 +151,7 @@ impl Quarantine {
         }
         serde_json::to_writer(&mut bytes, entry).expect("an entry always serializes");
         bytes.push(b'\n');
-        let written = OpenOptions::new()
+        let written = syncdata_core::private_fs::open_options()
             .create(true)
             .append(true)
             .open(&self.path)
@@ -289,7 +289,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut q = Quarantine::open(dir.path()).unwrap();
         q.add(&entry("a", 1)).unwrap();
-        let mut f = OpenOptions::new().append(true).open(q.path()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(q.path())
+            .unwrap();
         f.write_all(br#"{"file":"a","off"#).unwrap();
         let mut q = Quarantine::open(dir.path()).unwrap();
         assert_eq!(q.count(), 1);

@@ -110,7 +110,7 @@ pub async fn run(
     source::require_slot(&mut conn, &settings.source.slot, &settings.source.plugin)
         .await
         .context("the slot must exist before a snapshot, or changes made during it are lost")?;
-    std::fs::create_dir_all(&settings.archive_dir).with_context(|| {
+    syncdata_core::private_fs::create_dir_all(&settings.archive_dir).with_context(|| {
         format!(
             "cannot create archive directory {}",
             settings.archive_dir.display()

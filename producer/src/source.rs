@@ -36,20 +36,9 @@ impl SourceSettings {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password (userinfo or `password=`), for messages.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        _ => url.to_owned(),
-    }
+    syncdata_core::redact::redact_url(url)
 }
 
 /// Connects to the source with settings that make wal2json's and COPY's
@@ -623,40 +612,18 @@ async fn create_user(
     .execute(&mut *conn)
     .await
     .map_err(no_privilege)?;
-    let mut password_note = None;
     if let Some(password) = &opts.password {
-        // Quoted by the server itself.
-        let stmt: String =
-            sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)")
-                .bind(&opts.user)
-                .bind(password)
-                .fetch_one(&mut *conn)
-                .await?;
-        // Keep the statement (and so the password) out of the server log
-        // where the role may change logging settings.
-        let superuser: bool =
-            sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                .fetch_one(&mut *conn)
-                .await?;
-        let mut tx = conn.begin().await?;
-        if superuser {
-            sqlx::raw_sql(
-                "SET LOCAL log_statement = 'none'; SET LOCAL log_min_duration_statement = -1; \
-                 SET LOCAL log_min_error_statement = 'panic'",
-            )
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            password_note = Some(
-                "note: the password statement may appear in the server log if log_statement \
-                 includes DDL; set it with psql's \\password instead to avoid that",
-            );
-        }
-        sqlx::query(sqlx::AssertSqlSafe(stmt))
-            .execute(&mut *tx)
-            .await
-            .map_err(no_privilege)?;
-        tx.commit().await?;
+        // The verifier, computed here as psql's \password does: the
+        // password itself never reaches the server, so no log and no
+        // statistics view can hold it. Only base64, digits, '$' and ':'.
+        let verifier =
+            crate::scram::verifier(password).context("SYNCDATA_USER_PASSWORD cannot be used")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER ROLE {role} PASSWORD '{verifier}'"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(no_privilege)?;
     }
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "GRANT CONNECT ON DATABASE {} TO {role}",
@@ -696,9 +663,6 @@ async fn create_user(
             format!(", SELECT on {} table(s)", opts.tables.len())
         }
     ));
-    if let Some(note) = password_note {
-        report.push(note.to_owned());
-    }
     Ok(())
 }
 
@@ -786,7 +750,7 @@ mod tests {
     fn urls_lose_their_password_in_messages() {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db?x=1"),
-            "postgres://u:***@h:5432/db?x=1"
+            "postgres://u:<redacted>@h:5432/db?x=1"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }

@@ -31,6 +31,10 @@ pub enum StatusError {
 pub struct Status {
     pub archive_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// "rules" (with `rules_file`), "off" (`allow_unsanitized = true`, no
+    /// rules) or "refused" (neither: `run` will not start).
+    pub sanitization: &'static str,
+    pub rules_file: Option<PathBuf>,
     /// None: nothing published yet; the producer starts with the first file.
     pub checkpoint: Option<Checkpoint>,
     pub files: usize,
@@ -63,6 +67,8 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
     Ok(Status {
         archive_dir,
         state_dir,
+        sanitization: sanitization_mode(config),
+        rules_file: config.producer.rules_file.clone(),
         checkpoint,
         files: names.len(),
         files_after_checkpoint,
@@ -81,10 +87,33 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
     })
 }
 
+/// The sanitization mode the configuration gives `run`.
+pub fn sanitization_mode(config: &Config) -> &'static str {
+    match (
+        &config.producer.rules_file,
+        config.producer.allow_unsanitized,
+    ) {
+        (Some(_), _) => "rules",
+        (None, true) => "off",
+        (None, false) => "refused",
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "archive dir:   {}", self.archive_dir.display())?;
         writeln!(f, "state dir:     {}", self.state_dir.display())?;
+        match (self.sanitization, &self.rules_file) {
+            ("rules", Some(r)) => writeln!(f, "sanitization:  on (rules {})", r.display())?,
+            ("off", _) => writeln!(
+                f,
+                "sanitization:  OFF (producer.allow_unsanitized = true): records are published unsanitized"
+            )?,
+            _ => writeln!(
+                f,
+                "sanitization:  not configured: `run` refuses to start (set producer.rules_file)"
+            )?,
+        }
         match &self.checkpoint {
             Some(c) => writeln!(
                 f,

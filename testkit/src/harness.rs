@@ -235,6 +235,26 @@ fn toml_str(s: &str) -> String {
     out
 }
 
+/// `extra_toml` with `producer.allow_unsanitized = true` unless it sets a
+/// rules file or the flag itself: the producer fails closed without rules,
+/// and most tests publish synthetic rows unsanitized on purpose.
+pub fn allow_unsanitized_unless_set(extra_toml: &str) -> String {
+    if extra_toml.contains("rules_file") || extra_toml.contains("allow_unsanitized") {
+        return extra_toml.to_owned();
+    }
+    match extra_toml.find("[producer]\n") {
+        Some(at) => {
+            let end = at + "[producer]\n".len();
+            format!(
+                "{}allow_unsanitized = true\n{}",
+                &extra_toml[..end],
+                &extra_toml[end..]
+            )
+        }
+        None => format!("{extra_toml}\n[producer]\nallow_unsanitized = true\n"),
+    }
+}
+
 /// Writes `dir/config.toml` in the project's configuration format, pointing
 /// at `db`, the stream `names` on `nats_url` and `archive_dir` (not created
 /// here). `extra_toml` is appended after the `[nats]` table, so it may add
@@ -263,6 +283,7 @@ pub fn write_config(
          dlq_subject_prefix = {dlq_subject_prefix}\n\
          \n\
          {extra_toml}\n",
+        extra_toml = allow_unsanitized_unless_set(extra_toml),
         pg_host = toml_str(&db.host),
         pg_port = db.port,
         pg_user = toml_str(&db.user),

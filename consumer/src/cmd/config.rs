@@ -5,6 +5,6 @@ use syncdata_core::config::Config;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
     println!("configuration OK");
-    println!("{config:#?}");
+    println!("{}", syncdata_core::redact::redact(&format!("{config:#?}")));
     Ok(())
 }

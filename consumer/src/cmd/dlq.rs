@@ -1,16 +1,33 @@
-//! `syncdata dlq list|show|replay|purge`: look at and act on dead letters.
-//! A replay republishes the original record to its table's subject, so it
-//! goes through the same version guard as any change: replaying an old dead
-//! letter never overwrites newer data.
+//! `syncdata dlq list|show|replay|purge|migrate`: look at and act on this
+//! database's dead letters. Every local database (its instance id) has its
+//! own dead-letter subjects, `<dlq_prefix>.<instance>.<schema>.<table>`: these
+//! commands never see, replay or purge another database's.
+//!
+//! A replay applies the dead letter's record to this database through the
+//! apply engine, with the same version guard as any change, so replaying an
+//! old dead letter never overwrites newer data; nothing is published to the
+//! shared change stream (which every other database consumes).
+
+use std::collections::HashSet;
 
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, message::StreamMessage};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use sqlx::PgPool;
 use syncdata_core::config::Config;
 use syncdata_core::nats;
-use syncdata_core::subject::table_subject;
+use syncdata_core::record::Record;
+use syncdata_core::subject::{
+    decode_token, dlq_instance_filter, dlq_legacy_filter, dlq_message_id, dlq_subject, encode_token,
+};
 use syncdata_core::table::TableName;
 
-use crate::dead_letter::{H_ATTEMPTS, H_ERROR, H_SEQUENCE, H_SQLSTATE, H_SUBJECT, H_TABLE};
+use crate::apply::{Applier, Disposition, Incoming};
+use crate::dead_letter::{
+    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_SEQUENCE, H_SQLSTATE, H_SUBJECT, H_TABLE,
+};
+use crate::{failure, store};
 
 /// Which dead letters a command acts on.
 pub enum Selection {
@@ -30,40 +47,103 @@ impl Selection {
     }
 }
 
-async fn dlq_stream(config: &Config) -> anyhow::Result<jetstream::stream::Stream> {
-    let client = nats::connect(&config.nats, "syncdata-dlq").await?;
-    let js = jetstream::new(client);
-    Ok(nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?)
+/// This database's view of the dead-letter stream.
+struct Dlq {
+    stream: jetstream::stream::Stream,
+    js: jetstream::Context,
+    pool: PgPool,
+    instance: String,
+    prefix: String,
 }
 
-fn header(m: &StreamMessage, name: &str) -> Option<String> {
-    m.headers.get(name).map(|v| v.as_str().to_owned())
-}
-
-async fn select(
-    config: &Config,
-    stream: &jetstream::stream::Stream,
-    sel: &Selection,
-) -> anyhow::Result<Vec<StreamMessage>> {
-    if let Selection::Id(id) = sel {
-        let m = stream
-            .get_raw_message(*id)
-            .await
-            .with_context(|| format!("no dead letter with id {id}"))?;
-        return Ok(vec![m]);
+impl Dlq {
+    async fn open(config: &Config) -> anyhow::Result<Dlq> {
+        let pool = store::connect(config).await?;
+        let instance = store::instance_id(&pool).await?;
+        let client = nats::connect(&config.nats, "syncdata-dlq").await?;
+        let js = jetstream::new(client);
+        let stream = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
+        let dlq = Dlq {
+            stream,
+            js,
+            pool,
+            instance,
+            prefix: config.nats.dlq_subject_prefix.clone(),
+        };
+        dlq.hint_legacy().await;
+        Ok(dlq)
     }
-    let filter = match sel {
-        Selection::Table(t) => table_subject(&config.nats.dlq_subject_prefix, &t.schema, &t.table),
-        _ => format!("{}.>", config.nats.dlq_subject_prefix),
-    };
+
+    /// `<prefix>.<instance>.`: every subject of this database's dead letters
+    /// starts so.
+    fn own_prefix(&self) -> String {
+        format!("{}.{}.", self.prefix, encode_token(&self.instance))
+    }
+
+    /// The table a dead letter of this database was filed under.
+    fn table_of(&self, m: &StreamMessage) -> Option<TableName> {
+        let rest = m.subject.as_str().strip_prefix(&self.own_prefix())?;
+        let (schema, table) = rest.split_once('.')?;
+        Some(TableName::new(decode_token(schema)?, decode_token(table)?))
+    }
+
+    /// Says so when dead letters of the old shared layout are waiting.
+    async fn hint_legacy(&self) {
+        let n = subject_count(&self.stream, &dlq_legacy_filter(&self.prefix))
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            eprintln!(
+                "note: {n} dead letters are in the layout before per-database dead letters \
+                 ({}.<schema>.<table>): `syncdata dlq migrate` copies them into this \
+                 database's dead letters",
+                self.prefix
+            );
+        }
+    }
+
+    async fn select(&self, sel: &Selection) -> anyhow::Result<Vec<StreamMessage>> {
+        if let Selection::Id(id) = sel {
+            let m = self.stream.get_raw_message(*id).await.ok();
+            return match m {
+                Some(m) if self.table_of(&m).is_some() => Ok(vec![m]),
+                _ => bail!("no dead letter with id {id} among this database's dead letters"),
+            };
+        }
+        let filter = match sel {
+            Selection::Table(t) => dlq_subject(&self.prefix, &self.instance, &t.schema, &t.table),
+            _ => dlq_instance_filter(&self.prefix, &self.instance),
+        };
+        walk(&self.stream, &filter).await
+    }
+}
+
+/// The messages on `filter`, in stream order.
+async fn walk(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+) -> anyhow::Result<Vec<StreamMessage>> {
     let mut out = Vec::new();
     let mut next = 1;
-    // Walk the stream in order; "no message" ends the walk.
-    while let Ok(m) = stream.get_first_raw_message_by_subject(&filter, next).await {
+    // "No message" ends the walk.
+    while let Ok(m) = stream.get_first_raw_message_by_subject(filter, next).await {
         next = m.sequence + 1;
         out.push(m);
     }
     Ok(out)
+}
+
+async fn subject_count(stream: &jetstream::stream::Stream, filter: &str) -> anyhow::Result<u64> {
+    let mut subjects = stream.info_with_subjects(filter).await?;
+    let mut total = 0u64;
+    while let Some(entry) = subjects.next().await {
+        total += entry?.1 as u64;
+    }
+    Ok(total)
+}
+
+fn header(m: &StreamMessage, name: &str) -> Option<String> {
+    m.headers.get(name).map(|v| v.as_str().to_owned())
 }
 
 fn summary(m: &StreamMessage) -> serde_json::Value {
@@ -75,13 +155,14 @@ fn summary(m: &StreamMessage) -> serde_json::Value {
         "attempts": header(m, H_ATTEMPTS).and_then(|a| a.parse::<u64>().ok()),
         "original_subject": header(m, H_SUBJECT),
         "original_sequence": header(m, H_SEQUENCE).and_then(|a| a.parse::<u64>().ok()),
+        "instance": header(m, H_INSTANCE),
         "time": m.time.to_string(),
     })
 }
 
 pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result<()> {
-    let stream = dlq_stream(config).await?;
-    let msgs = select(config, &stream, &sel).await?;
+    let dlq = Dlq::open(config).await?;
+    let msgs = dlq.select(&sel).await?;
     if json {
         let all: Vec<_> = msgs.iter().map(summary).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -109,8 +190,8 @@ pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result
 }
 
 pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
-    let stream = dlq_stream(config).await?;
-    let m = select(config, &stream, &Selection::Id(id)).await?.remove(0);
+    let dlq = Dlq::open(config).await?;
+    let m = dlq.select(&Selection::Id(id)).await?.remove(0);
     let mut s = summary(&m);
     let payload = String::from_utf8_lossy(&m.payload).into_owned();
     s["record"] = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
@@ -118,37 +199,68 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies each selected dead letter to this database (version guard
+/// included) and removes the ones that applied or were superseded; the
+/// others stay, with why on stderr.
 pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
-    let stream = dlq_stream(config).await?;
-    let msgs = select(config, &stream, &sel).await?;
-    let client = nats::connect(&config.nats, "syncdata-dlq").await?;
-    let js = jetstream::new(client);
-    let mut replayed = 0;
+    let dlq = Dlq::open(config).await?;
+    let msgs = dlq.select(&sel).await?;
+    let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
+    let replica = store::may_set_replica_role(&dlq.pool).await?;
+    let applier = Applier::new(dlq.pool.clone(), replica);
+    let (mut replayed, mut kept) = (0, 0);
     for m in msgs {
-        let Some(subject) = header(&m, H_SUBJECT) else {
-            eprintln!(
-                "dead letter {} has no original subject; skipped",
-                m.sequence
-            );
-            continue;
-        };
-        if !subject.starts_with(&format!("{}.", config.nats.subject_prefix)) {
-            eprintln!(
-                "dead letter {} came from {subject}, outside {}; skipped",
-                m.sequence, config.nats.subject_prefix
-            );
-            continue;
+        let id = m.sequence;
+        let outcome: Result<(), String> = async {
+            let table = dlq.table_of(&m).ok_or("not filed under a table")?;
+            if let Some(reason) = table.denied() {
+                return Err(reason);
+            }
+            if !whitelist.contains(&table) {
+                return Err(format!("{table} is not whitelisted here"));
+            }
+            let record = Record::parse(&m.payload).map_err(|e| e.to_string())?;
+            if record.schema != table.schema || record.table != table.table {
+                return Err(format!(
+                    "the record names another table than {table}, its dead-letter subject"
+                ));
+            }
+            let seq = header(&m, H_SEQUENCE)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let incoming = [Incoming {
+                record: &record,
+                fallback_seq: seq,
+            }];
+            let report = applier
+                .apply_batch(&table, &incoming, &format!("dlq replay {id}"))
+                .await
+                .map_err(|e| failure::describe(&e))?;
+            match report.dispositions.first() {
+                Some(Disposition::Applied | Disposition::Superseded) => Ok(()),
+                Some(Disposition::Rejected(reason)) => Err(reason.clone()),
+                None => Err("no outcome".to_owned()),
+            }
         }
-        // No message id: the original id may still be in the duplicate
-        // window, and the version guard makes a second copy harmless.
-        js.publish(subject, m.payload.clone())
-            .await?
-            .await
-            .with_context(|| format!("replaying dead letter {}", m.sequence))?;
-        stream.delete_message(m.sequence).await?;
-        replayed += 1;
+        .await;
+        match outcome {
+            Ok(()) => {
+                dlq.stream
+                    .delete_message(id)
+                    .await
+                    .with_context(|| format!("dead letter {id} applied, but not removed"))?;
+                replayed += 1;
+            }
+            Err(why) => {
+                eprintln!("dead letter {id} kept: {why}");
+                kept += 1;
+            }
+        }
     }
     println!("replayed {replayed} dead letters");
+    if kept > 0 {
+        bail!("{kept} dead letters still fail and were kept");
+    }
     Ok(())
 }
 
@@ -156,11 +268,85 @@ pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result
     if !yes {
         bail!("purging deletes dead letters for good: add --yes to confirm");
     }
-    let stream = dlq_stream(config).await?;
-    let msgs = select(config, &stream, &sel).await?;
+    let dlq = Dlq::open(config).await?;
+    let msgs = dlq.select(&sel).await?;
     for m in &msgs {
-        stream.delete_message(m.sequence).await?;
+        dlq.stream.delete_message(m.sequence).await?;
     }
     println!("purged {} dead letters", msgs.len());
+    Ok(())
+}
+
+/// Copies the dead letters of the old shared layout
+/// (`<dlq_prefix>.<schema>.<table>`) into this database's. Which database
+/// an old dead letter belonged to is not recorded, so every database that
+/// runs this gets its own copy (once: copies are recognised by their
+/// original subject and sequence); `remove_old` then deletes the old ones,
+/// for the last database to migrate.
+pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
+    let dlq = Dlq::open(config).await?;
+    let legacy = walk(&dlq.stream, &dlq_legacy_filter(&dlq.prefix)).await?;
+    let own = dlq.select(&Selection::All).await?;
+    let adopted: HashSet<(Option<String>, Option<String>)> = own
+        .iter()
+        .map(|m| (header(m, H_SUBJECT), header(m, H_SEQUENCE)))
+        .collect();
+    let (mut copied, mut already) = (0, 0);
+    for m in &legacy {
+        let Some(rest) = m.subject.as_str().strip_prefix(&format!("{}.", dlq.prefix)) else {
+            continue;
+        };
+        let Some((schema, table)) = rest
+            .split_once('.')
+            .and_then(|(s, t)| Some((decode_token(s)?, decode_token(t)?)))
+        else {
+            eprintln!(
+                "dead letter {} has an unreadable subject; left as is",
+                m.sequence
+            );
+            continue;
+        };
+        let key = (header(m, H_SUBJECT), header(m, H_SEQUENCE));
+        if adopted.contains(&key) {
+            already += 1;
+            continue;
+        }
+        let mut headers = HeaderMap::new();
+        for name in [
+            H_ERROR, H_SQLSTATE, H_ATTEMPTS, H_SUBJECT, H_SEQUENCE, H_TABLE,
+        ] {
+            if let Some(v) = header(m, name) {
+                headers.insert(name, v.as_str());
+            }
+        }
+        headers.insert(H_INSTANCE, dlq.instance.as_str());
+        let id = dlq_message_id(
+            &dlq.instance,
+            key.0.as_deref().unwrap_or(m.subject.as_str()),
+            key.1
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(m.sequence),
+        );
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let subject = dlq_subject(&dlq.prefix, &dlq.instance, &schema, &table);
+        dlq.js
+            .publish_with_headers(subject, headers, m.payload.clone())
+            .await?
+            .await
+            .with_context(|| format!("copying dead letter {}", m.sequence))?;
+        copied += 1;
+    }
+    let mut removed = 0;
+    if remove_old {
+        for m in &legacy {
+            dlq.stream.delete_message(m.sequence).await?;
+            removed += 1;
+        }
+    }
+    println!(
+        "copied {copied} dead letters of the old layout into this database's \
+         ({already} copied before, {removed} old ones removed)"
+    );
     Ok(())
 }

@@ -18,7 +18,6 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use crate::apply::Applier;
 use crate::store;
 use anyhow::{bail, Context};
 use async_nats::jetstream;
@@ -33,7 +32,7 @@ use crate::daemon::ensure_consumer;
 use crate::progress;
 
 pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Result<()> {
-    let replica = Applier::detect_replica_role(pool).await?;
+    let replica = store::may_set_replica_role(pool).await?;
     let mut tx = pool.begin().await?;
     if replica {
         sqlx::query("set local session_replication_role = replica")

@@ -128,8 +128,9 @@ struct Archiver {
 /// makes the resumed read skip what is already written.
 pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow::Result<()> {
     let dir = &settings.archive_dir;
-    std::fs::create_dir_all(dir)
+    syncdata_core::private_fs::create_dir_all(dir)
         .with_context(|| format!("cannot create archive directory {}", dir.display()))?;
+    syncdata_core::private_fs::warn_if_exposed(dir, "archive");
     let _lock = segment::lock_archiver(dir)?;
     let stale = segment::remove_stale_segments(dir)?;
     if stale > 0 {

@@ -17,7 +17,7 @@
 //! an advisory lock (`.syncdata-names.lock`) so that a snapshot's name and
 //! a segment's name are never chosen at the same time.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -94,7 +94,7 @@ pub struct DirLock {
 }
 
 fn open_lock(dir: &Path, name: &str) -> io::Result<File> {
-    OpenOptions::new()
+    syncdata_core::private_fs::open_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -178,7 +178,7 @@ pub struct PendingFile {
 impl PendingFile {
     fn create(dir: &Path, tmp_name: String) -> io::Result<PendingFile> {
         let tmp = dir.join(tmp_name);
-        let file = OpenOptions::new()
+        let file = syncdata_core::private_fs::open_options()
             .create(true)
             .truncate(true)
             .write(true)

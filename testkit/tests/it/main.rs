@@ -6,6 +6,7 @@
 
 mod apply;
 mod compose;
+mod data_protection;
 mod failures;
 mod operations;
 mod pipeline;

@@ -339,6 +339,7 @@ async fn commands_end_to_end_with_error_paths() {
         vec!["dlq", "show", "--help"],
         vec!["dlq", "replay", "--help"],
         vec!["dlq", "purge", "--help"],
+        vec!["dlq", "migrate", "--help"],
     ] {
         let out = w.cli(&args).await;
         assert!(out.status.success(), "syncdata {args:?}: {out}");
