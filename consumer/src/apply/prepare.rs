@@ -231,3 +231,128 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::shape::Column;
+    use syncdata_core::table::TableName;
+
+    /// `t (id, k, a)` keyed by (id, k), with generated column `g`.
+    fn shape() -> TableShape {
+        let columns: Vec<Column> = ["id", "k", "a"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                sql_type: "text".into(),
+                is_bytea: false,
+            })
+            .collect();
+        TableShape {
+            name: TableName::new("public", "t"),
+            by_name: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect(),
+            columns,
+            generated: ["g".to_owned()].into(),
+            key: vec![0, 1],
+        }
+    }
+
+    fn records(lines: &[&str]) -> Vec<Record> {
+        lines
+            .iter()
+            .map(|l| Record::parse(l.as_bytes()).expect("record parses"))
+            .collect()
+    }
+
+    fn prepared(records: &[Record]) -> Prepared {
+        let batch: Vec<Incoming> = records
+            .iter()
+            .map(|record| Incoming {
+                record,
+                fallback_seq: 0,
+            })
+            .collect();
+        prepare(&shape(), &batch)
+    }
+
+    fn known(s: &str) -> Option<Val> {
+        Some(Val::Known(Some(s.to_owned())))
+    }
+
+    #[test]
+    fn an_insert_is_a_whole_row_and_generated_columns_are_ignored() {
+        let rs = records(&[
+            r#"{"table":"t","op":"INSERT","data":{"id":1,"k":"x","g":5},"lsn":"0/10","seq":0}"#,
+        ]);
+        let p = prepared(&rs);
+        assert_eq!(p.keys.parts, vec![vec!["1".to_owned(), "x".to_owned()]]);
+        assert_eq!(p.keys.texts, vec![r#"["1","x"]"#.to_owned()]);
+        match &p.changes[0].change {
+            Change::Image { key, values, from } => {
+                assert_eq!((*key, from), (0, &None));
+                assert_eq!(
+                    values,
+                    &vec![known("1"), known("x"), Some(Val::Known(None))]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.dispositions, vec![None]);
+    }
+
+    #[test]
+    fn a_key_change_moves_from_the_old_key_and_keeps_absent_key_columns() {
+        let rs = records(&[
+            r#"{"table":"t","op":"UPDATE","data":{"id":2,"a":"v"},"old_keys":{"id":1,"k":"x"},"lsn":"0/10","seq":0}"#,
+        ]);
+        let p = prepared(&rs);
+        match &p.changes[0].change {
+            Change::Image { key, values, from } => {
+                assert_eq!(p.keys.parts[*key], vec!["2".to_owned(), "x".to_owned()]);
+                assert_eq!(
+                    p.keys.parts[from.expect("moves")],
+                    vec!["1".to_owned(), "x".to_owned()]
+                );
+                // Column a carried, k from the old key, nothing else known.
+                assert_eq!(values, &vec![known("2"), known("x"), known("v")]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejections_name_the_field_and_flag_unknown_columns() {
+        let rs = records(&[
+            r#"{"table":"t","op":"INSERT","data":{"id":1,"k":"x","zz":1},"lsn":"0/10","seq":0}"#,
+            r#"{"table":"t","op":"DELETE","old_keys":{"id":1},"lsn":"0/11","seq":0}"#,
+            r#"{"table":"t","op":"TRUNCATE","lsn":"0/12","seq":0}"#,
+        ]);
+        let p = prepared(&rs);
+        assert!(p.unknown_column);
+        assert!(p.changes.is_empty());
+        match &p.dispositions[..] {
+            [Some(Disposition::Rejected(a)), Some(Disposition::Rejected(b)), Some(Disposition::Applied)] =>
+            {
+                assert!(a.contains("data names column \"zz\""), "{a}");
+                assert!(b.contains("old_keys lacks key column \"k\""), "{b}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.truncate, Some(p.versions[2]));
+    }
+
+    #[test]
+    fn key_texts_round_trip() {
+        for parts in [
+            vec!["1".to_owned()],
+            vec!["a\"b".to_owned(), "[".to_owned()],
+        ] {
+            let width = parts.len();
+            assert_eq!(key_parts(key_text(&parts), width), parts);
+        }
+    }
+}
