@@ -142,13 +142,13 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     store::register_daemon(&pool, &id, &hostname()).await?;
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
-    let ctx = Arc::new(Ctx {
-        config: config.clone(),
+    let ctx = Arc::new(Ctx::new(
+        config.clone(),
         applier,
+        pool.clone(),
         js,
-        fk_transient: !replica,
-        errors: std::sync::atomic::AtomicU64::new(0),
-    });
+        !replica,
+    ));
     let workers_token = token.child_token();
     // A resync a crash interrupted: finish it before anything is pulled.
     crate::cmd::resync::resume_pending(&pool, &stream, &config, &instance).await?;
@@ -194,7 +194,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             }
             _ = heartbeat.tick() => {
                 let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = store::heartbeat(&pool, &id, ctx.applier.applied_total(), errors).await {
+                if let Err(e) = store::heartbeat(&pool, &id, ctx.applied_total(), errors).await {
                     warn!(error = %e, "heartbeat failed");
                 }
                 update_dlq_gauges(&dlq, &config, &instance, &tables).await;
@@ -238,20 +238,14 @@ fn next_boundary(period: i64) -> tokio::time::Instant {
 
 /// Adds the counts gathered since the last flush to the FREQ row of the
 /// period containing `at` (unix seconds).
-async fn flush_metrics(ctx: &Ctx, period: i64, at: i64) {
+async fn flush_metrics<T: crate::apply::Target>(ctx: &Ctx<T>, period: i64, at: i64) {
     let start = at.div_euclid(period) * period;
-    for (table, counts) in ctx.applier.take_counts() {
+    for (table, counts) in ctx.take_counts() {
         if counts.is_zero() {
             continue;
         }
-        if let Err(e) = store::add_freq_metrics(
-            ctx.applier.pool(),
-            &table.to_string(),
-            start,
-            period,
-            counts,
-        )
-        .await
+        if let Err(e) =
+            store::add_freq_metrics(&ctx.store, &table.to_string(), start, period, counts).await
         {
             warn!(table = %table, error = %e, "writing data_sync_metrics failed");
         }

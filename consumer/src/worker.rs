@@ -8,11 +8,14 @@
 //! never takes good ones with it; a transient failure naks the batch with
 //! backoff and never dead-letters.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::apply::{Applier, ApplyError, Disposition, Incoming};
+use crate::apply::{ApplyError, BatchReport, Disposition, Engine, Incoming, Target};
 use crate::failure::{self, Kind};
+use crate::store::Counts;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
@@ -26,14 +29,73 @@ use tracing::{debug, info, warn};
 
 use crate::dead_letter::{self, DeadLetter};
 
-pub struct Ctx {
+/// What the workers of one process share. Generic over the target the
+/// engine writes to (the seam, `crate::apply::target`); the local store
+/// (dead letters, metrics, logs) is the consumer's own PostgreSQL database.
+pub struct Ctx<T: Target> {
     pub config: Config,
-    pub applier: Applier,
+    pub engine: Engine<T>,
+    /// The local store's pool.
+    pub store: sqlx::PgPool,
     pub js: jetstream::Context,
     /// Without replica mode, an FK violation means "parent not here yet".
     pub fk_transient: bool,
     /// Failed apply attempts (transient or permanent) since start.
-    pub errors: std::sync::atomic::AtomicU64,
+    pub errors: AtomicU64,
+    /// Rows added/updated/deleted per table since the last `take_counts`.
+    counts: Mutex<HashMap<TableName, Counts>>,
+    /// Records applied (changed local state) since the process started.
+    applied: AtomicU64,
+}
+
+impl<T: Target> Ctx<T> {
+    pub fn new(
+        config: Config,
+        engine: Engine<T>,
+        store: sqlx::PgPool,
+        js: jetstream::Context,
+        fk_transient: bool,
+    ) -> Ctx<T> {
+        Ctx {
+            config,
+            engine,
+            store,
+            js,
+            fk_transient,
+            errors: AtomicU64::new(0),
+            counts: Mutex::new(HashMap::new()),
+            applied: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the per-table counts gathered since the last call.
+    pub fn take_counts(&self) -> HashMap<TableName, Counts> {
+        std::mem::take(&mut *self.counts.lock().expect("counts lock"))
+    }
+
+    /// Records applied (changed local state) since the process started.
+    pub fn applied_total(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Counts a committed batch: the process totals, the per-table counts
+    /// for `data_sync_metrics`, and the Prometheus counters.
+    fn count(&self, table: &TableName, report: &BatchReport) {
+        self.applied.fetch_add(report.applied, Ordering::Relaxed);
+        let mut counts = self.counts.lock().expect("counts lock");
+        let c = counts.entry(table.clone()).or_default();
+        c.added += report.inserted;
+        c.updated += report.updated;
+        c.deleted += report.deleted;
+        drop(counts);
+        let t = table.to_string();
+        metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "insert")
+            .increment(report.inserted);
+        metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "update")
+            .increment(report.updated);
+        metrics::counter!("syncdata_records_applied_total", "table" => t, "op" => "delete")
+            .increment(report.deleted);
+    }
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -54,8 +116,8 @@ struct Item {
     delivered: i64,
 }
 
-pub async fn run_table(
-    ctx: Arc<Ctx>,
+pub async fn run_table<T: Target>(
+    ctx: Arc<Ctx<T>>,
     table: TableName,
     mut consumer: PullConsumer,
     token: CancellationToken,
@@ -205,7 +267,7 @@ async fn wait_for_durable(
 
 /// Applies and settles one fetched batch. Returns true when a transient
 /// failure left messages to retry.
-async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
+async fn process<T: Target>(ctx: &Ctx<T>, table: &TableName, msgs: Vec<Message>) -> bool {
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
@@ -261,8 +323,9 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                 fallback_seq: items[i].stream_seq,
             })
             .collect();
-        match ctx.applier.apply_batch(table, &incoming, "").await {
+        match ctx.engine.apply_batch(table, &incoming, "").await {
             Ok(report) => {
+                ctx.count(table, &report);
                 for (&i, d) in group.iter().zip(report.dispositions) {
                     fates[i] = Some(match d {
                         Disposition::Applied | Disposition::Superseded => Fate::Ack,
@@ -272,10 +335,6 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                         },
                     });
                 }
-                let t = table.to_string();
-                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "insert").increment(report.inserted);
-                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "update").increment(report.updated);
-                metrics::counter!("syncdata_records_applied_total", "table" => t.clone(), "op" => "delete").increment(report.deleted);
                 if report.parked > 0 || report.deletes_of_missing > 0 {
                     warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
                           "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
@@ -283,8 +342,7 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
             }
             Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
                 Kind::Transient => {
-                    ctx.errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ctx.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
                     metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
                     for &i in &group {
@@ -292,12 +350,11 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                     }
                 }
                 Kind::Permanent => {
-                    ctx.errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ctx.errors.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
                     if matches!(err, ApplyError::Db { .. }) {
                         // A schema change may be the cause; read it afresh.
-                        ctx.applier.forget_shape(table).await;
+                        ctx.engine.forget_shape(table).await;
                     }
                     let whole_table = matches!(err, ApplyError::Shape(_));
                     if group.len() > 1 && !whole_table {
@@ -323,7 +380,12 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
     settle(ctx, table, items, fates).await
 }
 
-async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Option<Fate>>) -> bool {
+async fn settle<T: Target>(
+    ctx: &Ctx<T>,
+    table: &TableName,
+    items: Vec<Item>,
+    fates: Vec<Option<Fate>>,
+) -> bool {
     let policy = retry_policy(&ctx.config);
     let max_attempts = i64::from(ctx.config.consumer.max_attempts);
     let mut transient = false;
@@ -354,7 +416,7 @@ async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Optio
                 };
                 match dead_letter::publish(
                     &ctx.js,
-                    ctx.applier.pool(),
+                    &ctx.store,
                     &ctx.config.nats.dlq_subject_prefix,
                     dl,
                 )

@@ -1,7 +1,8 @@
 //! syncdata core: what both binaries share — the change record, versions,
-//! NATS subjects and connection, table names, configuration, the retry policy
-//! and telemetry. The apply engine and the local store live in the consumer.
+//! NATS subjects and connection, table names, the catalog reader, configuration,
+//! the retry policy and telemetry. The apply engine and the local store live in the consumer.
 
+pub mod catalog;
 pub mod config;
 pub mod nats;
 pub mod private_fs;

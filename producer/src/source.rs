@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
+use syncdata_core::catalog;
 use syncdata_core::config::Config;
 use syncdata_core::table::{quote_ident, TableName};
 
@@ -335,34 +336,18 @@ async fn check_replica_identity(conn: &mut PgConnection, name: &TableName) -> an
     }
 }
 
-/// Reads a table's columns and primary key; errors clearly when the table
-/// does not exist, has no primary key, or has a replica identity that
-/// loses changes (`syncdata_core::table::replica_identity_problem`).
+/// Reads a table's columns and primary key (through the one catalog reader,
+/// [`catalog::table`]); errors clearly when the table does not exist, has no
+/// primary key, or has a replica identity that loses changes
+/// (`syncdata_core::table::replica_identity_problem`).
 pub async fn source_table(
     conn: &mut PgConnection,
     name: &TableName,
 ) -> anyhow::Result<SourceTable> {
-    let oid: Option<i64> = sqlx::query_scalar(
-        "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-    )
-    .bind(&name.schema)
-    .bind(&name.table)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(oid) = oid else {
+    let Some(def) = catalog::table(&mut *conn, name).await? else {
         bail!("table {name} does not exist on the source (or is not a table)");
     };
-    let key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i \
-         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1::int8::oid AND i.indisprimary ORDER BY k.ord",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    if key.is_empty() {
+    if def.primary_key.is_empty() {
         bail!(
             "table {name} has no primary key: wal2json cannot identify its rows, so its UPDATEs \
              and DELETEs cannot be synced. Fix: add a primary key (`ALTER TABLE {} ADD PRIMARY \
@@ -371,33 +356,21 @@ pub async fn source_table(
         );
     }
     check_replica_identity(conn, name).await?;
-    let columns: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT a.attname::text, bt.typcategory::text, bt.oid = 'bytea'::regtype \
-         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-         JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-         WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
-           AND a.attgenerated = '' ORDER BY a.attnum",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    let estimated: f32 =
-        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::int8::oid")
-            .bind(oid)
-            .fetch_one(&mut *conn)
-            .await?;
     Ok(SourceTable {
         name: name.clone(),
-        columns: columns
+        // Generated columns are not replicated (wal2json leaves them out).
+        columns: def
+            .columns
             .into_iter()
-            .map(|(name, category, is_bytea)| SourceColumn {
-                name,
-                category: category.chars().next().unwrap_or('U'),
-                is_bytea,
+            .filter(|c| !c.generated)
+            .map(|c| SourceColumn {
+                name: c.name,
+                category: c.category,
+                is_bytea: c.is_bytea,
             })
             .collect(),
-        key,
-        estimated_rows: (estimated >= 0.0).then_some(estimated as i64),
+        key: def.primary_key,
+        estimated_rows: def.estimated_rows,
     })
 }
 

@@ -752,44 +752,27 @@ struct TableMeta {
     pk: Vec<String>,
 }
 
-const META_SQL: &str = "\
-SELECT a.attname::text,
-       format_type(a.atttypid, a.atttypmod),
-       array_position(i.indkey::int2[], a.attnum)
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
-LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
-WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-  AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum";
-
 async fn table_meta(
     conn: &mut sqlx::PgConnection,
     schema: &str,
     table: &str,
 ) -> Result<TableMeta, sqlx::Error> {
-    let rows: Vec<(String, String, Option<i32>)> = sqlx::query_as(META_SQL)
-        .bind(schema)
-        .bind(table)
-        .fetch_all(&mut *conn)
-        .await?;
-    if rows.is_empty() {
+    let name = syncdata_core::table::TableName::new(schema, table);
+    let Some(def) = syncdata_core::catalog::table(&mut *conn, &name).await? else {
         return Err(sqlx::Error::InvalidArgument(format!(
             "table {schema}.{table} does not exist"
         )));
-    }
-    let mut pk: Vec<(i32, String)> = rows
-        .iter()
-        .filter_map(|(name, _, pos)| pos.map(|p| (p, name.clone())))
+    };
+    let columns: Vec<(String, String)> = def
+        .columns
+        .into_iter()
+        .map(|c| (c.name, c.sql_type))
         .collect();
-    pk.sort();
-    let columns: Vec<(String, String)> = rows.into_iter().map(|(n, t, _)| (n, t)).collect();
     Ok(TableMeta {
         qualified: format!("{}.{}", quote_ident(schema), quote_ident(table)),
         types: columns.iter().cloned().collect(),
         columns,
-        pk: pk.into_iter().map(|(_, n)| n).collect(),
+        pk: def.primary_key,
     })
 }
 

@@ -65,6 +65,16 @@ pub enum Outcome {
 }
 
 impl RowState {
+    /// A row as read back from bookkeeping or the target table: its image
+    /// version is inferred from its columns (see [`RowState::born`]).
+    pub fn loaded(floor: Option<Version>, cells: Vec<Option<Cell>>) -> RowState {
+        RowState {
+            floor,
+            cells,
+            image: None,
+        }
+    }
+
     pub fn empty(columns: usize) -> RowState {
         RowState {
             floor: None,

@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
+use syncdata_core::catalog;
 use syncdata_core::config::Config;
 use syncdata_core::table::{quote_ident, TableName};
 
@@ -204,51 +205,21 @@ struct Side {
 }
 
 async fn describe(conn: &mut PgConnection, table: &TableName) -> anyhow::Result<Option<Side>> {
-    let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
-        .bind(table.quoted())
-        .fetch_one(&mut *conn)
-        .await?;
-    let Some(oid) = oid else { return Ok(None) };
-    let db_collation: String = sqlx::query_scalar(
-        "SELECT datcollate::text FROM pg_database WHERE datname = current_database()",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), co.collname::text \
-         FROM pg_attribute a LEFT JOIN pg_collation co ON co.oid = a.attcollation \
-         WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    let key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i \
-         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1::int8::oid AND i.indisprimary ORDER BY k.ord",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    let key_collations = key
+    let Some(def) = catalog::table(&mut *conn, table).await? else {
+        return Ok(None);
+    };
+    let key_collations = def
+        .primary_key
         .iter()
-        .map(|k| {
-            rows.iter()
-                .find(|(n, _, _)| n == k)
-                .and_then(|(_, _, c)| c.clone())
-                .map(|c| {
-                    if c == "default" {
-                        db_collation.clone()
-                    } else {
-                        c
-                    }
-                })
-        })
+        .map(|k| def.column(k).and_then(|c| c.collation.clone()))
         .collect();
     Ok(Some(Side {
-        columns: rows.into_iter().map(|(n, t, _)| (n, t)).collect(),
-        key,
+        columns: def
+            .columns
+            .into_iter()
+            .map(|c| (c.name, c.sql_type))
+            .collect(),
+        key: def.primary_key,
         key_collations,
     }))
 }

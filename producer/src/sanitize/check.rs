@@ -17,6 +17,7 @@ use std::path::Path;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use syncdata_core::catalog;
 use syncdata_core::table::TableName;
 
 use super::rules::{
@@ -82,19 +83,6 @@ pub async fn read_schema(conn: &mut PgConnection) -> Result<Schema, sqlx::Error>
     const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
     let mut schema = Schema::new();
-    /// (schema, table, column, NOT NULL, has default, type, base type,
-    /// category, typmod)
-    type ColumnRow = (
-        String,
-        String,
-        String,
-        bool,
-        bool,
-        String,
-        String,
-        String,
-        i32,
-    );
     /// (schema, table, constraint, referenced schema and table, columns,
     /// referenced columns)
     type ForeignKeyRow = (
@@ -106,38 +94,34 @@ pub async fn read_schema(conn: &mut PgConnection) -> Result<Schema, sqlx::Error>
         Vec<String>,
         Vec<String>,
     );
-    let columns: Vec<ColumnRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnotnull, a.atthasdef,
-                    format_type(a.atttypid, a.atttypmod),
-                    bt.typname::text, t.typcategory::text,
-                    CASE WHEN a.atttypmod <> -1 THEN a.atttypmod ELSE t.typtypmod END
-             FROM pg_attribute a
-             JOIN pg_class c ON c.oid = a.attrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_type t ON t.oid = a.atttypid
-             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-             WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-               AND NOT c.relispartition AND {USER_SCHEMAS}
-             ORDER BY 1, 2, a.attnum"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    for (nsp, rel, name, not_null, has_default, sql_type, base, category, typmod) in columns {
-        let max_chars =
-            (matches!(base.as_str(), "varchar" | "bpchar") && typmod > 4).then_some(typmod - 4);
-        schema
-            .entry(TableName::new(nsp, rel))
-            .or_default()
+    // Columns and types through the one catalog reader; unique indexes and
+    // foreign keys below are only this check's concern.
+    for def in catalog::user_tables(&mut *conn).await? {
+        let columns = def
             .columns
-            .push(Column {
-                name,
-                not_null,
-                has_default,
-                sql_type,
-                base,
-                category,
-                max_chars,
-            });
+            .into_iter()
+            .map(|c| {
+                let max_chars = (matches!(c.base_type.as_str(), "varchar" | "bpchar")
+                    && c.typmod > 4)
+                    .then_some(c.typmod - 4);
+                Column {
+                    name: c.name,
+                    not_null: c.not_null,
+                    has_default: c.has_default,
+                    sql_type: c.sql_type,
+                    base: c.base_type,
+                    category: c.category.to_string(),
+                    max_chars,
+                }
+            })
+            .collect();
+        schema.insert(
+            def.name,
+            Table {
+                columns,
+                ..Table::default()
+            },
+        );
     }
     let unique: Vec<(String, String, String, bool, Vec<String>)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(

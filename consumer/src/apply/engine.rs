@@ -1,0 +1,321 @@
+//! The apply loop, written once above the target seam: prepare → lock →
+//! probe → merge → plan → write, in one transaction per batch of one table.
+//!
+//! Invariants (docs/design.md, "Apply engine"): the version guard and the
+//! data change commit together; a change is applied only where it is newer
+//! (per column, see [`super::merge`]); deletes leave tombstones; a TRUNCATE
+//! is a floor for the whole table. So apply is idempotent and order-free,
+//! and any number of processes may apply batches of one table at once: the
+//! rows a batch touches are locked through their bookkeeping rows, in key
+//! order (see [`super::target`] for what each step locks).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use syncdata_core::record::Op;
+use syncdata_core::table::TableName;
+use syncdata_core::version::Version;
+use tokio::sync::RwLock;
+
+use super::merge::{self, Change, Outcome, RowState, Versioned};
+use super::plan::{self, BookRow, Merged, Stored};
+use super::prepare::{self, key_parts, Prepared};
+use super::shape::{ShapeError, TableShape};
+use super::target::{BatchLog, Target, TargetTx};
+use super::{ApplyError, BatchReport, Disposition, Incoming};
+
+/// Applies batches to one target. Cheap to share: one per process.
+pub struct Engine<T: Target> {
+    target: T,
+    shapes: RwLock<HashMap<TableName, Arc<TableShape>>>,
+}
+
+impl<T: Target> Engine<T> {
+    pub fn with_target(target: T) -> Engine<T> {
+        Engine {
+            target,
+            shapes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn target(&self) -> &T {
+        &self.target
+    }
+
+    /// The table's shape, read from the target once and cached.
+    pub async fn shape(&self, table: &TableName) -> Result<Arc<TableShape>, ShapeError> {
+        if let Some(s) = self.shapes.read().await.get(table) {
+            return Ok(s.clone());
+        }
+        let shape = Arc::new(self.target.load_shape(table).await?);
+        self.shapes
+            .write()
+            .await
+            .insert(table.clone(), shape.clone());
+        Ok(shape)
+    }
+
+    /// Forgets a cached shape (after a schema change or a failure that may
+    /// come from one).
+    pub async fn forget_shape(&self, table: &TableName) {
+        self.shapes.write().await.remove(table);
+    }
+
+    /// Applies `batch` (records of `table` only) in one transaction.
+    /// `archive_ref` goes into the batch's log entry (empty: the batch's
+    /// LSN range).
+    pub async fn apply_batch(
+        &self,
+        table: &TableName,
+        batch: &[Incoming<'_>],
+        archive_ref: &str,
+    ) -> Result<BatchReport, ApplyError> {
+        let mut shape = self.shape(table).await?;
+        let db = |source| ApplyError::Db {
+            table: table.clone(),
+            source,
+        };
+        let mut prepared = prepare::prepare(&shape, batch);
+        if prepared.unknown_column {
+            // The local table may have gained the column since the shape
+            // was cached (the fix for such dead letters): look again once.
+            self.forget_shape(table).await;
+            shape = self.shape(table).await?;
+            prepared = prepare::prepare(&shape, batch);
+        }
+        let mut tx = self.target.begin(shape.clone()).await.map_err(db)?;
+        let (report, log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref)
+            .await
+            .map_err(db)?;
+        tx.commit(log).await.map_err(db)?;
+        Ok(report)
+    }
+}
+
+/// Everything between lock and commit.
+async fn apply_in_tx<X: TargetTx>(
+    tx: &mut X,
+    shape: &TableShape,
+    mut p: Prepared,
+    archive_ref: &str,
+) -> Result<(BatchReport, BatchLog), sqlx::Error> {
+    let mut floor = tx.lock_table(p.truncate.is_some()).await?;
+    if let Some(vt) = p.truncate.filter(|&vt| vt > floor) {
+        for text in tx.truncate(vt).await? {
+            let id = p.keys.intern(key_parts(text, shape.key.len()));
+            p.truncate_rows.push(id);
+        }
+        floor = vt;
+    }
+
+    // Changes at or below the table's floor are dead.
+    let mut live_changes = Vec::with_capacity(p.changes.len());
+    for c in p.changes.drain(..) {
+        if c.version <= floor {
+            p.dispositions[c.index] = Some(Disposition::Superseded);
+        } else {
+            live_changes.push(c);
+        }
+    }
+
+    let key_count = p.keys.len();
+    // The bookkeeping row of each key as found under lock (None: no row).
+    let mut stored: Vec<Option<Stored>> = (0..key_count).map(|_| None).collect();
+    let mut exists = vec![false; key_count];
+    // Bookkeeping rows this batch inserted for keys that had none.
+    let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
+    let mut pending: Vec<usize> = (0..key_count).collect();
+    let probes = Probes::of(&p, &live_changes);
+    // Keys without a bookkeeping row get theirs inserted with its final
+    // state (no placeholder written and rewritten). A key another batch
+    // inserted meanwhile conflicts: it is then locked and read like any
+    // other and the merge runs again (rare: two processes, one new key).
+    let (initial, states, outcomes, fetched) = loop {
+        if !pending.is_empty() {
+            for (id, s) in tx.lock_rows(&p.keys, &pending).await? {
+                stored[id] = Some(s);
+            }
+            let (probe, skip): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&id| {
+                let known = stored[id].as_ref().map(|s| s.version);
+                probes.must_probe[id] || probes.whole_image[id].is_none_or(|v| Some(v) <= known)
+            });
+            if !probe.is_empty() {
+                let present = tx.present(&p.keys, &probe).await?;
+                for id in probe {
+                    exists[id] = present.contains(&id);
+                }
+            }
+            for id in skip {
+                // Not looked up: assumed present when synced before (the
+                // whole image overrides it either way).
+                exists[id] = stored[id].is_some();
+            }
+        }
+        let initial: Vec<RowState> = (0..key_count)
+            .map(|id| plan::initial_state(shape, id, stored[id].as_ref(), exists[id]))
+            .collect();
+        let mut states = initial.clone();
+        for &k in &p.truncate_rows {
+            states[k].apply_delete(floor);
+        }
+        let outcomes = merge::merge(&mut states, live_changes.clone());
+        let need = plan::values_needed(&states, &initial);
+        let fetched = if need.is_empty() {
+            HashMap::new()
+        } else {
+            tx.read_rows(&p.keys, &need).await?
+        };
+        let mut new_rows = Vec::new();
+        for id in 0..key_count {
+            if stored[id].is_none() && inserted[id].is_none() && states[id] != initial[id] {
+                if let Some(row) =
+                    BookRow::of(shape, &states[id], &|c, v| plan::resolve(&fetched, c, v))
+                {
+                    new_rows.push((id, row));
+                }
+            }
+        }
+        if new_rows.is_empty() {
+            break (initial, states, outcomes, fetched);
+        }
+        let done = tx.insert_bookkeeping(&p.keys, &new_rows).await?;
+        pending.clear();
+        for (id, row) in new_rows {
+            if done.contains(&id) {
+                inserted[id] = Some(row);
+            } else {
+                pending.push(id);
+            }
+        }
+        if pending.is_empty() {
+            break (initial, states, outcomes, fetched);
+        }
+    };
+
+    let mut report = tally(&mut p, &live_changes, &outcomes, &exists, &initial);
+    let had_book: Vec<bool> = stored.iter().map(Option::is_some).collect();
+    let write = plan::plan(
+        shape,
+        &Merged {
+            initial: &initial,
+            states: &states,
+            exists: &exists,
+            had_book: &had_book,
+            inserted: &inserted,
+            by_update: &probes.by_update,
+            fetched: &fetched,
+        },
+    );
+    report.parked = write.parked;
+    tx.write(&p.keys, write).await?;
+
+    report.max_version = p.versions.iter().copied().max();
+    let first = p.versions.iter().copied().min();
+    let archive_ref = match (first, report.max_version) {
+        (Some(a), Some(b)) if archive_ref.is_empty() => format!("{}..{}", a.lsn, b.lsn),
+        _ => archive_ref.to_owned(),
+    };
+    report.dispositions = p
+        .dispositions
+        .drain(..)
+        .map(|d| d.expect("every record has a disposition"))
+        .collect();
+    report.applied = report
+        .dispositions
+        .iter()
+        .filter(|d| **d == Disposition::Applied)
+        .count() as u64;
+    let log = BatchLog {
+        rows_synced: report.applied,
+        archive_ref,
+    };
+    Ok((report, log))
+}
+
+/// Which keys' target rows must be looked up (probed).
+struct Probes {
+    /// The version of the batch's newest whole image of each key. A key's
+    /// target row need not be looked up when the batch brings a whole image
+    /// newer than all that is known of it (the upsert writes it either way).
+    whole_image: Vec<Option<Version>>,
+    /// Always probed: deletes, old keys of key changes, rows a TRUNCATE
+    /// reaches into.
+    must_probe: Vec<bool>,
+    /// That newest whole image is an UPDATE (so the row is most likely
+    /// there: written by UPDATE first, not by an upsert).
+    by_update: Vec<bool>,
+}
+
+impl Probes {
+    fn of(p: &Prepared, live_changes: &[Versioned]) -> Probes {
+        let key_count = p.keys.len();
+        let mut probes = Probes {
+            whole_image: vec![None; key_count],
+            must_probe: vec![false; key_count],
+            by_update: vec![false; key_count],
+        };
+        for &k in &p.truncate_rows {
+            probes.must_probe[k] = true;
+        }
+        for c in live_changes {
+            match &c.change {
+                Change::Image { key, values, from } => {
+                    if values.iter().all(Option::is_some)
+                        && probes.whole_image[*key] < Some(c.version)
+                    {
+                        probes.whole_image[*key] = Some(c.version);
+                        probes.by_update[*key] = p.ops[c.index] == Op::Update;
+                    }
+                    if let Some(old) = from {
+                        probes.must_probe[*old] = true;
+                    }
+                }
+                Change::Delete { key } => probes.must_probe[*key] = true,
+            }
+        }
+        probes
+    }
+}
+
+/// Sets the disposition of each live change from its merge outcome and
+/// counts what was applied, by op.
+fn tally(
+    p: &mut Prepared,
+    live_changes: &[Versioned],
+    outcomes: &HashMap<usize, Outcome>,
+    exists: &[bool],
+    initial: &[RowState],
+) -> BatchReport {
+    let mut report = BatchReport::default();
+    // The oldest image of each key in the batch: a DELETE after it deletes
+    // a row the batch itself brought, not a missing one.
+    let mut first_image: HashMap<usize, Version> = HashMap::new();
+    for c in live_changes {
+        if let Change::Image { key, .. } = c.change {
+            let v = first_image.entry(key).or_insert(c.version);
+            *v = (*v).min(c.version);
+        }
+    }
+    for c in live_changes {
+        let outcome = outcomes[&c.index];
+        p.dispositions[c.index] = Some(match outcome {
+            Outcome::Applied => Disposition::Applied,
+            Outcome::Superseded => Disposition::Superseded,
+        });
+        if outcome == Outcome::Applied {
+            match p.ops[c.index] {
+                Op::Insert => report.inserted += 1,
+                Op::Update => report.updated += 1,
+                Op::Delete => report.deleted += 1,
+                Op::Truncate => {}
+            }
+            if let Change::Delete { key } = c.change {
+                let brought_here = first_image.get(&key).is_some_and(|&v| v < c.version);
+                if !exists[key] && !brought_here && initial[key].cells.iter().all(Option::is_none) {
+                    report.deletes_of_missing += 1;
+                }
+            }
+        }
+    }
+    report
+}

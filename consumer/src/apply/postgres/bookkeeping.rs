@@ -1,0 +1,307 @@
+//! The bookkeeping SQL: `syncdata.table_state` (one row per table: its
+//! TRUNCATE floor, and the lock that orders TRUNCATEs against batches),
+//! `syncdata.row_state` (one row per key ever synced: its version, column
+//! versions, floor, parked values), and the `data_sync_logs` entry of each
+//! batch. Rows are locked in key order (`collate "C"`), so batches that
+//! share keys never deadlock.
+
+use std::collections::HashSet;
+
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use syncdata_core::version::Version;
+
+use crate::apply::merge::KeyId;
+use crate::apply::plan::{BookRow, Stored};
+use crate::apply::prepare::Keys;
+use crate::apply::shape::TableShape;
+use crate::apply::target::BatchLog;
+
+type Tx = Transaction<'static, Postgres>;
+
+/// Locks the table's row in table_state — KEY SHARE for ordinary batches
+/// (they run side by side), UPDATE for a TRUNCATE (it waits for them and
+/// holds new ones off until it commits) — creating it on the table's first
+/// batch. Returns its id and TRUNCATE floor.
+pub(super) async fn lock_table(
+    tx: &mut Tx,
+    table_name: &str,
+    exclusive: bool,
+) -> Result<(i32, Version), sqlx::Error> {
+    let lock = if exclusive {
+        "for update"
+    } else {
+        "for key share"
+    };
+    let select_state = format!(
+        "select id, truncate_lsn, truncate_seq from syncdata.table_state where table_name = $1 {lock}"
+    );
+    let mut row: Option<(i32, i64, i64)> = sqlx::query_as(AssertSqlSafe(select_state.clone()))
+        .bind(table_name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if row.is_none() {
+        sqlx::query(
+            "insert into syncdata.table_state (table_name) values ($1) on conflict (table_name) do nothing",
+        )
+        .bind(table_name)
+        .execute(&mut **tx)
+        .await?;
+        row = Some(
+            sqlx::query_as(AssertSqlSafe(select_state))
+                .bind(table_name)
+                .fetch_one(&mut **tx)
+                .await?,
+        );
+    }
+    let (table_id, t_lsn, t_seq) = row.expect("table_state row");
+    Ok((table_id, Version::from_db(t_lsn, t_seq)))
+}
+
+/// A TRUNCATE at `vt`: every row loses what is at or below it, as if each
+/// row were deleted at `vt`. Rows wholly older go at once; returns the keys
+/// of rows with some newer columns (the engine deletes them at `vt`).
+pub(super) async fn truncate(
+    tx: &mut Tx,
+    shape: &TableShape,
+    table_id: i32,
+    vt: Version,
+) -> Result<Vec<String>, sqlx::Error> {
+    let (lsn, seq) = vt.to_db();
+    let key_match: String = shape
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            format!(
+                "t.{} = {}",
+                shape.quoted_column(c),
+                shape.key_from_text(i, "s.key")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    sqlx::query(AssertSqlSafe(format!(
+        "delete from {} t where not exists (select 1 from syncdata.row_state s \
+         where s.table_id = $1 and s.state = 'L' and (s.lsn, s.seq) > ($2, $3) and {key_match})",
+        shape.name.quoted()
+    )))
+    .bind(table_id)
+    .bind(lsn)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("delete from syncdata.row_state where table_id = $1 and (lsn, seq) <= ($2, $3)")
+        .bind(table_id)
+        .bind(lsn)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    let mixed: Vec<String> = sqlx::query_scalar(
+        "select key from syncdata.row_state where table_id = $1 and col_versions is not null",
+    )
+    .bind(table_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "update syncdata.table_state set truncate_lsn = $2, truncate_seq = $3 where id = $1",
+    )
+    .bind(table_id)
+    .bind(lsn)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    Ok(mixed)
+}
+
+/// key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked
+type StoredRow = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<serde_json::Value>,
+    Option<serde_json::Value>,
+);
+
+/// Locks, in key order, the bookkeeping rows that exist for the keys
+/// `ids`, and reads them. Returns (key id, row) for each row found.
+///
+/// Lock and read are one statement: a row lock waited for re-reads the
+/// locked row itself (its newest version), which is all this reads. The
+/// target table is read by a statement of its own once the locks are held:
+/// under READ COMMITTED a statement that waits for a row lock re-reads only
+/// the locked row, not the rows joined to it, so a target row committed by
+/// the transaction it waited for would look absent (and one it deleted,
+/// present).
+pub(super) async fn lock_rows(
+    tx: &mut Tx,
+    table_id: i32,
+    keys: &Keys,
+    ids: &[KeyId],
+) -> Result<Vec<(KeyId, Stored)>, sqlx::Error> {
+    let mut wanted: Vec<&str> = ids.iter().map(|&id| keys.texts[id].as_str()).collect();
+    wanted.sort_unstable();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "select key, state::text, lsn, seq, floor_lsn, floor_seq, col_versions, parked \
+         from syncdata.row_state where table_id = $1 and key = any($2) \
+         order by key collate \"C\" for update",
+    )
+    .bind(table_id)
+    .bind(&wanted)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, state, lsn, seq, fl, fs, cv, parked)| {
+            let id = *keys.ids.get(&key)?;
+            Some((
+                id,
+                Stored {
+                    state,
+                    version: Version::from_db(lsn, seq),
+                    floor: fl.zip(fs).map(|(l, s)| Version::from_db(l, s)),
+                    col_versions: cv,
+                    parked,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Bookkeeping rows as columns, for `unnest`.
+#[derive(Default)]
+struct Columns {
+    keys: Vec<String>,
+    states: Vec<&'static str>,
+    lsns: Vec<i64>,
+    seqs: Vec<i64>,
+    floor_lsns: Vec<Option<i64>>,
+    floor_seqs: Vec<Option<i64>>,
+    col_versions: Vec<Option<String>>,
+    parked: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, key: String, row: BookRow) {
+        self.keys.push(key);
+        self.states.push(row.state);
+        self.lsns.push(row.lsn);
+        self.seqs.push(row.seq);
+        self.floor_lsns.push(row.floor.map(|f| f.0));
+        self.floor_seqs.push(row.floor.map(|f| f.1));
+        self.col_versions.push(row.col_versions);
+        self.parked.push(row.parked);
+    }
+}
+
+/// Inserts the bookkeeping rows of keys that had none, in key order.
+/// Returns the key ids inserted; the others were inserted by another
+/// transaction meanwhile.
+pub(super) async fn insert(
+    tx: &mut Tx,
+    table_id: i32,
+    keys: &Keys,
+    rows: &[(KeyId, BookRow)],
+) -> Result<HashSet<KeyId>, sqlx::Error> {
+    let mut book = Columns::default();
+    for (id, row) in rows {
+        book.push(keys.texts[*id].clone(), row.clone());
+    }
+    let done: Vec<String> = sqlx::query_scalar(
+        "insert into syncdata.row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
+         select $1, u.key, u.state::\"char\", u.lsn, u.seq, u.fl, u.fs, u.cv::jsonb, u.pk::jsonb \
+         from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
+              as u(key, state, lsn, seq, fl, fs, cv, pk) \
+         order by u.key collate \"C\" \
+         on conflict do nothing returning key",
+    )
+    .bind(table_id)
+    .bind(book.keys)
+    .bind(book.states)
+    .bind(book.lsns)
+    .bind(book.seqs)
+    .bind(book.floor_lsns)
+    .bind(book.floor_seqs)
+    .bind(book.col_versions)
+    .bind(book.parked)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(done
+        .iter()
+        .filter_map(|k| keys.ids.get(k).copied())
+        .collect())
+}
+
+/// Overwrites existing bookkeeping rows (locked by [`lock_rows`] or
+/// inserted by [`insert`] in this transaction).
+pub(super) async fn update(
+    tx: &mut Tx,
+    table_id: i32,
+    keys: &Keys,
+    rows: Vec<(KeyId, BookRow)>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut book = Columns::default();
+    for (id, row) in rows {
+        book.push(keys.texts[id].clone(), row);
+    }
+    sqlx::query(
+        "update syncdata.row_state s set state = u.state::\"char\", lsn = u.lsn, seq = u.seq, \
+                floor_lsn = u.fl, floor_seq = u.fs, col_versions = u.cv::jsonb, parked = u.pk::jsonb \
+         from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
+              as u(key, state, lsn, seq, fl, fs, cv, pk) \
+         where s.table_id = $1 and s.key = u.key",
+    )
+    .bind(table_id)
+    .bind(book.keys)
+    .bind(book.states)
+    .bind(book.lsns)
+    .bind(book.seqs)
+    .bind(book.floor_lsns)
+    .bind(book.floor_seqs)
+    .bind(book.col_versions)
+    .bind(book.parked)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes the bookkeeping rows of `ids` (nothing is known of them any more).
+pub(super) async fn remove(
+    tx: &mut Tx,
+    table_id: i32,
+    keys: &Keys,
+    ids: &[KeyId],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let texts: Vec<&str> = ids.iter().map(|&id| keys.texts[id].as_str()).collect();
+    sqlx::query("delete from syncdata.row_state where table_id = $1 and key = any($2)")
+        .bind(table_id)
+        .bind(&texts)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The batch's SUCCESS row in `data_sync_logs`.
+pub(super) async fn log_success(
+    tx: &mut Tx,
+    table_name: &str,
+    log: &BatchLog,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref) values ($1, 'SUCCESS', $2, $3)",
+    )
+    .bind(table_name)
+    .bind(log.rows_synced as i32)
+    .bind(&log.archive_ref)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The PostgreSQL target: the local database the consumer writes to. Data
+//! statements are set-based (one `unnest` statement per kind of write, see
+//! [`statements`]); the bookkeeping lives in the `syncdata` schema (see
+//! [`bookkeeping`]); both commit in the batch's one transaction.
+
+mod bookkeeping;
+mod shape;
+mod statements;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::{PgPool, Transaction};
+use syncdata_core::table::TableName;
+use syncdata_core::version::Version;
+
+use super::merge::KeyId;
+use super::plan::{BookRow, Stored, WritePlan};
+use super::prepare::Keys;
+use super::shape::{ShapeError, TableShape};
+use super::target::{BatchLog, Target, TargetTx};
+
+/// The local PostgreSQL database. Cheap to share: one per process.
+pub struct PgTarget {
+    pool: PgPool,
+    replica_role: bool,
+}
+
+impl PgTarget {
+    /// `replica_role`: apply with `session_replication_role = replica` so
+    /// triggers and FK checks do not fire on replicated rows (needs a
+    /// superuser; see [`PgTarget::detect_replica_role`]).
+    pub fn new(pool: PgPool, replica_role: bool) -> PgTarget {
+        PgTarget { pool, replica_role }
+    }
+
+    /// Whether the connected role may use replica mode (is a superuser).
+    pub async fn detect_replica_role(pool: &PgPool) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// One batch's transaction on the local database.
+pub struct PgTx {
+    tx: Transaction<'static, sqlx::Postgres>,
+    shape: Arc<TableShape>,
+    /// The table's `syncdata.table_state` id, once locked.
+    table_id: Option<i32>,
+}
+
+impl PgTx {
+    fn table_id(&self) -> i32 {
+        self.table_id
+            .expect("the engine locks the table before anything else")
+    }
+}
+
+impl Target for PgTarget {
+    type Tx = PgTx;
+
+    async fn load_shape(&self, table: &TableName) -> Result<TableShape, ShapeError> {
+        TableShape::load(&self.pool, table).await
+    }
+
+    async fn begin(&self, shape: Arc<TableShape>) -> Result<PgTx, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.replica_role {
+            sqlx::query("set local session_replication_role = replica")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(PgTx {
+            tx,
+            shape,
+            table_id: None,
+        })
+    }
+}
+
+impl TargetTx for PgTx {
+    async fn lock_table(&mut self, exclusive: bool) -> Result<Version, sqlx::Error> {
+        let (id, floor) =
+            bookkeeping::lock_table(&mut self.tx, &self.shape.name.to_string(), exclusive).await?;
+        self.table_id = Some(id);
+        Ok(floor)
+    }
+
+    async fn truncate(&mut self, at: Version) -> Result<Vec<String>, sqlx::Error> {
+        let id = self.table_id();
+        bookkeeping::truncate(&mut self.tx, &self.shape, id, at).await
+    }
+
+    async fn lock_rows(
+        &mut self,
+        keys: &Keys,
+        ids: &[KeyId],
+    ) -> Result<Vec<(KeyId, Stored)>, sqlx::Error> {
+        let id = self.table_id();
+        bookkeeping::lock_rows(&mut self.tx, id, keys, ids).await
+    }
+
+    async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<HashSet<KeyId>, sqlx::Error> {
+        statements::present(&mut self.tx, &self.shape, keys, ids).await
+    }
+
+    async fn read_rows(
+        &mut self,
+        keys: &Keys,
+        ids: &HashSet<KeyId>,
+    ) -> Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error> {
+        statements::read_rows(&mut self.tx, &self.shape, keys, ids).await
+    }
+
+    async fn insert_bookkeeping(
+        &mut self,
+        keys: &Keys,
+        rows: &[(KeyId, BookRow)],
+    ) -> Result<HashSet<KeyId>, sqlx::Error> {
+        let id = self.table_id();
+        bookkeeping::insert(&mut self.tx, id, keys, rows).await
+    }
+
+    async fn write(&mut self, keys: &Keys, plan: WritePlan) -> Result<(), sqlx::Error> {
+        let id = self.table_id();
+        let WritePlan {
+            deletes,
+            updates,
+            upserts,
+            partial,
+            book,
+            book_removals,
+            parked: _,
+        } = plan;
+        statements::delete(&mut self.tx, &self.shape, keys, &deletes).await?;
+        statements::update_or_upsert(&mut self.tx, &self.shape, updates, upserts).await?;
+        statements::update_partial(&mut self.tx, &self.shape, keys, partial).await?;
+        bookkeeping::update(&mut self.tx, id, keys, book).await?;
+        bookkeeping::remove(&mut self.tx, id, keys, &book_removals).await
+    }
+
+    async fn commit(mut self, log: BatchLog) -> Result<(), sqlx::Error> {
+        bookkeeping::log_success(&mut self.tx, &self.shape.name.to_string(), &log).await?;
+        self.tx.commit().await
+    }
+}

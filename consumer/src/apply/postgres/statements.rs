@@ -1,0 +1,271 @@
+//! The statements on the target table: one set-based statement per kind of
+//! read or write, the rows bound as one text array per column and turned
+//! into rows by `unnest` (values cast to each column's type in SQL).
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+
+use crate::apply::merge::KeyId;
+use crate::apply::prepare::Keys;
+use crate::apply::shape::TableShape;
+
+type Tx = Transaction<'static, Postgres>;
+
+/// The key values of `ids`, one vector per key column (for `unnest`).
+fn key_columns<'a>(
+    keys: &Keys,
+    ids: impl Iterator<Item = &'a KeyId>,
+    width: usize,
+) -> Vec<Vec<String>> {
+    let mut columns = vec![Vec::new(); width];
+    for &id in ids {
+        for (column, value) in columns.iter_mut().zip(&keys.parts[id]) {
+            column.push(value.clone());
+        }
+    }
+    columns
+}
+
+/// Whole rows as one vector per column (for `unnest`), moved out of `rows`.
+fn row_columns(rows: Vec<(KeyId, Vec<Option<String>>)>, width: usize) -> Vec<Vec<Option<String>>> {
+    let mut columns = vec![Vec::with_capacity(rows.len()); width];
+    for (_, row) in rows {
+        for (column, value) in columns.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    columns
+}
+
+/// `$1::text[], …, $n::text[]` and `c0, …, c{n-1}`: whole rows bound as one
+/// text array per column, for `unnest`.
+fn whole_row_params(n: usize) -> (String, String) {
+    let params: Vec<String> = (0..n).map(|c| format!("${}::text[]", c + 1)).collect();
+    let aliases: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+    (params.join(", "), aliases.join(", "))
+}
+
+/// Which of the keys `ids` have a row in the target table.
+pub(super) async fn present(
+    tx: &mut Tx,
+    shape: &TableShape,
+    keys: &Keys,
+    ids: &[KeyId],
+) -> Result<HashSet<KeyId>, sqlx::Error> {
+    let (kparams, kaliases) = shape.key_params(1);
+    let sql = format!(
+        "select u.i from unnest({kparams}) with ordinality as u({kaliases}, i) join {} t on {}",
+        shape.name.quoted(),
+        shape.key_join("t", "u")
+    );
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+    for column in key_columns(keys, ids.iter(), shape.key.len()) {
+        q = q.bind(column);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    Ok(rows.into_iter().map(|i| ids[(i - 1) as usize]).collect())
+}
+
+/// Reads the current text of every column of the target rows of `ids`.
+pub(super) async fn read_rows(
+    tx: &mut Tx,
+    shape: &TableShape,
+    keys: &Keys,
+    ids: &HashSet<KeyId>,
+) -> Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error> {
+    let ids: Vec<KeyId> = ids.iter().copied().collect();
+    let (kparams, kaliases) = shape.key_params(1);
+    let cols: Vec<String> = (0..shape.columns.len())
+        .map(|c| format!("t.{}::text", shape.quoted_column(c)))
+        .collect();
+    let sql = format!(
+        "select u.i, array[{}] from unnest({kparams}) with ordinality as u({kaliases}, i) join {} t on {}",
+        cols.join(", "),
+        shape.name.quoted(),
+        shape.key_join("t", "u")
+    );
+    let mut q = sqlx::query_as::<_, (i64, Vec<Option<String>>)>(AssertSqlSafe(sql));
+    for column in key_columns(keys, ids.iter(), shape.key.len()) {
+        q = q.bind(column);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(i, vals)| (ids[(i - 1) as usize], vals))
+        .collect())
+}
+
+/// Deletes the target rows of `ids`.
+pub(super) async fn delete(
+    tx: &mut Tx,
+    shape: &TableShape,
+    keys: &Keys,
+    ids: &[KeyId],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let (params, aliases) = shape.key_params(1);
+    let sql = format!(
+        "delete from {} t using unnest({params}) as u({aliases}) where {}",
+        shape.name.quoted(),
+        shape.key_join("t", "u")
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for col in key_columns(keys, ids.iter(), shape.key.len()) {
+        q = q.bind(col);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Writes whole rows: `updates` by an UPDATE by key (those it finds absent
+/// join the upserts), then `upserts` by INSERT … ON CONFLICT.
+pub(super) async fn update_or_upsert(
+    tx: &mut Tx,
+    shape: &TableShape,
+    updates: Vec<(KeyId, Vec<Option<String>>)>,
+    upserts: Vec<(KeyId, Vec<Option<String>>)>,
+) -> Result<(), sqlx::Error> {
+    let n = shape.columns.len();
+    let update_count = updates.len();
+    let mut upserts = row_columns(upserts, n);
+    if update_count > 0 {
+        let mut updates = row_columns(updates, n);
+        let (params, aliases) = whole_row_params(n);
+        let sets: Vec<String> = (0..n)
+            .filter(|&c| !shape.is_key(c))
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    shape.quoted_column(c),
+                    shape.cast(c, &format!("u.c{c}"))
+                )
+            })
+            .collect();
+        let join: Vec<String> = shape
+            .key
+            .iter()
+            .map(|&c| {
+                format!(
+                    "t.{} = {}",
+                    shape.quoted_column(c),
+                    shape.cast(c, &format!("u.c{c}"))
+                )
+            })
+            .collect();
+        let sql = format!(
+            "update {} t set {} from unnest({params}) with ordinality as u({aliases}, i) where {} returning u.i",
+            shape.name.quoted(),
+            sets.join(", "),
+            join.join(" and "),
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        for col in &updates {
+            q = q.bind(col);
+        }
+        let found: HashSet<i64> = q.fetch_all(&mut **tx).await?.into_iter().collect();
+        let absent: Vec<usize> = (0..update_count)
+            .filter(|&row| !found.contains(&(row as i64 + 1)))
+            .collect();
+        for (column, upsert) in updates.iter_mut().zip(upserts.iter_mut()) {
+            upsert.extend(absent.iter().map(|&row| column[row].take()));
+        }
+    }
+    if upserts.first().is_none_or(Vec::is_empty) {
+        return Ok(());
+    }
+    let cols: Vec<String> = (0..n).map(|c| shape.quoted_column(c)).collect();
+    let (params, aliases) = whole_row_params(n);
+    let casts: Vec<String> = (0..n).map(|c| shape.cast(c, &format!("u.c{c}"))).collect();
+    let key_cols: Vec<String> = shape.key.iter().map(|&c| shape.quoted_column(c)).collect();
+    let sets: Vec<String> = (0..n)
+        .filter(|&c| !shape.is_key(c))
+        .map(|c| format!("{0} = excluded.{0}", shape.quoted_column(c)))
+        .collect();
+    let conflict = if sets.is_empty() {
+        "do nothing".to_owned()
+    } else {
+        format!("do update set {}", sets.join(", "))
+    };
+    let sql = format!(
+        "insert into {} ({}) overriding system value select {} from unnest({params}) as u({aliases}) on conflict ({}) {conflict}",
+        shape.name.quoted(),
+        cols.join(", "),
+        casts.join(", "),
+        key_cols.join(", "),
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for col in upserts {
+        q = q.bind(col);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Writes some columns of present rows: per row and column, `Some(text)`
+/// to write, None to keep (a mask per column says which).
+pub(super) async fn update_partial(
+    tx: &mut Tx,
+    shape: &TableShape,
+    keys: &Keys,
+    rows: Vec<(KeyId, Vec<Option<Option<String>>>)>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = shape.columns.len();
+    let nk = shape.key.len();
+    let partial_keys = key_columns(keys, rows.iter().map(|(id, _)| id), nk);
+    let mut partial_vals: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n];
+    let mut partial_mask: Vec<Vec<bool>> = vec![Vec::with_capacity(rows.len()); n];
+    for (_, cells) in rows {
+        for (c, cell) in cells.into_iter().enumerate() {
+            partial_mask[c].push(cell.is_some());
+            partial_vals[c].push(cell.flatten());
+        }
+    }
+    let written: Vec<usize> = (0..n)
+        .filter(|&c| !shape.is_key(c) && partial_mask[c].iter().any(|&m| m))
+        .collect();
+    if written.is_empty() {
+        return Ok(());
+    }
+    let (kparams, kaliases) = shape.key_params(1);
+    let mut params = vec![kparams];
+    let mut aliases = vec![kaliases];
+    let mut sets = Vec::new();
+    for (j, &c) in written.iter().enumerate() {
+        params.push(format!(
+            "${}::text[], ${}::bool[]",
+            nk + 2 * j + 1,
+            nk + 2 * j + 2
+        ));
+        aliases.push(format!("v{j}, m{j}"));
+        let col = shape.quoted_column(c);
+        sets.push(format!(
+            "{col} = case when u.m{j} then {} else t.{col} end",
+            shape.cast(c, &format!("u.v{j}"))
+        ));
+    }
+    let sql = format!(
+        "update {} t set {} from unnest({}) as u({}) where {}",
+        shape.name.quoted(),
+        sets.join(", "),
+        params.join(", "),
+        aliases.join(", "),
+        shape.key_join("t", "u"),
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for col in partial_keys {
+        q = q.bind(col);
+    }
+    for &c in &written {
+        q = q
+            .bind(std::mem::take(&mut partial_vals[c]))
+            .bind(std::mem::take(&mut partial_mask[c]));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
