@@ -1,7 +1,9 @@
 //! syncdata core: what both binaries share — the change record, versions,
 //! NATS subjects and connection, table names, configuration, the retry policy
-//! and telemetry. The apply engine and the local store live in the consumer.
+//! and telemetry, and the command-line shell of both binaries (`cli`). The
+//! apply engine and the local store live in the consumer.
 
+pub mod cli;
 pub mod config;
 pub mod nats;
 pub mod record;

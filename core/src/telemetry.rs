@@ -1,26 +1,12 @@
-//! Logs and metrics, set up the same way by both binaries. Logs go to
-//! stderr as text or JSON and never carry column values (they may be
-//! personal data). Metrics follow `syncdata_<noun>_<unit>[_total]` with
+//! Metrics, set up the same way by both binaries (logging is set up by
+//! [`crate::cli::init_logging`]). Logs go to stderr as text or JSON and
+//! never carry column values (they may be personal data). Metrics follow `syncdata_<noun>_<unit>[_total]` with
 //! low-cardinality labels and are served for Prometheus when an address is
 //! configured.
 
 use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-
-/// Installs the global tracing subscriber (`RUST_LOG` filters; default info).
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Serves `/metrics` on `addr`. Must run inside a tokio runtime.
 pub fn init_metrics(addr: SocketAddr) -> Result<(), String> {

@@ -5,6 +5,7 @@ use crate::store;
 use anyhow::{bail, Context};
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
+use syncdata_core::{errln, outln};
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
@@ -20,10 +21,10 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
         }
         .await;
         match result {
-            Ok((name, true)) => println!("added {name}"),
-            Ok((name, false)) => println!("{name} is already listed"),
+            Ok((name, true)) => outln!("added {name}")?,
+            Ok((name, false)) => outln!("{name} is already listed")?,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
                 failed += 1;
             }
         }

@@ -9,6 +9,7 @@ use syncdata_core::config::Config;
 use syncdata_core::nats;
 use syncdata_core::subject::table_subject;
 use syncdata_core::table::TableName;
+use syncdata_core::{errln, outln};
 
 use crate::dead_letter::{H_ATTEMPTS, H_ERROR, H_SEQUENCE, H_SQLSTATE, H_SUBJECT, H_TABLE};
 
@@ -84,16 +85,16 @@ pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result
     let msgs = select(config, &stream, &sel).await?;
     if json {
         let all: Vec<_> = msgs.iter().map(summary).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(());
     }
     if msgs.is_empty() {
-        println!("no dead letters");
+        outln!("no dead letters")?;
         return Ok(());
     }
-    println!("{:>8}  {:<24}  {:>8}  error", "id", "table", "attempts");
+    outln!("{:>8}  {:<24}  {:>8}  error", "id", "table", "attempts")?;
     for m in &msgs {
-        println!(
+        outln!(
             "{:>8}  {:<24}  {:>8}  {}{}",
             m.sequence,
             header(m, H_TABLE).unwrap_or_default(),
@@ -102,9 +103,9 @@ pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result
                 .map(|c| format!("[{c}] "))
                 .unwrap_or_default(),
             header(m, H_ERROR).unwrap_or_default(),
-        );
+        )?;
     }
-    println!("{} dead letters", msgs.len());
+    outln!("{} dead letters", msgs.len())?;
     Ok(())
 }
 
@@ -114,7 +115,7 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
     let mut s = summary(&m);
     let payload = String::from_utf8_lossy(&m.payload).into_owned();
     s["record"] = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
-    println!("{}", serde_json::to_string_pretty(&s)?);
+    outln!("{}", serde_json::to_string_pretty(&s)?)?;
     Ok(())
 }
 
@@ -126,16 +127,17 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
     let mut replayed = 0;
     for m in msgs {
         let Some(subject) = header(&m, H_SUBJECT) else {
-            eprintln!(
+            errln!(
                 "dead letter {} has no original subject; skipped",
                 m.sequence
             );
             continue;
         };
         if !subject.starts_with(&format!("{}.", config.nats.subject_prefix)) {
-            eprintln!(
+            errln!(
                 "dead letter {} came from {subject}, outside {}; skipped",
-                m.sequence, config.nats.subject_prefix
+                m.sequence,
+                config.nats.subject_prefix
             );
             continue;
         }
@@ -148,7 +150,7 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
         stream.delete_message(m.sequence).await?;
         replayed += 1;
     }
-    println!("replayed {replayed} dead letters");
+    outln!("replayed {replayed} dead letters")?;
     Ok(())
 }
 
@@ -161,6 +163,6 @@ pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result
     for m in &msgs {
         stream.delete_message(m.sequence).await?;
     }
-    println!("purged {} dead letters", msgs.len());
+    outln!("purged {} dead letters", msgs.len())?;
     Ok(())
 }

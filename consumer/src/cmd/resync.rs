@@ -17,6 +17,7 @@ use async_nats::jetstream;
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
+use syncdata_core::{out, outln};
 
 use crate::daemon::ensure_consumer;
 use crate::progress;
@@ -82,7 +83,7 @@ pub async fn run(config: &Config, input: &str, wait: bool) -> anyhow::Result<()>
     // the reset (seconds on a large table).
     let _ = stream.delete_consumer(&durable).await;
     ensure_consumer(&stream, config, &instance, &table).await?;
-    println!("{table}: emptied; replaying its history from the start of the stream");
+    outln!("{table}: emptied; replaying its history from the start of the stream")?;
     if !wait {
         return Ok(());
     }
@@ -98,29 +99,27 @@ pub async fn run(config: &Config, input: &str, wait: bool) -> anyhow::Result<()>
         if tty {
             let width = 30;
             let filled = (done as usize * width) / total as usize;
-            print!(
+            out!(
                 "\r{table}: [{}{}] {done}/{total} ",
                 "#".repeat(filled),
                 " ".repeat(width - filled)
-            );
-            use std::io::Write;
-            std::io::stdout().flush().ok();
+            )?;
         } else if last_line.elapsed() >= Duration::from_secs(2) || left == 0 {
-            println!("{table}: {done}/{total} replayed");
+            outln!("{table}: {done}/{total} replayed")?;
             last_line = Instant::now();
         }
         if left == 0 {
             if tty {
-                println!();
+                outln!()?;
             }
-            println!(
+            outln!(
                 "{table}: resynced in {:.1}s",
                 started.elapsed().as_secs_f64()
-            );
+            )?;
             return Ok(());
         }
         if p.waiting_pulls == 0 && started.elapsed() > Duration::from_secs(10) && done == 0 {
-            println!("{table}: no daemon is applying; run `syncdata start` to replay");
+            outln!("{table}: no daemon is applying; run `syncdata start` to replay")?;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

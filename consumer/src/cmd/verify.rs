@@ -29,6 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use syncdata_core::config::Config;
 use syncdata_core::table::{quote_ident, TableName};
+use syncdata_core::{out, outln};
 
 /// Rows per summarised chunk (also the largest chunk compared row by row).
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -120,16 +121,16 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
         let mut report = verify_table(&mut source, &mut local, table, &exclude, &args).await?;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         if !args.json {
-            print!("{}", render(&report, args.max_rows));
+            out!("{}", render(&report, args.max_rows))?;
         }
         reports.push(report);
     }
     let _ = source.close().await;
     let differing = reports.iter().filter(|r| !r.equal).count();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?)?;
     } else if differing == 0 {
-        println!("verify: all {} table(s) equal", reports.len());
+        outln!("verify: all {} table(s) equal", reports.len())?;
     }
     if differing > 0 {
         bail!(

@@ -1,0 +1,11 @@
+//! `syncdata-producer config check`: the configuration as the producer reads
+//! it, validated (including `archive_dir`), secrets redacted.
+
+use syncdata_core::config::Config;
+use syncdata_core::outln;
+
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    config.archive_dir()?;
+    outln!("configuration OK\n{config:#?}")?;
+    Ok(())
+}
