@@ -93,9 +93,10 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     let url = args
         .source
         .clone()
-        .or_else(|| config.producer.source_url.clone())
+        .or_else(|| config.verify_source_url().map(str::to_owned))
         .context(
-            "no source database: pass --source postgres://USER@HOST/DB (the production database)",
+            "no source database: pass --source postgres://USER@HOST/DB (the production \
+             database) or set verify.source_url",
         )?;
     let pool = store::connect(config).await?;
     let tables: Vec<TableName> = if args.tables.is_empty() {
