@@ -5,6 +5,7 @@
 //! Run one area with `cargo test -p syncdata-testkit --test it -- apply::`.
 
 mod apply;
+mod cli;
 mod compose;
 mod failures;
 mod operations;
