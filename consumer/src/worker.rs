@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::dead_letter::{self, DeadLetter};
 
-pub struct Ctx {
+/// What every table worker of one daemon shares: the configuration, the
+/// applier, the JetStream context and the error count.
+pub struct WorkerShared {
     pub config: Config,
     pub applier: Applier,
     pub js: jetstream::Context,
@@ -55,7 +57,7 @@ struct Item {
 }
 
 pub async fn run_table(
-    ctx: Arc<Ctx>,
+    ctx: Arc<WorkerShared>,
     table: TableName,
     mut consumer: PullConsumer,
     token: CancellationToken,
@@ -201,7 +203,7 @@ async fn wait_for_durable(
 
 /// Applies and settles one fetched batch. Returns true when a transient
 /// failure left messages to retry.
-async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
+async fn process(ctx: &WorkerShared, table: &TableName, msgs: Vec<Message>) -> bool {
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
@@ -319,7 +321,12 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
     settle(ctx, table, items, fates).await
 }
 
-async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Option<Fate>>) -> bool {
+async fn settle(
+    ctx: &WorkerShared,
+    table: &TableName,
+    items: Vec<Item>,
+    fates: Vec<Option<Fate>>,
+) -> bool {
     let policy = retry_policy(&ctx.config);
     let max_attempts = i64::from(ctx.config.consumer.max_attempts);
     let mut transient = false;

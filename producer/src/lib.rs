@@ -4,19 +4,24 @@
 //! published are quarantined (never dropped silently), and any failure
 //! rewinds to the last acknowledged line.
 //!
-//! Each command lives in its own module under [`cmd`]; `main.rs` only
-//! parses the command line.
+//! Along the data flow: [`archiver`] writes the archive from the source's
+//! replication slot ([`snapshot`] adds a table's current rows), [`tail`]
+//! reads it, [`sanitize`] (rules, then `transform`) rewrites or holds each
+//! record, [`publisher`] sends it through a [`sink`] and advances the
+//! [`checkpoint`]; lines that are not records go to [`quarantine`]. Each
+//! command lives in its own module under [`cmd`]; `main.rs` only parses the
+//! command line.
 
-pub mod archive;
 pub mod archiver;
 pub mod checkpoint;
 pub mod cmd;
-pub mod publisher;
+pub(crate) mod publisher;
 pub mod quarantine;
 pub mod sanitize;
-pub mod sink;
-pub mod snapshot;
+pub(crate) mod sink;
+pub(crate) mod snapshot;
 pub mod source;
-pub mod status;
+pub(crate) mod status;
+pub mod tail;
 
 pub use crate::status::{status, Status};

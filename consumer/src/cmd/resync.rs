@@ -19,8 +19,8 @@ use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
 use syncdata_core::{out, outln};
 
+use crate::backlog;
 use crate::daemon::ensure_consumer;
-use crate::progress;
 
 pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Result<()> {
     let replica = Applier::detect_replica_role(pool).await?;
@@ -92,7 +92,7 @@ pub async fn run(config: &Config, input: &str, wait: bool) -> anyhow::Result<()>
     let mut total = None;
     let mut last_line = Instant::now() - Duration::from_secs(10);
     loop {
-        let p = progress::table_progress(&stream, &dlq, config, &instance, &table).await?;
+        let p = backlog::table_backlog(&stream, &dlq, config, &instance, &table).await?;
         let left = p.pending + p.ack_pending;
         let total = *total.get_or_insert(left.max(1));
         let done = total.saturating_sub(left);

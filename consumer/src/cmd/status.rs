@@ -11,7 +11,7 @@ use syncdata_core::config::Config;
 use syncdata_core::{errln, outln};
 use syncdata_core::{nats, table::TableName};
 
-use crate::progress::{self, TableProgress};
+use crate::backlog::{self, TableBacklog};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -33,7 +33,7 @@ pub struct TableStatus {
     pub last_applied_lsn: Option<String>,
     pub last_applied_at: Option<String>,
     /// None when NATS could not be reached.
-    pub stream: Option<TableProgress>,
+    pub stream: Option<TableBacklog>,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -76,7 +76,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
     for t in &tables {
         let (lsn, at) = last_applied(&pool, t).await?;
         let stream = match &streams {
-            Ok((changes, dlq)) => progress::table_progress(changes, dlq, config, &instance, t)
+            Ok((changes, dlq)) => backlog::table_backlog(changes, dlq, config, &instance, t)
                 .await
                 .ok(),
             Err(_) => None,
