@@ -23,8 +23,8 @@ use syncdata_core::{nats, subject, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::progress;
-use crate::worker::{self, Ctx};
+use crate::backlog;
+use crate::worker::{self, WorkerShared};
 
 pub const NO_TABLES: &str =
     "No tables in whitelist: add tables to sync with `syncdata add-tables TABLE…`";
@@ -142,7 +142,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     store::register_daemon(&pool, &id, &hostname()).await?;
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
-    let ctx = Arc::new(Ctx::new(
+    let ctx = Arc::new(WorkerShared::new(
         config.clone(),
         applier,
         pool.clone(),
@@ -238,7 +238,7 @@ fn next_boundary(period: i64) -> tokio::time::Instant {
 
 /// Adds the counts gathered since the last flush to the FREQ row of the
 /// period containing `at` (unix seconds).
-async fn flush_metrics<T: crate::apply::Target>(ctx: &Ctx<T>, period: i64, at: i64) {
+async fn flush_metrics<T: crate::apply::Target>(ctx: &WorkerShared<T>, period: i64, at: i64) {
     let start = at.div_euclid(period) * period;
     for (table, counts) in ctx.take_counts() {
         if counts.is_zero() {
@@ -260,7 +260,7 @@ async fn update_gauges(
     tables: &[TableName],
 ) {
     for t in tables {
-        match progress::table_progress(stream, dlq, config, instance, t).await {
+        match backlog::table_backlog(stream, dlq, config, instance, t).await {
             Ok(p) => {
                 let name = t.to_string();
                 metrics::gauge!("syncdata_pending_messages", "table" => name.clone())
@@ -284,7 +284,7 @@ async fn update_dlq_gauges(
     tables: &[TableName],
 ) {
     for t in tables {
-        match progress::dlq_count(dlq, config, instance, t).await {
+        match backlog::dlq_count(dlq, config, instance, t).await {
             Ok(n) => {
                 metrics::gauge!("syncdata_dlq_messages", "table" => t.to_string()).set(n as f64)
             }

@@ -1,8 +1,13 @@
-//! The `syncdata` CLI.
+//! `syncdata`: the consumer-side binary. Thin: parses the command line and
+//! calls the command's module under `syncdata_consumer::cmd`; the shell
+//! (flags, config, logging, signals, errors) is `syncdata_core::cli`.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use syncdata_consumer::{cmd, daemon};
-use syncdata_core::config::{Config, CONFIG_ENV};
+use syncdata_core::cli::{self, GlobalArgs, Kind};
+use syncdata_core::config::Role;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -12,20 +17,10 @@ use tokio_util::sync::CancellationToken;
     about = "Keep chosen tables of a local PostgreSQL in step with production"
 )]
 struct Cli {
-    /// Configuration file (default: the DATA_SYNC_CONFIG environment variable).
-    #[arg(long, global = true)]
-    config: Option<std::path::PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -78,7 +73,8 @@ enum Command {
     Verify {
         /// Tables to compare (default: every whitelisted table).
         tables: Vec<String>,
-        /// The source (production) database URL (default: producer.source_url).
+        /// The source (production) database URL (default: verify.source_url,
+        /// else producer.source_url).
         #[arg(long, value_name = "URL")]
         source: Option<String>,
         /// Columns sanitization changes, left out of the comparison: col or table.col, comma separated.
@@ -151,28 +147,9 @@ enum DlqCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    syncdata_core::telemetry::init_logging(matches!(format, LogFormat::Json));
-}
-
-fn shutdown_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        token.cancel();
-    });
-}
-
-async fn main_inner(cli: Cli) -> anyhow::Result<()> {
-    let config = match &cli.config {
-        Some(path) => Config::load_from(path, |k| std::env::var(k).ok())?,
-        None => Config::load()?,
-    };
-    match cli.command {
+async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let config = cli::load_config(global, Role::Consumer)?;
+    match command {
         Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
         Command::Migrate => cmd::migrate::run(&config).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
@@ -227,24 +204,21 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         } => cmd::config::check(&config),
         Command::Start => {
             let token = CancellationToken::new();
-            shutdown_on_signals(token.clone());
+            cli::cancel_on_signals(token.clone())
+                .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
             daemon::run(config, token).await
         }
     }
 }
 
 #[tokio::main]
-async fn main() {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    if let Err(e) = main_inner(cli).await {
-        eprintln!(
-            "error: {}",
-            syncdata_core::redact::redact(&format!("{e:#}"))
-        );
-        if std::env::var_os(CONFIG_ENV).is_none() {
-            eprintln!("hint: set {CONFIG_ENV} or pass --config");
-        }
-        std::process::exit(1);
-    }
+async fn main() -> ExitCode {
+    let Cli { global, command } = Cli::parse();
+    let kind = match command {
+        Command::Start => Kind::Daemon,
+        _ => Kind::Command,
+    };
+    cli::init_logging(&global, kind);
+    let result = dispatch(&global, command).await;
+    cli::finish(result, &global, kind)
 }

@@ -32,7 +32,7 @@ use crate::dead_letter::{self, DeadLetter};
 /// What the workers of one process share. Generic over the target the
 /// engine writes to (the seam, `crate::apply::target`); the local store
 /// (dead letters, metrics, logs) is the consumer's own PostgreSQL database.
-pub struct Ctx<T: Target> {
+pub struct WorkerShared<T: Target> {
     pub config: Config,
     pub engine: Engine<T>,
     /// The local store's pool.
@@ -48,15 +48,15 @@ pub struct Ctx<T: Target> {
     applied: AtomicU64,
 }
 
-impl<T: Target> Ctx<T> {
+impl<T: Target> WorkerShared<T> {
     pub fn new(
         config: Config,
         engine: Engine<T>,
         store: sqlx::PgPool,
         js: jetstream::Context,
         fk_transient: bool,
-    ) -> Ctx<T> {
-        Ctx {
+    ) -> WorkerShared<T> {
+        WorkerShared {
             config,
             engine,
             store,
@@ -117,7 +117,7 @@ struct Item {
 }
 
 pub async fn run_table<T: Target>(
-    ctx: Arc<Ctx<T>>,
+    ctx: Arc<WorkerShared<T>>,
     table: TableName,
     mut consumer: PullConsumer,
     token: CancellationToken,
@@ -267,7 +267,7 @@ async fn wait_for_durable(
 
 /// Applies and settles one fetched batch. Returns true when a transient
 /// failure left messages to retry.
-async fn process<T: Target>(ctx: &Ctx<T>, table: &TableName, msgs: Vec<Message>) -> bool {
+async fn process<T: Target>(ctx: &WorkerShared<T>, table: &TableName, msgs: Vec<Message>) -> bool {
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
@@ -381,7 +381,7 @@ async fn process<T: Target>(ctx: &Ctx<T>, table: &TableName, msgs: Vec<Message>)
 }
 
 async fn settle<T: Target>(
-    ctx: &Ctx<T>,
+    ctx: &WorkerShared<T>,
     table: &TableName,
     items: Vec<Item>,
     fates: Vec<Option<Fate>>,

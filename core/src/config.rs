@@ -1,7 +1,11 @@
-//! Configuration: the seed-004 TOML keys and environment overrides, plus the
-//! NATS, producer and consumer settings of the streaming design. File first,
-//! then environment; `validate()` names the field at fault; the password is
-//! never printed.
+//! Configuration: one TOML format for both binaries. File first, then the
+//! environment ([`ENV_OVERRIDES`]); each binary validates only its own part
+//! ([`Role`]): `[nats]` is shared; the producer's part is `archive_dir`,
+//! `[producer]` and `[source]`; the consumer's is the `pg_*` keys,
+//! `data_sync_freq`, `metric_freq`, `[consumer]` and `[verify]`. So one file
+//! may serve both sides, or each side its own. Errors name the field at
+//! fault; the password is never printed; keys of old files that no longer
+//! do anything are accepted with a warning ([`Config::warnings`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +15,31 @@ use serde::Deserialize;
 
 pub const CONFIG_ENV: &str = "DATA_SYNC_CONFIG";
 pub const MIN_DATA_SYNC_FREQ: u64 = 60;
+
+/// The environment variables that override keys of the file, in the order
+/// [`Config::apply_env`] reads them (`PG_PASSWORD` → `pg_password`,
+/// `PG_DB_NAME` → `pg_database`, `PG_USER_NAME` → `pg_user`, `PG_HOST`,
+/// `PG_PORT`, `DATA_SYNC_FREQ`, `METRIC_FREQ`, `NATS_URL` → `nats.url`).
+pub const ENV_OVERRIDES: &[&str] = &[
+    "PG_PASSWORD",
+    "PG_DB_NAME",
+    "PG_USER_NAME",
+    "PG_HOST",
+    "PG_PORT",
+    "DATA_SYNC_FREQ",
+    "METRIC_FREQ",
+    "NATS_URL",
+];
+
+/// Which binary reads the configuration: each validates only its part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `syncdata-producer`: `[nats]`, `archive_dir`, `[producer]`, `[source]`.
+    Producer,
+    /// `syncdata`: `[nats]`, `pg_*`, `data_sync_freq`, `metric_freq`,
+    /// `[consumer]`, `[verify]`.
+    Consumer,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,13 +72,13 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    // Seed-004 archive keys. The archive is now read by the producer from a
-    // local directory; host/user/port are accepted for old files and unused.
+    // The first format's archive keys. The producer reads the archive from
+    // the local `archive_dir`; host/user/port are accepted for old files,
+    // unused, and warned about.
     pub archive_host: Option<String>,
     pub archive_user: Option<String>,
     pub archive_dir: Option<PathBuf>,
-    #[serde(default = "default_archive_port")]
-    pub archive_port: u16,
+    pub archive_port: Option<u16>,
 
     #[serde(default = "default_pg_host")]
     pub pg_host: String,
@@ -73,6 +102,18 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     #[serde(default)]
     pub source: SourceConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+/// `syncdata verify` (consumer side).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// The source (production) database `verify` compares with (`--source`
+    /// overrides). Unset: `producer.source_url`, for a file shared by both
+    /// sides. No password here: use PGPASSWORD or ~/.pgpass.
+    pub source_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,9 +348,33 @@ impl SourceConfig {
     }
 }
 
-fn default_archive_port() -> u16 {
-    22
+/// A source database URL: postgres:// or postgresql://, without a password.
+fn validate_source_url(field: &'static str, url: Option<&str>) -> Result<(), ConfigError> {
+    let Some(url) = url else {
+        return Ok(());
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid(field, "must be a postgres:// or postgresql:// URL"));
+    }
+    // user:password@host: the file must not hold the password.
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or("");
+    if authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || url.split_once('?').is_some_and(|(_, q)| {
+            q.split('&')
+                .any(|kv| kv.to_ascii_lowercase().starts_with("password="))
+        })
+    {
+        return Err(invalid(
+            field,
+            "must not hold a password (use PGPASSWORD or ~/.pgpass)",
+        ));
+    }
+    Ok(())
 }
+
 fn default_pg_host() -> String {
     "127.0.0.1".to_owned()
 }
@@ -344,6 +409,7 @@ impl fmt::Debug for Config {
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
             .field("source", &self.source)
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -356,10 +422,30 @@ impl Config {
         Self::load_from(Path::new(&path), |k| std::env::var(k).ok())
     }
 
+    /// Loads `path`, applies the environment overrides and validates what
+    /// either binary needs (tools and tests that serve both sides).
     pub fn load_from(
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let config = Self::read(path, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads `path`, applies the environment overrides and validates the
+    /// part `role` reads.
+    pub fn load_for(
+        role: Role,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::read(path, env)?;
+        config.validate_for(role)?;
+        Ok(config)
+    }
+
+    fn read(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -369,7 +455,6 @@ impl Config {
             message,
         })?;
         config.apply_env(env)?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -412,7 +497,52 @@ impl Config {
         Ok(())
     }
 
+    /// Validates both parts (a file serving both binaries).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_for(Role::Consumer)?;
+        self.validate_for(Role::Producer)
+    }
+
+    /// Validates the shared part and the part `role` reads.
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
+        self.validate_nats()?;
+        match role {
+            Role::Producer => self.validate_producer(),
+            Role::Consumer => self.validate_consumer(),
+        }
+    }
+
+    /// Keys that are accepted but do nothing, each with what to do.
+    pub fn warnings(&self) -> Vec<String> {
+        let dead: Vec<&str> = [
+            ("archive_host", self.archive_host.is_some()),
+            ("archive_user", self.archive_user.is_some()),
+            ("archive_port", self.archive_port.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "configuration: {} no longer used (the producer reads the archive from \
+             archive_dir on its own machine); remove {}",
+            dead.join(", "),
+            if dead.len() == 1 { "it" } else { "them" }
+        )]
+    }
+
+    /// The database `syncdata verify` compares with when `--source` is not
+    /// given: `verify.source_url`, else `producer.source_url`.
+    pub fn verify_source_url(&self) -> Option<&str> {
+        self.verify
+            .source_url
+            .as_deref()
+            .or(self.producer.source_url.as_deref())
+    }
+
+    fn validate_consumer(&self) -> Result<(), ConfigError> {
         if self.pg_database.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
                 "pg_database",
@@ -437,6 +567,33 @@ impl Config {
         if self.metric_freq == 0 {
             return Err(invalid("metric_freq", "must be at least 1 hour"));
         }
+        let c = &self.consumer;
+        if !(1..=100_000).contains(&c.batch_size) {
+            return Err(invalid("consumer.batch_size", "must be 1 to 100000"));
+        }
+        if c.max_ack_pending < c.batch_size as i64 {
+            return Err(invalid(
+                "consumer.max_ack_pending",
+                "must be at least consumer.batch_size",
+            ));
+        }
+        if c.ack_wait_secs == 0 {
+            return Err(invalid("consumer.ack_wait_secs", "must be positive"));
+        }
+        if c.max_attempts == 0 {
+            return Err(invalid("consumer.max_attempts", "must be at least 1"));
+        }
+        if c.pool_size == 0 {
+            return Err(invalid("consumer.pool_size", "must be at least 1"));
+        }
+        if self.verify.source_url.is_some() {
+            validate_source_url("verify.source_url", self.verify_source_url())
+        } else {
+            validate_source_url("producer.source_url", self.verify_source_url())
+        }
+    }
+
+    fn validate_nats(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
         if n.url.trim().is_empty() {
             return Err(invalid("nats.url", "must not be empty"));
@@ -492,6 +649,10 @@ impl Config {
         if n.duplicate_window_secs == 0 {
             return Err(invalid("nats.duplicate_window_secs", "must be positive"));
         }
+        Ok(())
+    }
+
+    fn validate_producer(&self) -> Result<(), ConfigError> {
         let p = &self.producer;
         if !(1..=5000).contains(&p.max_in_flight) {
             return Err(invalid("producer.max_in_flight", "must be 1 to 5000"));
@@ -520,49 +681,7 @@ impl Config {
         {
             return Err(invalid("producer.sanitize_key_file", "must not be empty"));
         }
-        if let Some(url) = &p.source_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(invalid(
-                    "producer.source_url",
-                    "must be a postgres:// or postgresql:// URL",
-                ));
-            }
-            // user:password@host: the file must not hold the password.
-            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
-            let authority = authority.split(['/', '?']).next().unwrap_or("");
-            if authority
-                .rsplit_once('@')
-                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-                || url.split_once('?').is_some_and(|(_, q)| {
-                    q.split('&')
-                        .any(|kv| kv.to_ascii_lowercase().starts_with("password="))
-                })
-            {
-                return Err(invalid(
-                    "producer.source_url",
-                    "must not hold a password (use PGPASSWORD or ~/.pgpass)",
-                ));
-            }
-        }
-        let c = &self.consumer;
-        if !(1..=100_000).contains(&c.batch_size) {
-            return Err(invalid("consumer.batch_size", "must be 1 to 100000"));
-        }
-        if c.max_ack_pending < c.batch_size as i64 {
-            return Err(invalid(
-                "consumer.max_ack_pending",
-                "must be at least consumer.batch_size",
-            ));
-        }
-        if c.ack_wait_secs == 0 {
-            return Err(invalid("consumer.ack_wait_secs", "must be positive"));
-        }
-        if c.max_attempts == 0 {
-            return Err(invalid("consumer.max_attempts", "must be at least 1"));
-        }
-        if c.pool_size == 0 {
-            return Err(invalid("consumer.pool_size", "must be at least 1"));
-        }
+        validate_source_url("producer.source_url", p.source_url.as_deref())?;
         self.source.validate()?;
         Ok(())
     }
@@ -708,6 +827,67 @@ metric_freq = 24
         assert_eq!(
             c.producer.source_url.as_deref(),
             Some("postgres://reader@db:5432/app?sslmode=require")
+        );
+    }
+
+    #[test]
+    fn each_role_validates_only_its_part() {
+        // The producer needs no local database; the consumer no [producer].
+        let producer_only = "archive_dir = \"/a\"\n[producer]\nmax_in_flight = 10\n";
+        let c = Config::from_toml(producer_only).unwrap();
+        c.validate_for(Role::Producer).unwrap();
+        let err = c.validate_for(Role::Consumer).unwrap_err().to_string();
+        assert!(err.contains("pg_database"), "{err}");
+        let c =
+            Config::from_toml("pg_database = \"app\"\n[producer]\nmax_in_flight = 0\n").unwrap();
+        c.validate_for(Role::Consumer).unwrap();
+        let err = c.validate_for(Role::Producer).unwrap_err().to_string();
+        assert!(err.contains("producer.max_in_flight"), "{err}");
+        let c = Config::from_toml("[consumer]\nbatch_size = 0\n").unwrap();
+        c.validate_for(Role::Producer).unwrap();
+        // [nats] is shared: both refuse a bad stream name.
+        let c = Config::from_toml("pg_database = \"app\"\n[nats]\nstream = \"a.b\"\n").unwrap();
+        for role in [Role::Producer, Role::Consumer] {
+            let err = c.validate_for(role).unwrap_err().to_string();
+            assert!(err.contains("nats.stream"), "{err}");
+        }
+    }
+
+    #[test]
+    fn verify_reads_its_own_source_url_else_the_producers() {
+        let c = Config::from_toml(
+            "pg_database = \"app\"\n[producer]\nsource_url = \"postgres://p@h/db\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.verify_source_url(), Some("postgres://p@h/db"));
+        let c = Config::from_toml(
+            "pg_database = \"app\"\n[producer]\nsource_url = \"postgres://p@h/db\"\n\
+             [verify]\nsource_url = \"postgres://v@h/db\"\n",
+        )
+        .unwrap();
+        c.validate_for(Role::Consumer).unwrap();
+        assert_eq!(c.verify_source_url(), Some("postgres://v@h/db"));
+        let c = Config::from_toml(
+            "pg_database = \"app\"\n[verify]\nsource_url = \"postgres://v:pw@h/db\"\n",
+        )
+        .unwrap();
+        let err = c.validate_for(Role::Consumer).unwrap_err().to_string();
+        assert!(err.contains("verify.source_url"), "{err}");
+    }
+
+    #[test]
+    fn dead_seed_keys_are_accepted_with_one_warning() {
+        let c = Config::from_toml("pg_database = \"app\"\n").unwrap();
+        assert!(c.warnings().is_empty());
+        let c =
+            Config::from_toml("pg_database = \"app\"\narchive_host = \"h\"\narchive_port = 22\n")
+                .unwrap();
+        c.validate().unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("archive_host, archive_port") && w[0].contains("remove them"),
+            "{w:?}"
         );
     }
 

@@ -1,8 +1,10 @@
 //! syncdata core: what both binaries share — the change record, versions,
 //! NATS subjects and connection, table names, the catalog reader, configuration,
-//! the retry policy and telemetry. The apply engine and the local store live in the consumer.
+//! the retry policy and telemetry, and the command-line shell of both binaries
+//! (`cli`). The apply engine and the local store live in the consumer.
 
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod nats;
 pub mod private_fs;

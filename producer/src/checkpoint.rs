@@ -59,6 +59,28 @@ pub struct CheckpointState {
     pub halted: Vec<HaltedTable>,
 }
 
+/// The layout of `checkpoint.json` this build writes. Files written before
+/// the field existed have no `version` and read as version 1 (the same
+/// layout); a file from a newer build is refused rather than misread.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// `checkpoint.json` as written: the state plus its layout version.
+#[derive(Serialize)]
+struct OnDisk<'a> {
+    version: u32,
+    #[serde(flatten)]
+    state: &'a CheckpointState,
+}
+
+/// `checkpoint.json` as read: `version` is absent in files of old builds.
+#[derive(Deserialize)]
+struct FromDisk {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(flatten)]
+    state: CheckpointState,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}: {source}")]
@@ -73,6 +95,11 @@ pub enum CheckpointError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "checkpoint {path} has layout version {found}, newer than this build's \
+         {CHECKPOINT_VERSION}: run the syncdata-producer that wrote it, or a newer one"
+    )]
+    TooNew { path: PathBuf, found: u32 },
     #[error("cannot write checkpoint {path}: {source}")]
     Write {
         path: PathBuf,
@@ -120,12 +147,18 @@ impl CheckpointStore {
                 })
             }
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| CheckpointError::Corrupt {
+        let disk: FromDisk =
+            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Corrupt {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        match disk.version {
+            Some(found) if found > CHECKPOINT_VERSION => Err(CheckpointError::TooNew {
+                path: self.path.clone(),
+                found,
+            }),
+            _ => Ok(Some(disk.state)),
+        }
     }
 
     /// Replaces the checkpoint atomically: a crash at any point leaves
@@ -145,7 +178,11 @@ impl CheckpointStore {
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temp = dir.join(Self::TEMP_NAME);
-        let mut json = serde_json::to_vec(state).expect("a checkpoint always serializes");
+        let disk = OnDisk {
+            version: CHECKPOINT_VERSION,
+            state,
+        };
+        let mut json = serde_json::to_vec(&disk).expect("a checkpoint always serializes");
         json.push(b'\n');
         let mut file = syncdata_core::private_fs::open_options()
             .write(true)
@@ -236,6 +273,34 @@ mod tests {
         assert_eq!(store.load_state().unwrap(), Some(state));
         // The plain view still reads the position.
         assert_eq!(store.load().unwrap(), Some(Checkpoint::start_of("b")));
+    }
+
+    #[test]
+    fn the_file_carries_its_version_and_files_without_one_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        store.save(&Checkpoint::start_of("a")).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
+        assert_eq!(written["version"], CHECKPOINT_VERSION);
+        assert_eq!(written["file"], "a");
+        // A file of an older build, halted tables included, has no version.
+        fs::write(
+            store.path(),
+            br#"{"file":"b","offset":7,"line":2,"halted":[{"schema":"public","table":"t","file":"a","offset":1,"line":0,"reason":"r"}]}"#,
+        )
+        .unwrap();
+        let state = store.load_state().unwrap().unwrap();
+        assert_eq!(state.position.offset, 7);
+        assert_eq!(state.halted.len(), 1);
+        // One of a newer build is refused, not misread.
+        fs::write(
+            store.path(),
+            br#"{"version":2,"file":"b","offset":7,"line":2}"#,
+        )
+        .unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("layout version 2"), "{err}");
     }
 
     #[test]

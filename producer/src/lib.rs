@@ -3,105 +3,26 @@
 //! a record's checkpoint advances only after its PubAck, lines that cannot be
 //! published are quarantined (never dropped silently), and any failure
 //! rewinds to the last acknowledged line.
+//!
+//! Along the data flow: [`archiver`] writes the archive from the source's
+//! replication slot ([`snapshot`] adds a table's current rows), [`tail`]
+//! reads it, [`sanitize`] (rules, then `transform`) rewrites or holds each
+//! record, [`publisher`] sends it through a [`sink`] and advances the
+//! [`checkpoint`]; lines that are not records go to [`quarantine`]. Each
+//! command lives in its own module under [`cmd`]; `main.rs` only parses the
+//! command line.
 
-pub mod archive;
 pub mod archiver;
 pub mod checkpoint;
-pub mod publisher;
+pub mod cmd;
+pub(crate) mod publisher;
 pub mod quarantine;
 pub mod sanitize;
 pub mod scram;
-pub mod sink;
-pub mod snapshot;
+pub(crate) mod sink;
+pub(crate) mod snapshot;
 pub mod source;
-pub mod status;
-
-use anyhow::Context;
-use syncdata_core::config::Config;
-use syncdata_core::nats;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-
-use crate::publisher::{Publisher, Settings};
-use crate::sanitize::{Sanitizer, SecretKey};
-use crate::sink::JetStreamSink;
+pub(crate) mod status;
+pub mod tail;
 
 pub use crate::status::{status, Status};
-
-/// Runs the producer until `token` is cancelled: connects to NATS, makes sure
-/// the change stream exists, then tails the archive. Returns Ok after a clean
-/// shutdown (outstanding acknowledgements awaited, checkpoint written).
-pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
-    let settings = Settings::from_config(&config)?;
-    if let Some(addr) = config.producer.metrics_addr {
-        syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
-        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    }
-    anyhow::ensure!(
-        settings.archive_dir.is_dir(),
-        "archive directory {} does not exist or is not a directory",
-        settings.archive_dir.display()
-    );
-    // Before any connection: bad rules, a missing key or no rules without
-    // the explicit opt-out stop the start.
-    let sanitizer = load_sanitizer(&config)?;
-    metrics::gauge!("syncdata_producer_sanitization_enabled").set(if sanitizer.is_some() {
-        1.0
-    } else {
-        0.0
-    });
-    syncdata_core::private_fs::warn_if_exposed(&settings.archive_dir, "archive");
-    let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
-    async move {
-        let client = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            client = nats::connect(&config.nats, "syncdata-producer") => client?,
-        };
-        let sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
-        // Before the stream: a broken checkpoint should fail first and loudly.
-        let mut publisher = Publisher::new(sink, settings)?;
-        if let Some(sanitizer) = sanitizer {
-            publisher = publisher.with_sanitizer(sanitizer);
-        }
-        tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            ensured = publisher.ensure_stream() => ensured
-                .with_context(|| format!("cannot create or read stream {}", config.nats.stream))?,
-        }
-        publisher.run(token).await?;
-        Ok(())
-    }
-    .instrument(span)
-    .await
-}
-
-/// The message `run` fails with when no rules file is configured and the
-/// opt-out is not set.
-pub const NO_RULES: &str = "no producer.rules_file: refusing to publish unsanitized records. \
-     Set producer.rules_file to a sanitization rules file (see README \"Sanitization\"; \
-     `syncdata-producer check-rules` checks it), or set producer.allow_unsanitized = true \
-     if this archive holds no personal data";
-
-/// The sanitization rules of `producer.rules_file`, compiled with the key
-/// (`producer.sanitize_key_file`, else `SYNCDATA_SANITIZE_KEY`). Fails
-/// closed: without a rules file it is an error unless
-/// `producer.allow_unsanitized = true` (then None, with a warning).
-pub fn load_sanitizer(config: &Config) -> anyhow::Result<Option<Sanitizer>> {
-    let Some(path) = &config.producer.rules_file else {
-        anyhow::ensure!(config.producer.allow_unsanitized, NO_RULES);
-        tracing::warn!(
-            "sanitization OFF (producer.allow_unsanitized = true, no producer.rules_file): \
-             records are published as they are"
-        );
-        return Ok(None);
-    };
-    let key = SecretKey::load(config.producer.sanitize_key_file.as_deref(), |k| {
-        std::env::var(k).ok()
-    })?;
-    let sanitizer = Sanitizer::load(
-        path,
-        key,
-        std::time::Duration::from_millis(config.producer.rules_reload_ms),
-    )?;
-    Ok(Some(sanitizer))
-}

@@ -1,13 +1,14 @@
 //! `syncdata-producer`: the production-side binary. Thin: parses the command
-//! line, sets up logging and signals, and calls the library.
+//! line and calls the command's module under `syncdata_producer::cmd`; the
+//! shell (flags, config, logging, signals, errors) is `syncdata_core::cli`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use syncdata_core::config::Config;
+use clap::{Parser, Subcommand};
+use syncdata_core::cli::{self, GlobalArgs, Kind};
+use syncdata_core::config::Role;
+use syncdata_producer::cmd;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -17,20 +18,10 @@ use tokio_util::sync::CancellationToken;
     about = "Tails the change archive and publishes every record to NATS JetStream"
 )]
 struct Cli {
-    /// Configuration file (TOML); overrides DATA_SYNC_CONFIG.
-    #[arg(long, global = true, value_name = "PATH", env = "DATA_SYNC_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log line format (the level is set with RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -111,106 +102,27 @@ enum ConfigCommand {
     Check,
 }
 
-fn init_logging(format: LogFormat) {
-    syncdata_core::telemetry::init_logging(matches!(format, LogFormat::Json));
-}
-
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    let config = match path {
-        Some(path) => Config::load_from(&path, |k| std::env::var(k).ok()),
-        None => Config::load(),
-    };
-    config.context("cannot load the configuration")
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM; a second one exits at once.
-fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+impl Command {
+    fn kind(&self) -> Kind {
+        match self {
+            Command::Run | Command::Archive { .. } => Kind::Daemon,
+            _ => Kind::Command,
         }
-        tracing::info!("shutting down (signal again to exit at once)");
-        token.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without waiting");
-        std::process::exit(130);
-    });
-    Ok(())
-}
-
-/// `check-rules`: needs the configuration only for what the flags leave out.
-async fn check_rules(
-    config: Option<PathBuf>,
-    rules: Option<PathBuf>,
-    source: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let (rules, source) = match (rules, source) {
-        (Some(r), Some(s)) => (r, s),
-        (rules, source) => {
-            let config = load_config(config)?;
-            let rules = rules
-                .or(config.producer.rules_file.clone())
-                .context("no rules file: pass --rules or set producer.rules_file")?;
-            let source = source
-                .or(config.producer.source_url.clone())
-                .context("no source database: pass --source or set producer.source_url")?;
-            (rules, source)
-        }
-    };
-    let report = syncdata_producer::sanitize::check::check_rules(&rules, &source).await?;
-    print(&syncdata_producer::sanitize::check::render(&report, json))?;
-    anyhow::ensure!(
-        report.errors() == 0,
-        "{} has {} error(s)",
-        rules.display(),
-        report.errors()
-    );
-    Ok(())
-}
-
-/// Writes to stdout; a closed pipe (`… | head`) is not an error.
-fn print(text: &str) -> anyhow::Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to stdout")
-        }
-        _ => Ok(()),
     }
 }
 
-/// Tables halted by sanitization, from the checkpoint (for `status`).
-fn halted_tables(
-    config: &Config,
-) -> anyhow::Result<Vec<syncdata_producer::checkpoint::HaltedTable>> {
-    let dir = config.producer_state_dir()?;
-    let state = syncdata_producer::checkpoint::CheckpointStore::new(&dir).load_state()?;
-    Ok(state.map(|s| s.halted).unwrap_or_default())
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn signal_token() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    cli::cancel_on_signals(token.clone())
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
+    Ok(token)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::CheckRules {
-        rules,
-        source,
-        json,
-    } = cli.command
-    {
-        return check_rules(cli.config, rules, source, json).await;
-    }
-    let config = load_config(cli.config)?;
-    match cli.command {
-        Command::Run => {
-            let token = CancellationToken::new();
-            cancel_on_signals(token.clone())?;
-            syncdata_producer::run(config, token).await
-        }
+async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let config = || Ok(cli::load_config(global, Role::Producer)?);
+    match command {
+        Command::Run => cmd::run::run(config()?, signal_token()?).await,
         Command::SetupSource {
             create_slot,
             create_user,
@@ -218,97 +130,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tables,
             source,
         } => {
-            let args = syncdata_producer::source::SetupArgs {
+            let args = cmd::setup_source::SetupArgs {
                 create_slot,
                 create_user,
                 user,
                 tables,
                 source,
             };
-            syncdata_producer::source::setup_command(&config, args).await
+            cmd::setup_source::run(&config()?, args).await
         }
         Command::Archive { tables, source } => {
-            let token = CancellationToken::new();
-            cancel_on_signals(token.clone())?;
-            syncdata_producer::archiver::run_command(&config, source, tables, token).await
+            cmd::archive::run(&config()?, source, tables, signal_token()?).await
         }
         Command::Snapshot { table, source } => {
-            let token = CancellationToken::new();
-            cancel_on_signals(token.clone())?;
-            syncdata_producer::snapshot::run_command(&config, source, &table, token).await
+            cmd::snapshot::run(&config()?, source, &table, signal_token()?).await
         }
-        Command::CheckRules { .. } => unreachable!("handled above"),
+        Command::CheckRules {
+            rules,
+            source,
+            json,
+        } => cmd::check_rules::run(config, rules, source, json).await,
         Command::Config {
             command: ConfigCommand::Check,
-        } => {
-            config.archive_dir()?;
-            print(&syncdata_core::redact::redact(&format!(
-                "configuration OK\n{config:#?}\n"
-            )))
-        }
-        Command::Status { json } => {
-            let status = syncdata_producer::status(&config)?;
-            let halted = halted_tables(&config)?;
-            let text = if json {
-                let mut v = serde_json::to_value(&status)?;
-                v["halted_tables"] = serde_json::to_value(&halted)?;
-                serde_json::to_string_pretty(&v)? + "\n"
-            } else {
-                let mut text = status.to_string();
-                text.push_str(&format!("halted tables: {}\n", halted.len()));
-                for h in &halted {
-                    text.push_str(&format!(
-                        "  {}.{} held from {} line {}: {}\n",
-                        h.schema,
-                        h.table,
-                        h.file,
-                        h.line + 1,
-                        h.reason
-                    ));
-                }
-                text
-            };
-            // A closed pipe (`status | head`) is not an error worth a panic.
-            match std::io::stdout().lock().write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(e).context("cannot write to stdout")
-                }
-                _ => Ok(()),
-            }
-        }
+        } => cmd::config::check(&config()?),
+        Command::Status { json } => cmd::status::run(&config()?, json),
     }
-}
-
-/// The error and its causes on one line, each cause once (some messages
-/// already include their source).
-fn report(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let cause = cause.to_string();
-        if !out.contains(&cause) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&cause);
-        }
-    }
-    out
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let is_run = matches!(cli.command, Command::Run);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let message = syncdata_core::redact::redact(&report(&err));
-            if is_run {
-                tracing::error!(error = %message, "syncdata-producer failed");
-            }
-            eprintln!("syncdata-producer: error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    let Cli { global, command } = Cli::parse();
+    let kind = command.kind();
+    cli::init_logging(&global, kind);
+    let result = dispatch(&global, command).await;
+    cli::finish(result, &global, kind)
 }

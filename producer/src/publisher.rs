@@ -30,13 +30,13 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, ArchiveError, Line, LineKind, Next, Tail};
 use crate::checkpoint::{
     Checkpoint, CheckpointError, CheckpointState, CheckpointStore, HaltedTable,
 };
 use crate::quarantine::{self, Quarantine, QuarantineError};
 use crate::sanitize::{Sanitizer, Verdict};
 use crate::sink::{Acked, Sink, SinkError};
+use crate::tail::{self, ArchiveError, Line, LineKind, Next, Tail};
 
 /// What the publisher needs from the configuration, plus the timings the
 /// configuration does not expose.
@@ -187,7 +187,7 @@ enum Phase {
 }
 
 #[derive(Debug, Clone)]
-struct Halt {
+struct TableHalt {
     /// Every record of the table before this is acknowledged (or lies after
     /// the settled main position, where the main cursor reads it again).
     at: Position,
@@ -207,7 +207,7 @@ struct Replay {
 }
 
 /// How one record went.
-enum Outcome {
+enum Dispatch {
     /// Handed to the sink; the future resolves with its acknowledgement.
     Sent(crate::sink::AckFuture),
     /// Needs no publish (excluded, quarantined).
@@ -243,7 +243,7 @@ pub struct Publisher<S> {
     /// Sanitization rules; None publishes records as they are.
     sanitizer: Option<Sanitizer>,
     /// Tables halted by sanitization (persisted with the checkpoint).
-    halts: BTreeMap<TableName, Halt>,
+    halts: BTreeMap<TableName, TableHalt>,
     /// The halts changed since the checkpoint was written.
     halts_dirty: bool,
     replay: Option<Replay>,
@@ -278,7 +278,7 @@ impl<S: Sink> Publisher<S> {
                 s.halted
                     .iter()
                     .map(|h| {
-                        let halt = Halt {
+                        let halt = TableHalt {
                             at: Position {
                                 file: h.file.as_str().into(),
                                 offset: h.offset,
@@ -534,8 +534,8 @@ impl<S: Sink> Publisher<S> {
                 // The file is finished once a later one exists; it is then
                 // read to its end again, so nothing appended before the later
                 // file appeared is missed.
-                let names = archive::list(&self.settings.archive_dir)?;
-                if archive::next_after(&names, Some(&cur.name)).is_some() {
+                let names = tail::list(&self.settings.archive_dir)?;
+                if tail::next_after(&names, Some(&cur.name)).is_some() {
                     cur.tail.finish();
                     Ok(true)
                 } else {
@@ -543,8 +543,8 @@ impl<S: Sink> Publisher<S> {
                 }
             }
             Next::End => {
-                let names = archive::list(&self.settings.archive_dir)?;
-                let Some(next) = archive::next_after(&names, Some(&cur.name)) else {
+                let names = tail::list(&self.settings.archive_dir)?;
+                let Some(next) = tail::next_after(&names, Some(&cur.name)) else {
                     // The later file vanished again; wait for the next one.
                     return Ok(false);
                 };
@@ -585,9 +585,9 @@ impl<S: Sink> Publisher<S> {
                 }));
             }
         }
-        let names = archive::list(&self.settings.archive_dir)?;
+        let names = tail::list(&self.settings.archive_dir)?;
         let mut after = self.acked.as_ref().map(|p| &*p.file);
-        while let Some(name) = archive::next_after(&names, after) {
+        while let Some(name) = tail::next_after(&names, after) {
             if let Some(tail) = self.open(name, 0, 0)? {
                 return Ok(Some(Cursor {
                     name: name.into(),
@@ -642,7 +642,7 @@ impl<S: Sink> Publisher<S> {
                             .send(record, file, &line, bytes, max_payload, token, false)
                             .await?
                         {
-                            Outcome::Sent(ack) => {
+                            Dispatch::Sent(ack) => {
                                 let mark = Mark::Main(pos);
                                 window
                                     .push_back(async move { (mark, ack.await.map(Some)) }.boxed());
@@ -650,9 +650,9 @@ impl<S: Sink> Publisher<S> {
                             }
                             // Not sent: the position is not advanced, so the
                             // line is read again on the next start.
-                            Outcome::Cancelled => return Ok(()),
-                            Outcome::Done => {}
-                            Outcome::Halted(table, reason) => self.halt(table, start, reason),
+                            Dispatch::Cancelled => return Ok(()),
+                            Dispatch::Done => {}
+                            Dispatch::Halted(table, reason) => self.halt(table, start, reason),
                         }
                     }
                 }
@@ -673,7 +673,7 @@ impl<S: Sink> Publisher<S> {
         max_payload: usize,
         token: &CancellationToken,
         replaying: bool,
-    ) -> Result<Outcome, PublisherError> {
+    ) -> Result<Dispatch, PublisherError> {
         // A file without ordinals: the line stands in, and the file name
         // keeps the message id unique.
         let origin = record
@@ -692,11 +692,11 @@ impl<S: Sink> Publisher<S> {
                 Ok(Verdict::Publish) => {}
                 Ok(Verdict::Exclude) => {
                     metrics::counter!("syncdata_producer_excluded_total").increment(1);
-                    return Ok(Outcome::Done);
+                    return Ok(Dispatch::Done);
                 }
                 Err(halt) => {
                     let table = TableName::new(record.schema, record.table);
-                    return Ok(Outcome::Halted(table, halt.reason));
+                    return Ok(Dispatch::Halted(table, halt.reason));
                 }
             }
         }
@@ -710,12 +710,12 @@ impl<S: Sink> Publisher<S> {
             })
         } else {
             tokio::select! {
-                _ = token.cancelled() => return Ok(Outcome::Cancelled),
+                _ = token.cancelled() => return Ok(Dispatch::Cancelled),
                 sent = self.sink.publish(subject, id, payload.into()) => sent,
             }
         };
         match sent {
-            Ok(ack) => Ok(Outcome::Sent(ack)),
+            Ok(ack) => Ok(Dispatch::Sent(ack)),
             Err(SinkError::TooLarge { size, max }) => {
                 let reason = format!(
                     "record of {size} bytes is larger than the server's max_payload ({max})"
@@ -731,7 +731,7 @@ impl<S: Sink> Publisher<S> {
                         "a held record cannot be published and lies before the quarantine's end; it is skipped"
                     );
                 }
-                Ok(Outcome::Done)
+                Ok(Dispatch::Done)
             }
             Err(err) => Err(err.into()),
         }
@@ -772,7 +772,7 @@ impl<S: Sink> Publisher<S> {
                 log(&start, &reason);
                 self.halts.insert(
                     table,
-                    Halt {
+                    TableHalt {
                         at: start,
                         reason,
                         generation,
@@ -867,9 +867,9 @@ impl<S: Sink> Publisher<S> {
                 tail,
             }));
         }
-        let names = archive::list(&self.settings.archive_dir)?;
+        let names = tail::list(&self.settings.archive_dir)?;
         let mut after = Some(&*at.file);
-        while let Some(name) = archive::next_after(&names, after) {
+        while let Some(name) = tail::next_after(&names, after) {
             if let Some(tail) = self.open(name, 0, 0)? {
                 return Ok(Some(Cursor {
                     name: name.into(),
@@ -907,10 +907,10 @@ impl<S: Sink> Publisher<S> {
                 return Ok(());
             }
             Next::End => {
-                let names = archive::list(&self.settings.archive_dir)?;
+                let names = tail::list(&self.settings.archive_dir)?;
                 let mut after = Some(r.cursor.name.clone());
                 loop {
-                    let next = archive::next_after(&names, after.as_deref())
+                    let next = tail::next_after(&names, after.as_deref())
                         .filter(|n| *n <= &*r.until.file)
                         .map(Arc::<str>::from);
                     let Some(next) = next else {
@@ -957,10 +957,10 @@ impl<S: Sink> Publisher<S> {
                     .send(record, &file, &line, bytes, max_payload, token, true)
                     .await?
                 {
-                    Outcome::Sent(a) => ack = Some(a),
-                    Outcome::Done => {}
-                    Outcome::Cancelled => return Ok(()),
-                    Outcome::Halted(_, reason) => {
+                    Dispatch::Sent(a) => ack = Some(a),
+                    Dispatch::Done => {}
+                    Dispatch::Cancelled => return Ok(()),
+                    Dispatch::Halted(_, reason) => {
                         self.replay = None;
                         self.halt(table, start, reason);
                         return Ok(());
@@ -1134,7 +1134,7 @@ fn wakes(event: &notify::Event) -> bool {
         || event.paths.iter().any(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_none_or(|n| !archive::is_ignored_name(n))
+                .is_none_or(|n| !tail::is_ignored_name(n))
         })
 }
 

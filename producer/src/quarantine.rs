@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::RAW_PREFIX_MAX;
+use crate::tail::RAW_PREFIX_MAX;
 
 pub const FILE_NAME: &str = "quarantine.jsonl";
 

@@ -27,7 +27,7 @@
 //! are closed every `source.snapshot_file_rows` rows, so publishing starts
 //! while the snapshot goes on.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -76,26 +76,6 @@ pub struct SnapshotSummary {
     pub rows: u64,
     pub files: Vec<PathBuf>,
     pub elapsed: Duration,
-}
-
-/// `syncdata-producer snapshot T`: prints a summary on stdout.
-pub async fn run_command(
-    config: &Config,
-    source_url: Option<String>,
-    table: &str,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let settings = SnapshotSettings::from_config(config, source_url, table)?;
-    let summary = run(settings, token).await?;
-    println!(
-        "snapshot of {}: {} rows at version {} in {} file(s), {:.1} s",
-        summary.table,
-        summary.rows,
-        summary.lsn,
-        summary.files.len(),
-        summary.elapsed.as_secs_f64()
-    );
-    Ok(())
 }
 
 /// Runs the snapshot; on cancellation nothing more is written and the
@@ -481,19 +461,22 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        if self.tty {
-            eprint!("\r{}\x1b[K", self.line(rows));
+        // Progress never fails the snapshot: a closed stderr drops it.
+        let mut err = syncdata_core::cli::stderr();
+        let _ = if self.tty {
+            write!(err, "\r{}\x1b[K", self.line(rows))
         } else {
-            eprintln!("{}", self.line(rows));
-        }
+            writeln!(err, "{}", self.line(rows))
+        };
     }
 
     fn done(&self, rows: u64) {
-        if self.tty {
-            eprintln!("\r{}\x1b[K", self.line(rows));
+        let mut err = syncdata_core::cli::stderr();
+        let _ = if self.tty {
+            writeln!(err, "\r{}\x1b[K", self.line(rows))
         } else {
-            eprintln!("{}", self.line(rows));
-        }
+            writeln!(err, "{}", self.line(rows))
+        };
     }
 }
 

@@ -411,38 +411,6 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `setup-source`'s command line.
-#[derive(Debug, Clone, Default)]
-pub struct SetupArgs {
-    pub create_slot: bool,
-    pub create_user: bool,
-    pub user: Option<String>,
-    pub tables: Option<String>,
-    pub source: Option<String>,
-}
-
-/// `syncdata-producer setup-source`: prints what it found and did.
-pub async fn setup_command(config: &Config, args: SetupArgs) -> anyhow::Result<()> {
-    let settings = SourceSettings::from_config(config, args.source)?;
-    let tables = match &args.tables {
-        Some(list) => parse_tables(std::slice::from_ref(list))?,
-        None => parse_tables(&config.source.tables)?,
-    };
-    let opts = SetupOptions {
-        create_slot: args.create_slot,
-        create_user: args.create_user,
-        user: args.user.unwrap_or_else(|| config.source.user.clone()),
-        password: std::env::var("SYNCDATA_USER_PASSWORD")
-            .ok()
-            .filter(|p| !p.is_empty()),
-        tables,
-    };
-    for line in setup(&settings, &opts).await? {
-        println!("{line}");
-    }
-    Ok(())
-}
-
 /// What `setup-source` was asked to do.
 #[derive(Debug, Clone)]
 pub struct SetupOptions {

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 use syncdata_core::config::{Config, ConfigError};
 
-use crate::archive::{self, ArchiveError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::quarantine::{self, QuarantineError};
+use crate::tail::{self, ArchiveError};
 
 /// Quarantine entries shown.
 const RECENT: usize = 10;
@@ -58,7 +58,7 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
     let archive_dir = config.archive_dir()?.to_owned();
     let state_dir = config.producer_state_dir()?;
     let checkpoint = CheckpointStore::new(&state_dir).load()?;
-    let names = archive::list(&archive_dir)?;
+    let names = tail::list(&archive_dir)?;
     let files_after_checkpoint = match &checkpoint {
         Some(c) => names.iter().filter(|n| **n > c.file).count(),
         None => names.len(),

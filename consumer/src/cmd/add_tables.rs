@@ -6,6 +6,7 @@ use crate::store;
 use anyhow::{bail, Context};
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
+use syncdata_core::{errln, outln};
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
@@ -14,9 +15,7 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
         Some(url) => match connect_source(url).await {
             Ok(conn) => Some(conn),
             Err(e) => {
-                eprintln!(
-                    "warning: cannot check the tables' replica identity on the source: {e:#}"
-                );
+                errln!("warning: cannot check the tables' replica identity on the source: {e:#}");
                 None
             }
         },
@@ -36,10 +35,10 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
         }
         .await;
         match result {
-            Ok((name, true)) => println!("added {name}"),
-            Ok((name, false)) => println!("{name} is already listed"),
+            Ok((name, true)) => outln!("added {name}")?,
+            Ok((name, false)) => outln!("{name} is already listed")?,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
                 failed += 1;
             }
         }

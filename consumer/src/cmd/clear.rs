@@ -5,6 +5,7 @@
 use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 
 pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
     if !yes {
@@ -17,7 +18,7 @@ pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
     }
     for t in &tables {
         super::resync::reset_table(&pool, t).await?;
-        println!("cleared {t}");
+        outln!("cleared {t}")?;
     }
     Ok(())
 }

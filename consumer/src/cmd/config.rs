@@ -2,9 +2,10 @@
 //! environment) without connecting anywhere; print it with secrets redacted.
 
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    println!("configuration OK");
-    println!("{}", syncdata_core::redact::redact(&format!("{config:#?}")));
+    outln!("configuration OK")?;
+    outln!("{}", syncdata_core::redact::redact(&format!("{config:#?}")))?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use syncdata_core::subject::{
     decode_token, dlq_instance_filter, dlq_legacy_filter, dlq_message_id, dlq_subject, encode_token,
 };
 use syncdata_core::table::TableName;
+use syncdata_core::{errln, outln};
 
 use crate::apply::{Applier, Disposition, Incoming};
 use crate::dead_letter::{
@@ -93,7 +94,7 @@ impl Dlq {
             .await
             .unwrap_or(0);
         if n > 0 {
-            eprintln!(
+            errln!(
                 "note: {n} dead letters are in the layout before per-database dead letters \
                  ({}.<schema>.<table>): `syncdata dlq migrate` copies them into this \
                  database's dead letters",
@@ -165,16 +166,16 @@ pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result
     let msgs = dlq.select(&sel).await?;
     if json {
         let all: Vec<_> = msgs.iter().map(summary).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(());
     }
     if msgs.is_empty() {
-        println!("no dead letters");
+        outln!("no dead letters")?;
         return Ok(());
     }
-    println!("{:>8}  {:<24}  {:>8}  error", "id", "table", "attempts");
+    outln!("{:>8}  {:<24}  {:>8}  error", "id", "table", "attempts")?;
     for m in &msgs {
-        println!(
+        outln!(
             "{:>8}  {:<24}  {:>8}  {}{}",
             m.sequence,
             header(m, H_TABLE).unwrap_or_default(),
@@ -183,9 +184,9 @@ pub async fn list(config: &Config, sel: Selection, json: bool) -> anyhow::Result
                 .map(|c| format!("[{c}] "))
                 .unwrap_or_default(),
             header(m, H_ERROR).unwrap_or_default(),
-        );
+        )?;
     }
-    println!("{} dead letters", msgs.len());
+    outln!("{} dead letters", msgs.len())?;
     Ok(())
 }
 
@@ -195,7 +196,7 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
     let mut s = summary(&m);
     let payload = String::from_utf8_lossy(&m.payload).into_owned();
     s["record"] = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
-    println!("{}", serde_json::to_string_pretty(&s)?);
+    outln!("{}", serde_json::to_string_pretty(&s)?)?;
     Ok(())
 }
 
@@ -252,12 +253,12 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
                 replayed += 1;
             }
             Err(why) => {
-                eprintln!("dead letter {id} kept: {why}");
+                errln!("dead letter {id} kept: {why}");
                 kept += 1;
             }
         }
     }
-    println!("replayed {replayed} dead letters");
+    outln!("replayed {replayed} dead letters")?;
     if kept > 0 {
         bail!("{kept} dead letters still fail and were kept");
     }
@@ -273,7 +274,7 @@ pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result
     for m in &msgs {
         dlq.stream.delete_message(m.sequence).await?;
     }
-    println!("purged {} dead letters", msgs.len());
+    outln!("purged {} dead letters", msgs.len())?;
     Ok(())
 }
 
@@ -300,7 +301,7 @@ pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
             .split_once('.')
             .and_then(|(s, t)| Some((decode_token(s)?, decode_token(t)?)))
         else {
-            eprintln!(
+            errln!(
                 "dead letter {} has an unreadable subject; left as is",
                 m.sequence
             );
@@ -344,9 +345,9 @@ pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
             removed += 1;
         }
     }
-    println!(
+    outln!(
         "copied {copied} dead letters of the old layout into this database's \
          ({already} copied before, {removed} old ones removed)"
-    );
+    )?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use crate::store;
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
@@ -11,13 +12,13 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(t, c, at)| serde_json::json!({"table": t, "creator": c, "created_at": at}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?)?;
     } else if rows.is_empty() {
-        println!("{}", crate::daemon::NO_TABLES);
+        outln!("{}", crate::daemon::NO_TABLES)?;
     } else {
-        println!("synced tables ({}):", rows.len());
+        outln!("synced tables ({}):", rows.len())?;
         for (t, _, _) in rows {
-            println!("  - {t}");
+            outln!("  - {t}")?;
         }
     }
     Ok(())

@@ -5,14 +5,15 @@
 
 use crate::store;
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
     let applied = store::applied_migrations(&pool).await?.unwrap_or(0);
-    println!(
+    outln!(
         "syncdata is set up in database {:?}: {applied} migration(s) applied, history in {}",
         config.pg_database.clone().unwrap_or_default(),
         store::MIGRATIONS_TABLE
-    );
+    )?;
     Ok(())
 }

@@ -4,6 +4,7 @@ use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
+use syncdata_core::{errln, outln};
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
@@ -11,9 +12,9 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     for input in tables {
         let name = TableName::parse(input)?;
         if store::remove_table(&pool, &name).await? {
-            println!("removed {name}");
+            outln!("removed {name}")?;
         } else {
-            eprintln!("error: {name} is not in the whitelist");
+            errln!("error: {name} is not in the whitelist");
             missing += 1;
         }
     }

@@ -17,6 +17,7 @@
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+use syncdata_core::errln;
 
 use crate::store;
 use anyhow::{bail, Context};
@@ -27,9 +28,10 @@ use async_nats::jetstream::stream::ConsumerErrorKind;
 use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
+use syncdata_core::{out, outln};
 
+use crate::backlog;
 use crate::daemon::ensure_consumer;
-use crate::progress;
 
 pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Result<()> {
     let replica = store::may_set_replica_role(pool).await?;
@@ -88,7 +90,7 @@ async fn set_pending(pool: &sqlx::PgPool, table: &TableName, pending: bool) -> a
 /// crash would) when it reaches the named point.
 fn failpoint(name: &str) {
     if std::env::var("SYNCDATA_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("failpoint {name}: exiting abruptly");
+        errln!("failpoint {name}: exiting abruptly");
         std::process::abort();
     }
 }
@@ -205,10 +207,10 @@ pub async fn run(
 
     set_pending(&pool, &table, true).await?;
     perform(&pool, &stream, config, &instance, &table).await?;
-    println!("{table}: emptied; replaying its history from the start of the stream");
+    outln!("{table}: emptied; replaying its history from the start of the stream")?;
     if !wait || daemons == 0 {
         if daemons == 0 {
-            println!("{table}: no daemon is running; `syncdata start` replays it");
+            outln!("{table}: no daemon is running; `syncdata start` replays it")?;
         }
         return Ok(());
     }
@@ -217,36 +219,34 @@ pub async fn run(
     let mut total = None;
     let mut last_line = Instant::now() - Duration::from_secs(10);
     loop {
-        let p = progress::table_progress(&stream, &dlq, config, &instance, &table).await?;
+        let p = backlog::table_backlog(&stream, &dlq, config, &instance, &table).await?;
         let left = p.pending + p.ack_pending;
         let total = *total.get_or_insert(left.max(1));
         let done = total.saturating_sub(left);
         if tty {
             let width = 30;
             let filled = (done as usize * width) / total as usize;
-            print!(
+            out!(
                 "\r{table}: [{}{}] {done}/{total} ",
                 "#".repeat(filled),
                 " ".repeat(width - filled)
-            );
-            use std::io::Write;
-            std::io::stdout().flush().ok();
+            )?;
         } else if last_line.elapsed() >= Duration::from_secs(2) || left == 0 {
-            println!("{table}: {done}/{total} replayed");
+            outln!("{table}: {done}/{total} replayed")?;
             last_line = Instant::now();
         }
         if left == 0 {
             if tty {
-                println!();
+                outln!()?;
             }
-            println!(
+            outln!(
                 "{table}: resynced in {:.1}s",
                 started.elapsed().as_secs_f64()
-            );
+            )?;
             return Ok(());
         }
         if p.waiting_pulls == 0 && started.elapsed() > Duration::from_secs(10) && done == 0 {
-            println!("{table}: no daemon is applying; run `syncdata start` to replay");
+            outln!("{table}: no daemon is applying; run `syncdata start` to replay")?;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

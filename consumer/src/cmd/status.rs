@@ -8,9 +8,10 @@ use async_nats::jetstream;
 use serde::Serialize;
 use sqlx::PgPool;
 use syncdata_core::config::Config;
+use syncdata_core::{errln, outln};
 use syncdata_core::{nats, table::TableName};
 
-use crate::progress::{self, TableProgress};
+use crate::backlog::{self, TableBacklog};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -32,7 +33,7 @@ pub struct TableStatus {
     pub last_applied_lsn: Option<String>,
     pub last_applied_at: Option<String>,
     /// None when NATS could not be reached.
-    pub stream: Option<TableProgress>,
+    pub stream: Option<TableBacklog>,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -69,13 +70,13 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
     let instance = store::instance_id(&pool).await?;
     let streams = streams(config).await;
     if let Err(e) = &streams {
-        eprintln!("warning: NATS not reachable, stream figures left out: {e:#}");
+        errln!("warning: NATS not reachable, stream figures left out: {e:#}");
     }
     let mut out = Vec::new();
     for t in &tables {
         let (lsn, at) = last_applied(&pool, t).await?;
         let stream = match &streams {
-            Ok((changes, dlq)) => progress::table_progress(changes, dlq, config, &instance, t)
+            Ok((changes, dlq)) => backlog::table_backlog(changes, dlq, config, &instance, t)
                 .await
                 .ok(),
             Err(_) => None,
@@ -143,30 +144,36 @@ async fn last_applied(
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let s = gather(config).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());
     }
     let none = || "never".to_owned();
-    println!("status: {}", s.status);
-    println!("sync frequency: {} seconds", s.sync_frequency_seconds);
-    println!("start time: {}", s.start_time.clone().unwrap_or_else(none));
-    println!("last sync: {}", s.last_sync.clone().unwrap_or_else(none));
-    println!("records synced: {}", s.records_synced);
-    println!("errors: {}", s.errors);
-    println!();
+    outln!("status: {}", s.status)?;
+    outln!("sync frequency: {} seconds", s.sync_frequency_seconds)?;
+    outln!("start time: {}", s.start_time.clone().unwrap_or_else(none))?;
+    outln!("last sync: {}", s.last_sync.clone().unwrap_or_else(none))?;
+    outln!("records synced: {}", s.records_synced)?;
+    outln!("errors: {}", s.errors)?;
+    outln!()?;
     if s.tables.is_empty() {
-        println!("{}", crate::daemon::NO_TABLES);
+        outln!("{}", crate::daemon::NO_TABLES)?;
         return Ok(());
     }
-    println!("synced tables ({}):", s.tables.len());
+    outln!("synced tables ({}):", s.tables.len())?;
     for t in &s.tables {
-        println!("  - {}", t.table);
+        outln!("  - {}", t.table)?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "{:<24} {:>9} {:>9} {:>8} {:>6} {:>8}  {:<14} last applied at",
-        "table", "pending", "in-flight", "lag (s)", "dlq", "workers", "last lsn"
-    );
+        "table",
+        "pending",
+        "in-flight",
+        "lag (s)",
+        "dlq",
+        "workers",
+        "last lsn"
+    )?;
     for t in &s.tables {
         let (p, a, l, d, w) = match &t.stream {
             Some(p) => (
@@ -178,7 +185,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             ),
             None => Default::default(),
         };
-        println!(
+        outln!(
             "{:<24} {:>9} {:>9} {:>8} {:>6} {:>8}  {:<14} {}",
             t.table,
             p,
@@ -188,7 +195,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             w,
             t.last_applied_lsn.clone().unwrap_or_default(),
             t.last_applied_at.clone().unwrap_or_default()
-        );
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::store;
 use anyhow::bail;
 use syncdata_core::config::Config;
 use syncdata_core::nats;
+use syncdata_core::outln;
 
 use crate::daemon::control_subject;
 
@@ -26,7 +27,7 @@ pub async fn run(config: &Config, timeout: Duration) -> anyhow::Result<()> {
     };
     let before = running().await?;
     if before == 0 {
-        println!("no running daemons");
+        outln!("no running daemons")?;
         return Ok(());
     }
     let client = nats::connect(&config.nats, "syncdata-stop").await?;
@@ -34,12 +35,12 @@ pub async fn run(config: &Config, timeout: Duration) -> anyhow::Result<()> {
         .publish(control_subject(&instance), "stop".into())
         .await?;
     client.flush().await?;
-    println!("asked {before} daemons to stop; waiting for in-flight batches");
+    outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = running().await?;
         if left == 0 {
-            println!("stopped");
+            outln!("stopped")?;
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {

@@ -30,6 +30,7 @@ use sqlx::{ConnectOptions, Connection};
 use syncdata_core::catalog;
 use syncdata_core::config::Config;
 use syncdata_core::table::{quote_ident, TableName};
+use syncdata_core::{out, outln};
 
 /// Rows per summarised chunk (also the largest chunk compared row by row).
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -93,9 +94,10 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     let url = args
         .source
         .clone()
-        .or_else(|| config.producer.source_url.clone())
+        .or_else(|| config.verify_source_url().map(str::to_owned))
         .context(
-            "no source database: pass --source postgres://USER@HOST/DB (the production database)",
+            "no source database: pass --source postgres://USER@HOST/DB (the production \
+             database) or set verify.source_url",
         )?;
     let pool = store::connect(config).await?;
     let tables: Vec<TableName> = if args.tables.is_empty() {
@@ -121,16 +123,16 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
         let mut report = verify_table(&mut source, &mut local, table, &exclude, &args).await?;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         if !args.json {
-            print!("{}", render(&report, args.max_rows));
+            out!("{}", render(&report, args.max_rows))?;
         }
         reports.push(report);
     }
     let _ = source.close().await;
     let differing = reports.iter().filter(|r| !r.equal).count();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?)?;
     } else if differing == 0 {
-        println!("verify: all {} table(s) equal", reports.len());
+        outln!("verify: all {} table(s) equal", reports.len())?;
     }
     if differing > 0 {
         bail!(

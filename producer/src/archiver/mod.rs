@@ -79,18 +79,6 @@ impl ArchiverSettings {
     }
 }
 
-/// `syncdata-producer archive`.
-pub async fn run_command(
-    config: &Config,
-    source_url: Option<String>,
-    tables: Option<String>,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let tables: Vec<String> = tables.into_iter().collect();
-    let settings = ArchiverSettings::from_config(config, source_url, &tables)?;
-    run(settings, token).await
-}
-
 /// The transaction being read.
 struct Tx {
     commit: Lsn,

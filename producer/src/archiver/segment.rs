@@ -436,7 +436,7 @@ mod tests {
         let s3 = publish();
         let name = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap().to_owned();
         let order = vec![s0, name(&a), s1, s2, name(&b), name(&c), s3];
-        let mut listed = crate::archive::list(d).unwrap();
+        let mut listed = crate::tail::list(d).unwrap();
         listed.retain(|n| !n.starts_with('.'));
         assert_eq!(listed, order);
         // Only segment names count as segments.

@@ -426,7 +426,7 @@ async fn over_long_lines_and_oversized_payloads_are_quarantined() {
         .collect();
     assert!(reasons[&2].contains("max_record_bytes"), "{}", reasons[&2]);
     assert!(reasons[&3].contains("max_payload"), "{}", reasons[&3]);
-    assert!(q.recent[0].raw.len() <= crate::archive::RAW_PREFIX_MAX);
+    assert!(q.recent[0].raw.len() <= crate::tail::RAW_PREFIX_MAX);
 }
 
 #[tokio::test]

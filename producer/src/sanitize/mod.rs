@@ -14,13 +14,13 @@
 //! The rules file is re-read when it changes; each successful load is a new
 //! *generation*, which is when halted tables are tried again.
 
-pub mod apply;
 pub mod check;
 pub mod dates;
 pub mod fake;
 pub mod json_path;
 pub mod key;
 pub mod rules;
+pub mod transform;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,9 +28,9 @@ use std::time::Duration;
 use syncdata_core::record::Record;
 use tokio::time::Instant;
 
-pub use apply::{CompiledRules, Halt, Verdict};
 pub use key::{KeyError, SecretKey, KEY_ENV};
 pub use rules::{Problem, Rules, Severity};
+pub use transform::{CompiledRules, HaltReason, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SanitizeError {
@@ -143,7 +143,7 @@ impl Sanitizer {
         self.generation
     }
 
-    pub fn apply(&self, record: &mut Record) -> Result<Verdict, Halt> {
+    pub fn apply(&self, record: &mut Record) -> Result<Verdict, HaltReason> {
         self.compiled.apply(record)
     }
 

@@ -6,6 +6,7 @@
 
 mod apply;
 mod catalog;
+mod cli;
 mod compose;
 mod data_protection;
 mod failures;

@@ -9,7 +9,7 @@ use syncdata_core::subject::{durable_name, table_subject};
 use syncdata_core::table::TableName;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TableProgress {
+pub struct TableBacklog {
     /// Messages not yet delivered to any consumer.
     pub pending: u64,
     /// Delivered, not yet acked (being applied or awaiting redelivery).
@@ -24,14 +24,14 @@ pub struct TableProgress {
     pub durable_exists: bool,
 }
 
-pub async fn table_progress(
+pub async fn table_backlog(
     changes: &Stream,
     dlq: &Stream,
     config: &Config,
     instance: &str,
     table: &TableName,
-) -> anyhow::Result<TableProgress> {
-    let mut p = TableProgress::default();
+) -> anyhow::Result<TableBacklog> {
+    let mut p = TableBacklog::default();
     let name = durable_name(&config.nats.stream, instance, &table.schema, &table.table);
     if let Ok(mut consumer) = changes
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)

@@ -19,11 +19,11 @@ use super::rules::{HmacOutput, Mode, Rules, Transform, Unlisted};
 /// Why a record cannot be published now. Its table halts until the rules
 /// change. The message names table and columns, never values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Halt {
+pub struct HaltReason {
     pub reason: String,
 }
 
-impl fmt::Display for Halt {
+impl fmt::Display for HaltReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.reason)
     }
@@ -111,7 +111,7 @@ impl CompiledRules {
 
     /// Transforms `record` in place, or says why it must wait. On error the
     /// record may be half transformed: it must not be published.
-    pub fn apply(&self, record: &mut Record) -> Result<Verdict, Halt> {
+    pub fn apply(&self, record: &mut Record) -> Result<Verdict, HaltReason> {
         let name = || TableName::new(record.schema.clone(), record.table.clone());
         let Some(table) = self
             .tables
@@ -120,7 +120,7 @@ impl CompiledRules {
         else {
             return match self.unlisted {
                 Unlisted::Exclude => Ok(Verdict::Exclude),
-                Unlisted::Halt => Err(Halt {
+                Unlisted::Halt => Err(HaltReason {
                     reason: format!(
                         "table {} has no entry in the rules file (add it with mode = \"replicate\" and a rule for every column, or mode = \"exclude\")",
                         qualified(&name())
@@ -151,14 +151,14 @@ impl CompiledRules {
             } else {
                 ("columns", "have")
             };
-            return Err(Halt {
+            return Err(HaltReason {
                 reason: format!(
                     "table {}: {noun} {list} {verb} no rule in the rules file (fail closed: add a rule, `keep` included, to resume)",
                     qualified(&name())
                 ),
             });
         }
-        let err = |col: &str, why: String| Halt {
+        let err = |col: &str, why: String| HaltReason {
             reason: format!(
                 "table {}: column {col:?}: {why} (change its rule to resume)",
                 qualified(&name())
@@ -251,8 +251,8 @@ fn transform_image(
     table: &CompiledTable,
     cols: &mut Columns,
     days: &[i64],
-    err: &dyn Fn(&str, String) -> Halt,
-) -> Result<(), Halt> {
+    err: &dyn Fn(&str, String) -> HaltReason,
+) -> Result<(), HaltReason> {
     let mut dropped = Vec::new();
     let mut days = days.iter();
     for (name, value) in cols.iter_mut() {
@@ -283,8 +283,8 @@ fn date_offsets(
     table: &CompiledTable,
     image: &Columns,
     other: Option<&Columns>,
-    err: &dyn Fn(&str, String) -> Halt,
-) -> Result<Vec<i64>, Halt> {
+    err: &dyn Fn(&str, String) -> HaltReason,
+) -> Result<Vec<i64>, HaltReason> {
     let mut out = Vec::new();
     for (name, value) in image {
         let Some(Compiled::DateShift {
