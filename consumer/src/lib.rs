@@ -5,4 +5,5 @@ pub mod cmd;
 pub mod daemon;
 mod dead_letter;
 pub mod progress;
+mod supervise;
 mod worker;
