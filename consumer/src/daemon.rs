@@ -157,7 +157,8 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         token: workers_token.clone(),
         fault: FaultHook::from_env(),
     });
-    let restart_policy = supervise::restart_policy();
+    let restart_policy =
+        supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
     let mut workers = JoinSet::new();
     let mut slots: HashMap<tokio::task::Id, Slot> = HashMap::new();
     for (table, consumer) in tables.iter().zip(consumers) {

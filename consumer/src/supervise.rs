@@ -18,9 +18,10 @@ pub const MAX_QUICK_FAILURES: u32 = 8;
 /// A worker that ran this long before it failed starts a fresh count.
 const CALM: Duration = Duration::from_secs(60);
 
-/// Backoff before a restart: from 1 s, doubling, below 30 s.
-pub fn restart_policy() -> RetryPolicy {
-    RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30))
+/// Backoff before a restart: from 1 s, doubling, below `cap` (the
+/// consumer's `max_backoff_ms`, 30 s by default).
+pub fn restart_policy(cap: Duration) -> RetryPolicy {
+    RetryPolicy::new(Duration::from_secs(1).min(cap), cap)
 }
 
 /// The supervision state of one table's worker.
@@ -105,7 +106,11 @@ impl FaultHook {
             return FaultHook::default();
         };
         let n = n.trim().parse().unwrap_or(0);
-        tracing::warn!(table, n, "fault injection: worker panics at start ({FAULT_ENV})");
+        tracing::warn!(
+            table,
+            n,
+            "fault injection: worker panics at start ({FAULT_ENV})"
+        );
         FaultHook {
             target: Some((table.to_owned(), std::sync::atomic::AtomicU32::new(n))),
         }
@@ -139,7 +144,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restarts_with_backoff_then_gives_up_unless_calm_in_between() {
-        let policy = restart_policy();
+        let policy = restart_policy(Duration::from_secs(30));
         let mut slot = Slot::new(TableName::new("public", "t"));
         for _ in 0..MAX_QUICK_FAILURES {
             match slot.failed(&policy) {
