@@ -83,9 +83,9 @@ impl Value {
             // that did not (a lone surrogate escape, which serde_json's raw
             // values let through) decodes with U+FFFD in its place, never a
             // panic.
-            Some(b'"') => Some(
-                serde_json::from_str::<String>(raw).unwrap_or_else(|_| unescape_lossy(raw)),
-            ),
+            Some(b'"') => {
+                Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| unescape_lossy(raw)))
+            }
             _ => Some(raw.to_owned()),
         }
     }
@@ -545,14 +545,38 @@ mod tests {
     #[test]
     fn lone_surrogates_are_rejected_with_the_column_named() {
         for (line, code) in [
-            (&br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\ud800"}}"#[..], "d800"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\udc00"}}"#, "dc00"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"a\uDBFFb"}}"#, "dbff"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\ud800\u0041"}}"#, "d800"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\udc00\ud800"}}"#, "dc00"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"x\ud800"}}"#, "d800"),
-            (br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"j":{"k":["\udfff"]}}}"#, "dfff"),
-            (br#"{"table":"t","op":"DELETE","lsn":"0/1","old_keys":{"id":"\ud800"}}"#, "d800"),
+            (
+                &br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\ud800"}}"#[..],
+                "d800",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\udc00"}}"#,
+                "dc00",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"a\uDBFFb"}}"#,
+                "dbff",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\ud800\u0041"}}"#,
+                "d800",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\udc00\ud800"}}"#,
+                "dc00",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"x\ud800"}}"#,
+                "d800",
+            ),
+            (
+                br#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"j":{"k":["\udfff"]}}}"#,
+                "dfff",
+            ),
+            (
+                br#"{"table":"t","op":"DELETE","lsn":"0/1","old_keys":{"id":"\ud800"}}"#,
+                "d800",
+            ),
         ] {
             let err = Record::parse(line).expect_err("a lone surrogate is not text");
             let text = err.to_string();
@@ -577,7 +601,10 @@ mod tests {
         // transform's leaves): the text is decoded, never a panic.
         let v: Value = serde_json::from_str(r#""a\ud800\n\u00e9\uDC00\ud83d\ude00""#).unwrap();
         assert_eq!(v.lone_surrogate(), Some(0xd800));
-        assert_eq!(v.to_pg_text().unwrap(), "a\u{FFFD}\n\u{e9}\u{FFFD}\u{1F600}");
+        assert_eq!(
+            v.to_pg_text().unwrap(),
+            "a\u{FFFD}\n\u{e9}\u{FFFD}\u{1F600}"
+        );
     }
 
     #[test]

@@ -588,7 +588,11 @@ mod tests {
             let mut tail = Tail::open(&path, 0, 0, max).unwrap();
             for (i, len) in lens.iter().enumerate() {
                 let next = tail.next_line().unwrap();
-                assert!(tail.buf.len() <= max + 1, "buffer {} > {max} + 1", tail.buf.len());
+                assert!(
+                    tail.buf.len() <= max + 1,
+                    "buffer {} > {max} + 1",
+                    tail.buf.len()
+                );
                 if *len > max {
                     assert_eq!(too_long(next).3, *len as u64, "line {i} (max {max})");
                 } else {

@@ -618,18 +618,31 @@ mode = "exclude"
         let halt = c.apply(&mut r).unwrap_err();
         let took = started.elapsed();
         assert!(!halt.quarantine);
-        assert!(halt.reason.len() <= MAX_REASON_BYTES, "{}", halt.reason.len());
         assert!(
-            halt.reason.contains(&format!("and {} more have no rule", n - MAX_LISTED)),
+            halt.reason.len() <= MAX_REASON_BYTES,
+            "{}",
+            halt.reason.len()
+        );
+        assert!(
+            halt.reason
+                .contains(&format!("and {} more have no rule", n - MAX_LISTED)),
             "{}",
             halt.reason
         );
-        assert!(halt.reason.contains("\"column_0\", \"column_1\""), "{}", halt.reason);
+        assert!(
+            halt.reason.contains("\"column_0\", \"column_1\""),
+            "{}",
+            halt.reason
+        );
         assert!(took.as_millis() < 1000, "{took:?}");
         // One column without a rule is named alone.
         let mut one = record(r#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":1,"x":2}}"#);
         let halt = c.apply(&mut one).unwrap_err();
-        assert!(halt.reason.contains(r#"column "x" has no rule"#), "{}", halt.reason);
+        assert!(
+            halt.reason.contains(r#"column "x" has no rule"#),
+            "{}",
+            halt.reason
+        );
         // Reasons of any length are cut on a character boundary.
         let long = Halt::table("é".repeat(MAX_REASON_BYTES));
         assert!(long.reason.len() <= MAX_REASON_BYTES && long.reason.ends_with('…'));
@@ -656,7 +669,8 @@ j = { transform = "json", paths = [{ path = "$.a", transform = "mask" }] }
             let halt = c.apply(&mut r).unwrap_err();
             assert!(halt.quarantine, "{halt:?}");
             assert!(
-                halt.reason.contains(r#"json value of column "j" holds a lone UTF-16 surrogate"#),
+                halt.reason
+                    .contains(r#"json value of column "j" holds a lone UTF-16 surrogate"#),
                 "{}",
                 halt.reason
             );

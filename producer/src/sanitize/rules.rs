@@ -1210,7 +1210,10 @@ y = { transform = "same_as", column = "a.x" }
         }
         let errs = errors(&text);
         assert_eq!(errs.len(), 4_000);
-        assert_eq!(errs.iter().filter(|e| e.contains("loops at")).count(), 2_000);
+        assert_eq!(
+            errs.iter().filter(|e| e.contains("loops at")).count(),
+            2_000
+        );
         assert_eq!(
             errs.iter()
                 .filter(|e| e.contains("refers to public.t.d2000, which has no rule"))
