@@ -301,26 +301,35 @@ fn to_change_inner(
     ids: &mut HashMap<String, usize>,
 ) -> Result<Option<Change>, (bool, String)> {
     let n = shape.columns.len();
-    let values_of =
-        |cols: &crate::record::Columns, field: &str| -> Result<Vec<Option<Val>>, (bool, String)> {
-            let mut values = vec![None; n];
-            for (name, value) in cols {
-                match shape.by_name.get(name) {
-                    Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
-                    None if shape.generated.contains(name) => {}
-                    None => {
-                        return Err((
-                            true,
-                            format!(
-                                "{field} names column {name:?}, which table {} does not have",
-                                shape.name
-                            ),
-                        ))
-                    }
+    let values_of = |cols: &crate::record::Columns,
+                     field: &str|
+     -> Result<Vec<Option<Val>>, (bool, String)> {
+        let mut values = vec![None; n];
+        for (name, value) in cols {
+            // Record::validate rejects these; a record that skipped it
+            // is rejected here rather than decoded lossily.
+            if let Some(code) = value.lone_surrogate() {
+                return Err((
+                        false,
+                        format!("{field}: value of column {name:?} holds a lone UTF-16 surrogate escape \\u{code:04x}"),
+                    ));
+            }
+            match shape.by_name.get(name) {
+                Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
+                None if shape.generated.contains(name) => {}
+                None => {
+                    return Err((
+                        true,
+                        format!(
+                            "{field} names column {name:?}, which table {} does not have",
+                            shape.name
+                        ),
+                    ))
                 }
             }
-            Ok(values)
-        };
+        }
+        Ok(values)
+    };
     let key_of = |values: &[Option<Val>], field: &str| -> Result<Vec<String>, (bool, String)> {
         shape
             .key
@@ -338,10 +347,17 @@ fn to_change_inner(
             })
             .collect()
     };
+    // Record::validate guarantees `data` for INSERT and UPDATE; a record
+    // that skipped it is rejected, not a panic.
+    let data = || {
+        r.data
+            .as_ref()
+            .ok_or_else(|| (false, format!("{} without data", r.op)))
+    };
     match r.op {
         Op::Truncate => Ok(None),
         Op::Insert => {
-            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let mut values = values_of(data()?, "data")?;
             let key = key_of(&values, "data")?;
             // An INSERT is a whole row: columns it leaves out are NULL.
             for v in &mut values {
@@ -354,7 +370,7 @@ fn to_change_inner(
             }))
         }
         Op::Update => {
-            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let mut values = values_of(data()?, "data")?;
             let old = match &r.old_keys {
                 Some(old) if !old.is_empty() => {
                     Some(key_of(&values_of(old, "old_keys")?, "old_keys")?)
@@ -381,7 +397,7 @@ fn to_change_inner(
         Op::Delete => {
             let (cols, field) = match &r.old_keys {
                 Some(old) if !old.is_empty() => (old, "old_keys"),
-                _ => (r.data.as_ref().expect("validated"), "data"),
+                _ => (data()?, "data"),
             };
             let key = key_of(&values_of(cols, field)?, field)?;
             Ok(Some(Change::Delete {
