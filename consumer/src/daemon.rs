@@ -207,6 +207,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                         (id, why)
                     }
                 };
+                if workers_token.is_cancelled() {
+                    // Stopping (the workers' token is a child of ours):
+                    // not a failure.
+                    break;
+                }
                 let Some(mut slot) = slots.remove(&id) else { continue };
                 let name = slot.table.to_string();
                 match slot.failed(&restart_policy) {
