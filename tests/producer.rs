@@ -369,7 +369,7 @@ async fn hostile_records_are_quarantined_and_the_producer_never_panics() {
         ),
         (
             wide,
-            "160000 columns, more than the 1600 a PostgreSQL table can have",
+            "an image of more than 1600 columns, more than a PostgreSQL table can have",
         ),
     ];
     let mut content = String::new();
