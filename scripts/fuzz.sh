@@ -7,8 +7,9 @@
 #                                      SECONDS (default 600), one after another
 #   FUZZ_JOBS=N scripts/fuzz.sh …      N targets at once (default 1)
 #
-# Seeds are fuzz/seeds/<target>/ (committed); what a run finds goes to
-# fuzz/corpus/<target>/ and crashes to fuzz/artifacts/<target>/ (ignored).
+# Seeds are fuzz/seeds/<target>/ (committed); what a timed run finds goes to
+# fuzz/corpus/<target>/ (a smoke run keeps nothing), logs to fuzz/logs/ and
+# crashes to fuzz/artifacts/<target>/ (all ignored).
 # Exit status: 0 when every target ran clean, 1 when one crashed.
 set -euo pipefail
 
@@ -27,11 +28,19 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
-smoke=0
 seconds=600
+logs=logs
+corpus=corpus
 if [[ "${1:-}" == "--smoke" ]]; then
-    smoke=1
     seconds=${FUZZ_SMOKE_SECONDS:-5}
+    # Apart from a longer run's files, which may be in use; what a smoke
+    # run finds is not kept.
+    logs=logs/smoke
+    corpus=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-fuzz.XXXXXX")
+    trap 'rm -rf "$corpus"' EXIT
+    # Unoptimized: builds in about half the time, and a few seconds of
+    # fuzzing only checks that every target builds and runs its seeds.
+    BUILD_FLAGS=(--dev --sanitizer none)
     shift
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     seconds=$1
@@ -47,16 +56,16 @@ cargo fuzz build "${BUILD_FLAGS[@]}"
 
 run_one() {
     local t=$1
-    mkdir -p "corpus/$t" "artifacts/$t" logs
-    rm -f "logs/$t.rc"
+    mkdir -p "$corpus/$t" "artifacts/$t" "$logs"
+    rm -f "$logs/$t.rc"
     # Inputs are kept small: the targets repeat or split them as needed.
-    if cargo fuzz run "${BUILD_FLAGS[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+    if cargo fuzz run "${BUILD_FLAGS[@]}" "$t" "$corpus/$t" "seeds/$t" -- \
         -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
-        >"logs/$t.log" 2>&1; then
-        echo 0 >"logs/$t.rc"
+        >"$logs/$t.log" 2>&1; then
+        echo 0 >"$logs/$t.rc"
     else
-        echo 1 >"logs/$t.rc"
+        echo 1 >"$logs/$t.rc"
     fi
 }
 
@@ -74,16 +83,16 @@ wait
 
 failed=()
 for t in "${targets[@]}"; do
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "logs/$t.log" | grep -o '[0-9]*$' || echo "?")
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' || echo "?")
     echo "fuzz.sh: $t: ${execs} executions in ${seconds}s" >&2
-    if [[ "$(cat "logs/$t.rc" 2>/dev/null)" != 0 ]]; then
+    if [[ "$(cat "$logs/$t.rc" 2>/dev/null)" != 0 ]]; then
         failed+=("$t")
     fi
 done
 if (( ${#failed[@]} > 0 )); then
     for t in "${failed[@]}"; do
-        echo "fuzz.sh: $t FAILED; log fuzz/logs/$t.log, input in fuzz/artifacts/$t/" >&2
-        tail -n 30 "logs/$t.log" >&2
+        echo "fuzz.sh: $t FAILED; log fuzz/$logs/$t.log, input in fuzz/artifacts/$t/" >&2
+        tail -n 30 "$logs/$t.log" >&2
     done
     exit 1
 fi
