@@ -51,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
     .expect("temp dir");
     let path = dir.path().join("f");
     // Written in two steps: the tail sees a growing file.
-    let split = if body.is_empty() { 0 } else { (cut * 997) % (body.len() + 1) };
+    let split = if body.is_empty() {
+        0
+    } else {
+        (cut * 997) % (body.len() + 1)
+    };
     let mut file = std::fs::File::create(&path).expect("create");
     file.write_all(&body[..split]).expect("write");
     let mut tail = Tail::open(&path, 0, 0, max).expect("open");

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     let mut flip = false;
     let replaced = json_path::apply::<()>(json, &path, &mut |_| {
         flip = !flip;
-        Ok(if flip { Leaf::Replace("\"x\"".to_owned()) } else { Leaf::Remove })
+        Ok(if flip {
+            Leaf::Replace("\"x\"".to_owned())
+        } else {
+            Leaf::Remove
+        })
     });
     if let Ok(Some(new)) = replaced {
         let v: Result<serde_json::Value, _> = serde_json::from_str(&new);

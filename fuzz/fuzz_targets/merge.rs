@@ -51,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
                 let row = [format!("k{key}"), val.clone(), format!("big{i}")];
                 let values = row.iter().cloned().map(known).collect();
                 source[key] = Some(row);
-                Change::Image { key, values, from: None }
+                Change::Image {
+                    key,
+                    values,
+                    from: None,
+                }
             }
             (2, true) => {
                 let row = source[key].as_mut().expect("exists");
@@ -67,7 +71,9 @@ fuzz_target!(|data: &[u8]| {
                 Change::Delete { key }
             }
             (4, true) => {
-                let Some(to) = (1..KEYS).map(|d| (key + d) % KEYS).find(|&k| source[k].is_none())
+                let Some(to) = (1..KEYS)
+                    .map(|d| (key + d) % KEYS)
+                    .find(|&k| source[k].is_none())
                 else {
                     continue;
                 };
@@ -75,12 +81,20 @@ fuzz_target!(|data: &[u8]| {
                 let row = [format!("k{to}"), val, old[2].clone()];
                 let values = row.iter().cloned().map(known).collect();
                 source[to] = Some(row);
-                Change::Image { key: to, values, from: Some(key) }
+                Change::Image {
+                    key: to,
+                    values,
+                    from: Some(key),
+                }
             }
             _ => continue,
         };
         let index = changes.len();
-        changes.push(Versioned { version, index, change });
+        changes.push(Versioned {
+            version,
+            index,
+            change,
+        });
     }
     if changes.is_empty() {
         return;

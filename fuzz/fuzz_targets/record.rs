@@ -10,7 +10,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(record) = Record::parse(data) else {
         return;
     };
-    for value in record.data.iter().chain(&record.old_keys).flat_map(|c| c.values()) {
+    for value in record
+        .data
+        .iter()
+        .chain(&record.old_keys)
+        .flat_map(|c| c.values())
+    {
         let text = value.to_pg_text();
         if value.raw().trim_start().starts_with('"') {
             // What validate accepts, a strict decoder accepts too.

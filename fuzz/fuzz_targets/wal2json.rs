@@ -18,7 +18,12 @@ fuzz_target!(|data: &[u8]| {
             if record.validate().is_ok() {
                 let again = Record::parse(&record.to_json()).expect("valid records parse");
                 assert_eq!(again, record);
-                for v in record.data.iter().chain(&record.old_keys).flat_map(|c| c.values()) {
+                for v in record
+                    .data
+                    .iter()
+                    .chain(&record.old_keys)
+                    .flat_map(|c| c.values())
+                {
                     let _ = v.to_pg_text();
                 }
             }
