@@ -323,13 +323,19 @@ fn transform_image(
     let mut dropped = Vec::new();
     let mut days = days.iter();
     for (name, value) in cols.iter_mut() {
-        let rule = &table.columns[name];
+        // Every column has a rule (checked by the caller) and every non-NULL
+        // date_shift column an offset: a miss is an error, never a panic.
+        let Some(rule) = table.columns.get(name) else {
+            return Err(err(name, "no rule".to_owned()));
+        };
         match rule {
             Compiled::Keep => {}
             Compiled::Drop => dropped.push(name.clone()),
             _ if is_null(value) => {}
             Compiled::DateShift { .. } => {
-                let d = *days.next().expect("an offset per non-NULL date");
+                let Some(&d) = days.next() else {
+                    return Err(err(name, "date_shift: no offset for the value".to_owned()));
+                };
                 *value = shift_value(value, d).map_err(|e| err(name, e))?;
             }
             rule => match transform_value(rule, value).map_err(|e| err(name, e))? {
