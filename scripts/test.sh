@@ -56,4 +56,10 @@ source "$SERVERS_DIR/env"
 
 step "cargo test $*"
 cargo test --workspace "$@"
+if [ $# -eq 0 ]; then
+    # Every fuzz target for a few seconds (docs/fuzzing.md); a longer run is
+    # `bash scripts/fuzz.sh [SECONDS]`.
+    step "fuzz smoke"
+    bash scripts/fuzz.sh --smoke
+fi
 step "all tests passed"

@@ -6,13 +6,14 @@
 //! a control subscription (for `stop` from any machine), the audit metrics in
 //! `data_sync_metrics`, and Prometheus gauges.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::apply::Applier;
 use crate::failure;
 use crate::store::{self, uuid_like::Id};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -20,10 +21,12 @@ use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject, telemetry};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backlog;
+use crate::supervise::{self, Decision, FaultHook, Slot};
 use crate::worker::{self, WorkerShared};
 
 pub const NO_TABLES: &str =
@@ -138,8 +141,8 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
 
-    let id = Id::random();
-    store::register_daemon(&pool, &id, &hostname()).await?;
+    let id_of_daemon = Id::random();
+    store::register_daemon(&pool, &id_of_daemon, &hostname()).await?;
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
     let ctx = Arc::new(WorkerShared::new(
@@ -158,16 +161,24 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     }
     // Once, before any pull is in flight (see update_dlq_gauges).
     update_gauges(&stream, &dlq, &config, &instance, &tables).await;
-    let mut workers = Vec::new();
+    let launch = Arc::new(Launch {
+        ctx: ctx.clone(),
+        stream: stream.clone(),
+        config: config.clone(),
+        instance: instance.clone(),
+        token: workers_token.clone(),
+        fault: FaultHook::from_env(),
+    });
+    let restart_policy =
+        supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
+    let mut workers = JoinSet::new();
+    let mut slots: HashMap<tokio::task::Id, Slot> = HashMap::new();
     for (table, consumer) in tables.iter().zip(consumers) {
-        workers.push(tokio::spawn(worker::run_table(
-            ctx.clone(),
-            table.clone(),
-            consumer,
-            workers_token.child_token(),
-        )));
+        let id = launch.spawn(&mut workers, table.clone(), Some(consumer), Duration::ZERO);
+        slots.insert(id, Slot::new(table.clone()));
     }
     info!(tables = workers.len(), instance = %instance, "syncdata started");
+    let mut gave_up = None;
 
     let period = config.data_sync_freq as i64;
     let mut metrics_tick = tokio::time::interval_at(
@@ -192,9 +203,54 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                     warn!(error = %e, "metrics roll-up failed; will retry next period");
                 }
             }
+            Some(joined) = workers.join_next_with_id() => {
+                // Workers only return once told to stop: any end now is a
+                // failure, whatever its kind.
+                let (id, why) = match joined {
+                    Ok((id, Ok(()))) => (id, "the worker returned while the daemon runs".to_owned()),
+                    Ok((id, Err(e))) => (id, format!("{e:#}")),
+                    Err(e) => {
+                        let id = e.id();
+                        let why = if e.is_panic() {
+                            format!("panicked: {}", supervise::panic_message(&*e.into_panic()))
+                        } else {
+                            format!("{e}")
+                        };
+                        (id, why)
+                    }
+                };
+                if workers_token.is_cancelled() {
+                    // Stopping (the workers' token is a child of ours):
+                    // not a failure.
+                    break;
+                }
+                let Some(mut slot) = slots.remove(&id) else { continue };
+                let name = slot.table.to_string();
+                match slot.failed(&restart_policy) {
+                    Decision::GiveUp => {
+                        error!(table = %name, error = %why, failures = slot.failures, "table worker keeps failing; stopping the daemon");
+                        gave_up = Some(anyhow::anyhow!(
+                            "the worker of table {name} failed {} times in a row (last: {why}); the daemon stops rather than leave the table unsynced",
+                            slot.failures
+                        ));
+                        break;
+                    }
+                    Decision::Restart(delay) => {
+                        error!(table = %name, error = %why, restarts = slot.restarts, ?delay, "table worker ended unexpectedly; restarting it");
+                        metrics::counter!("syncdata_worker_restarts_total", "table" => name.clone()).increment(1);
+                        if let Err(e) = store::worker_restarted(&pool, &id_of_daemon, &name, &why).await {
+                            warn!(table = %name, error = %e, "recording the worker restart failed");
+                        }
+                        let table = slot.table.clone();
+                        slot.started();
+                        let id = launch.spawn(&mut workers, table, None, delay);
+                        slots.insert(id, slot);
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = store::heartbeat(&pool, &id, ctx.applied_total(), errors).await {
+                if let Err(e) = store::heartbeat(&pool, &id_of_daemon, ctx.applied_total(), errors).await {
                     warn!(error = %e, "heartbeat failed");
                 }
                 update_dlq_gauges(&dlq, &config, &instance, &tables).await;
@@ -203,8 +259,16 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     }
     info!("stopping: finishing in-flight batches");
     workers_token.cancel();
-    for w in workers {
-        w.await.context("worker panicked")?;
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "worker failed while stopping"),
+            Err(e) if e.is_panic() => error!(
+                error = %supervise::panic_message(&*e.into_panic()),
+                "worker panicked while stopping"
+            ),
+            Err(e) => warn!(error = %e, "worker cancelled while stopping"),
+        }
     }
     // Acks are only queued on the connection; push them out before the
     // process exits, or the last batch's messages come back after ack_wait.
@@ -217,9 +281,59 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     if let Err(e) = store::roll_up_metrics(&pool).await {
         warn!(error = %e, "metrics roll-up failed");
     }
-    store::daemon_stopped(&pool, &id).await?;
+    store::daemon_stopped(&pool, &id_of_daemon).await?;
+    if let Some(e) = gave_up {
+        return Err(e);
+    }
     info!("syncdata stopped");
     Ok(())
+}
+
+/// What it takes to (re)start a table's worker.
+struct Launch {
+    ctx: Arc<WorkerShared<crate::apply::postgres::PgTarget>>,
+    stream: jetstream::stream::Stream,
+    config: Config,
+    instance: String,
+    token: CancellationToken,
+    fault: FaultHook,
+}
+
+impl Launch {
+    /// Starts the worker of `table` after `delay`, on `consumer` or on its
+    /// durable fetched anew. An error getting the durable ends the task
+    /// (and counts as a failure of the worker).
+    fn spawn(
+        self: &Arc<Self>,
+        set: &mut JoinSet<anyhow::Result<()>>,
+        table: TableName,
+        consumer: Option<jetstream::consumer::PullConsumer>,
+        delay: Duration,
+    ) -> tokio::task::Id {
+        let launch = self.clone();
+        set.spawn(async move {
+            if !delay.is_zero() && !retry::sleep(delay, &launch.token).await {
+                return Ok(());
+            }
+            let consumer = match consumer {
+                Some(c) => c,
+                None => {
+                    ensure_consumer(&launch.stream, &launch.config, &launch.instance, &table)
+                        .await?
+                }
+            };
+            launch.fault.check(&table);
+            worker::run_table(
+                launch.ctx.clone(),
+                table,
+                consumer,
+                launch.token.child_token(),
+            )
+            .await;
+            Ok(())
+        })
+        .id()
+    }
 }
 
 fn now_secs() -> i64 {

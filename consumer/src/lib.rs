@@ -11,4 +11,5 @@ pub mod daemon;
 mod dead_letter;
 pub mod failure;
 pub mod store;
+mod supervise;
 mod worker;

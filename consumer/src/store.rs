@@ -438,6 +438,28 @@ pub async fn heartbeat(
     Ok(())
 }
 
+/// Records that the worker of `table` in daemon `id` ended unexpectedly
+/// with `error` and is being restarted (see migration 0006).
+pub async fn worker_restarted(
+    pool: &PgPool,
+    id: &uuid_like::Id,
+    table: &str,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into syncdata.worker_restarts (daemon_id, table_name, restarts, last_error) \
+         values ($1::uuid, $2, 1, $3) \
+         on conflict (daemon_id, table_name) do update set \
+         restarts = worker_restarts.restarts + 1, last_error = excluded.last_error, last_at = now()",
+    )
+    .bind(&id.0)
+    .bind(table)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn daemon_stopped(pool: &PgPool, id: &uuid_like::Id) -> Result<(), StoreError> {
     sqlx::query(
         "update syncdata.daemons set stopped_at = now(), last_seen = now() where id = $1::uuid",

@@ -694,6 +694,27 @@ impl<S: Sink> Publisher<S> {
                     metrics::counter!("syncdata_producer_excluded_total").increment(1);
                     return Ok(Dispatch::Done);
                 }
+                Err(halt) if halt.quarantine => {
+                    // The record itself cannot pass: quarantined, the
+                    // table goes on.
+                    let entry = quarantine::Entry::new(
+                        file,
+                        line.start,
+                        line.number,
+                        &halt.reason,
+                        line.len(),
+                        raw,
+                    );
+                    if !self.quarantine.add(&entry)? && replaying {
+                        tracing::error!(
+                            file = %file,
+                            line = line.number,
+                            reason = %halt.reason,
+                            "a held record cannot be published and lies before the quarantine's end; it is skipped"
+                        );
+                    }
+                    return Ok(Dispatch::Done);
+                }
                 Err(halt) => {
                     let table = TableName::new(record.schema, record.table);
                     return Ok(Dispatch::Halted(table, halt.reason));

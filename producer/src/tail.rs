@@ -244,10 +244,10 @@ impl Tail {
             } else {
                 if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                     let end = self.scanned + i;
-                    let bytes = self.buf[self.start..end].to_vec();
+                    let line = self.checked_line(end, true);
                     self.start = end + 1;
                     self.scanned = self.start;
-                    return Ok(Next::Line(self.take_text(bytes, true)));
+                    return Ok(Next::Line(line));
                 }
                 self.scanned = self.buf.len();
                 let pending = &self.buf[self.start..];
@@ -269,14 +269,31 @@ impl Tail {
                     return Ok(Next::Line(self.take_too_long(skip, false)));
                 }
                 if self.start < self.buf.len() {
-                    let bytes = self.buf[self.start..].to_vec();
+                    let line = self.checked_line(self.buf.len(), false);
                     self.start = self.buf.len();
                     self.scanned = self.start;
-                    return Ok(Next::Line(self.take_text(bytes, false)));
+                    return Ok(Next::Line(line));
                 }
                 return Ok(Next::End);
             }
         }
+    }
+
+    /// The line `buf[start..end]`, as text or, when longer than the limit,
+    /// as too long. The buffer bound keeps lines within the limit; this
+    /// check holds the limit on its own, whatever the read alignment.
+    fn checked_line(&mut self, end: usize, newline: bool) -> Line {
+        let pending = &self.buf[self.start..end];
+        if pending.len() > self.max_line {
+            let skip = Skip {
+                start: self.offset,
+                len: pending.len() as u64,
+                prefix: pending[..pending.len().min(RAW_PREFIX_MAX)].to_vec(),
+            };
+            return self.take_too_long(skip, newline);
+        }
+        let bytes = pending.to_vec();
+        self.take_text(bytes, newline)
     }
 
     fn take_text(&mut self, bytes: Vec<u8>, newline: bool) -> Line {
@@ -313,13 +330,11 @@ impl Tail {
             self.scanned -= self.start;
             self.start = 0;
         }
-        let room = if self.skip.is_some() {
-            CHUNK
-        } else {
-            (self.max_line + 1)
-                .saturating_sub(self.buf.len())
-                .min(CHUNK)
-        };
+        // Also while a line is skipped: what follows its newline stays
+        // buffered, and must fit the bound too.
+        let room = (self.max_line + 1)
+            .saturating_sub(self.buf.len())
+            .min(CHUNK);
         debug_assert!(room > 0, "an over-long line is skipped before reading on");
         let old = self.buf.len();
         self.buf.resize(old + room, 0);
@@ -489,6 +504,103 @@ mod tests {
         let (n, _, _, line) = text(tail.next_line().unwrap());
         assert_eq!((n, line.len()), (4, max));
         assert_eq!(tail.next_line().unwrap(), Next::Pending);
+    }
+
+    fn too_long(next: Next) -> (u64, u64, u64, u64) {
+        match next {
+            Next::Line(Line {
+                number,
+                start,
+                end,
+                kind: LineKind::TooLong { len, prefix },
+            }) => {
+                assert!(prefix.len() as u64 <= len && prefix.len() <= RAW_PREFIX_MAX);
+                (number, start, end, len)
+            }
+            other => panic!("expected a too-long line, got {other:?}"),
+        }
+    }
+
+    /// The case of issue 21: the rest of a chunk after a skipped line held a
+    /// second over-long line, returned as a record.
+    #[test]
+    fn every_line_after_a_skipped_one_is_held_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut body = vec![b'x'; 2000];
+        body.push(b'\n');
+        body.extend(vec![b'y'; 50_000]);
+        body.extend_from_slice(b"\nok\n");
+        touch(dir.path(), "f", &body);
+        let mut tail = Tail::open(&path, 0, 0, 1024).unwrap();
+        assert_eq!(too_long(tail.next_line().unwrap()), (1, 0, 2001, 2000));
+        assert!(tail.buf.len() <= 1025, "{}", tail.buf.len());
+        assert_eq!(
+            too_long(tail.next_line().unwrap()),
+            (2, 2001, 52_002, 50_000)
+        );
+        assert!(tail.buf.len() <= 1025, "{}", tail.buf.len());
+        assert_eq!(
+            text(tail.next_line().unwrap()),
+            (3, 52_002, 52_005, "ok".into())
+        );
+        assert_eq!(tail.next_line().unwrap(), Next::Pending);
+
+        // Its resume-from-checkpoint twin: opened just after the first line.
+        let mut tail = Tail::open(&path, 2001, 1, 1024).unwrap();
+        assert_eq!(
+            too_long(tail.next_line().unwrap()),
+            (2, 2001, 52_002, 50_000)
+        );
+        assert_eq!(text(tail.next_line().unwrap()).3, "ok");
+    }
+
+    /// Whatever the limit, the lengths of lines and where a read starts, every
+    /// line longer than the limit is too long, every other one is text, and
+    /// the buffer stays within its bound.
+    #[test]
+    fn the_limit_holds_whatever_the_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..40 {
+            let max = 1 + next(3000) as usize;
+            let lens: Vec<usize> = (0..30)
+                .map(|_| match next(4) {
+                    0 => next(max as u64 + 2) as usize,
+                    1 => max + next(3) as usize,
+                    2 => next(3 * CHUNK as u64) as usize,
+                    _ => next(10) as usize,
+                })
+                .collect();
+            let mut body = Vec::new();
+            for (i, len) in lens.iter().enumerate() {
+                body.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, *len));
+                body.push(b'\n');
+            }
+            touch(dir.path(), "f", &body);
+            let mut tail = Tail::open(&path, 0, 0, max).unwrap();
+            for (i, len) in lens.iter().enumerate() {
+                let next = tail.next_line().unwrap();
+                assert!(
+                    tail.buf.len() <= max + 1,
+                    "buffer {} > {max} + 1",
+                    tail.buf.len()
+                );
+                if *len > max {
+                    assert_eq!(too_long(next).3, *len as u64, "line {i} (max {max})");
+                } else {
+                    assert_eq!(text(next).3.len(), *len, "line {i} (max {max})");
+                }
+            }
+            assert_eq!(tail.next_line().unwrap(), Next::Pending);
+        }
     }
 
     #[test]

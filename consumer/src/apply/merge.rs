@@ -377,6 +377,41 @@ mod tests {
         assert_eq!(shown(&s[1]).unwrap(), ["20", "beta2", "BIG"]);
     }
 
+    /// The one known order dependence (docs/hostile-input.md): a key
+    /// change that leaves out an unchanged TOAST column, delivered before
+    /// the old row's image, stays parked; in order, the row is complete.
+    /// Pinned so that a fix updates the documentation with this test.
+    #[test]
+    fn a_key_change_without_its_toast_column_before_the_old_image_stays_parked() {
+        let insert = Versioned {
+            version: v(1),
+            index: 0,
+            change: Change::Image {
+                key: 0,
+                values: vec![k("1"), k("a"), k("BIG")],
+                from: None,
+            },
+        };
+        let moved = Versioned {
+            version: v(2),
+            index: 1,
+            change: Change::Image {
+                key: 1,
+                values: vec![k("2"), k("b"), None],
+                from: Some(0),
+            },
+        };
+        let mut in_order = vec![RowState::empty(3), RowState::empty(3)];
+        merge(&mut in_order, vec![insert.clone()]);
+        merge(&mut in_order, vec![moved.clone()]);
+        assert_eq!(shown(&in_order[1]).unwrap(), ["2", "b", "BIG"]);
+        let mut reversed = vec![RowState::empty(3), RowState::empty(3)];
+        merge(&mut reversed, vec![moved]);
+        let late = merge(&mut reversed, vec![insert]);
+        assert_eq!(late[&0], Outcome::Superseded, "below the old key's floor");
+        assert!(reversed[1].is_parked(), "waits for good");
+    }
+
     #[test]
     fn duplicates_are_superseded() {
         let mut s = RowState::empty(2);

@@ -146,6 +146,17 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
     let values_of = |cols: &Columns, field: &str| -> Result<Vec<Option<Val>>, Rejection> {
         let mut values = vec![None; n];
         for (name, value) in cols {
+            // Record::validate rejects these; a record that skipped it is
+            // rejected here rather than decoded lossily.
+            if let Some(code) = value.lone_surrogate() {
+                return Err(reject(
+                    false,
+                    format!(
+                        "{field}: value of column {name:?} holds a lone UTF-16 surrogate \
+                         escape \\u{code:04x}"
+                    ),
+                ));
+            }
             match shape.by_name.get(name) {
                 Some(&c) => values[c] = Some(Val::Known(value.to_pg_text())),
                 None if shape.generated.contains(name) => {}
@@ -179,10 +190,17 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
             })
             .collect()
     };
+    // Record::validate guarantees `data` for INSERT and UPDATE; a record that
+    // skipped it is rejected, not a panic.
+    let data = || {
+        r.data
+            .as_ref()
+            .ok_or_else(|| reject(false, format!("{} without data", r.op)))
+    };
     match r.op {
         Op::Truncate => Ok(None),
         Op::Insert => {
-            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let mut values = values_of(data()?, "data")?;
             let key = key_of(&values, "data")?;
             // An INSERT is a whole row: columns it leaves out are NULL.
             for v in &mut values {
@@ -195,7 +213,7 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
             }))
         }
         Op::Update => {
-            let mut values = values_of(r.data.as_ref().expect("validated"), "data")?;
+            let mut values = values_of(data()?, "data")?;
             let old = match &r.old_keys {
                 Some(old) if !old.is_empty() => {
                     Some(key_of(&values_of(old, "old_keys")?, "old_keys")?)
@@ -222,7 +240,7 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
         Op::Delete => {
             let (cols, field) = match &r.old_keys {
                 Some(old) if !old.is_empty() => (old, "old_keys"),
-                _ => (r.data.as_ref().expect("validated"), "data"),
+                _ => (data()?, "data"),
             };
             let key = key_of(&values_of(cols, field)?, field)?;
             Ok(Some(Change::Delete {

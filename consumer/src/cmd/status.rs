@@ -34,6 +34,11 @@ pub struct TableStatus {
     pub last_applied_at: Option<String>,
     /// None when NATS could not be reached.
     pub stream: Option<TableBacklog>,
+    /// Times the running daemons restarted the table's worker after it
+    /// ended unexpectedly (a panic or an error).
+    pub worker_restarts: i64,
+    /// Why it ended, the last time.
+    pub worker_error: Option<String>,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -81,11 +86,14 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
                 .ok(),
             Err(_) => None,
         };
+        let (worker_restarts, worker_error) = worker_restarts(&pool, t).await?;
         out.push(TableStatus {
             table: t.to_string(),
             last_applied_lsn: lsn,
             last_applied_at: at,
             stream,
+            worker_restarts,
+            worker_error,
         });
     }
     Ok(Status {
@@ -116,6 +124,22 @@ async fn streams(
     let changes = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
     Ok((changes, dlq))
+}
+
+/// Restarts of the table's worker in the running daemons, and the last
+/// reason (see migration 0006).
+async fn worker_restarts(pool: &PgPool, t: &TableName) -> anyhow::Result<(i64, Option<String>)> {
+    let alive = store::DAEMON_ALIVE_SECS;
+    let row: (Option<i64>, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select sum(r.restarts)::bigint, (array_agg(r.last_error order by r.last_at desc))[1] \
+         from syncdata.worker_restarts r join syncdata.daemons d on d.id = r.daemon_id \
+         where r.table_name = $1 and d.stopped_at is null \
+           and d.last_seen > now() - interval '{alive} seconds'"
+    )))
+    .bind(t.to_string())
+    .fetch_one(pool)
+    .await?;
+    Ok((row.0.unwrap_or(0), row.1))
 }
 
 /// The newest LSN of the table's latest applied batch (`archive_ref` holds
@@ -196,6 +220,15 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             t.last_applied_lsn.clone().unwrap_or_default(),
             t.last_applied_at.clone().unwrap_or_default()
         )?;
+    }
+    for t in s.tables.iter().filter(|t| t.worker_restarts > 0) {
+        println!();
+        println!(
+            "worker of {} restarted {} time(s); last failure: {}",
+            t.table,
+            t.worker_restarts,
+            t.worker_error.as_deref().unwrap_or("unknown")
+        );
     }
     Ok(())
 }

@@ -22,7 +22,6 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use syncdata_core::record::Record;
 use syncdata_core::version::{Lsn, Version};
 
 const NAMES_LOCK: &str = ".syncdata-names.lock";
@@ -134,6 +133,30 @@ pub fn remove_stale_segments(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// The version fields of a record line, whatever its values.
+#[derive(serde::Deserialize)]
+struct Position {
+    lsn: String,
+    #[serde(default)]
+    seq: Option<u64>,
+}
+
+struct Parsed {
+    lsn: Lsn,
+    seq: Option<u64>,
+}
+
+impl Position {
+    fn parse(line: &[u8]) -> anyhow::Result<Parsed> {
+        let p: Position = serde_json::from_slice(line)?;
+        let lsn = p
+            .lsn
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid lsn: {e}"))?;
+        Ok(Parsed { lsn, seq: p.seq })
+    }
+}
+
 /// The version of the last record on disk: the last line of the newest
 /// segment. None when there is no segment.
 pub fn last_written(dir: &Path) -> anyhow::Result<Option<(String, Version)>> {
@@ -150,7 +173,9 @@ pub fn last_written(dir: &Path) -> anyhow::Result<Option<(String, Version)>> {
         }
     }
     let line = last.ok_or_else(|| anyhow::anyhow!("segment {} is empty", path.display()))?;
-    let record = Record::parse(&line).map_err(|e| {
+    // Only the version is needed: a record the producer will quarantine
+    // (a value it rejects) must not stop the archiver from resuming.
+    let record = Position::parse(&line).map_err(|e| {
         anyhow::anyhow!(
             "the last line of segment {} is not a record ({e}); the archive was altered",
             path.display()
@@ -402,6 +427,16 @@ mod tests {
         assert_eq!(d.join(name), path);
         write_segment(d, &[v(300, 0), v(300, 1)]);
         assert_eq!(last_written(d).unwrap().unwrap().1, v(300, 1));
+        // A last record the producer will quarantine (a lone surrogate
+        // escape) still tells where the archive stands.
+        let mut odd = Segment::create(d, v(400, 0)).unwrap();
+        odd.file()
+            .write_line(
+                br#"{"schema":"public","table":"t","op":"INSERT","data":{"id":"\ud800"},"lsn":"0/190","seq":2}"#,
+            )
+            .unwrap();
+        odd.publish().unwrap();
+        assert_eq!(last_written(d).unwrap().unwrap().1, v(0x190, 2));
         // A second segment with the same first version is refused.
         let mut dup = Segment::create(d, v(300, 0)).unwrap();
         dup.file().write_line(b"{}").unwrap();

@@ -873,6 +873,50 @@ impl Params<'_> {
     }
 }
 
+/// Where a `same_as` chain ends.
+#[derive(Clone)]
+enum End {
+    Rule(Transform),
+    /// The chain reaches a column without a rule.
+    Missing(ColumnRef),
+    /// The chain reaches a date_shift column.
+    DateShift(ColumnRef),
+    /// The chain comes back to this column.
+    Loop(ColumnRef),
+}
+
+/// Follows the `same_as` chain from `first`. Every column passed is
+/// remembered in `ends` with where its chain ends, so resolving every
+/// column of a file takes linear time, however long the chains.
+fn follow<'a>(
+    first: &ColumnRef,
+    lookup: &dyn Fn(&ColumnRef) -> Option<&'a Raw>,
+    ends: &mut BTreeMap<ColumnRef, End>,
+) -> End {
+    let mut path = Vec::new();
+    let mut on_path = BTreeSet::new();
+    let mut target = first.clone();
+    let end = loop {
+        if let Some(end) = ends.get(&target) {
+            break end.clone();
+        }
+        if !on_path.insert(target.clone()) {
+            break End::Loop(target);
+        }
+        path.push(target.clone());
+        match lookup(&target) {
+            None => break End::Missing(target),
+            Some(Raw::SameAs(next)) => target = next.clone(),
+            Some(Raw::Rule(Transform::DateShift { .. })) => break End::DateShift(target),
+            Some(Raw::Rule(t)) => break End::Rule(t.clone()),
+        }
+    };
+    for column in path {
+        ends.insert(column, end.clone());
+    }
+    end
+}
+
 /// Resolves `same_as` (following chains, refusing cycles) and fills in
 /// `date_shift` keys from the table's key.
 fn resolve(
@@ -880,6 +924,7 @@ fn resolve(
     p: &mut Problems,
 ) -> BTreeMap<TableName, TableRules> {
     let lookup = |r: &ColumnRef| raw.get(&r.table).and_then(|t| t.columns.get(&r.column));
+    let mut ends = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (table, t) in &raw {
         let mut columns = BTreeMap::new();
@@ -892,41 +937,30 @@ fn resolve(
                     transform: t.clone(),
                     same_as: None,
                 }),
-                Raw::SameAs(first) => {
-                    let mut seen = BTreeSet::new();
-                    let mut target = first.clone();
-                    loop {
-                        if !seen.insert(target.clone()) {
-                            p.error(&at, format!("same_as chain loops at {target}"));
-                            break None;
-                        }
-                        match lookup(&target) {
-                            None => {
-                                p.error(
-                                    &at,
-                                    format!(
-                                        "same_as refers to {target}, which has no rule in this file"
-                                    ),
-                                );
-                                break None;
-                            }
-                            Some(Raw::SameAs(next)) => target = next.clone(),
-                            Some(Raw::Rule(Transform::DateShift { .. })) => {
-                                p.error(
-                                    &at,
-                                    format!("same_as refers to {target}, a date_shift column; declare date_shift here (with its key and domain) instead"),
-                                );
-                                break None;
-                            }
-                            Some(Raw::Rule(t)) => {
-                                break Some(ColumnRule {
-                                    transform: t.clone(),
-                                    same_as: Some(first.clone()),
-                                })
-                            }
-                        }
+                Raw::SameAs(first) => match follow(first, &lookup, &mut ends) {
+                    End::Loop(target) => {
+                        p.error(&at, format!("same_as chain loops at {target}"));
+                        None
                     }
-                }
+                    End::Missing(target) => {
+                        p.error(
+                            &at,
+                            format!("same_as refers to {target}, which has no rule in this file"),
+                        );
+                        None
+                    }
+                    End::DateShift(target) => {
+                        p.error(
+                            &at,
+                            format!("same_as refers to {target}, a date_shift column; declare date_shift here (with its key and domain) instead"),
+                        );
+                        None
+                    }
+                    End::Rule(t) => Some(ColumnRule {
+                        transform: t,
+                        same_as: Some(first.clone()),
+                    }),
+                },
             };
             if let Some(mut r) = resolved {
                 if let Transform::DateShift { key: k, .. } = &mut r.transform {
@@ -1137,6 +1171,55 @@ y = { transform = "same_as", column = "a.x" }
 "#,
         );
         assert!(errs.iter().any(|e| e.contains("loops")), "{errs:?}");
+    }
+
+    /// Issue 21: chains resolved once per column took quadratic time (8,000
+    /// links: 12 s). Each link's end is now remembered.
+    #[test]
+    fn long_same_as_chains_resolve_in_linear_time() {
+        let n = 8_000;
+        let mut text = String::from("[tables.t.columns]\nc0 = \"keep\"\n");
+        for i in 1..n {
+            text.push_str(&format!(
+                "c{i} = {{ transform = \"same_as\", column = \"t.c{}\" }}\n",
+                i - 1
+            ));
+        }
+        let started = std::time::Instant::now();
+        let (rules, problems) = parse(&text);
+        let took = started.elapsed();
+        assert!(problems.is_empty(), "{problems:?}");
+        let t = &rules.unwrap().tables[&TableName::new("public", "t")];
+        assert_eq!(t.columns.len(), n);
+        assert!(matches!(t.columns["c7999"].transform, Transform::Keep));
+        assert_eq!(t.columns["c7999"].same_as.as_ref().unwrap().column, "c7998");
+        // Generous for a debug build on a shared machine (was 12 s).
+        assert!(took.as_secs() < 5, "{took:?}");
+
+        // A long chain into a loop, and one into nothing: every link says so.
+        let mut text = String::from("[tables.t.columns]\n");
+        for i in 0..2_000 {
+            text.push_str(&format!(
+                "c{i} = {{ transform = \"same_as\", column = \"t.c{}\" }}\n",
+                (i + 1) % 2_000
+            ));
+            text.push_str(&format!(
+                "d{i} = {{ transform = \"same_as\", column = \"t.d{}\" }}\n",
+                i + 1
+            ));
+        }
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 4_000);
+        assert_eq!(
+            errs.iter().filter(|e| e.contains("loops at")).count(),
+            2_000
+        );
+        assert_eq!(
+            errs.iter()
+                .filter(|e| e.contains("refers to public.t.d2000, which has no rule"))
+                .count(),
+            2_000
+        );
     }
 
     #[test]

@@ -17,10 +17,52 @@ use super::key::{hex, KeyError, Keyed, SecretKey};
 use super::rules::{HmacOutput, Mode, Rules, Transform, Unlisted};
 
 /// Why a record cannot be published now. Its table halts until the rules
-/// change. The message names table and columns, never values.
+/// change, unless the record itself is at fault. The message names table
+/// and columns, never values, and is at most [`MAX_REASON_BYTES`] long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaltReason {
     pub reason: String,
+    /// The record is at fault, not the rules (no rule change could make it
+    /// publishable): it is quarantined and its table goes on.
+    pub quarantine: bool,
+}
+
+/// Longest reason a halt carries (and logs): the list of columns without a
+/// rule is cut short well before this.
+pub const MAX_REASON_BYTES: usize = 2048;
+
+/// At most this many column names are listed in a reason.
+const MAX_LISTED: usize = 20;
+
+impl HaltReason {
+    /// A halt of the table (the rules must change), its reason bounded.
+    pub fn table(reason: String) -> HaltReason {
+        HaltReason {
+            reason: bounded(reason),
+            quarantine: false,
+        }
+    }
+
+    /// The record is quarantined, its reason bounded.
+    pub fn record(reason: String) -> HaltReason {
+        HaltReason {
+            reason: bounded(reason),
+            quarantine: true,
+        }
+    }
+}
+
+/// `reason` cut to [`MAX_REASON_BYTES`] (on a character boundary).
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES - "…".len();
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
 }
 
 impl fmt::Display for HaltReason {
@@ -120,50 +162,75 @@ impl CompiledRules {
         else {
             return match self.unlisted {
                 Unlisted::Exclude => Ok(Verdict::Exclude),
-                Unlisted::Halt => Err(HaltReason {
-                    reason: format!(
-                        "table {} has no entry in the rules file (add it with mode = \"replicate\" and a rule for every column, or mode = \"exclude\")",
-                        qualified(&name())
-                    ),
-                }),
+                Unlisted::Halt => Err(HaltReason::table(format!(
+                    "table {} has no entry in the rules file (add it with mode = \"replicate\" and a rule for every column, or mode = \"exclude\")",
+                    qualified(&name())
+                ))),
             };
         };
         if table.exclude {
             return Ok(Verdict::Exclude);
         }
-        // Every column needs a rule: report them all at once.
-        let mut missing: Vec<&str> = Vec::new();
-        for cols in [&record.data, &record.old_keys].into_iter().flatten() {
-            for c in cols.keys() {
-                if !table.columns.contains_key(c) && !missing.contains(&c.as_str()) {
-                    missing.push(c);
-                }
-            }
-        }
+        // Every column needs a rule: report them all at once (the first
+        // few by name). Linear: `data` and `old_keys` are each free of
+        // duplicates, so only old keys also in `data` are left out.
+        let data = record.data.as_ref();
+        let missing: Vec<&str> = data
+            .into_iter()
+            .flat_map(|c| c.keys())
+            .chain(
+                record
+                    .old_keys
+                    .iter()
+                    .flat_map(|c| c.keys())
+                    .filter(|c| data.is_none_or(|d| !d.contains_key(*c))),
+            )
+            .filter(|c| !table.columns.contains_key(*c))
+            .map(String::as_str)
+            .collect();
         if !missing.is_empty() {
-            let list = missing
+            let mut list = missing
                 .iter()
+                .take(MAX_LISTED)
                 .map(|c| format!("{c:?}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            if missing.len() > MAX_LISTED {
+                list.push_str(&format!(" and {} more", missing.len() - MAX_LISTED));
+            }
             let (noun, verb) = if missing.len() == 1 {
                 ("column", "has")
             } else {
                 ("columns", "have")
             };
-            return Err(HaltReason {
-                reason: format!(
-                    "table {}: {noun} {list} {verb} no rule in the rules file (fail closed: add a rule, `keep` included, to resume)",
-                    qualified(&name())
-                ),
-            });
+            return Err(HaltReason::table(format!(
+                "table {}: {noun} {list} {verb} no rule in the rules file (fail closed: add a rule, `keep` included, to resume)",
+                qualified(&name())
+            )));
         }
-        let err = |col: &str, why: String| HaltReason {
-            reason: format!(
+        let err = |col: &str, why: String| {
+            HaltReason::table(format!(
                 "table {}: column {col:?}: {why} (change its rule to resume)",
                 qualified(&name())
-            ),
+            ))
         };
+        // A json value that is not Unicode text cannot pass any rule: the
+        // record is quarantined (its table goes on).
+        for (field, cols) in [("data", &record.data), ("old_keys", &record.old_keys)] {
+            for (col, value) in cols.iter().flatten() {
+                if matches!(table.columns.get(col), Some(Compiled::Json(_))) {
+                    if let Some(code) = value
+                        .to_pg_text()
+                        .and_then(|t| syncdata_core::record::lone_surrogate(&t))
+                    {
+                        return Err(HaltReason::record(format!(
+                            "table {}: {field}: json value of column {col:?} holds a lone UTF-16 surrogate escape \\u{code:04x} (not Unicode text)",
+                            qualified(&name())
+                        )));
+                    }
+                }
+            }
+        }
         // Date offsets come from the raw key values: computed first.
         let (data, old) = (&record.data, &record.old_keys);
         let data_days = match data {
@@ -256,13 +323,19 @@ fn transform_image(
     let mut dropped = Vec::new();
     let mut days = days.iter();
     for (name, value) in cols.iter_mut() {
-        let rule = &table.columns[name];
+        // Every column has a rule (checked by the caller) and every non-NULL
+        // date_shift column an offset: a miss is an error, never a panic.
+        let Some(rule) = table.columns.get(name) else {
+            return Err(err(name, "no rule".to_owned()));
+        };
         match rule {
             Compiled::Keep => {}
             Compiled::Drop => dropped.push(name.clone()),
             _ if is_null(value) => {}
             Compiled::DateShift { .. } => {
-                let d = *days.next().expect("an offset per non-NULL date");
+                let Some(&d) = days.next() else {
+                    return Err(err(name, "date_shift: no offset for the value".to_owned()));
+                };
                 *value = shift_value(value, d).map_err(|e| err(name, e))?;
             }
             rule => match transform_value(rule, value).map_err(|e| err(name, e))? {
@@ -532,6 +605,88 @@ user_id = { transform = "same_as", column = "public.users.id" }
 [tables.vault]
 mode = "exclude"
 "##;
+
+    /// Issue 21: a record with many columns without a rule took quadratic
+    /// time, and the halt listed every one of them.
+    #[test]
+    fn a_wide_record_halts_at_once_with_a_bounded_reason() {
+        let c = compiled("[tables.t.columns]\nid = \"keep\"\n");
+        // The widest a record can be (Record::validate caps images at
+        // MAX_COLUMNS), in data and again in old_keys.
+        let n = syncdata_core::record::MAX_COLUMNS;
+        let cols: Vec<String> = (0..n).map(|i| format!(r#""column_{i}":{i}"#)).collect();
+        let line = format!(
+            r#"{{"table":"t","op":"UPDATE","lsn":"0/1","data":{{{0}}},"old_keys":{{{0}}}}}"#,
+            cols.join(",")
+        );
+        let mut r = record(&line);
+        let started = std::time::Instant::now();
+        let halt = c.apply(&mut r).unwrap_err();
+        let took = started.elapsed();
+        assert!(!halt.quarantine);
+        assert!(
+            halt.reason.len() <= MAX_REASON_BYTES,
+            "{}",
+            halt.reason.len()
+        );
+        assert!(
+            halt.reason
+                .contains(&format!("and {} more have no rule", n - MAX_LISTED)),
+            "{}",
+            halt.reason
+        );
+        assert!(
+            halt.reason.contains("\"column_0\", \"column_1\""),
+            "{}",
+            halt.reason
+        );
+        assert!(took.as_millis() < 1000, "{took:?}");
+        // One column without a rule is named alone.
+        let mut one = record(r#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":1,"x":2}}"#);
+        let halt = c.apply(&mut one).unwrap_err();
+        assert!(
+            halt.reason.contains(r#"column "x" has no rule"#),
+            "{}",
+            halt.reason
+        );
+        // Reasons of any length are cut on a character boundary.
+        let long = HaltReason::table("é".repeat(MAX_REASON_BYTES));
+        assert!(long.reason.len() <= MAX_REASON_BYTES && long.reason.ends_with('…'));
+    }
+
+    /// Issue 21: the json transform decoded a leaf holding a lone surrogate
+    /// escape with a panic. The record is quarantined; the table goes on.
+    #[test]
+    fn a_json_value_with_a_lone_surrogate_is_quarantined() {
+        let c = compiled(
+            r#"
+[tables.t.columns]
+id = "keep"
+j = { transform = "json", paths = [{ path = "$.a", transform = "mask" }] }
+"#,
+        );
+        for j in [
+            r#""{\"a\": \"\\ud800\"}""#,
+            r#""{\"b\": [\"\\udc00x\"], \"a\": 1}""#,
+        ] {
+            let mut r = record(&format!(
+                r#"{{"table":"t","op":"INSERT","lsn":"0/1","data":{{"id":1,"j":{j}}}}}"#
+            ));
+            let halt = c.apply(&mut r).unwrap_err();
+            assert!(halt.quarantine, "{halt:?}");
+            assert!(
+                halt.reason
+                    .contains(r#"json value of column "j" holds a lone UTF-16 surrogate"#),
+                "{}",
+                halt.reason
+            );
+        }
+        // A valid pair and an escaped backslash pass.
+        let mut r = record(
+            r#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":1,"j":"{\"a\": \"\\ud83d\\ude00\\\\ud800\"}"}}"#,
+        );
+        assert_eq!(c.apply(&mut r), Ok(Verdict::Publish));
+    }
 
     #[test]
     fn transforms_every_kind_of_column() {

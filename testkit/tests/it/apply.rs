@@ -503,3 +503,42 @@ async fn values_too_long_for_their_column_are_errors_not_truncated() {
     let err = applier.apply_batch(&table, &one(&r), "").await.unwrap_err();
     assert_eq!(err.sqlstate().as_deref(), Some("22001"), "{err}");
 }
+
+/// Issue 21: records that skipped `Record::validate` (a lone surrogate
+/// escape, an INSERT without data) are rejected one by one, never a panic;
+/// the rest of the batch applies.
+#[tokio::test]
+async fn unvalidated_hostile_records_are_rejected_not_a_panic() {
+    let (db, applier) = setup(
+        "hostile_apply",
+        "create table t (id int primary key, v text);",
+    )
+    .await;
+    let table = TableName::new("public", "t");
+    // Deserialized without validation, as a library user might.
+    let unchecked = |line: &str| -> Record { serde_json::from_str(line).unwrap() };
+    let surrogate = unchecked(
+        r#"{"table":"t","op":"INSERT","data":{"id":1,"v":"\ud800"},"lsn":"0/10","seq":0}"#,
+    );
+    let no_data = unchecked(r#"{"table":"t","op":"INSERT","lsn":"0/11","seq":0}"#);
+    let good = rec(r#"{"table":"t","op":"INSERT","data":{"id":2,"v":"ok"},"lsn":"0/12","seq":0}"#);
+    let batch: Vec<Incoming> = [&surrogate, &no_data, &good]
+        .into_iter()
+        .map(|record| Incoming {
+            record,
+            fallback_seq: 0,
+        })
+        .collect();
+    let report = applier.apply_batch(&table, &batch, "").await.unwrap();
+    match &report.dispositions[..] {
+        [Disposition::Rejected(a), Disposition::Rejected(b), Disposition::Applied] => {
+            assert!(
+                a.contains(r#"value of column "v" holds a lone UTF-16 surrogate escape \ud800"#),
+                "{a}"
+            );
+            assert!(b.contains("INSERT without data"), "{b}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dump(&db, "t").await, ["(2,ok)"]);
+}

@@ -1542,3 +1542,209 @@ async fn dlq_replay_of_an_old_record_never_overwrites_newer_data() {
     );
     eprintln!("dlq_replay_of_an_old_record… took {:?}", started.elapsed());
 }
+
+// ---------------------------------------------------------------------------
+// Hostile input (issue 21): records that once panicked a worker, and the
+// supervision that restarts a worker that ends anyway.
+
+/// An INSERT of `items` whose `name` is a lone UTF-16 surrogate escape: JSON
+/// that serde_json's raw values accept, but no Unicode text.
+fn lone_surrogate_record(id: u64, version: u64) -> Vec<u8> {
+    format!(
+        r#"{{"schema":"public","table":"items","op":"INSERT","lsn":"{}","seq":0,"data":{{"id":{id},"qty":1,"name":"\ud800"}}}}"#,
+        lsn(version)
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_surrogate_record_is_dead_lettered_and_its_table_keeps_flowing() {
+    let local = support::fresh_database("surrogate_local").await;
+    ddl(
+        &local,
+        "create table items (id bigint primary key, qty integer not null, name text)",
+    )
+    .await;
+    let (names, dir, config) = whitelisted(
+        &local,
+        "surrogate",
+        "[consumer]\nbatch_size = 50\nfetch_wait_ms = 100\nmax_attempts = 2\nmax_backoff_ms = 500\n",
+        &["items"],
+    )
+    .await;
+    let subject = subject_of(&names, "items");
+    let mut msgs = Vec::new();
+    for i in 1..=200u64 {
+        if i == 101 {
+            msgs.push((subject.clone(), lone_surrogate_record(100_000, 5)));
+        }
+        msgs.push((
+            subject.clone(),
+            rec(
+                "items",
+                "INSERT",
+                Some(json!({"id": i, "qty": i, "name": format!("n{i}")})),
+                None,
+                10 + i,
+            ),
+        ));
+    }
+    let seqs = publish_payloads(&names, &msgs[..150]).await;
+    let bad_seq = seqs[100];
+    let mut c = start_consumer(dir.path(), &config);
+    wait_settled(
+        &names,
+        &[("items", *seqs.last().unwrap())],
+        &mut c,
+        Duration::from_secs(60),
+    )
+    .await;
+    // More records of the same table after it: they flow too.
+    let later = publish_payloads(&names, &msgs[150..]).await;
+    wait_settled(
+        &names,
+        &[("items", *later.last().unwrap())],
+        &mut c,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(count(&local, "select count(*) from items").await, 200);
+    assert_eq!(
+        count(&local, "select count(*) from items where id = 100000").await,
+        0
+    );
+    let dlq = dlq_messages(&names).await;
+    assert_eq!(dlq.len(), 1, "exactly one dead letter");
+    assert_eq!(&dlq[0].payload[..], &msgs[100].1[..], "the original record");
+    let error = header(&dlq[0], H_ERROR).expect("error header");
+    assert!(
+        error.contains(r#"value of column "name" holds a lone UTF-16 surrogate escape \ud800"#),
+        "{error}"
+    );
+    assert_eq!(header(&dlq[0], H_SEQUENCE), Some(bad_seq.to_string()));
+    assert!(c.is_running(), "the consumer stopped:\n{}", tail(&c));
+    let log = c.log();
+    assert!(!log.contains("panicked"), "a task panicked:\n{log}");
+    assert!(!log.contains("restarting it"), "a worker ended:\n{log}");
+}
+
+/// Issue 21: a worker that ends (here: panics at its first two starts, by
+/// the debug-only fault hook) is restarted, its table syncs, and `status`
+/// shows the restarts; a worker that keeps failing stops the daemon with
+/// an error (exit status not 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_worker_is_restarted_and_shown_in_status() {
+    let local = support::fresh_database("restart_local").await;
+    ddl(
+        &local,
+        "create table items (id bigint primary key, qty integer not null, name text);
+         create table other (id bigint primary key, v text);",
+    )
+    .await;
+    let (names, dir, config) = whitelisted(
+        &local,
+        "restart",
+        "[consumer]\nbatch_size = 50\nfetch_wait_ms = 100\nmax_backoff_ms = 2000\n",
+        &["items", "other"],
+    )
+    .await;
+    let items = subject_of(&names, "items");
+    let other = subject_of(&names, "other");
+    let mut msgs = Vec::new();
+    for i in 1..=100u64 {
+        msgs.push((
+            items.clone(),
+            rec(
+                "items",
+                "INSERT",
+                Some(json!({"id": i, "qty": i, "name": "n"})),
+                None,
+                10 + i,
+            ),
+        ));
+        msgs.push((
+            other.clone(),
+            rec(
+                "other",
+                "INSERT",
+                Some(json!({"id": i, "v": "v"})),
+                None,
+                10 + i,
+            ),
+        ));
+    }
+    let seqs = publish_payloads(&names, &msgs).await;
+    let mut c = Proc::spawn(
+        "syncdata",
+        &["start"],
+        &config,
+        &[
+            ("RUST_LOG", "info"),
+            ("RUST_BACKTRACE", "0"),
+            ("SYNCDATA_FAULT_WORKER_PANICS", "public.items=2"),
+        ],
+        dir.path(),
+    );
+    wait_settled(
+        &names,
+        &[("items", seqs[198]), ("other", seqs[199])],
+        &mut c,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(count(&local, "select count(*) from items").await, 100);
+    assert_eq!(count(&local, "select count(*) from other").await, 100);
+    let out = cli_ok(&config, &["status", "--json"]).await;
+    let s: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let table = |name: &str| {
+        s["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {s:#}"))
+            .clone()
+    };
+    assert_eq!(table("items")["worker_restarts"], 2, "{s:#}");
+    let why = table("items")["worker_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("panicked: injected worker failure"), "{why}");
+    assert_eq!(table("other")["worker_restarts"], 0, "{s:#}");
+    assert!(table("other")["worker_error"].is_null(), "{s:#}");
+    let text_status = cli_ok(&config, &["status"]).await;
+    assert!(
+        text_status.contains("worker of items restarted 2 time(s)"),
+        "{text_status}"
+    );
+    assert!(c.is_running(), "{}", tail(&c));
+    c.sigterm();
+    let status = c.wait_exit(Duration::from_secs(30)).await.expect("stops");
+    assert!(status.success(), "{status}\n{}", tail(&c));
+
+    // A worker that fails at every start: the daemon gives up, exit 1.
+    let mut c = Proc::spawn(
+        "syncdata",
+        &["start"],
+        &config,
+        &[
+            ("RUST_LOG", "info"),
+            ("RUST_BACKTRACE", "0"),
+            ("SYNCDATA_FAULT_WORKER_PANICS", "public.items=1000"),
+        ],
+        dir.path(),
+    );
+    // Nine quick failures, each restart after a backoff below 2 s.
+    let status = c
+        .wait_exit(Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|| panic!("the daemon did not give up:\n{}", tail(&c)));
+    assert_eq!(status.code(), Some(1), "{}", tail(&c));
+    assert!(
+        c.log()
+            .contains("the worker of table items failed 9 times in a row"),
+        "{}",
+        tail(&c)
+    );
+}

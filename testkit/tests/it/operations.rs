@@ -597,7 +597,14 @@ fn assert_status_schema(s: &Value) {
     for f in ["records_synced", "errors", "daemons"] {
         assert!(s[f].is_i64() && s[f].as_i64().unwrap() >= 0, "{f}: {s:#}");
     }
-    let mut per_table = vec!["table", "last_applied_lsn", "last_applied_at", "stream"];
+    let mut per_table = vec![
+        "table",
+        "last_applied_lsn",
+        "last_applied_at",
+        "stream",
+        "worker_restarts",
+        "worker_error",
+    ];
     per_table.sort();
     let mut stream = vec![
         "pending",
@@ -613,6 +620,8 @@ fn assert_status_schema(s: &Value) {
         assert!(t["table"].is_string());
         assert!(t["last_applied_lsn"].is_null() || t["last_applied_lsn"].is_string());
         assert!(t["last_applied_at"].is_null() || is_utc_timestamp(&t["last_applied_at"]));
+        assert!(t["worker_restarts"].is_i64() && t["worker_restarts"].as_i64().unwrap() >= 0);
+        assert!(t["worker_error"].is_null() || t["worker_error"].is_string());
         let st = &t["stream"];
         assert!(st.is_object(), "NATS is up, so stream is an object: {t:#}");
         assert_eq!(keys(st), stream, "stream keys of {t:#}");

@@ -310,3 +310,187 @@ async fn bad_lines_are_quarantined_and_good_ones_around_them_published() {
     assert_eq!(count(&names).await, expected_good);
     drop(p);
 }
+
+/// `syncdata-producer status --json`, parsed.
+async fn producer_status(dir: &Path, config: &Path) -> serde_json::Value {
+    let mut status = Proc::spawn("syncdata-producer", &["status", "--json"], config, &[], dir);
+    status
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("status ends");
+    let out = status.log();
+    let start = out
+        .find('{')
+        .unwrap_or_else(|| panic!("status prints no JSON: {out}"));
+    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn quarantine_reasons(v: &serde_json::Value) -> Vec<String> {
+    v["recent_quarantine"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recent_quarantine in {v}"))
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// Issue 21: records that once crashed a process (a lone surrogate escape,
+/// which panicked the first decode of the value) or stalled it (160,000
+/// columns) are quarantined with a clear reason; the records around them
+/// are published and the producer keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_are_quarantined_and_the_producer_never_panics() {
+    let db = support::fresh_database("prodhostile").await;
+    let names = TestNames::new("prodhostile");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let good = |i: u32| {
+        format!(
+            r#"{{"table":"t","op":"INSERT","data":{{"id":{i}}},"lsn":"0/{:X}","seq":0}}"#,
+            100 + i
+        )
+    };
+    let wide = format!(
+        r#"{{"table":"t","op":"INSERT","lsn":"0/7","data":{{{}}}}}"#,
+        (0..160_000)
+            .map(|i| format!(r#""c{i}":1"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let bad: Vec<(String, &str)> = vec![
+        (
+            r#"{"table":"t","op":"INSERT","lsn":"0/1","data":{"id":"\ud800"}}"#.to_owned(),
+            r#"value of column \"id\" holds a lone UTF-16 surrogate escape \\ud800"#,
+        ),
+        (
+            r#"{"table":"t","op":"DELETE","lsn":"0/2","old_keys":{"id":"x\udc00"}}"#.to_owned(),
+            "lone UTF-16 surrogate escape \\\\udc00",
+        ),
+        (
+            wide,
+            "an image of more than 1600 columns, more than a PostgreSQL table can have",
+        ),
+    ];
+    let mut content = String::new();
+    for (i, (line, _)) in bad.iter().enumerate() {
+        content.push_str(&good(i as u32 * 2));
+        content.push('\n');
+        content.push_str(line);
+        content.push('\n');
+        content.push_str(&good(i as u32 * 2 + 1));
+        content.push('\n');
+    }
+    let expected_good = 2 * bad.len() as u64;
+    std::fs::write(archive.join("changes-000001.jsonl"), content).unwrap();
+    let config = config_for(dir.path(), &db, &names, &archive);
+    let mut p = producer(dir.path(), &config);
+    support::wait_until(
+        "good records published",
+        Duration::from_secs(60),
+        || async { count(&names).await >= expected_good },
+    )
+    .await;
+    let v = producer_status(dir.path(), &config).await;
+    assert_eq!(v["quarantined"].as_u64(), Some(bad.len() as u64), "{v}");
+    let reasons = quarantine_reasons(&v);
+    for (_, why) in &bad {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "no quarantine reason mentions {why:?}: {reasons:#?}"
+        );
+    }
+    assert_eq!(count(&names).await, expected_good);
+    assert!(p.is_running(), "{}", p.log());
+    assert!(!p.log().contains("panicked"), "{}", p.log());
+}
+
+/// Issue 21: after an over-long line was skipped, the rest of the read
+/// chunk was returned without a length check: a 50,000-byte line after a
+/// 2,000-byte one passed a 1,024-byte limit. Both are quarantined, in one
+/// run, and when the producer resumes from its checkpoint between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_over_long_line_is_quarantined_whatever_the_read_alignment() {
+    let db = support::fresh_database("prodlong").await;
+    let names = TestNames::new("prodlong");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let good = |i: u32| {
+        format!(
+            r#"{{"table":"t","op":"INSERT","data":{{"id":{i}}},"lsn":"0/{:X}","seq":0}}"#,
+            100 + i
+        )
+    };
+    let config = support::write_config(
+        dir.path(),
+        &db,
+        &names,
+        &support::nats_url(),
+        &archive,
+        "[producer]\nmax_in_flight = 256\nrescan_ms = 200\nmax_record_bytes = 1024\n",
+    );
+    let x = "x".repeat(2000);
+    let y = "y".repeat(50_000);
+    // Resume twin: the producer stops after the first long line and finds
+    // the second one on its next start.
+    let first = archive.join("changes-000001.jsonl");
+    std::fs::write(&first, format!("{}\n{x}\n", good(1))).unwrap();
+    let mut p = producer(dir.path(), &config);
+    support::wait_until("first record", Duration::from_secs(60), || async {
+        count(&names).await >= 1
+    })
+    .await;
+    support::wait_until(
+        "the first long line quarantined",
+        Duration::from_secs(30),
+        || async { producer_status(dir.path(), &config).await["quarantined"].as_u64() == Some(1) },
+    )
+    .await;
+    p.sigterm();
+    let status = p.wait_exit(Duration::from_secs(30)).await.expect("stops");
+    assert!(status.success(), "{}", p.log());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&first)
+        .unwrap();
+    f.write_all(format!("{y}\n{}\n", good(2)).as_bytes())
+        .unwrap();
+    drop(f);
+    // One run: both long lines in one go, in a later file.
+    std::fs::write(
+        archive.join("changes-000002.jsonl"),
+        format!("{x}\n{y}\n{}\n", good(3)),
+    )
+    .unwrap();
+    let p = producer(dir.path(), &config);
+    support::wait_until("every good record", Duration::from_secs(60), || async {
+        count(&names).await >= 3
+    })
+    .await;
+    support::wait_until(
+        "every long line quarantined",
+        Duration::from_secs(30),
+        || async { producer_status(dir.path(), &config).await["quarantined"].as_u64() == Some(4) },
+    )
+    .await;
+    let reasons = quarantine_reasons(&producer_status(dir.path(), &config).await);
+    for (file, len) in [
+        ("changes-000001.jsonl", 2000),
+        ("changes-000001.jsonl", 50_000),
+        ("changes-000002.jsonl", 2000),
+        ("changes-000002.jsonl", 50_000),
+    ] {
+        let why = format!("line of {len} bytes is longer than producer.max_record_bytes (1024)");
+        assert!(
+            reasons.iter().any(|r| r.contains(file) && r.contains(&why)),
+            "no quarantine entry for {file}: {why}: {reasons:#?}"
+        );
+    }
+    assert_eq!(
+        count(&names).await,
+        3,
+        "nothing over the limit was published"
+    );
+    drop(p);
+}

@@ -916,3 +916,86 @@ async fn keyed_rules_without_a_key_or_bad_rules_stop_the_producer() {
     );
     assert_eq!(stream_count(&s.names).await, 0);
 }
+
+/// Issue 21: with a rules file, a lone surrogate escape panicked the
+/// producer's main task (a crash loop: the checkpoint never passed the
+/// line), directly or inside a jsonb string under the `json` transform.
+/// Both records are quarantined with a clear reason, the table is not
+/// halted, and the records around them are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_surrogates_are_quarantined_with_rules_and_the_table_goes_on() {
+    let db = support::fresh_database("san_surrogate").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(
+        tmp.path().join("rules.toml"),
+        r#"
+[tables.t.columns]
+id = "keep"
+name = { transform = "mask", keep_first = 1 }
+j = { transform = "json", paths = [{ path = "$.a", transform = "mask" }] }
+"#,
+    )
+    .unwrap();
+    let s = setup(tmp.path(), &db, &archive, "san_surrogate", "state");
+    let good = |i: u32| {
+        format!(
+            r#"{{"table":"t","op":"INSERT","lsn":"0/{:X}","seq":0,"data":{{"id":{i},"name":"n{i}","j":"{{\"a\": \"secret\"}}"}}}}"#,
+            100 + i
+        )
+    };
+    let bad = [
+        (
+            r#"{"table":"t","op":"INSERT","lsn":"0/1","seq":0,"data":{"id":50,"name":"\ud800","j":null}}"#,
+            r#"value of column \"name\" holds a lone UTF-16 surrogate escape \\ud800"#,
+        ),
+        (
+            r#"{"table":"t","op":"INSERT","lsn":"0/2","seq":0,"data":{"id":51,"name":"x","j":"{\"a\": \"\\udc00\"}"}}"#,
+            r#"json value of column \"j\" holds a lone UTF-16 surrogate escape \\udc00"#,
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (i, (line, _)) in bad.iter().enumerate() {
+        lines.push(good(2 * i as u32));
+        lines.push((*line).to_owned());
+        lines.push(good(2 * i as u32 + 1));
+    }
+    std::fs::write(
+        archive.join("changes-000001.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+    let mut p = producer(&s);
+    support::wait_until(
+        "good records published",
+        Duration::from_secs(60),
+        || async { stream_count(&s.names).await >= 4 },
+    )
+    .await;
+    let v = producer_status(&s).await;
+    assert_eq!(v["quarantined"].as_u64(), Some(2), "{v}");
+    let reasons: Vec<String> = v["recent_quarantine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    for (_, why) in &bad {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "no quarantine reason mentions {why:?}: {reasons:#?}"
+        );
+    }
+    // Published sanitized, and nothing else.
+    let msgs = stream_messages(&s.names).await;
+    assert_eq!(msgs.len(), 4);
+    for (_, payload) in &msgs {
+        let text = String::from_utf8_lossy(payload);
+        assert!(!text.contains("secret"), "{text}");
+    }
+    stop(&mut p).await;
+    let log = p.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("table halted"), "{log}");
+}
