@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::table::TableName;
+use syncdata_core::signature::{self, SigningKey};
 use syncdata_core::{nats, subject, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -95,6 +96,43 @@ pub async fn ensure_consumer(
     Ok(consumer)
 }
 
+/// Refuses to run with credentials that may publish changes (or with none,
+/// on a server that lets anyone publish): whoever holds them could rewrite
+/// every local database. `nats.allow_open = true` runs anyway, with a
+/// warning. See `nats::probe_change_publish` for how this is asked.
+pub async fn refuse_open_server(
+    client: &async_nats::Client,
+    errors: &mut nats::ServerErrors,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let open = nats::probe_change_publish(
+        client,
+        errors,
+        &config.nats.subject_prefix,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}"))?;
+    if !open {
+        return Ok(());
+    }
+    if config.nats.allow_open {
+        warn!(
+            "this NATS connection may publish on {}.>: anyone with the same access can change \
+             every local table (running anyway: nats.allow_open = true)",
+            config.nats.subject_prefix
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to start: the NATS server lets this connection publish on {prefix}.>, so \
+         anyone with the same access could change every local table. Give the consumer \
+         credentials that may not publish there (see docs/trust.md), or set \
+         nats.allow_open = true for a throwaway setup",
+        prefix = config.nats.subject_prefix
+    )
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -124,7 +162,19 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             warn!(table = %t, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
         }
     }
-    let client = nats::connect(&config.nats, "syncdata").await?;
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    match &signer {
+        Some(key) => info!(fingerprint = %key.fingerprint(), "verifying every message's signature"),
+        None => warn!(
+            "no signing key (nats.signing_key_file or {}): messages are applied without checking \
+             that the producer sent them",
+            signature::KEY_ENV
+        ),
+    }
+    let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
+    refuse_open_server(&client, &mut server_errors, &config).await?;
     let js = jetstream::new(client.clone());
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
@@ -139,6 +189,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         js,
         fk_transient: !replica,
         errors: std::sync::atomic::AtomicU64::new(0),
+        signer,
     });
     let workers_token = token.child_token();
     let mut consumers = Vec::new();

@@ -10,4 +10,5 @@ mod dead_letter;
 pub mod failure;
 pub mod progress;
 pub mod store;
+mod trust;
 mod worker;

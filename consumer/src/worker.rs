@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dead_letter::{self, DeadLetter};
+use crate::trust::{self, Rejection, VersionMark};
+use syncdata_core::signature::SigningKey;
 
 pub struct Ctx {
     pub config: Config,
@@ -34,6 +36,8 @@ pub struct Ctx {
     pub fk_transient: bool,
     /// Failed apply attempts (transient or permanent) since start.
     pub errors: std::sync::atomic::AtomicU64,
+    /// Verifies every message's signature when set (see trust.rs).
+    pub signer: Option<SigningKey>,
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -45,6 +49,9 @@ enum Fate {
         error: String,
         sqlstate: Option<String>,
     },
+    /// Refused before the apply engine (forged, unsigned, version far
+    /// ahead): dead-lettered at once, never retried.
+    Reject(Rejection),
 }
 
 struct Item {
@@ -64,6 +71,7 @@ pub async fn run_table(
     let wait = Duration::from_millis(ctx.config.consumer.fetch_wait_ms);
     let policy = retry_policy(&ctx.config);
     let mut failures: u32 = 0;
+    let mut mark = VersionMark::new();
     info!(table = %table, "worker started");
     // Checked once per batch: a batch that was fetched is always applied
     // and acked (or nakked) before the worker stops.
@@ -115,7 +123,7 @@ pub async fn run_table(
             let age = time::OffsetDateTime::now_utc() - i.published;
             (i.pending, age.as_seconds_f64().max(0.0))
         });
-        if process(&ctx, &table, msgs).await {
+        if process(&ctx, &table, &mut mark, msgs).await {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
@@ -201,10 +209,25 @@ async fn wait_for_durable(
 
 /// Applies and settles one fetched batch. Returns true when a transient
 /// failure left messages to retry.
-async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
+async fn process(ctx: &Ctx, table: &TableName, mark: &mut VersionMark, msgs: Vec<Message>) -> bool {
+    if let Err(e) = mark.ensure_loaded(ctx.applier.pool(), table).await {
+        // Without the mark no change can be checked: retry the batch.
+        warn!(table = %table, error = %e, "cannot read the table's applied versions; will retry");
+        for m in &msgs {
+            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+            nak(m, retry_policy(&ctx.config).delay_for(delivered.max(1) as u32)).await;
+        }
+        return true;
+    }
+    let max_jump = ctx.config.consumer.max_version_jump;
+    let mut rejected: Vec<Option<Rejection>> = Vec::with_capacity(msgs.len());
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
+            let refused = ctx
+                .signer
+                .as_ref()
+                .and_then(|key| trust::check_signature(key, &msg).err());
             let (stream_seq, delivered) = msg
                 .info()
                 .map(|i| (i.stream_sequence, i.delivered))
@@ -221,6 +244,14 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
                         ))
                     }
                 });
+            // Authenticity first; the version only of an authentic record.
+            let refused = refused.or_else(|| {
+                record
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| mark.check(table, r.lsn, max_jump).err())
+            });
+            rejected.push(refused);
             Item {
                 msg,
                 record,
@@ -233,6 +264,12 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
     let mut fates: Vec<Option<Fate>> = items.iter().map(|_| None).collect();
     let mut good = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
+        if let Some(r) = rejected[i].take() {
+            warn!(table = %table, stream_seq = item.stream_seq, reason = r.reason, error = %r.error,
+                  "message refused before applying");
+            fates[i] = Some(Fate::Reject(r));
+            continue;
+        }
         match &item.record {
             Ok(_) => good.push(i),
             Err(e) => {
@@ -315,6 +352,12 @@ async fn process(ctx: &Ctx, table: &TableName, msgs: Vec<Message>) -> bool {
     }
     metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
         .record(started.elapsed().as_secs_f64());
+    for (item, fate) in items.iter().zip(&fates) {
+        if let (Some(Fate::Ack), Ok(r)) = (fate, &item.record) {
+            mark.observe(r.lsn);
+        }
+    }
+    mark.save(ctx.applier.pool(), table).await;
 
     settle(ctx, table, items, fates).await
 }
@@ -332,14 +375,30 @@ async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Optio
                 transient = true;
                 nak(&item.msg, delay).await;
             }
-            Fate::Poison { error, sqlstate } => {
-                warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
-                      error = %error, "record failed permanently");
-                if item.delivered < max_attempts {
-                    nak(&item.msg, delay).await;
-                    continue;
+            fate @ (Fate::Poison { .. } | Fate::Reject(_)) => {
+                let (error, sqlstate, rejection) = match fate {
+                    Fate::Poison { error, sqlstate } => (error, sqlstate, None),
+                    Fate::Reject(r) => (r.error.clone(), None, Some(r.reason)),
+                    _ => unreachable!("matched above"),
+                };
+                if rejection.is_none() {
+                    warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
+                          error = %error, "record failed permanently");
+                    if item.delivered < max_attempts {
+                        nak(&item.msg, delay).await;
+                        continue;
+                    }
                 }
+                let header = |name: &str| {
+                    item.msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
                 let dl = DeadLetter {
+                    signature: header(syncdata_core::signature::HEADER),
+                    msg_id: header("Nats-Msg-Id"),
                     table,
                     payload: item.msg.payload.clone(),
                     error,
@@ -356,7 +415,13 @@ async fn settle(ctx: &Ctx, table: &TableName, items: Vec<Item>, fates: Vec<Optio
                 )
                 .await
                 {
-                    Ok(()) => acks.push(item.msg),
+                    Ok(()) => {
+                        if let Some(reason) = rejection {
+                            metrics::counter!("syncdata_messages_rejected_total", "reason" => reason)
+                                .increment(1);
+                        }
+                        acks.push(item.msg)
+                    }
                     Err(err) => {
                         warn!(table = %table, stream_seq = item.stream_seq, error = %err, "dead-lettering failed; will retry");
                         transient = true;

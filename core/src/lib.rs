@@ -6,6 +6,7 @@ pub mod config;
 pub mod nats;
 pub mod record;
 pub mod retry;
+pub mod signature;
 pub mod subject;
 pub mod table;
 pub mod telemetry;

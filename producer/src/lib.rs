@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::publisher::{Publisher, Settings};
 use crate::sanitize::{Sanitizer, SecretKey};
 use crate::sink::JetStreamSink;
+use syncdata_core::signature::SigningKey;
 
 pub use crate::status::{status, Status};
 
@@ -43,13 +44,29 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     );
     // Before any connection: bad rules or a missing key stop the start.
     let sanitizer = load_sanitizer(&config)?;
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    match &signer {
+        Some(key) => {
+            tracing::info!(fingerprint = %key.fingerprint(), "signing every message")
+        }
+        None => tracing::warn!(
+            "no signing key (nats.signing_key_file or {}): messages are published unsigned, \
+             and consumers that verify will dead-letter them",
+            syncdata_core::signature::KEY_ENV
+        ),
+    }
     let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
     async move {
         let client = tokio::select! {
             _ = token.cancelled() => return Ok(()),
             client = nats::connect(&config.nats, "syncdata-producer") => client?,
         };
-        let sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
+        let mut sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
+        if let Some(key) = signer {
+            sink = sink.with_signer(key);
+        }
         // Before the stream: a broken checkpoint should fail first and loudly.
         let mut publisher = Publisher::new(sink, settings)?;
         if let Some(sanitizer) = sanitizer {
