@@ -1229,9 +1229,10 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
         "data": {"id": -1, "email": "poison@example.com", "balance": "not a number"},
         "lsn": "FFFFFFF/0", "seq": 0
     });
-    js.publish(
+    support::publish_signed(
+        &js,
         table_subject(&names.subject_prefix, "public", "customers"),
-        poison.to_string().into(),
+        poison.to_string().into_bytes(),
     )
     .await
     .expect("publish")
