@@ -18,8 +18,8 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
-use syncdata_core::table::TableName;
 use syncdata_core::signature::{self, SigningKey};
+use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -112,7 +112,9 @@ pub async fn refuse_open_server(
         Duration::from_secs(10),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}")
+    })?;
     if !open {
         return Ok(());
     }

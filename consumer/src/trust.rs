@@ -36,7 +36,9 @@ pub fn check_signature(key: &SigningKey, msg: &Message) -> Result<(), Rejection>
     key.verify(msg.subject.as_str(), &msg_id, &msg.payload, sig.as_deref())
         .map_err(|e| Rejection {
             reason: e.reason(),
-            error: format!("rejected, not applied: {e} (only the producer's signed messages are applied)"),
+            error: format!(
+                "rejected, not applied: {e} (only the producer's signed messages are applied)"
+            ),
         })
 }
 
@@ -180,8 +182,14 @@ mod tests {
         assert!(err.error.contains("any table"), "{}", err.error);
         m.observe(Lsn(0x2_0000_0000));
         m.check(&t(), Lsn(0x2_0000_0000 + max), max).unwrap();
-        let err = m.check(&t(), Lsn(0x2_0000_0000 + max + 1), max).unwrap_err();
-        assert!(err.error.contains("7FFF") || err.error.contains("users"), "{}", err.error);
+        let err = m
+            .check(&t(), Lsn(0x2_0000_0000 + max + 1), max)
+            .unwrap_err();
+        assert!(
+            err.error.contains("7FFF") || err.error.contains("users"),
+            "{}",
+            err.error
+        );
         // Older versions are never held here (the version guard handles them).
         m.check(&t(), Lsn(1), max).unwrap();
     }

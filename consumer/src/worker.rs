@@ -215,7 +215,11 @@ async fn process(ctx: &Ctx, table: &TableName, mark: &mut VersionMark, msgs: Vec
         warn!(table = %table, error = %e, "cannot read the table's applied versions; will retry");
         for m in &msgs {
             let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-            nak(m, retry_policy(&ctx.config).delay_for(delivered.max(1) as u32)).await;
+            nak(
+                m,
+                retry_policy(&ctx.config).delay_for(delivered.max(1) as u32),
+            )
+            .await;
         }
         return true;
     }

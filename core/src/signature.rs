@@ -49,7 +49,9 @@ pub enum SignatureError {
     Missing,
     #[error("malformed {HEADER} header (expected {SCHEME}=<64 hex digits>)")]
     Malformed,
-    #[error("forged or altered message: {HEADER} does not match the subject, message id and payload")]
+    #[error(
+        "forged or altered message: {HEADER} does not match the subject, message id and payload"
+    )]
     Mismatch,
 }
 
@@ -228,7 +230,12 @@ mod tests {
         }
         let other = key(b'b');
         assert_eq!(
-            other.verify("syncdata.changes.public.users", "id-1", b"{\"x\":1}", Some(&sig)),
+            other.verify(
+                "syncdata.changes.public.users",
+                "id-1",
+                b"{\"x\":1}",
+                Some(&sig)
+            ),
             Err(SignatureError::Mismatch)
         );
     }
@@ -256,7 +263,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let shown = format!("{k:?}");
-        assert!(!shown.contains("secret") && !shown.contains("0123"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("0123"),
+            "{shown}"
+        );
         let err = SigningKey::load(None, |_| Some("short".into())).unwrap_err();
         assert!(err.to_string().contains(KEY_ENV), "{err}");
         let dir = std::env::temp_dir().join(format!("sd-sigkey-{}", std::process::id()));

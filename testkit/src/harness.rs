@@ -1119,8 +1119,10 @@ pub async fn publish_signed(
     js: &async_nats::jetstream::Context,
     subject: String,
     payload: Vec<u8>,
-) -> Result<async_nats::jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError>
-{
+) -> Result<
+    async_nats::jetstream::context::PublishAckFuture,
+    async_nats::jetstream::context::PublishError,
+> {
     let headers = signed_headers(&subject, &payload);
     js.publish_with_headers(subject, headers, payload.into())
         .await

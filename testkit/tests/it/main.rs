@@ -13,4 +13,5 @@ mod producer;
 mod sanitize;
 mod source;
 mod support_smoke;
+mod trust;
 mod workload;
