@@ -922,6 +922,19 @@ fn set_nats(t: &mut toml::Table, names: &TestNames) {
     );
 }
 
+/// The stack's NATS user and signing key files, replaced by the test
+/// server's (the stack's own secrets are for its own nats-server).
+fn set_auth(t: &mut toml::Table, role: support::NatsRole, dir: &Path) {
+    let (user, password) = role.credentials();
+    let password_file = dir.join(format!("nats-{user}.password"));
+    std::fs::write(&password_file, password).unwrap();
+    let key_file = dir.join("signing.key");
+    std::fs::write(&key_file, std::env::var("SYNCDATA_TEST_SIGNING_KEY").unwrap()).unwrap();
+    set(t, "nats.user", user);
+    set(t, "nats.password_file", password_file.display().to_string());
+    set(t, "nats.signing_key_file", key_file.display().to_string());
+}
+
 fn write_toml(path: &Path, t: &toml::Table) -> PathBuf {
     std::fs::write(path, toml::to_string(t).unwrap()).unwrap();
     path.to_owned()
@@ -1121,6 +1134,7 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
     set(&mut p, "producer.source_url", src.url.clone());
     set(&mut p, "source.slot", slot.clone());
     set_nats(&mut p, &names);
+    set_auth(&mut p, support::NatsRole::Producer, dir.path());
     let producer_config = write_toml(&dir.path().join("producer.toml"), &p);
     let _slot_guard = SlotGuard {
         url: src.url.clone(),
@@ -1134,6 +1148,7 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
         set(&mut c, "pg_database", local.name.clone());
         set(&mut c, "consumer.metrics_addr", format!("127.0.0.1:{port}"));
         set_nats(&mut c, &names);
+        set_auth(&mut c, support::NatsRole::Consumer, dir.path());
         write_toml(&dir.path().join(format!("consumer-{port}.toml")), &c)
     };
     let consumer_ports = [free_port(), free_port()];
