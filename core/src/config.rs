@@ -795,6 +795,33 @@ metric_freq = 24
     }
 
     #[test]
+    fn nats_credentials_from_files_or_environment_never_printed() {
+        let mut c = Config::from_toml(
+            "pg_database = \"app\"\n[nats]\nuser = \"consumer\"\n\
+             password_file = \"/etc/syncdata/nats.password\"\nallow_open = false\n\
+             signing_key_file = \"/etc/syncdata/signing.key\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.consumer.max_version_jump, 1 << 40);
+        c.apply_env(env(&[
+            ("NATS_USER", "producer"),
+            ("NATS_PASSWORD", "pw-secret"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.nats.user.as_deref(), Some("producer"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw-secret"), "{shown}");
+        let mut t = Config::from_toml("pg_database = \"app\"\n").unwrap();
+        t.apply_env(env(&[("NATS_TOKEN", "tok-secret")])).unwrap();
+        t.validate().unwrap();
+        assert!(!format!("{t:?}").contains("tok-secret"));
+        // A password in the file's text is not a setting.
+        assert!(Config::from_toml("pg_database = \"app\"\n[nats]\npassword = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn invalid_values_name_their_field() {
         let base = "pg_database = \"app\"\n";
         let cases = [
@@ -824,6 +851,17 @@ metric_freq = 24
             (
                 "[producer]\nsource_url = \"postgres://u:secret@h/db\"",
                 "producer.source_url",
+            ),
+            ("[nats]\nuser = \"consumer\"", "nats.user"),
+            ("[nats]\npassword_file = \"/p\"", "nats.user"),
+            (
+                "[nats]\ntoken_file = \"/t\"\ncreds_file = \"/c\"",
+                "nats.creds_file",
+            ),
+            ("[nats]\nsigning_key_file = \"\"", "nats.signing_key_file"),
+            (
+                "[consumer]\nmax_version_jump = 5",
+                "consumer.max_version_jump",
             ),
         ];
         for (extra, field) in cases {

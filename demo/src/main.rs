@@ -249,8 +249,7 @@ async fn run(args: Args) -> Result<bool> {
     if consumer_auth.contains("allow_open") {
         println!("no NATS credentials in the environment: running against an open server (nats.allow_open)");
     }
-    let config_text =
-        config_toml(&base, &args.pg_url, &args.nats_url, &archive)? + &consumer_auth;
+    let config_text = config_toml(&base, &args.pg_url, &args.nats_url, &archive)? + &consumer_auth;
     std::fs::write(&config_path, config_text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load_from(&config_path, |_| None)

@@ -929,7 +929,11 @@ fn set_auth(t: &mut toml::Table, role: support::NatsRole, dir: &Path) {
     let password_file = dir.join(format!("nats-{user}.password"));
     std::fs::write(&password_file, password).unwrap();
     let key_file = dir.join("signing.key");
-    std::fs::write(&key_file, std::env::var("SYNCDATA_TEST_SIGNING_KEY").unwrap()).unwrap();
+    std::fs::write(
+        &key_file,
+        std::env::var("SYNCDATA_TEST_SIGNING_KEY").unwrap(),
+    )
+    .unwrap();
     set(t, "nats.user", user);
     set(t, "nats.password_file", password_file.display().to_string());
     set(t, "nats.signing_key_file", key_file.display().to_string());
