@@ -98,23 +98,34 @@ pub async fn ensure_consumer(
 
 /// Refuses to run with credentials that may publish changes (or with none,
 /// on a server that lets anyone publish): whoever holds them could rewrite
-/// every local database. `nats.allow_open = true` runs anyway, with a
-/// warning. See `nats::probe_change_publish` for how this is asked.
+/// every local database. Asked for a subject under the prefix that no table
+/// uses and for every whitelisted table's subject (nothing is stored; see
+/// `nats::probe_publish`). `nats.allow_open = true` runs anyway, with a
+/// warning.
 pub async fn refuse_open_server(
     client: &async_nats::Client,
     errors: &mut nats::ServerErrors,
     config: &Config,
+    tables: &[TableName],
 ) -> anyhow::Result<()> {
-    let open = nats::probe_change_publish(
-        client,
-        errors,
-        &config.nats.subject_prefix,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}")
-    })?;
+    let prefix = &config.nats.subject_prefix;
+    let mut subjects = vec![nats::probe_subject(client, prefix)];
+    subjects.extend(
+        tables
+            .iter()
+            .map(|t| subject::table_subject(prefix, &t.schema, &t.table)),
+    );
+    let mut open = false;
+    for s in &subjects {
+        open = nats::probe_publish(client, errors, s, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}")
+            })?;
+        if open {
+            break;
+        }
+    }
     if !open {
         return Ok(());
     }
@@ -176,7 +187,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         ),
     }
     let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
-    refuse_open_server(&client, &mut server_errors, &config).await?;
+    refuse_open_server(&client, &mut server_errors, &config, &tables).await?;
     let js = jetstream::new(client.clone());
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;

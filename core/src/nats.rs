@@ -152,29 +152,29 @@ pub async fn ensure_stream(
         })
 }
 
-/// Whether this connection may publish on the change subjects: a core
-/// request to `<subject_prefix>._syncdata_probe.<random>` carrying
+/// A subject under `subject_prefix` no table uses, for [`probe_publish`].
+pub fn probe_subject(client: &async_nats::Client, subject_prefix: &str) -> String {
+    let inbox = client.new_inbox();
+    let token = inbox.rsplit('.').next().unwrap_or("x");
+    format!("{subject_prefix}._syncdata_probe.{token}")
+}
+
+/// Whether this connection may publish on `subject` (a change subject),
+/// without storing anything: a core request carrying
 /// `Nats-Expected-Stream` with a name no stream has. When the server lets
 /// the publish through, something answers at once (the change stream
 /// refuses to store the message, "expected stream does not match", or the
-/// server says no responders) and nothing is stored. When it denies the
-/// publish, nats-server (2.9 and later) drops the message and reports
-/// `Permissions Violation for Publish` to this connection only, and no
-/// answer ever comes. Returns Err when neither happens in `timeout`.
-pub async fn probe_change_publish(
+/// server says no responders). When it denies the publish, nats-server
+/// (2.9 and later) drops the message and reports `Permissions Violation for
+/// Publish` to this connection only, and no answer ever comes. Err when
+/// neither happens within `timeout`.
+pub async fn probe_publish(
     client: &async_nats::Client,
     errors: &mut ServerErrors,
-    subject_prefix: &str,
+    subject: &str,
     timeout: Duration,
 ) -> Result<bool, String> {
-    let subject = format!(
-        "{subject_prefix}._syncdata_probe.{}",
-        async_nats::Subject::from(client.new_inbox())
-            .as_str()
-            .rsplit('.')
-            .next()
-            .unwrap_or("x")
-    );
+    let subject = subject.to_owned();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Expected-Stream", "syncdata-probe-no-such-stream");
     let request = async_nats::Request::new()
