@@ -5,8 +5,6 @@
 //! applied, so one message cannot set a floor that silently drops every
 //! later production change). See docs/trust.md.
 
-use std::time::{Duration, Instant};
-
 use async_nats::jetstream::message::Message;
 use sqlx::PgPool;
 use syncdata_core::signature::{self, SigningKey};
@@ -42,16 +40,12 @@ pub fn check_signature(key: &SigningKey, msg: &Message) -> Result<(), Rejection>
         })
 }
 
-/// How often the table's high-water mark is written back at most.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
-
 /// The highest version applied to one table, as this worker knows it: read
-/// once from the local database (`syncdata.table_state.last_lsn`, else the
-/// newest row version and the truncate floor), raised by every batch this
-/// worker applies, and written back to `last_lsn` (at most once a second)
-/// so the next start reads it cheaply. Other processes' batches raise the
-/// stored mark, not this copy: a lagging copy is at most a few seconds of
-/// WAL behind, nothing next to the allowed jump.
+/// once from the local database (the newest row version and the truncate
+/// floor) and raised by every batch this worker applies. Other processes'
+/// batches do not raise this copy: a lagging copy is at most a few seconds
+/// of WAL behind, nothing next to the allowed jump. Nothing is written
+/// back: the local bookkeeping stays the apply engine's alone.
 pub struct VersionMark {
     loaded: bool,
     /// The table's own highest applied LSN.
@@ -59,8 +53,6 @@ pub struct VersionMark {
     /// Before the table has one: the highest of any table in this database
     /// (LSNs of one source are comparable across its tables).
     db_high: Option<u64>,
-    saved: Option<u64>,
-    last_save: Option<Instant>,
 }
 
 impl VersionMark {
@@ -69,8 +61,6 @@ impl VersionMark {
             loaded: false,
             table_high: None,
             db_high: None,
-            saved: None,
-            last_save: None,
         }
     }
 
@@ -80,23 +70,28 @@ impl VersionMark {
             return Ok(());
         }
         let table_high: Option<i64> = sqlx::query_scalar(
-            "select greatest(ts.last_lsn, nullif(ts.truncate_lsn, 0), \
-                 case when ts.last_lsn is null then \
-                     (select max(rs.lsn) from syncdata.row_state rs where rs.table_id = ts.id) end) \
+            "select greatest(nullif(ts.truncate_lsn, 0), \
+                 (select max(rs.lsn) from syncdata.row_state rs where rs.table_id = ts.id)) \
              from syncdata.table_state ts where ts.table_name = $1",
         )
         .bind(table.to_string())
         .fetch_optional(pool)
         .await?
         .flatten();
-        let db_high: Option<i64> = sqlx::query_scalar(
-            "select max(greatest(last_lsn, nullif(truncate_lsn, 0))) from syncdata.table_state",
-        )
-        .fetch_one(pool)
-        .await?;
+        // Only for a table that has applied nothing yet (a new one): a read
+        // of every table's versions, once.
+        let db_high: Option<i64> = if table_high.is_none() {
+            sqlx::query_scalar(
+                "select greatest((select max(lsn) from syncdata.row_state), \
+                     (select max(nullif(truncate_lsn, 0)) from syncdata.table_state))",
+            )
+            .fetch_one(pool)
+            .await?
+        } else {
+            None
+        };
         self.table_high = table_high.map(|v| v as u64);
         self.db_high = db_high.map(|v| v as u64);
-        self.saved = self.table_high;
         self.loaded = true;
         Ok(())
     }
@@ -132,28 +127,6 @@ impl VersionMark {
     /// Raises the table's mark with an applied change's LSN.
     pub fn observe(&mut self, lsn: Lsn) {
         self.table_high = Some(self.table_high.map_or(lsn.0, |h| h.max(lsn.0)));
-    }
-
-    /// Writes the mark back when it moved, at most once per [`SAVE_EVERY`].
-    /// A failure is only logged: the mark is re-derived at the next start.
-    pub async fn save(&mut self, pool: &PgPool, table: &TableName) {
-        let Some(high) = self.table_high else { return };
-        if self.saved >= Some(high) || self.last_save.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
-            return;
-        }
-        self.last_save = Some(Instant::now());
-        let done = sqlx::query(
-            "update syncdata.table_state set last_lsn = greatest(coalesce(last_lsn, 0), $2) \
-             where table_name = $1",
-        )
-        .bind(table.to_string())
-        .bind(high as i64)
-        .execute(pool)
-        .await;
-        match done {
-            Ok(_) => self.saved = Some(high),
-            Err(e) => tracing::debug!(table = %table, error = %e, "saving the version mark failed"),
-        }
     }
 }
 

@@ -361,7 +361,6 @@ async fn process(ctx: &Ctx, table: &TableName, mark: &mut VersionMark, msgs: Vec
             mark.observe(r.lsn);
         }
     }
-    mark.save(ctx.applier.pool(), table).await;
 
     settle(ctx, table, items, fates).await
 }
