@@ -50,16 +50,18 @@ trap 'exit 143' TERM
 step "starting throwaway servers in $DIR"
 # Source cluster + the nats-server the benchmark uses.
 bash scripts/servers.sh start "$DIR/source"
-# shellcheck source=/dev/null
-source "$DIR/source/env"
-SOURCE_URL=$SYNCDATA_TEST_PG_URL
-NATS_URL=$SYNCDATA_TEST_NATS_URL
 # Target cluster; servers.sh also starts a nats-server there, which the
 # benchmark does not use: stop it so it takes no CPU.
 bash scripts/servers.sh start "$DIR/target"
 # shellcheck source=/dev/null
 source "$DIR/target/env"
 TARGET_URL=$SYNCDATA_TEST_PG_URL
+# Last, so the NATS users and signing key in the environment (which
+# syncdata-bench passes on to each binary by role) are the source's.
+# shellcheck source=/dev/null
+source "$DIR/source/env"
+SOURCE_URL=$SYNCDATA_TEST_PG_URL
+NATS_URL=$SYNCDATA_TEST_NATS_URL
 if [ -f "$DIR/target/nats.pid" ]; then
     kill -TERM "$(cat "$DIR/target/nats.pid")" 2>/dev/null || true
 fi

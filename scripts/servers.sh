@@ -9,7 +9,15 @@
 # DIR/pgsock    its unix socket directory
 # DIR/nats      JetStream store directory
 # DIR/*.log     server logs
-# DIR/env       sourceable SYNCDATA_TEST_* variables for the tests
+# DIR/nats-auth.conf  the nats-server account, users and permissions (0600)
+# DIR/env       sourceable SYNCDATA_TEST_* variables for the tests (0600:
+#               it holds the NATS passwords and the message signing key)
+#
+# NATS is never open: one account (SYNCDATA, JetStream enabled) with three
+# users, random passwords per start: `producer` may publish changes only,
+# `consumer` may pull and ack, dead-letter and send stop requests but never
+# publish a change, `admin` (for tests that inspect or hand-craft streams)
+# may do anything. No anonymous access. See docs/trust.md.
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -154,13 +162,84 @@ EOF
     die "PostgreSQL on port $PG_PORT is not ready after 30 s (log: $DIR/pg.log)"
 }
 
+random_hex() {
+    head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'
+}
+
+# The account and users; subjects with a leading `*.` cover the default
+# `syncdata.changes` / `syncdata.dlq` prefixes and the tests' own
+# (`t_<name>.changes`). Stream names are wildcards because every test makes
+# its own streams; docs/trust.md has the production version, which names
+# them.
+write_nats_auth() {
+    (
+        umask 077
+        cat >"$DIR/nats-auth.conf" <<EOF
+accounts {
+  SYNCDATA {
+    jetstream: enabled
+    users = [
+      { user: admin, password: "$NATS_ADMIN_PASSWORD" }
+      {
+        user: producer, password: "$NATS_PRODUCER_PASSWORD"
+        permissions: {
+          publish: {
+            allow: [
+              "*.changes.>",
+              "\$JS.API.INFO",
+              "\$JS.API.STREAM.INFO.*",
+              "\$JS.API.STREAM.CREATE.*",
+              "\$JS.API.STREAM.NAMES",
+            ]
+          }
+          subscribe: { allow: ["_INBOX.>"] }
+        }
+      }
+      {
+        user: consumer, password: "$NATS_CONSUMER_PASSWORD"
+        permissions: {
+          publish: {
+            allow: [
+              "\$JS.API.INFO",
+              "\$JS.API.STREAM.INFO.*",
+              "\$JS.API.STREAM.CREATE.*",
+              "\$JS.API.STREAM.NAMES",
+              "\$JS.API.STREAM.MSG.GET.*",
+              "\$JS.API.STREAM.MSG.DELETE.*",
+              "\$JS.API.CONSUMER.CREATE.>",
+              "\$JS.API.CONSUMER.DURABLE.CREATE.*.*",
+              "\$JS.API.CONSUMER.INFO.*.*",
+              "\$JS.API.CONSUMER.DELETE.*.*",
+              "\$JS.API.CONSUMER.NAMES.*",
+              "\$JS.API.CONSUMER.MSG.NEXT.*.*",
+              "\$JS.ACK.>",
+              "*.dlq.>",
+              "_SYNCDATA.control.>",
+            ]
+            deny: ["*.changes.>"]
+          }
+          subscribe: { allow: ["_INBOX.>", "_SYNCDATA.control.>"] }
+        }
+      }
+    ]
+  }
+}
+EOF
+    )
+}
+
 start_nats() {
     local port mport attempt pid i
     command -v nats-server >/dev/null 2>&1 || die "nats-server not found; run scripts/deps.sh"
     rm -rf "$DIR/nats"
     mkdir -p "$DIR/nats"
+    NATS_ADMIN_PASSWORD=$(random_hex 16)
+    NATS_PRODUCER_PASSWORD=$(random_hex 16)
+    NATS_CONSUMER_PASSWORD=$(random_hex 16)
+    SIGNING_KEY=$(random_hex 32)
+    write_nats_auth
     # Records up to 8 MB must fit in one message (the server default is 1 MB).
-    echo "max_payload: 8388608" >"$DIR/nats.conf"
+    printf 'max_payload: 8388608\ninclude nats-auth.conf\n' >"$DIR/nats.conf"
     : >"$DIR/nats.log"
 
     for attempt in 1 2 3 4 5; do
@@ -236,6 +315,8 @@ start)
     rm -f "$DIR/env"
     start_pg
     start_nats
+    : >"$DIR/env"
+    chmod 600 "$DIR/env"
     cat >"$DIR/env" <<EOF
 export SYNCDATA_TEST_PG_HOST=127.0.0.1
 export SYNCDATA_TEST_PG_PORT=$PG_PORT
@@ -243,10 +324,18 @@ export SYNCDATA_TEST_PG_USER=postgres
 export SYNCDATA_TEST_PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export SYNCDATA_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
 export SYNCDATA_TEST_NATS_MONITOR=http://127.0.0.1:$NATS_MPORT
+export SYNCDATA_TEST_NATS_AUTH_CONF=$DIR/nats-auth.conf
+export SYNCDATA_TEST_NATS_ADMIN_USER=admin
+export SYNCDATA_TEST_NATS_ADMIN_PASSWORD=$NATS_ADMIN_PASSWORD
+export SYNCDATA_TEST_NATS_PRODUCER_USER=producer
+export SYNCDATA_TEST_NATS_PRODUCER_PASSWORD=$NATS_PRODUCER_PASSWORD
+export SYNCDATA_TEST_NATS_CONSUMER_USER=consumer
+export SYNCDATA_TEST_NATS_CONSUMER_PASSWORD=$NATS_CONSUMER_PASSWORD
+export SYNCDATA_TEST_SIGNING_KEY=$SIGNING_KEY
 EOF
     cat <<EOF
 servers.sh: PostgreSQL 15 on 127.0.0.1:$PG_PORT (data $DIR/pg, socket $DIR/pgsock, log $DIR/pg.log)
-servers.sh: nats-server on 127.0.0.1:$NATS_PORT, monitoring :$NATS_MPORT (store $DIR/nats, log $DIR/nats.log)
+servers.sh: nats-server on 127.0.0.1:$NATS_PORT, monitoring :$NATS_MPORT (store $DIR/nats, log $DIR/nats.log; users admin, producer, consumer; no anonymous access)
 servers.sh: environment in $DIR/env  (source it; stop with: $0 stop $DIR)
 EOF
     ;;

@@ -25,8 +25,36 @@ const OVERRIDE_VARS: &[&str] = &[
     "DATA_SYNC_FREQ",
     "METRIC_FREQ",
     "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "SYNCDATA_SIGNING_KEY",
     "SYNCDATA_SANITIZE_KEY",
 ];
+
+/// The NATS user of each role and the signing key, from the variables
+/// `scripts/servers.sh` writes (`SYNCDATA_TEST_NATS_<ROLE>_USER` /
+/// `_PASSWORD`, `SYNCDATA_TEST_SIGNING_KEY`); unset ones are left out.
+fn role_env(binary: &str) -> Vec<(String, String)> {
+    let role = match binary {
+        "syncdata-producer" => "PRODUCER",
+        "syncdata" => "CONSUMER",
+        _ => return Vec::new(),
+    };
+    let var = |n: String| std::env::var(n).ok();
+    let mut out = Vec::new();
+    if let (Some(u), Some(p)) = (
+        var(format!("SYNCDATA_TEST_NATS_{role}_USER")),
+        var(format!("SYNCDATA_TEST_NATS_{role}_PASSWORD")),
+    ) {
+        out.push(("NATS_USER".to_owned(), u));
+        out.push(("NATS_PASSWORD".to_owned(), p));
+    }
+    if let Some(k) = var("SYNCDATA_TEST_SIGNING_KEY".to_owned()) {
+        out.push(("SYNCDATA_SIGNING_KEY".to_owned(), k));
+    }
+    out
+}
 
 /// Which PostgreSQL cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,8 +363,14 @@ impl Env {
 
     /// A connection to NATS with JetStream.
     pub async fn jetstream(&self) -> Result<jetstream::Context> {
-        let client = async_nats::ConnectOptions::new()
-            .name("syncdata-bench")
+        let mut opts = async_nats::ConnectOptions::new().name("syncdata-bench");
+        if let (Ok(u), Ok(p)) = (
+            std::env::var("SYNCDATA_TEST_NATS_ADMIN_USER"),
+            std::env::var("SYNCDATA_TEST_NATS_ADMIN_PASSWORD"),
+        ) {
+            opts = opts.user_and_password(u, p);
+        }
+        let client = opts
             .connect(self.nats_url.as_str())
             .await
             .with_context(|| format!("cannot connect to NATS at {}", self.nats_url))?;
@@ -367,6 +401,11 @@ impl Env {
             .kill_on_drop(true);
         for var in OVERRIDE_VARS {
             cmd.env_remove(var);
+        }
+        // This binary's NATS role and the signing key (see docs/trust.md).
+        let binary = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        for (k, v) in role_env(binary) {
+            cmd.env(k, v);
         }
         for (k, v) in extra_env {
             cmd.env(k, v);

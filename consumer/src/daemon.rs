@@ -19,6 +19,7 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
+use syncdata_core::signature::{self, SigningKey};
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject, telemetry};
 use tokio::task::JoinSet;
@@ -98,6 +99,56 @@ pub async fn ensure_consumer(
     Ok(consumer)
 }
 
+/// Refuses to run with credentials that may publish changes (or with none,
+/// on a server that lets anyone publish): whoever holds them could rewrite
+/// every local database. Asked for a subject under the prefix that no table
+/// uses and for every whitelisted table's subject (nothing is stored; see
+/// `nats::probe_publish`). `nats.allow_open = true` runs anyway, with a
+/// warning.
+pub async fn refuse_open_server(
+    client: &async_nats::Client,
+    errors: &mut nats::ServerErrors,
+    config: &Config,
+    tables: &[TableName],
+) -> anyhow::Result<()> {
+    let prefix = &config.nats.subject_prefix;
+    let mut subjects = vec![nats::probe_subject(client, prefix)];
+    subjects.extend(
+        tables
+            .iter()
+            .map(|t| subject::table_subject(prefix, &t.schema, &t.table)),
+    );
+    let mut open = false;
+    for s in &subjects {
+        open = nats::probe_publish(client, errors, s, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot tell whether this NATS connection may publish changes: {e}")
+            })?;
+        if open {
+            break;
+        }
+    }
+    if !open {
+        return Ok(());
+    }
+    if config.nats.allow_open {
+        warn!(
+            "this NATS connection may publish on {}.>: anyone with the same access can change \
+             every local table (running anyway: nats.allow_open = true)",
+            config.nats.subject_prefix
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to start: the NATS server lets this connection publish on {prefix}.>, so \
+         anyone with the same access could change every local table. Give the consumer \
+         credentials that may not publish there (see docs/trust.md), or set \
+         nats.allow_open = true for a throwaway setup",
+        prefix = config.nats.subject_prefix
+    )
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -136,7 +187,19 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             warn!(table = %t, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
         }
     }
-    let client = nats::connect(&config.nats, "syncdata").await?;
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    match &signer {
+        Some(key) => info!(fingerprint = %key.fingerprint(), "verifying every message's signature"),
+        None => warn!(
+            "no signing key (nats.signing_key_file or {}): messages are applied without checking \
+             that the producer sent them",
+            signature::KEY_ENV
+        ),
+    }
+    let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
+    refuse_open_server(&client, &mut server_errors, &config, &tables).await?;
     let js = jetstream::new(client.clone());
     let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
@@ -151,6 +214,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         pool.clone(),
         js,
         !replica,
+        signer,
     ));
     let workers_token = token.child_token();
     // A resync a crash interrupted: finish it before anything is pulled.

@@ -24,6 +24,11 @@ pub const H_SEQUENCE: &str = "Syncdata-Original-Sequence";
 pub const H_TABLE: &str = "Syncdata-Table";
 /// The destination (instance id) whose dead letter this is.
 pub const H_INSTANCE: &str = "Syncdata-Instance";
+/// The original message's signature and message id, so that a replay can
+/// verify the record again (a dead letter is never trusted more than the
+/// message it came from).
+pub const H_SIGNATURE: &str = "Syncdata-Original-Signature";
+pub const H_MSG_ID: &str = "Syncdata-Original-Msg-Id";
 
 pub struct DeadLetter<'a> {
     pub table: &'a TableName,
@@ -33,6 +38,8 @@ pub struct DeadLetter<'a> {
     pub attempts: u64,
     pub subject: String,
     pub sequence: u64,
+    pub signature: Option<String>,
+    pub msg_id: Option<String>,
 }
 
 /// Header values must be one line.
@@ -61,6 +68,12 @@ pub async fn publish(
     headers.insert(H_SUBJECT, dl.subject.as_str());
     headers.insert(H_SEQUENCE, dl.sequence.to_string().as_str());
     headers.insert(H_TABLE, header_safe(&dl.table.to_string()).as_str());
+    if let Some(sig) = &dl.signature {
+        headers.insert(H_SIGNATURE, header_safe(sig).as_str());
+    }
+    if let Some(id) = &dl.msg_id {
+        headers.insert(H_MSG_ID, header_safe(id).as_str());
+    }
     // The original stream sequence identifies the dead letter: a crash
     // between this publish and the ack cannot file it twice.
     headers.insert(

@@ -12,4 +12,5 @@ mod dead_letter;
 pub mod failure;
 pub mod store;
 mod supervise;
+pub(crate) mod trust;
 mod worker;

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dead_letter::{self, DeadLetter};
+use crate::trust::{self, Rejection, VersionMark};
+use syncdata_core::signature::SigningKey;
 
 /// What the workers of one process share. Generic over the target the
 /// engine writes to (the seam, `crate::apply::target`); the local store
@@ -42,6 +44,8 @@ pub struct WorkerShared<T: Target> {
     pub fk_transient: bool,
     /// Failed apply attempts (transient or permanent) since start.
     pub errors: AtomicU64,
+    /// Verifies every message's signature when set (see trust.rs).
+    pub signer: Option<SigningKey>,
     /// Rows added/updated/deleted per table since the last `take_counts`.
     counts: Mutex<HashMap<TableName, Counts>>,
     /// Records applied (changed local state) since the process started.
@@ -55,6 +59,7 @@ impl<T: Target> WorkerShared<T> {
         store: sqlx::PgPool,
         js: jetstream::Context,
         fk_transient: bool,
+        signer: Option<SigningKey>,
     ) -> WorkerShared<T> {
         WorkerShared {
             config,
@@ -63,6 +68,7 @@ impl<T: Target> WorkerShared<T> {
             js,
             fk_transient,
             errors: AtomicU64::new(0),
+            signer,
             counts: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
         }
@@ -107,6 +113,9 @@ enum Fate {
         error: String,
         sqlstate: Option<String>,
     },
+    /// Refused before the apply engine (forged, unsigned, version far
+    /// ahead): dead-lettered at once, never retried.
+    Reject(Rejection),
 }
 
 struct Item {
@@ -130,6 +139,7 @@ pub async fn run_table<T: Target>(
         tracing::error!(table = %table, "refusing to apply: {reason}");
         return;
     }
+    let mut mark = VersionMark::new();
     info!(table = %table, "worker started");
     // Checked once per batch: a batch that was fetched is always applied
     // and acked (or nakked) before the worker stops.
@@ -181,7 +191,7 @@ pub async fn run_table<T: Target>(
             let age = time::OffsetDateTime::now_utc() - i.published;
             (i.pending, age.as_seconds_f64().max(0.0))
         });
-        if process(&ctx, &table, msgs).await {
+        if process(&ctx, &table, &mut mark, msgs).await {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
@@ -267,10 +277,34 @@ async fn wait_for_durable(
 
 /// Applies and settles one fetched batch. Returns true when a transient
 /// failure left messages to retry.
-async fn process<T: Target>(ctx: &WorkerShared<T>, table: &TableName, msgs: Vec<Message>) -> bool {
+async fn process<T: Target>(
+    ctx: &WorkerShared<T>,
+    table: &TableName,
+    mark: &mut VersionMark,
+    msgs: Vec<Message>,
+) -> bool {
+    if let Err(e) = mark.ensure_loaded(&ctx.store, table).await {
+        // Without the mark no change can be checked: retry the batch.
+        warn!(table = %table, error = %e, "cannot read the table's applied versions; will retry");
+        for m in &msgs {
+            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+            nak(
+                m,
+                retry_policy(&ctx.config).delay_for(delivered.max(1) as u32),
+            )
+            .await;
+        }
+        return true;
+    }
+    let max_jump = ctx.config.consumer.max_version_jump;
+    let mut rejected: Vec<Option<Rejection>> = Vec::with_capacity(msgs.len());
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
+            let refused = ctx
+                .signer
+                .as_ref()
+                .and_then(|key| trust::check_signature(key, &msg).err());
             let (stream_seq, delivered) = msg
                 .info()
                 .map(|i| (i.stream_sequence, i.delivered))
@@ -287,6 +321,14 @@ async fn process<T: Target>(ctx: &WorkerShared<T>, table: &TableName, msgs: Vec<
                         ))
                     }
                 });
+            // Authenticity first; the version only of an authentic record.
+            let refused = refused.or_else(|| {
+                record
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| mark.check(table, r.lsn, max_jump).err())
+            });
+            rejected.push(refused);
             Item {
                 msg,
                 record,
@@ -299,6 +341,12 @@ async fn process<T: Target>(ctx: &WorkerShared<T>, table: &TableName, msgs: Vec<
     let mut fates: Vec<Option<Fate>> = items.iter().map(|_| None).collect();
     let mut good = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
+        if let Some(r) = rejected[i].take() {
+            warn!(table = %table, stream_seq = item.stream_seq, reason = r.reason, error = %r.error,
+                  "message refused before applying");
+            fates[i] = Some(Fate::Reject(r));
+            continue;
+        }
         match &item.record {
             Ok(_) => good.push(i),
             Err(e) => {
@@ -376,6 +424,11 @@ async fn process<T: Target>(ctx: &WorkerShared<T>, table: &TableName, msgs: Vec<
     }
     metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
         .record(started.elapsed().as_secs_f64());
+    for (item, fate) in items.iter().zip(&fates) {
+        if let (Some(Fate::Ack), Ok(r)) = (fate, &item.record) {
+            mark.observe(r.lsn);
+        }
+    }
 
     settle(ctx, table, items, fates).await
 }
@@ -398,14 +451,30 @@ async fn settle<T: Target>(
                 transient = true;
                 nak(&item.msg, delay).await;
             }
-            Fate::Poison { error, sqlstate } => {
-                warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
-                      error = %error, "record failed permanently");
-                if item.delivered < max_attempts {
-                    nak(&item.msg, delay).await;
-                    continue;
+            fate @ (Fate::Poison { .. } | Fate::Reject(_)) => {
+                let (error, sqlstate, rejection) = match fate {
+                    Fate::Poison { error, sqlstate } => (error, sqlstate, None),
+                    Fate::Reject(r) => (r.error.clone(), None, Some(r.reason)),
+                    _ => unreachable!("matched above"),
+                };
+                if rejection.is_none() {
+                    warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
+                          error = %error, "record failed permanently");
+                    if item.delivered < max_attempts {
+                        nak(&item.msg, delay).await;
+                        continue;
+                    }
                 }
+                let header = |name: &str| {
+                    item.msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
                 let dl = DeadLetter {
+                    signature: header(syncdata_core::signature::HEADER),
+                    msg_id: header("Nats-Msg-Id"),
                     table,
                     payload: item.msg.payload.clone(),
                     error,
@@ -422,7 +491,13 @@ async fn settle<T: Target>(
                 )
                 .await
                 {
-                    Ok(()) => acks.push(item.msg),
+                    Ok(()) => {
+                        if let Some(reason) = rejection {
+                            metrics::counter!("syncdata_messages_rejected_total", "reason" => reason)
+                                .increment(1);
+                        }
+                        acks.push(item.msg)
+                    }
                     Err(err) => {
                         warn!(table = %table, stream_seq = item.stream_seq, error = %err, "dead-lettering failed; will retry");
                         transient = true;

@@ -116,13 +116,47 @@ pub struct VerifyConfig {
     pub source_url: Option<String>,
 }
 
+/// A secret from the environment: never printed (Debug shows a placeholder).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated. Env: `NATS_URL`.
     pub url: String,
-    /// Credentials file (`.creds`), when the server requires one.
+    /// Credentials file (`.creds`: user JWT plus nkey seed), for servers in
+    /// operator/JWT mode. At most one way of authenticating is set.
     pub creds_file: Option<PathBuf>,
+    /// User name for user/password authentication. Env: `NATS_USER`.
+    pub user: Option<String>,
+    /// File holding the password (never the password itself in this file).
+    /// Env: `NATS_PASSWORD`.
+    pub password_file: Option<PathBuf>,
+    /// Password from `NATS_PASSWORD` (never read from the file's text).
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// File holding an authentication token. Env: `NATS_TOKEN`.
+    pub token_file: Option<PathBuf>,
+    /// Token from `NATS_TOKEN`.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+    /// File holding an nkey seed (`SU...`) for nkey authentication.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// `syncdata start` refuses to run against a server that lets it publish
+    /// changes (anyone with its credentials could then rewrite every local
+    /// database) unless this is true. For throwaway setups only.
+    pub allow_open: bool,
+    /// File holding the message signing key (at least 32 bytes). The
+    /// producer signs every message with it; a consumer verifies and
+    /// dead-letters anything unsigned or forged. Env: `SYNCDATA_SIGNING_KEY`.
+    pub signing_key_file: Option<PathBuf>,
     /// Require TLS (also implied by a `tls://` URL or any TLS file below).
     pub tls_required: bool,
     /// CA certificate(s) to trust for the server (PEM).
@@ -147,6 +181,14 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             creds_file: None,
+            user: None,
+            password_file: None,
+            password: None,
+            token_file: None,
+            token: None,
+            nkey_seed_file: None,
+            allow_open: false,
+            signing_key_file: None,
             tls_required: false,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -228,6 +270,10 @@ pub struct ConsumerConfig {
     pub max_backoff_ms: u64,
     /// Serve Prometheus metrics here (e.g. "127.0.0.1:9187"); off when unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Version sanity: a change whose LSN is more than this many bytes of
+    /// WAL ahead of the highest version applied (to its table, else to any
+    /// table) is held and dead-lettered, never applied. Default 1 TiB.
+    pub max_version_jump: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -241,6 +287,7 @@ impl Default for ConsumerConfig {
             pool_size: 4,
             max_backoff_ms: 30_000,
             metrics_addr: None,
+            max_version_jump: 1 << 40,
         }
     }
 }
@@ -494,6 +541,15 @@ impl Config {
         if let Some(v) = env("NATS_URL") {
             self.nats.url = v;
         }
+        if let Some(v) = env("NATS_USER") {
+            self.nats.user = Some(v);
+        }
+        if let Some(v) = env("NATS_PASSWORD") {
+            self.nats.password = Some(Secret(v));
+        }
+        if let Some(v) = env("NATS_TOKEN") {
+            self.nats.token = Some(Secret(v));
+        }
         Ok(())
     }
 
@@ -586,6 +642,12 @@ impl Config {
         if c.pool_size == 0 {
             return Err(invalid("consumer.pool_size", "must be at least 1"));
         }
+        if c.max_version_jump < 1 << 24 {
+            return Err(invalid(
+                "consumer.max_version_jump",
+                "must be at least 16777216 (16 MiB of WAL)",
+            ));
+        }
         if self.verify.source_url.is_some() {
             validate_source_url("verify.source_url", self.verify_source_url())
         } else {
@@ -642,6 +704,35 @@ impl Config {
                 "nats.tls_cert_file",
                 "give nats.tls_cert_file and nats.tls_key_file together",
             ));
+        }
+        let has_password = n.password.is_some() || n.password_file.is_some();
+        if n.user.is_some() != has_password {
+            return Err(invalid(
+                "nats.user",
+                "give nats.user and a password (nats.password_file or NATS_PASSWORD) together",
+            ));
+        }
+        let methods = [
+            n.user.is_some(),
+            n.token.is_some() || n.token_file.is_some(),
+            n.nkey_seed_file.is_some(),
+            n.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(invalid(
+                "nats.creds_file",
+                "set one way of authenticating: user and password, token, nkey seed or creds file",
+            ));
+        }
+        for (field, file) in [
+            ("nats.password_file", &n.password_file),
+            ("nats.token_file", &n.token_file),
+            ("nats.nkey_seed_file", &n.nkey_seed_file),
+            ("nats.signing_key_file", &n.signing_key_file),
+        ] {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                return Err(invalid(field, "must not be empty"));
+            }
         }
         if !(1..=5).contains(&n.replicas) {
             return Err(invalid("nats.replicas", "must be 1 to 5"));
@@ -892,6 +983,33 @@ metric_freq = 24
     }
 
     #[test]
+    fn nats_credentials_from_files_or_environment_never_printed() {
+        let mut c = Config::from_toml(
+            "pg_database = \"app\"\n[nats]\nuser = \"consumer\"\n\
+             password_file = \"/etc/syncdata/nats.password\"\nallow_open = false\n\
+             signing_key_file = \"/etc/syncdata/signing.key\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.consumer.max_version_jump, 1 << 40);
+        c.apply_env(env(&[
+            ("NATS_USER", "producer"),
+            ("NATS_PASSWORD", "pw-secret"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.nats.user.as_deref(), Some("producer"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw-secret"), "{shown}");
+        let mut t = Config::from_toml("pg_database = \"app\"\n").unwrap();
+        t.apply_env(env(&[("NATS_TOKEN", "tok-secret")])).unwrap();
+        t.validate().unwrap();
+        assert!(!format!("{t:?}").contains("tok-secret"));
+        // A password in the file's text is not a setting.
+        assert!(Config::from_toml("pg_database = \"app\"\n[nats]\npassword = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn invalid_values_name_their_field() {
         let base = "pg_database = \"app\"\n";
         let cases = [
@@ -925,6 +1043,17 @@ metric_freq = 24
             (
                 "[producer]\nsource_url = \"postgres://u@h/db?password=secret\"",
                 "producer.source_url",
+            ),
+            ("[nats]\nuser = \"consumer\"", "nats.user"),
+            ("[nats]\npassword_file = \"/p\"", "nats.user"),
+            (
+                "[nats]\ntoken_file = \"/t\"\ncreds_file = \"/c\"",
+                "nats.creds_file",
+            ),
+            ("[nats]\nsigning_key_file = \"\"", "nats.signing_key_file"),
+            (
+                "[consumer]\nmax_version_jump = 5",
+                "consumer.max_version_jump",
             ),
         ];
         for (extra, field) in cases {

@@ -11,6 +11,7 @@ pub mod private_fs;
 pub mod record;
 pub mod redact;
 pub mod retry;
+pub mod signature;
 pub mod subject;
 pub mod table;
 pub mod telemetry;

@@ -52,6 +52,10 @@ const OVERRIDE_VARS: &[&str] = &[
     "DATA_SYNC_FREQ",
     "METRIC_FREQ",
     "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "SYNCDATA_SIGNING_KEY",
 ];
 
 #[derive(Debug, Parser)]
@@ -82,6 +86,71 @@ struct Args {
     /// Seconds to wait for the local copy to match.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// NATS users (scripts/servers.sh makes them; see docs/trust.md). The
+    /// passwords come from the environment only. Without them the demo runs
+    /// against an open server (`nats.allow_open`).
+    #[arg(long, env = "SYNCDATA_TEST_NATS_PRODUCER_USER")]
+    nats_producer_user: Option<String>,
+    #[arg(long, env = "SYNCDATA_TEST_NATS_CONSUMER_USER")]
+    nats_consumer_user: Option<String>,
+    /// Deletes the demo's streams before the run.
+    #[arg(long, env = "SYNCDATA_TEST_NATS_ADMIN_USER")]
+    nats_admin_user: Option<String>,
+    #[arg(skip = std::env::var("SYNCDATA_TEST_NATS_PRODUCER_PASSWORD").ok())]
+    nats_producer_password: Option<String>,
+    #[arg(skip = std::env::var("SYNCDATA_TEST_NATS_CONSUMER_PASSWORD").ok())]
+    nats_consumer_password: Option<String>,
+    #[arg(skip = std::env::var("SYNCDATA_TEST_NATS_ADMIN_PASSWORD").ok())]
+    nats_admin_password: Option<String>,
+    /// The message signing key (environment only: SYNCDATA_TEST_SIGNING_KEY,
+    /// else SYNCDATA_SIGNING_KEY); the producer signs, the consumers verify.
+    #[arg(skip = std::env::var("SYNCDATA_TEST_SIGNING_KEY")
+        .or_else(|_| std::env::var("SYNCDATA_SIGNING_KEY")).ok())]
+    signing_key: Option<String>,
+}
+
+/// `[nats]` lines authenticating as one user with its password in a file
+/// (0600) in `dir`, plus the signing key file; or `allow_open` without a user.
+fn nats_auth_lines(
+    dir: &Path,
+    role: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    key_file: Option<&Path>,
+) -> Result<String> {
+    let mut s = String::new();
+    match (user, password) {
+        (Some(user), Some(password)) => {
+            let file = write_secret(dir, &format!("nats-{role}.password"), password)?;
+            s += &format!("user = {}\n", toml_str(user));
+            s += &format!("password_file = {}\n", toml_str(path_str(&file)?));
+        }
+        _ => s += "allow_open = true\n",
+    }
+    if let Some(key) = key_file {
+        s += &format!("signing_key_file = {}\n", toml_str(path_str(key)?));
+    }
+    Ok(s)
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("the work directory path is not UTF-8")
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(dir: &Path, name: &str, secret: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    Ok(path)
 }
 
 #[tokio::main]
@@ -177,13 +246,50 @@ async fn run(args: Args) -> Result<bool> {
 
     // 3. Config, clean streams and archive.
     let config_path = workdir.join("config.toml");
-    let config_text = config_toml(&base, &args.pg_url, &args.nats_url, &archive, &rules_path)?;
+    let key_file = match &args.signing_key {
+        Some(key) => Some(write_secret(&workdir, "signing.key", key)?),
+        None => {
+            println!("no signing key in the environment: messages go unsigned and unverified");
+            None
+        }
+    };
+    let consumer_auth = nats_auth_lines(
+        &workdir,
+        "consumer",
+        args.nats_consumer_user.as_deref(),
+        args.nats_consumer_password.as_deref(),
+        key_file.as_deref(),
+    )?;
+    let producer_auth = nats_auth_lines(
+        &workdir,
+        "producer",
+        args.nats_producer_user.as_deref(),
+        args.nats_producer_password.as_deref(),
+        key_file.as_deref(),
+    )?;
+    if consumer_auth.contains("allow_open") {
+        println!("no NATS credentials in the environment: running against an open server (nats.allow_open)");
+    }
+    let config_text = config_toml(
+        &base,
+        &args.pg_url,
+        &args.nats_url,
+        &consumer_auth,
+        &archive,
+        &rules_path,
+    )?;
     std::fs::write(&config_path, config_text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load_from(&config_path, |_| None)
         .context("the demo wrote a config file the project does not accept")?;
     println!("config written to {}", config_path.display());
-    reset_streams(&config).await?;
+    let mut admin_config = config.clone();
+    if let (Some(user), Some(password)) = (&args.nats_admin_user, &args.nats_admin_password) {
+        admin_config.nats.user = Some(user.clone());
+        admin_config.nats.password_file = None;
+        admin_config.nats.password = Some(syncdata_core::config::Secret(password.clone()));
+    }
+    reset_streams(&admin_config).await?;
     if archive.exists() {
         std::fs::remove_dir_all(&archive)
             .with_context(|| format!("cannot clear {}", archive.display()))?;
@@ -208,13 +314,19 @@ async fn run(args: Args) -> Result<bool> {
     // address its Prometheus endpoint listens on.
     let mut endpoints = Vec::new();
     let producer_port = free_port()?;
-    let producer_config = process_config(&config_path, "producer", "producer", producer_port)?;
+    let producer_config = process_config(
+        &config_path,
+        "producer",
+        "producer",
+        producer_port,
+        Some((&consumer_auth, &producer_auth)),
+    )?;
     procs.spawn(&bins.producer, &["run"], "producer", &producer_config)?;
     endpoints.push(("producer".to_owned(), producer_port));
     for i in 1..=args.consumers {
         let name = format!("consumer-{i}");
         let port = free_port()?;
-        let config = process_config(&config_path, &name, "consumer", port)?;
+        let config = process_config(&config_path, &name, "consumer", port, None)?;
         procs.spawn(&bins.consumer, &["start"], &name, &config)?;
         endpoints.push((name, port));
     }
@@ -383,6 +495,7 @@ fn config_toml(
     base: &PgConnectOptions,
     pg_url: &str,
     nats_url: &str,
+    nats_auth: &str,
     archive: &Path,
     rules: &Path,
 ) -> Result<String> {
@@ -408,6 +521,7 @@ fn config_toml(
     s += &format!("subject_prefix = {}\n", toml_str(SUBJECT_PREFIX));
     s += &format!("dlq_stream = {}\n", toml_str(DLQ_STREAM));
     s += &format!("dlq_subject_prefix = {}\n", toml_str(DLQ_SUBJECT_PREFIX));
+    s += nats_auth;
     s += "\n[producer]\n";
     s += &format!("rules_file = {}\n", toml_str(rules));
     Ok(s)
@@ -422,10 +536,20 @@ fn free_port() -> Result<u16> {
 }
 
 /// `<workdir>/<name>.toml`: the shared config plus `[<section>]
-/// metrics_addr` on `port`, checked like the shared one.
-fn process_config(shared: &Path, name: &str, section: &str, port: u16) -> Result<PathBuf> {
+/// metrics_addr` on `port`, checked like the shared one; `auth` replaces the
+/// shared config's NATS credential lines with another role's.
+fn process_config(
+    shared: &Path,
+    name: &str,
+    section: &str,
+    port: u16,
+    auth: Option<(&str, &str)>,
+) -> Result<PathBuf> {
     let mut text = std::fs::read_to_string(shared)
         .with_context(|| format!("cannot read {}", shared.display()))?;
+    if let Some((from, to)) = auth {
+        text = text.replace(from, to);
+    }
     let header = format!("\n[{section}]\n");
     let setting = format!("metrics_addr = \"127.0.0.1:{port}\"\n");
     match text.find(&header) {
@@ -887,6 +1011,7 @@ mod tests {
             &base,
             url,
             "nats://127.0.0.1:4333",
+            "user = \"consumer\"\npassword_file = \"/tmp/nats-consumer.password\"\n",
             Path::new("/tmp/a \"dir\"/archive"),
             Path::new("/tmp/rules.toml"),
         )

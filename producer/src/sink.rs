@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use syncdata_core::signature::{self, SigningKey};
 
 /// The server's answer to one accepted publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,17 +58,30 @@ pub trait Sink: Send {
 }
 
 /// Publishes to a JetStream stream, with `Nats-Msg-Id` set for server-side
-/// deduplication.
+/// deduplication and, with a signing key, the message signature
+/// (`Syncdata-Signature`, see `syncdata_core::signature`).
 pub struct JetStreamSink {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Config,
+    signer: Option<SigningKey>,
 }
 
 impl JetStreamSink {
     pub fn new(client: async_nats::Client, stream: stream::Config) -> Self {
         let js = jetstream::new(client.clone());
-        JetStreamSink { client, js, stream }
+        JetStreamSink {
+            client,
+            js,
+            stream,
+            signer: None,
+        }
+    }
+
+    /// Signs every message with `key`.
+    pub fn with_signer(mut self, key: SigningKey) -> Self {
+        self.signer = Some(key);
+        self
     }
 }
 
@@ -100,6 +114,9 @@ impl Sink for JetStreamSink {
     ) -> Result<AckFuture, SinkError> {
         let size = payload.len();
         let mut headers = async_nats::HeaderMap::new();
+        if let Some(key) = &self.signer {
+            headers.insert(signature::HEADER, key.sign(&subject, &msg_id, &payload));
+        }
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let ack = self
             .js

@@ -96,6 +96,63 @@ pub fn nats_url() -> String {
     required_env("SYNCDATA_TEST_NATS_URL")
 }
 
+/// One of the NATS users `scripts/servers.sh` creates (see docs/trust.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsRole {
+    /// May publish changes, nothing else of note.
+    Producer,
+    /// May pull and ack, dead-letter and stop; never publish a change.
+    Consumer,
+    /// May do anything: for tests that inspect or hand-craft streams.
+    Admin,
+}
+
+impl NatsRole {
+    fn env_name(self) -> &'static str {
+        match self {
+            NatsRole::Producer => "PRODUCER",
+            NatsRole::Consumer => "CONSUMER",
+            NatsRole::Admin => "ADMIN",
+        }
+    }
+
+    /// `(user, password)` from `SYNCDATA_TEST_NATS_<ROLE>_USER` / `_PASSWORD`.
+    pub fn credentials(self) -> (String, String) {
+        let r = self.env_name();
+        (
+            required_env(&format!("SYNCDATA_TEST_NATS_{r}_USER")),
+            required_env(&format!("SYNCDATA_TEST_NATS_{r}_PASSWORD")),
+        )
+    }
+}
+
+/// The message signing key of this test run (`SYNCDATA_TEST_SIGNING_KEY`).
+pub fn signing_key() -> syncdata_core::signature::SigningKey {
+    syncdata_core::signature::SigningKey::new(
+        required_env("SYNCDATA_TEST_SIGNING_KEY").as_bytes(),
+        "SYNCDATA_TEST_SIGNING_KEY",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Headers signing a hand-made change message as the producer would (no
+/// message id): tests that publish records themselves use these.
+pub fn signed_headers(subject: &str, payload: &[u8]) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        syncdata_core::signature::HEADER,
+        signing_key().sign(subject, "", payload).as_str(),
+    );
+    h
+}
+
+/// The account, users and permissions block of the shared server
+/// (`SYNCDATA_TEST_NATS_AUTH_CONF`), reused by private servers.
+fn nats_auth_conf() -> String {
+    let path = required_env("SYNCDATA_TEST_NATS_AUTH_CONF");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}; {HOW_TO_START}"))
+}
+
 /// Monitoring URL of the shared nats-server (`SYNCDATA_TEST_NATS_MONITOR`).
 pub fn nats_monitor_url() -> String {
     required_env("SYNCDATA_TEST_NATS_MONITOR")
@@ -255,10 +312,23 @@ pub fn allow_unsanitized_unless_set(extra_toml: &str) -> String {
     }
 }
 
+/// Writes a secret into `dir/name`, readable by its owner only.
+fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, secret).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    path
+}
+
 /// Writes `dir/config.toml` in the project's configuration format, pointing
 /// at `db`, the stream `names` on `nats_url` and `archive_dir` (not created
 /// here). `extra_toml` is appended after the `[nats]` table, so it may add
 /// `[consumer]` and `[producer]` tables but no top-level keys.
+///
+/// The `[nats]` table carries the consumer's credentials and the signing
+/// key (files next to the config); [`Proc::spawn`] gives `syncdata-producer`
+/// the producer's credentials through `NATS_USER` / `NATS_PASSWORD`.
 pub fn write_config(
     dir: &Path,
     db: &TestDb,
@@ -267,6 +337,14 @@ pub fn write_config(
     archive_dir: &Path,
     extra_toml: &str,
 ) -> PathBuf {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let (consumer_user, consumer_password) = NatsRole::Consumer.credentials();
+    let password_file = write_secret(dir, "nats-consumer.password", &consumer_password);
+    let key_file = write_secret(
+        dir,
+        "signing.key",
+        &required_env("SYNCDATA_TEST_SIGNING_KEY"),
+    );
     let text = format!(
         "pg_host = {pg_host}\n\
          pg_port = {pg_port}\n\
@@ -281,6 +359,9 @@ pub fn write_config(
          subject_prefix = {subject_prefix}\n\
          dlq_stream = {dlq_stream}\n\
          dlq_subject_prefix = {dlq_subject_prefix}\n\
+         user = {user}\n\
+         password_file = {password_file}\n\
+         signing_key_file = {signing_key_file}\n\
          \n\
          {extra_toml}\n",
         extra_toml = allow_unsanitized_unless_set(extra_toml),
@@ -294,8 +375,10 @@ pub fn write_config(
         subject_prefix = toml_str(&names.subject_prefix),
         dlq_stream = toml_str(&names.dlq_stream),
         dlq_subject_prefix = toml_str(&names.dlq_subject_prefix),
+        user = toml_str(&consumer_user),
+        password_file = toml_str(&password_file.to_string_lossy()),
+        signing_key_file = toml_str(&key_file.to_string_lossy()),
     );
-    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let path = dir.join("config.toml");
     fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
@@ -343,6 +426,10 @@ const CONFIG_ENV_OVERRIDES: &[&str] = &[
     "DATA_SYNC_FREQ",
     "METRIC_FREQ",
     "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "SYNCDATA_SIGNING_KEY",
 ];
 
 /// A workspace binary running as a child process, its stdout and stderr in a
@@ -365,7 +452,15 @@ impl Proc {
         env: &[(&str, &str)],
         log_dir: &Path,
     ) -> Proc {
-        Proc::spawn_program(&bin(name), args, config, env, log_dir)
+        // The producer's NATS role; `env` may still override it.
+        let producer = (name == "syncdata-producer").then(|| NatsRole::Producer.credentials());
+        let mut all: Vec<(&str, &str)> = Vec::new();
+        if let Some((user, password)) = &producer {
+            all.push(("NATS_USER", user));
+            all.push(("NATS_PASSWORD", password));
+        }
+        all.extend_from_slice(env);
+        Proc::spawn_program(&bin(name), args, config, &all, log_dir)
     }
 
     /// [`Proc::spawn`] for any program, e.g. a system tool.
@@ -549,10 +644,20 @@ where
 // NATS helpers
 // ---------------------------------------------------------------------------
 
-/// Connects to NATS, panicking (with how to start the servers) on failure.
+/// Connects to NATS as the admin user (see [`NatsRole`]), panicking (with
+/// how to start the servers) on failure.
 pub async fn nats_connect(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
+    nats_connect_as(url, Some(NatsRole::Admin)).await
+}
+
+/// Connects to NATS as `role`, or anonymously with None.
+pub async fn nats_connect_as(url: &str, role: Option<NatsRole>) -> async_nats::Client {
+    let mut opts = async_nats::ConnectOptions::new();
+    if let Some(role) = role {
+        let (user, password) = role.credentials();
+        opts = opts.user_and_password(user, password);
+    }
+    opts.connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to NATS at {url}: {e}; {HOW_TO_START}"))
@@ -629,7 +734,9 @@ impl NatsServer {
     pub async fn start(dir: &Path) -> NatsServer {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let conf_path = dir.join("nats-server.conf");
-        fs::write(&conf_path, NATS_CONF).expect("cannot write nats-server.conf");
+        // The same users and permissions as the shared server.
+        fs::write(&conf_path, format!("{NATS_CONF}{}", nats_auth_conf()))
+            .expect("cannot write nats-server.conf");
         let mut last_log = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -1025,4 +1132,19 @@ impl Drop for PgServer {
             self.running = false;
         }
     }
+}
+
+/// Publishes a hand-made change record signed as the producer would sign it
+/// (see [`signed_headers`]); returns the PubAck future.
+pub async fn publish_signed(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    payload: Vec<u8>,
+) -> Result<
+    async_nats::jetstream::context::PublishAckFuture,
+    async_nats::jetstream::context::PublishError,
+> {
+    let headers = signed_headers(&subject, &payload);
+    js.publish_with_headers(subject, headers, payload.into())
+        .await
 }

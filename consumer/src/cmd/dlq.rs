@@ -16,6 +16,9 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use sqlx::PgPool;
 use syncdata_core::config::Config;
+use syncdata_core::signature::SigningKey;
+
+use crate::trust::VersionMark;
 use syncdata_core::nats;
 use syncdata_core::record::Record;
 use syncdata_core::subject::{
@@ -26,7 +29,8 @@ use syncdata_core::{errln, outln};
 
 use crate::apply::{Applier, Disposition, Incoming};
 use crate::dead_letter::{
-    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_SEQUENCE, H_SQLSTATE, H_SUBJECT, H_TABLE,
+    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_MSG_ID, H_SEQUENCE, H_SIGNATURE, H_SQLSTATE, H_SUBJECT,
+    H_TABLE,
 };
 use crate::{failure, store};
 
@@ -209,6 +213,13 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
     let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
     let replica = store::may_set_replica_role(&dlq.pool).await?;
     let applier = Applier::new(dlq.pool.clone(), replica);
+    // A dead letter is trusted no more than the message it came from: with a
+    // signing key, its original signature is checked again, and a change far
+    // ahead of what the table has applied is held, as the worker does.
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    let mut marks: std::collections::HashMap<TableName, VersionMark> = Default::default();
     let (mut replayed, mut kept) = (0, 0);
     for m in msgs {
         let id = m.sequence;
@@ -220,7 +231,26 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
             if !whitelist.contains(&table) {
                 return Err(format!("{table} is not whitelisted here"));
             }
+            if let Some(key) = &signer {
+                let subject = header(&m, H_SUBJECT).unwrap_or_default();
+                let msg_id = header(&m, H_MSG_ID).unwrap_or_default();
+                key.verify(
+                    &subject,
+                    &msg_id,
+                    &m.payload,
+                    header(&m, H_SIGNATURE).as_deref(),
+                )
+                .map_err(|e| {
+                    format!("not applied: {e} (only the producer's signed messages are applied)")
+                })?;
+            }
             let record = Record::parse(&m.payload).map_err(|e| e.to_string())?;
+            let mark = marks.entry(table.clone()).or_default();
+            mark.ensure_loaded(&dlq.pool, &table)
+                .await
+                .map_err(|e| format!("cannot read the table's applied versions: {e}"))?;
+            mark.check(&table, record.lsn, config.consumer.max_version_jump)
+                .map_err(|r| r.error)?;
             if record.schema != table.schema || record.table != table.table {
                 return Err(format!(
                     "the record names another table than {table}, its dead-letter subject"

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use syncdata_core::config::Config;
 use syncdata_core::nats;
+use syncdata_core::signature::SigningKey;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,13 +35,29 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         0.0
     });
     syncdata_core::private_fs::warn_if_exposed(&settings.archive_dir, "archive");
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    match &signer {
+        Some(key) => {
+            tracing::info!(fingerprint = %key.fingerprint(), "signing every message")
+        }
+        None => tracing::warn!(
+            "no signing key (nats.signing_key_file or {}): messages are published unsigned, \
+             and consumers that verify will dead-letter them",
+            syncdata_core::signature::KEY_ENV
+        ),
+    }
     let span = tracing::info_span!("producer", archive = %settings.archive_dir.display());
     async move {
         let client = tokio::select! {
             _ = token.cancelled() => return Ok(()),
             client = nats::connect(&config.nats, "syncdata-producer") => client?,
         };
-        let sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
+        let mut sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
+        if let Some(key) = signer {
+            sink = sink.with_signer(key);
+        }
         // Before the stream: a broken checkpoint should fail first and loudly.
         let mut publisher = Publisher::new(sink, settings)?;
         if let Some(sanitizer) = sanitizer {

@@ -922,6 +922,23 @@ fn set_nats(t: &mut toml::Table, names: &TestNames) {
     );
 }
 
+/// The stack's NATS user and signing key files, replaced by the test
+/// server's (the stack's own secrets are for its own nats-server).
+fn set_auth(t: &mut toml::Table, role: support::NatsRole, dir: &Path) {
+    let (user, password) = role.credentials();
+    let password_file = dir.join(format!("nats-{user}.password"));
+    std::fs::write(&password_file, password).unwrap();
+    let key_file = dir.join("signing.key");
+    std::fs::write(
+        &key_file,
+        std::env::var("SYNCDATA_TEST_SIGNING_KEY").unwrap(),
+    )
+    .unwrap();
+    set(t, "nats.user", user);
+    set(t, "nats.password_file", password_file.display().to_string());
+    set(t, "nats.signing_key_file", key_file.display().to_string());
+}
+
 fn write_toml(path: &Path, t: &toml::Table) -> PathBuf {
     std::fs::write(path, toml::to_string(t).unwrap()).unwrap();
     path.to_owned()
@@ -1145,6 +1162,7 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
     );
     set(&mut p, "source.slot", slot.clone());
     set_nats(&mut p, &names);
+    set_auth(&mut p, support::NatsRole::Producer, dir.path());
     let producer_config = write_toml(&dir.path().join("producer.toml"), &p);
     let _slot_guard = SlotGuard {
         url: src.url.clone(),
@@ -1158,6 +1176,7 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
         set(&mut c, "pg_database", local.name.clone());
         set(&mut c, "consumer.metrics_addr", format!("127.0.0.1:{port}"));
         set_nats(&mut c, &names);
+        set_auth(&mut c, support::NatsRole::Consumer, dir.path());
         write_toml(&dir.path().join(format!("consumer-{port}.toml")), &c)
     };
     let consumer_ports = [free_port(), free_port()];
@@ -1268,11 +1287,14 @@ async fn the_stack_runs_without_docker_and_exports_every_dashboard_metric() {
     let poison = json!({
         "schema": "public", "table": "customers", "op": "INSERT",
         "data": {"id": -1, "email": "poison@example.com", "balance": "not a number"},
-        "lsn": "FFFFFFF/0", "seq": 0
+        // Newer than anything the stack wrote, yet within the version
+        // sanity rule's 1 TiB (docs/trust.md), so it reaches the apply.
+        "lsn": "FF/0", "seq": 0
     });
-    js.publish(
+    support::publish_signed(
+        &js,
         table_subject(&names.subject_prefix, "public", "customers"),
-        poison.to_string().into(),
+        poison.to_string().into_bytes(),
     )
     .await
     .expect("publish")

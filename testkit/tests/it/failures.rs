@@ -165,7 +165,7 @@ async fn publish_payloads(names: &TestNames, msgs: &[(String, Vec<u8>)]) -> Vec<
     let mut acks = Vec::new();
     for (subject, payload) in msgs {
         acks.push(
-            js.publish(subject.clone(), payload.clone().into())
+            support::publish_signed(&js, subject.clone(), payload.clone())
                 .await
                 .expect("publish"),
         );

@@ -16,5 +16,6 @@ mod producer;
 mod sanitize;
 mod source;
 mod support_smoke;
+mod trust;
 mod values;
 mod workload;

@@ -120,7 +120,11 @@ impl World {
         let mut acks = Vec::new();
         for r in records {
             let subject = table_subject(&self.names.subject_prefix, &r.schema, &r.table);
-            acks.push(js.publish(subject, r.to_json().into()).await.unwrap());
+            acks.push(
+                support::publish_signed(&js, subject, r.to_json())
+                    .await
+                    .unwrap(),
+            );
             if acks.len() >= 1000 {
                 for a in acks.drain(..) {
                     a.await.expect("puback");
@@ -199,7 +203,11 @@ async fn publish_to(subject: &str, payloads: Vec<Vec<u8>>) {
     let js = js().await;
     let mut acks = Vec::new();
     for p in payloads {
-        acks.push(js.publish(subject.to_owned(), p.into()).await.unwrap());
+        acks.push(
+            support::publish_signed(&js, subject.to_owned(), p)
+                .await
+                .unwrap(),
+        );
         if acks.len() >= 1000 {
             for a in acks.drain(..) {
                 a.await.expect("puback");

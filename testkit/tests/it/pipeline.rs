@@ -65,7 +65,7 @@ pub(crate) async fn publish_raw(names: &TestNames, records: &[Record]) {
     for r in records {
         let subject = table_subject(&names.subject_prefix, &r.schema, &r.table);
         acks.push(
-            js.publish(subject, r.to_json().into())
+            support::publish_signed(&js, subject, r.to_json())
                 .await
                 .expect("publish"),
         );
