@@ -122,14 +122,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("syncdata-bench: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    syncdata_testkit::harness::exit_code("syncdata-bench", run(args).await, 2)
 }
 
 /// Ok(false) when a measurement could not be taken (its row says why).

@@ -41,16 +41,7 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Settings shared with `scripts/servers.sh`: logical decoding for wal2json,
 /// room for many parallel tests, and no durability (the data is throwaway).
-const PG_SETTINGS: &str = "\
-wal_level = logical
-max_connections = 300
-max_wal_senders = 10
-max_replication_slots = 10
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 128MB
-";
+const PG_SETTINGS: &str = include_str!("../../scripts/postgresql-test.conf");
 
 /// Records up to 8 MB must fit in one NATS message (server default: 1 MB).
 const NATS_CONF: &str = "max_payload: 8388608\n";
@@ -267,6 +258,25 @@ pub fn write_config(
 // ---------------------------------------------------------------------------
 // Binaries and child processes
 // ---------------------------------------------------------------------------
+
+/// The exit code of a dev tool (the demo, the benchmarks) whose `run`
+/// gave `outcome`: 0 for `Ok(true)`, 1 for `Ok(false)` (it ran, the result
+/// is a failure), `on_error` for an error, which is printed with its causes
+/// as `<program>: error: …`.
+pub fn exit_code(
+    program: &str,
+    outcome: anyhow::Result<bool>,
+    on_error: u8,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::from(on_error)
+        }
+    }
+}
 
 /// The directory of the running executable, the target profile directory
 /// (`target/<profile>`) for a test binary in `deps/`: where cargo puts the
@@ -741,6 +751,67 @@ pub async fn js_stream_message_count(nats_url: &str, stream: &str) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("cannot read info of JetStream stream {stream}: {e}"));
     info.state.messages
+}
+
+/// Creates the change stream of `names` (subjects `<subject_prefix>.>`)
+/// unless it exists, as the producer would.
+pub async fn ensure_change_stream(js: &async_nats::jetstream::Context, names: &TestNames) {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}.>", names.subject_prefix)],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "cannot create or read JetStream stream {}: {e}",
+            names.stream
+        )
+    });
+}
+
+/// Every message in JetStream stream `stream` (none when it does not
+/// exist), in order: (subject, payload). Panics when one does not arrive
+/// within 10 s.
+pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u8>)> {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+    let js = jetstream::new(nats_connect(nats_url).await);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let total = s
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("cannot read info of JetStream stream {stream}: {e}"))
+        .state
+        .messages;
+    if total == 0 {
+        return Vec::new();
+    }
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot read JetStream stream {stream}: {e}"));
+    let mut msgs = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("cannot read JetStream stream {stream}: {e}"));
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
+        let Ok(Some(Ok(m))) = next else {
+            panic!(
+                "stream {stream} ended after {} of {total} messages",
+                out.len()
+            );
+        };
+        out.push((m.subject.to_string(), m.payload.to_vec()));
+    }
+    out
 }
 
 /// A free TCP port on 127.0.0.1 right now (another process may still take it

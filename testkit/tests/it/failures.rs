@@ -120,16 +120,6 @@ async fn js() -> jetstream::Context {
     jetstream::new(support::nats_connect(&support::nats_url()).await)
 }
 
-async fn ensure_change_stream(js: &jetstream::Context, names: &TestNames) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}.>", names.subject_prefix)],
-        ..Default::default()
-    })
-    .await
-    .expect("change stream");
-}
-
 fn subject_of(names: &TestNames, table: &str) -> String {
     table_subject(&names.subject_prefix, "public", table)
 }
@@ -138,7 +128,7 @@ fn subject_of(names: &TestNames, table: &str) -> String {
 /// on their subjects; returns each one's stream sequence.
 async fn publish_payloads(names: &TestNames, msgs: &[(String, Vec<u8>)]) -> Vec<u64> {
     let js = js().await;
-    ensure_change_stream(&js, names).await;
+    support::ensure_change_stream(&js, names).await;
     let mut seqs = Vec::with_capacity(msgs.len());
     let mut acks = Vec::new();
     for (subject, payload) in msgs {
