@@ -1,15 +1,21 @@
-//! Integration-test support: reaches the real PostgreSQL and nats-server that
-//! `scripts/test.sh` starts (through the `SYNCDATA_TEST_*` variables), gives
-//! every test its own database and stream names, runs the workspace binaries
-//! as child processes, and starts private servers for tests that must kill or
-//! restart one.
+//! The one harness of the integration tests, the demo and the benchmarks:
+//! reaches the real PostgreSQL and nats-server that `scripts/test.sh` starts
+//! (through the `SYNCDATA_TEST_*` variables), gives every test its own
+//! database and stream names, writes configuration files, finds the
+//! workspace binaries (debug or release) and runs them as child processes
+//! with an environment that cannot redirect them, stops them, scrapes their
+//! `/metrics`, and starts private servers for tests that must kill or restart
+//! one.
 //!
 //! Invariant: a missing or unreachable server fails the test with a message
-//! saying how to start the servers; nothing here ever skips a test.
+//! saying how to start the servers; nothing here ever skips a test. The
+//! fallible forms (`anyhow::Result`: [`bin_in`], [`Proc::start`],
+//! [`poll_until`], [`scrape`]) are for the demo and the benchmarks, which
+//! report errors instead of panicking.
 //!
 //! Conventions: functions that wait for a server to answer are `async`
 //! (tokio); functions that only signal or stop something are plain. Waiting
-//! is always `wait_until` with a timeout, never a bare sleep.
+//! is always `wait_until`/`poll_until` with a timeout, never a bare sleep.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
