@@ -10,7 +10,7 @@
 # starts two throwaway PostgreSQL 15 clusters (a source with
 # wal_level=logical and wal2json, a target) and a JetStream nats-server on
 # free loopback ports, runs `syncdata-bench` (extra arguments go to it; see
-# `target/release/syncdata-bench --help`), and stops the servers. The table
+# `cargo run --release -p syncdata-bench -- --help`), and stops the servers. The table
 # is printed and written to bench/results.md (or $SYNCDATA_BENCH_RESULTS).
 #
 # A benchmark, not a test: it exits non-zero only when a measurement could
@@ -69,7 +69,9 @@ fi
 RESULTS=${SYNCDATA_BENCH_RESULTS:-bench/results.md}
 step "syncdata-bench $*"
 set +e
-target/release/syncdata-bench \
+# `cargo run` finds the binary in cargo's target directory (CARGO_TARGET_DIR
+# honoured); everything is already built, so it only runs it.
+cargo run --release --quiet -p syncdata-bench -- \
     --source-url "$SOURCE_URL" \
     --target-url "$TARGET_URL" \
     --nats-url "$NATS_URL" \

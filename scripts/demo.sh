@@ -12,7 +12,9 @@
 # table by table with an in-order replay of the same history. The producer
 # and every consumer serve Prometheus metrics on free loopback ports; the
 # demo scrapes them at the end and prints a summary line. Extra arguments
-# go to syncdata-demo (see `target/debug/syncdata-demo --help`).
+# go to syncdata-demo (see `cargo run -p syncdata-demo -- --help`). The
+# binaries are built and found wherever cargo puts them (CARGO_TARGET_DIR or
+# build.target-dir honoured).
 #
 # Exits with the demo's status: 0 only when every table matches. The servers
 # are always stopped; on failure the work directory (config, change files,
@@ -52,7 +54,9 @@ source "$DIR/env"
 
 step "syncdata-demo $*"
 set +e
-target/debug/syncdata-demo \
+# `cargo run` finds the binary in cargo's target directory, wherever that
+# is; everything is already built, so it only runs it.
+cargo run --quiet -p syncdata-demo -- \
     --pg-url "$SYNCDATA_TEST_PG_URL" \
     --nats-url "$SYNCDATA_TEST_NATS_URL" \
     --workdir "$DIR/demo" \

@@ -21,6 +21,8 @@
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
+# Server settings shared with the test harness's private servers.
+PG_SETTINGS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/postgresql-test.conf
 
 die() {
     echo "servers.sh: error: $*" >&2
@@ -123,19 +125,11 @@ start_pg() {
 
     for attempt in 1 2 3 4 5; do
         port=$(pick_port)
-        as_pg tee "$DIR/pg/syncdata.conf" >/dev/null <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$DIR/pgsock'
-wal_level = logical
-max_connections = 300
-max_wal_senders = 10
-max_replication_slots = 10
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 128MB
-EOF
+        {
+            printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" \
+                "$port" "$DIR/pgsock"
+            cat "$PG_SETTINGS"
+        } | as_pg tee "$DIR/pg/syncdata.conf" >/dev/null
         if as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -t 60 start >/dev/null 2>&1; then
             PG_PORT=$port
             break

@@ -3,7 +3,7 @@
 //! child processes (with their peak RSS), and JetStream progress.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -11,26 +11,8 @@ use anyhow::{bail, Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use syncdata_core::config::CONFIG_ENV;
 use syncdata_core::subject;
-
-/// Environment variables that override a config file: the children must see
-/// only the file the harness wrote.
-const OVERRIDE_VARS: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-    "NATS_USER",
-    "NATS_PASSWORD",
-    "NATS_TOKEN",
-    "SYNCDATA_SIGNING_KEY",
-    "SYNCDATA_SANITIZE_KEY",
-];
+use syncdata_testkit::harness::{self, tail, ConfigFile, Proc, TestNames};
 
 /// The NATS user of each role and the signing key, from the variables
 /// `scripts/servers.sh` writes (`SYNCDATA_TEST_NATS_<ROLE>_USER` /
@@ -92,16 +74,6 @@ impl Env {
             PgConnectOptions::from_str(target_url).context("--target-url is not a valid URL")?;
         std::fs::create_dir_all(workdir)
             .with_context(|| format!("cannot create {}", workdir.display()))?;
-        let find = |name: &str| -> Result<PathBuf> {
-            let p = bin_dir.join(name);
-            if !p.is_file() {
-                bail!(
-                    "{} not found; build with `cargo build --release --workspace --bins`",
-                    p.display()
-                );
-            }
-            Ok(p)
-        };
         for tool in ["pgbench", "pg_dump", "pg_restore", "psql"] {
             if !pg_bin.join(tool).is_file() {
                 bail!("{} not found (--pg-bin)", pg_bin.join(tool).display());
@@ -112,8 +84,8 @@ impl Env {
             target,
             nats_url: nats_url.to_owned(),
             workdir: workdir.canonicalize()?,
-            producer_bin: find("syncdata-producer")?,
-            consumer_bin: find("syncdata")?,
+            producer_bin: harness::bin_in(bin_dir, "syncdata-producer")?,
+            consumer_bin: harness::bin_in(bin_dir, "syncdata")?,
             pg_bin: pg_bin.to_owned(),
             log_level: log_level.to_owned(),
         })
@@ -377,7 +349,8 @@ impl Env {
         Ok(jetstream::new(client))
     }
 
-    /// Spawns one of the project's binaries with `config`, logging to
+    /// Starts one of the project's binaries with `config` and
+    /// `RUST_LOG=<log level>` (then `extra_env`), logging to
     /// `logs/<name>.log`.
     pub fn spawn(
         &self,
@@ -386,41 +359,17 @@ impl Env {
         config: &Path,
         name: &str,
         extra_env: &[(&str, &str)],
-    ) -> Result<Child> {
-        let log = self.log_path(name);
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(args)
-            .env(CONFIG_ENV, config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", &self.log_level)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true);
-        for var in OVERRIDE_VARS {
-            cmd.env_remove(var);
-        }
+    ) -> Result<Proc> {
         // This binary's NATS role and the signing key (see docs/trust.md).
         let binary = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        for (k, v) in role_env(binary) {
-            cmd.env(k, v);
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(Child {
-            name: name.to_owned(),
-            log,
-            child,
-        })
+        let role = role_env(binary);
+        let mut env = vec![("RUST_LOG", self.log_level.as_str())];
+        env.extend(role.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        env.extend_from_slice(extra_env);
+        Proc::start(bin, name, args, config, &env, &self.log_path(name))
     }
 
-    /// Runs one of the project's binaries to the end (60 s at most).
+    /// Runs one of the project's binaries to the end (600 s at most).
     pub async fn run_bin(
         &self,
         bin: &Path,
@@ -430,106 +379,25 @@ impl Env {
         extra_env: &[(&str, &str)],
     ) -> Result<()> {
         let mut c = self.spawn(bin, args, config, name, extra_env)?;
-        match tokio::time::timeout(Duration::from_secs(600), c.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                if !status.success() {
-                    bail!(
-                        "{} {} failed ({status}):\n{}",
-                        bin.display(),
-                        args.join(" "),
-                        c.log_tail(20)
-                    );
-                }
-                Ok(())
-            }
-            Err(_) => {
-                c.child.kill().await.ok();
-                bail!("{name} did not finish within 600 s")
-            }
-        }
-    }
-}
-
-/// A child process of the harness.
-pub struct Child {
-    pub name: String,
-    pub log: PathBuf,
-    pub child: tokio::process::Child,
-}
-
-impl Child {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// Peak resident set size so far (VmHWM), in bytes.
-    pub fn peak_rss(&self) -> Option<u64> {
-        let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    }
-
-    /// Fails when the process has exited (it should still be running).
-    pub fn check_running(&mut self) -> Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
+        let status = c.finish(Duration::from_secs(600)).await?;
+        if !status.success() {
             bail!(
-                "{} exited early ({status}); log {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(25)
+                "{} {} failed ({status}):\n{}",
+                bin.display(),
+                args.join(" "),
+                c.log_tail(20)
             );
         }
         Ok(())
     }
-
-    /// The exit status when the process has ended.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(
-            &std::fs::read_to_string(&self.log).unwrap_or_default(),
-            lines,
-        )
-    }
-
-    /// SIGTERM, then SIGKILL after 20 s.
-    pub async fn stop(mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("warning: {} ignored SIGTERM for 20 s; killed", self.name);
-            self.child.kill().await.ok();
-        }
-    }
 }
 
-pub async fn stop_all(children: Vec<Child>) {
-    for c in children {
-        c.stop().await;
+/// Stops the processes (SIGTERM, SIGKILL after 20 s), warning about any
+/// that did not stop cleanly.
+pub async fn stop_all(mut children: Vec<Proc>) {
+    for warning in harness::stop_all(&mut children, Duration::from_secs(20)).await {
+        eprintln!("warning: {warning}");
     }
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A quoted SQL identifier.
@@ -537,39 +405,29 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A TOML basic string.
-pub fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// One measurement's JetStream names: its own change and DLQ streams, so
 /// measurements never see each other's messages or durables.
 #[derive(Debug, Clone)]
 pub struct Streams {
-    pub stream: String,
-    pub subject_prefix: String,
-    pub dlq_stream: String,
-    pub dlq_subject_prefix: String,
+    /// `BENCH_<TAG>` with subjects `bench_<tag>.changes.…`, and its DLQ.
+    pub names: TestNames,
+}
+
+impl std::ops::Deref for Streams {
+    type Target = TestNames;
+
+    fn deref(&self) -> &TestNames {
+        &self.names
+    }
 }
 
 impl Streams {
     pub fn new(tag: &str) -> Streams {
         Streams {
-            stream: format!("BENCH_{}", tag.to_uppercase()),
-            subject_prefix: format!("bench_{tag}.changes"),
-            dlq_stream: format!("BENCH_{}_DLQ", tag.to_uppercase()),
-            dlq_subject_prefix: format!("bench_{tag}.dlq"),
+            names: TestNames::named(
+                &format!("BENCH_{}", tag.to_uppercase()),
+                &format!("bench_{tag}"),
+            ),
         }
     }
 
@@ -637,9 +495,9 @@ impl Streams {
         &self,
         js: &jetstream::Context,
         durables: &[String],
-        children: &mut [Child],
+        children: &mut [Proc],
     ) -> Result<()> {
-        poll_until(
+        harness::poll_until(
             "the consumer's durable",
             Duration::from_millis(50),
             Duration::from_secs(60),
@@ -735,7 +593,7 @@ pub async fn wait_applied(
     durables: &[String],
     target: &PgPool,
     started_us: i64,
-    children: &mut [Child],
+    children: &mut [Proc],
     timeout: Duration,
 ) -> Result<Duration> {
     let quiet = Duration::from_millis(1000);
@@ -766,7 +624,7 @@ pub async fn wait_applied(
         if Instant::now() > deadline {
             let logs: Vec<String> = children
                 .iter()
-                .map(|c| format!("--- {} ---\n{}", c.name, c.log_tail(15)))
+                .map(|c| format!("--- {} ---\n{}", c.name(), c.log_tail(15)))
                 .collect();
             bail!(
                 "timed out after {} s waiting for the consumers ({count} batches committed)\n{}",
@@ -791,78 +649,25 @@ pub struct ConfigSpec<'a> {
 
 impl Env {
     pub fn write_config(&self, spec: &ConfigSpec<'_>) -> Result<PathBuf> {
-        let s = spec.streams;
-        let text = format!(
-            "# Written by syncdata-bench.\n\
-             pg_host = {}\n\
-             pg_port = {}\n\
-             pg_user = {}\n\
-             pg_database = {}\n\
-             archive_dir = {}\n\
-             data_sync_freq = 60\n\
-             \n\
-             [nats]\n\
-             url = {}\n\
-             stream = {}\n\
-             subject_prefix = {}\n\
-             dlq_stream = {}\n\
-             dlq_subject_prefix = {}\n\
-             \n\
-             {}\n",
-            toml_str(&self.host(spec.side)),
-            self.port(spec.side),
-            toml_str(&self.user(spec.side)),
-            toml_str(spec.database),
-            toml_str(&spec.archive_dir.to_string_lossy()),
-            toml_str(&self.nats_url),
-            toml_str(&s.stream),
-            toml_str(&s.subject_prefix),
-            toml_str(&s.dlq_stream),
-            toml_str(&s.dlq_subject_prefix),
-            spec.extra,
-        );
-        let dir = self.workdir.join("config");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.toml", spec.name));
-        std::fs::write(&path, text)?;
+        let path = self
+            .workdir
+            .join("config")
+            .join(format!("{}.toml", spec.name));
+        ConfigFile {
+            written_by: Some("syncdata-bench"),
+            pg_host: &self.host(spec.side),
+            pg_port: self.port(spec.side),
+            pg_user: &self.user(spec.side),
+            pg_password: None,
+            pg_database: spec.database,
+            archive_dir: spec.archive_dir,
+            nats_url: &self.nats_url,
+            names: spec.streams,
+            extra: &spec.extra,
+        }
+        .write(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
-    }
-}
-
-/// Polls `check` every `every` until it is true; fails after `timeout`,
-/// or as soon as `alive` reports a dead process. Returns the moment the
-/// check first held.
-pub async fn poll_until<F, Fut>(
-    what: &str,
-    every: Duration,
-    timeout: Duration,
-    children: &mut [Child],
-    mut check: F,
-) -> Result<Instant>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await? {
-            return Ok(Instant::now());
-        }
-        for c in children.iter_mut() {
-            c.check_running()?;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = children
-                .iter()
-                .map(|c| format!("--- {} ---\n{}", c.name, c.log_tail(15)))
-                .collect();
-            bail!(
-                "timed out after {} s waiting for {what}\n{}",
-                timeout.as_secs(),
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(every).await;
     }
 }
 

@@ -24,6 +24,7 @@ use syncdata_core::version::Lsn;
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
+use syncdata_testkit::harness;
 
 const TARGET_DB: &str = "bench_lat";
 
@@ -151,7 +152,7 @@ async fn one(env: &Env, opts: &Options, fetch_wait_ms: u64, report: &mut Report)
     }
     let sent_for = started.elapsed();
     drop(file);
-    env::poll_until(
+    harness::poll_until(
         "every latency record to be applied",
         Duration::from_millis(50),
         Duration::from_secs(300),

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// PostgreSQL client tools (pgbench, pg_dump, pg_restore, psql).
-    #[arg(long, value_name = "DIR", default_value = "/usr/lib/postgresql/15/bin")]
+    #[arg(long, value_name = "DIR", default_value = syncdata_testkit::harness::PG_BIN)]
     pg_bin: PathBuf,
     /// Small sizes: the whole run takes a few minutes.
     #[arg(long)]
@@ -122,14 +122,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("syncdata-bench: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    syncdata_testkit::harness::exit_code("syncdata-bench", run(args).await, 2)
 }
 
 /// Ok(false) when a measurement could not be taken (its row says why).
@@ -146,10 +139,7 @@ async fn run(args: Args) -> Result<bool> {
     let wanted = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable without a directory")?
-            .to_owned(),
+        None => syncdata_testkit::harness::bin_dir(),
     };
     let env = Env::new(
         &args.source_url,

@@ -32,6 +32,7 @@ use syncdata_testkit::workload;
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
+use syncdata_testkit::harness;
 
 pub const TABLES: [&str; 4] = [
     "pgbench_accounts",
@@ -164,9 +165,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     let archive = env.fresh_dir("pgbench/archive")?;
     let source_toml = format!(
         "[producer]\nallow_unsanitized = true\nsource_url = {}\n\n[source]\nslot = {}\ntables = [{}]\n",
-        env::toml_str(&env.url(Side::Source, SOURCE_DB)),
-        env::toml_str(SLOT),
-        TABLES.map(env::toml_str).join(", ")
+        harness::toml_str(&env.url(Side::Source, SOURCE_DB)),
+        harness::toml_str(SLOT),
+        TABLES.map(harness::toml_str).join(", ")
     );
     let producer_config = env.write_config(&ConfigSpec {
         name: "pgbench-producer",
@@ -317,7 +318,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     )?;
     let mut children = vec![archiver];
     let mut counter = LineCounter::default();
-    let archived_at = env::poll_until(
+    let archived_at = harness::poll_until(
         "the archiver to write every change",
         Duration::from_millis(50),
         Duration::from_secs(1800),
@@ -353,7 +354,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         &[],
     )?;
     let mut children = vec![producer];
-    let published_at = env::poll_until(
+    let published_at = harness::poll_until(
         "the stream to hold every record",
         Duration::from_millis(20),
         Duration::from_secs(1800),

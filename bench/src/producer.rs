@@ -24,6 +24,7 @@ use syncdata_testkit::workload::{self, WorkloadSpec};
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
+use syncdata_testkit::harness;
 
 /// "≤ 64 MB RSS per process", read as 64,000,000 bytes (the stricter reading).
 const MEMORY_TARGET: u64 = 64_000_000;
@@ -74,7 +75,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         streams: &plain,
         extra: format!(
             "[producer]\nallow_unsanitized = true\nstate_dir = {}\n",
-            env::toml_str(&state.to_string_lossy())
+            harness::toml_str(&state.to_string_lossy())
         ),
     })?;
     let (t_plain, rss_plain) = publish(env, &js, &plain, &config, n, "demo-producer", &[]).await?;
@@ -117,8 +118,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             streams: &sanitized,
             extra: format!(
                 "[producer]\nstate_dir = {}\nrules_file = {}\n",
-                env::toml_str(&state.to_string_lossy()),
-                env::toml_str(&rules.to_string_lossy())
+                harness::toml_str(&state.to_string_lossy()),
+                harness::toml_str(&rules.to_string_lossy())
             ),
         })?;
         let (t_san, rss) = publish(
@@ -258,7 +259,7 @@ async fn publish(
 ) -> Result<(Duration, u64)> {
     let t0 = Instant::now();
     let mut children = vec![env.spawn(&env.producer_bin, &["run"], config, name, extra_env)?];
-    let done = env::poll_until(
+    let done = harness::poll_until(
         "the stream to hold every record",
         Duration::from_millis(20),
         Duration::from_secs(3600),

@@ -23,6 +23,7 @@ use syncdata_testkit::workload;
 
 use crate::env::{self, ConfigSpec, Env, Side, Streams};
 use crate::report::{self, Report};
+use syncdata_testkit::harness;
 
 const SOURCE_DB: &str = "bench_snapsrc";
 const DUMP_DB: &str = "bench_snap_pgdump";
@@ -101,8 +102,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         streams: &streams,
         extra: format!(
             "[producer]\nallow_unsanitized = true\nsource_url = {}\n\n[source]\nslot = {}\ntables = [\"snap\"]\n",
-            env::toml_str(&env.url(Side::Source, SOURCE_DB)),
-            env::toml_str(SLOT)
+            harness::toml_str(&env.url(Side::Source, SOURCE_DB)),
+            harness::toml_str(SLOT)
         ),
     })?;
     env.run_bin(
@@ -170,7 +171,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     // env::install_batch_clock).
     let applied = loop {
         if files_at.is_none() {
-            if let Some(status) = snapshot.exited() {
+            if let Some(status) = snapshot.exit_status() {
                 if !status.success() {
                     bail!(
                         "syncdata-producer snapshot failed ({status}):\n{}",
@@ -206,7 +207,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     };
     let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
     env::stop_all(children).await;
-    snapshot.stop().await;
+    env::stop_all(vec![snapshot]).await;
     let (gap, batches) = env::longest_gap(&dst).await?;
     if gap >= crate::pgbench::STALL {
         report.note(format!(

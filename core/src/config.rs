@@ -14,6 +14,28 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub const CONFIG_ENV: &str = "DATA_SYNC_CONFIG";
+
+/// Every environment variable the binaries take configuration from: the
+/// file's path ([`CONFIG_ENV`]), the overrides [`Config::apply_env`] reads,
+/// and `SYNCDATA_SANITIZE_KEY` (the producer's key when
+/// `producer.sanitize_key_file` is unset). Whoever starts a binary with a
+/// config file of its own (tests, demo, benchmarks) clears these first.
+pub const CONFIG_ENV_VARS: &[&str] = &[
+    CONFIG_ENV,
+    "PG_PASSWORD",
+    "PG_DB_NAME",
+    "PG_USER_NAME",
+    "PG_HOST",
+    "PG_PORT",
+    "DATA_SYNC_FREQ",
+    "METRIC_FREQ",
+    "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "SYNCDATA_SIGNING_KEY",
+    "SYNCDATA_SANITIZE_KEY",
+];
 pub const MIN_DATA_SYNC_FREQ: u64 = 60;
 
 /// The environment variables that override keys of the file, in the order
@@ -1069,5 +1091,24 @@ metric_freq = 24
             .unwrap_err()
             .to_string();
         assert!(err.contains("PG_PORT"), "{err}");
+    }
+
+    #[test]
+    fn every_variable_apply_env_reads_is_listed() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let mut c = Config::from_toml("pg_database = \"x\"").unwrap();
+        c.apply_env(|k| {
+            asked.borrow_mut().push(k.to_owned());
+            None
+        })
+        .unwrap();
+        let asked = asked.into_inner();
+        assert!(!asked.is_empty());
+        for var in &asked {
+            assert!(
+                CONFIG_ENV_VARS.contains(&var.as_str()),
+                "{var} is not in CONFIG_ENV_VARS"
+            );
+        }
     }
 }

@@ -1,15 +1,21 @@
-//! Integration-test support: reaches the real PostgreSQL and nats-server that
-//! `scripts/test.sh` starts (through the `SYNCDATA_TEST_*` variables), gives
-//! every test its own database and stream names, runs the workspace binaries
-//! as child processes, and starts private servers for tests that must kill or
-//! restart one.
+//! The one harness of the integration tests, the demo and the benchmarks:
+//! reaches the real PostgreSQL and nats-server that `scripts/test.sh` starts
+//! (through the `SYNCDATA_TEST_*` variables), gives every test its own
+//! database and stream names, writes configuration files, finds the
+//! workspace binaries (debug or release) and runs them as child processes
+//! with an environment that cannot redirect them, stops them, scrapes their
+//! `/metrics`, and starts private servers for tests that must kill or restart
+//! one.
 //!
 //! Invariant: a missing or unreachable server fails the test with a message
-//! saying how to start the servers; nothing here ever skips a test.
+//! saying how to start the servers; nothing here ever skips a test. The
+//! fallible forms (`anyhow::Result`: [`bin_in`], [`Proc::start`],
+//! [`poll_until`], [`scrape`]) are for the demo and the benchmarks, which
+//! report errors instead of panicking.
 //!
 //! Conventions: functions that wait for a server to answer are `async`
 //! (tokio); functions that only signal or stop something are plain. Waiting
-//! is always `wait_until` with a timeout, never a bare sleep.
+//! is always `wait_until`/`poll_until` with a timeout, never a bare sleep.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -23,26 +29,25 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
+use syncdata_core::config::{CONFIG_ENV, CONFIG_ENV_VARS};
+
+mod config_file;
+mod metrics;
+
+pub use config_file::{toml_str, ConfigFile};
+pub use metrics::{exported, sample_sum, samples, scrape, scrape_until};
 
 const HOW_TO_START: &str = "integration tests need the throwaway PostgreSQL and nats-server \
      that `scripts/test.sh` starts: run `bash scripts/test.sh` (optionally with \
      `-p syncdata-testkit --test it -- MODULE::`), or `bash scripts/servers.sh start DIR && source DIR/env` before \
      `cargo test`";
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// PostgreSQL 15's server and client tools (as `scripts/deps.sh` installs them).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Settings shared with `scripts/servers.sh`: logical decoding for wal2json,
 /// room for many parallel tests, and no durability (the data is throwaway).
-const PG_SETTINGS: &str = "\
-wal_level = logical
-max_connections = 300
-max_wal_senders = 10
-max_replication_slots = 10
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 128MB
-";
+const PG_SETTINGS: &str = include_str!("../../scripts/postgresql-test.conf");
 
 /// Records up to 8 MB must fit in one NATS message (server default: 1 MB).
 const NATS_CONF: &str = "max_payload: 8388608\n";
@@ -208,13 +213,20 @@ pub struct TestNames {
 }
 
 impl TestNames {
+    /// `T_<tag>_<rand>` and `t_<tag>_<rand>` (see [`TestNames::named`]).
     pub fn new(tag: &str) -> TestNames {
         let u = unique(tag);
+        TestNames::named(&format!("T_{u}"), &format!("t_{u}"))
+    }
+
+    /// Stream `stream` with subjects `<subject_root>.changes`, DLQ stream
+    /// `<stream>_DLQ` with subjects `<subject_root>.dlq`.
+    pub fn named(stream: &str, subject_root: &str) -> TestNames {
         TestNames {
-            stream: format!("T_{u}"),
-            subject_prefix: format!("t_{u}.changes"),
-            dlq_stream: format!("T_{u}_DLQ"),
-            dlq_subject_prefix: format!("t_{u}.dlq"),
+            stream: stream.to_owned(),
+            subject_prefix: format!("{subject_root}.changes"),
+            dlq_stream: format!("{stream}_DLQ"),
+            dlq_subject_prefix: format!("{subject_root}.dlq"),
         }
     }
 }
@@ -276,22 +288,6 @@ async fn create_database(server: &PgEnv, tag: &str) -> TestDb {
 // Configuration files
 // ---------------------------------------------------------------------------
 
-/// A TOML basic string: quoted, with `\` and `"` escaped.
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// `extra_toml` with `producer.allow_unsanitized = true` unless it sets a
 /// rules file or the flag itself: the producer fails closed without rules,
 /// and most tests publish synthetic rows unsanitized on purpose.
@@ -345,42 +341,30 @@ pub fn write_config(
         "signing.key",
         &required_env("SYNCDATA_TEST_SIGNING_KEY"),
     );
-    let text = format!(
-        "pg_host = {pg_host}\n\
-         pg_port = {pg_port}\n\
-         pg_user = {pg_user}\n\
-         pg_database = {pg_database}\n\
-         archive_dir = {archive_dir}\n\
-         data_sync_freq = 60\n\
-         \n\
-         [nats]\n\
-         url = {url}\n\
-         stream = {stream}\n\
-         subject_prefix = {subject_prefix}\n\
-         dlq_stream = {dlq_stream}\n\
-         dlq_subject_prefix = {dlq_subject_prefix}\n\
-         user = {user}\n\
-         password_file = {password_file}\n\
-         signing_key_file = {signing_key_file}\n\
-         \n\
-         {extra_toml}\n",
-        extra_toml = allow_unsanitized_unless_set(extra_toml),
-        pg_host = toml_str(&db.host),
-        pg_port = db.port,
-        pg_user = toml_str(&db.user),
-        pg_database = toml_str(&db.name),
-        archive_dir = toml_str(&archive_dir.to_string_lossy()),
-        url = toml_str(nats_url),
-        stream = toml_str(&names.stream),
-        subject_prefix = toml_str(&names.subject_prefix),
-        dlq_stream = toml_str(&names.dlq_stream),
-        dlq_subject_prefix = toml_str(&names.dlq_subject_prefix),
-        user = toml_str(&consumer_user),
-        password_file = toml_str(&password_file.to_string_lossy()),
-        signing_key_file = toml_str(&key_file.to_string_lossy()),
+    // The consumer's credentials and the signing key go into [nats], which
+    // ConfigFile writes just before `extra`.
+    let extra = format!(
+        "user = {}\npassword_file = {}\nsigning_key_file = {}\n\n{}",
+        toml_str(&consumer_user),
+        toml_str(&password_file.to_string_lossy()),
+        toml_str(&key_file.to_string_lossy()),
+        allow_unsanitized_unless_set(extra_toml)
     );
     let path = dir.join("config.toml");
-    fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    ConfigFile {
+        written_by: None,
+        pg_host: &db.host,
+        pg_port: db.port,
+        pg_user: &db.user,
+        pg_password: None,
+        pg_database: &db.name,
+        archive_dir,
+        nats_url,
+        names,
+        extra: &extra,
+    }
+    .write(&path)
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
 }
 
@@ -388,15 +372,32 @@ pub fn write_config(
 // Binaries and child processes
 // ---------------------------------------------------------------------------
 
-/// Path of a workspace binary (`syncdata`, `syncdata-producer`,
-/// `syncdata-demo`) built into the same target directory as this test.
-/// `cargo test` does not build other packages' binaries, so this panics when
-/// the binary is missing.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("cannot locate the running test executable");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
+/// The exit code of a dev tool (the demo, the benchmarks) whose `run`
+/// gave `outcome`: 0 for `Ok(true)`, 1 for `Ok(false)` (it ran, the result
+/// is a failure), `on_error` for an error, which is printed with its causes
+/// as `<program>: error: …`.
+pub fn exit_code(
+    program: &str,
+    outcome: anyhow::Result<bool>,
+    on_error: u8,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::from(on_error)
+        }
+    }
+}
+
+/// The directory of the running executable, the target profile directory
+/// (`target/<profile>`) for a test binary in `deps/`: where cargo puts the
+/// workspace binaries built with it.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot locate the running executable");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>
+    exe.parent()
         .and_then(|deps| {
             if deps.ends_with("deps") {
                 deps.parent()
@@ -404,41 +405,91 @@ pub fn bin(name: &str) -> PathBuf {
                 Some(deps)
             }
         })
-        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()));
-    let path = profile_dir.join(name);
+        .unwrap_or_else(|| panic!("unexpected executable path {}", exe.display()))
+        .to_owned()
+}
+
+/// Path of workspace binary `name` in `dir`; an error saying how to build
+/// it when it is missing.
+pub fn bin_in(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
-        panic!(
-            "binary {} not found: run `cargo build --workspace --bins` first; scripts/test.sh does",
+        let release = if dir.ends_with("release") {
+            " --release"
+        } else {
+            ""
+        };
+        anyhow::bail!(
+            "binary {} not found: run `cargo build{release} --workspace --bins` first \
+             (scripts/test.sh, demo.sh and bench.sh do)",
             path.display()
         );
     }
-    path
+    Ok(path)
 }
 
-/// Environment variables the binaries read as overrides of the config file;
-/// removed from children so the CI environment cannot redirect them.
-const CONFIG_ENV_OVERRIDES: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-    "NATS_USER",
-    "NATS_PASSWORD",
-    "NATS_TOKEN",
-    "SYNCDATA_SIGNING_KEY",
-];
+/// Path of a workspace binary (`syncdata`, `syncdata-producer`,
+/// `syncdata-demo`) built into the same target directory as this test.
+/// `cargo test` does not build other packages' binaries, so this panics when
+/// the binary is missing.
+pub fn bin(name: &str) -> PathBuf {
+    bin_in(&bin_dir(), name).unwrap_or_else(|e| panic!("{e:#}"))
+}
 
-/// A workspace binary running as a child process, its stdout and stderr in a
-/// log file. Killed with SIGKILL when dropped; if the test is panicking, the
-/// end of its log is printed first.
+/// A command for `program` that cannot be redirected by the caller's
+/// environment: every variable the binaries take configuration from
+/// ([`CONFIG_ENV_VARS`]) is removed, and `NO_COLOR=1` keeps the output
+/// greppable. Callers add `DATA_SYNC_CONFIG` (or `--config`) themselves.
+pub fn command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in CONFIG_ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs workspace binary `name` with `args` to the end (at most 60 s),
+/// stdout and stderr kept apart, with `DATA_SYNC_CONFIG=config`,
+/// `RUST_LOG=warn` and then `env`. Panics when it cannot run or does not
+/// finish; the exit status is the caller's to check.
+pub async fn run_cli(
+    name: &str,
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::from(command(&bin(name)));
+    cmd.args(args)
+        .env(CONFIG_ENV, config)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} {args:?} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("cannot run {name} {args:?}: {e}"))
+}
+
+/// A child process (a workspace binary or any program), its stdout and
+/// stderr in a log file. Killed with SIGKILL when dropped; if the thread is
+/// panicking, the end of its log is printed first.
 pub struct Proc {
     name: String,
     child: Child,
     log_path: PathBuf,
+}
+
+/// How [`Proc::stop`] ended a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It had exited before it was asked to.
+    Before(ExitStatus),
+    /// It exited after SIGTERM.
+    Exited(ExitStatus),
+    /// It ignored SIGTERM for the whole grace period and was killed.
+    Killed,
 }
 
 impl Proc {
@@ -476,36 +527,54 @@ impl Proc {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "proc".to_owned());
-        fs::create_dir_all(log_dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let log_path = log_dir.join(format!(
             "{name}-{}.log",
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let log_err = log.try_clone().expect("cannot clone log file handle");
+        Proc::start(program, &name, args, config, env, &log_path)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
 
-        let mut cmd = Command::new(program);
+    /// Starts `program` with `args`, `DATA_SYNC_CONFIG=config` and `env` (see
+    /// [`command`]; `env` may override anything, e.g. `RUST_LOG`), its
+    /// output in `log_path` (its directory is created). `name` names it in
+    /// messages. The fallible form of [`Proc::spawn_program`].
+    pub fn start(
+        program: &Path,
+        name: &str,
+        args: &[&str],
+        config: &Path,
+        env: &[(&str, &str)],
+        log_path: &Path,
+    ) -> anyhow::Result<Proc> {
+        use anyhow::Context as _;
+        if let Some(dir) = log_path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let log = File::create(log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log_err = log.try_clone().context("cannot clone log file handle")?;
+
+        let mut cmd = command(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        for var in CONFIG_ENV_OVERRIDES {
-            cmd.env_remove(var);
-        }
-        cmd.env("DATA_SYNC_CONFIG", config).env("NO_COLOR", "1");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .stderr(Stdio::from(log_err))
+            .env(CONFIG_ENV, config)
+            .envs(env.iter().copied());
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        Proc {
-            name,
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        Ok(Proc {
+            name: name.to_owned(),
             child,
-            log_path,
-        }
+            log_path: log_path.to_owned(),
+        })
+    }
+
+    /// The name it was started under (in messages).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn pid(&self) -> u32 {
@@ -576,6 +645,111 @@ impl Proc {
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
+
+    /// The exit status once the process has ended; None while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_status()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes; None once it has
+    /// been reaped.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    }
+
+    /// Fails, with the end of its log, when the process has exited (it
+    /// should still be running).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.try_status() {
+            anyhow::bail!(
+                "{} exited early ({status}); log {}:\n{}",
+                self.name,
+                self.log_path.display(),
+                self.log_tail(25)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a process that should end by itself (a
+    /// one-shot command); kills it and fails, with the end of its log, when
+    /// it does not.
+    pub async fn finish(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match self.wait_exit(timeout).await {
+            Some(status) => Ok(status),
+            None => {
+                self.sigkill();
+                anyhow::bail!(
+                    "{} did not finish within {} s; log {}:\n{}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.log_path.display(),
+                    self.log_tail(20)
+                )
+            }
+        }
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL when it still runs after
+    /// `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Stopped {
+        if let Some(status) = self.try_status() {
+            return Stopped::Before(status);
+        }
+        self.sigterm();
+        match self.wait_exit(grace).await {
+            Some(status) => Stopped::Exited(status),
+            None => {
+                self.sigkill();
+                Stopped::Killed
+            }
+        }
+    }
+}
+
+/// Stops every process in `procs` at once (SIGTERM to all, then each gets
+/// `grace` to exit before SIGKILL). Returns a warning for each one that
+/// did not stop cleanly: killed, or a failing exit status after SIGTERM.
+pub async fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<String> {
+    for p in procs.iter_mut() {
+        if p.is_running() {
+            p.sigterm();
+        }
+    }
+    let mut warnings = Vec::new();
+    for p in procs.iter_mut() {
+        match p.stop(grace).await {
+            Stopped::Before(_) => {}
+            Stopped::Exited(status) if status.success() => {}
+            Stopped::Exited(status) => warnings.push(format!(
+                "{} exited with {status} after SIGTERM (see {})",
+                p.name,
+                p.log_path.display()
+            )),
+            Stopped::Killed => warnings.push(format!(
+                "{} did not stop within {} s of SIGTERM and was killed",
+                p.name,
+                grace.as_secs()
+            )),
+        }
+    }
+    warnings
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Proc {
@@ -628,15 +802,48 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    poll_until(what, Duration::from_millis(100), timeout, &mut [], || {
+        let check = f();
+        async move { Ok(check.await) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Polls `check` every `every` until it is true and returns the moment it
+/// first held; fails after `timeout`, on an error from `check`, or as soon
+/// as one of `procs` has exited (they should all be running), with the end
+/// of their logs.
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    every: Duration,
+    timeout: Duration,
+    procs: &mut [Proc],
+    mut check: F,
+) -> anyhow::Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if f().await {
-            return;
+        if check().await? {
+            return Ok(Instant::now());
+        }
+        for p in procs.iter_mut() {
+            p.check_running()?;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("\n--- {} ---\n{}", p.name, p.log_tail(15)))
+                .collect();
+            anyhow::bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                logs.concat()
+            );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -677,9 +884,71 @@ pub async fn js_stream_message_count(nats_url: &str, stream: &str) -> u64 {
     info.state.messages
 }
 
+/// Creates the change stream of `names` (subjects `<subject_prefix>.>`)
+/// unless it exists, as the producer would.
+pub async fn ensure_change_stream(js: &async_nats::jetstream::Context, names: &TestNames) {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}.>", names.subject_prefix)],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "cannot create or read JetStream stream {}: {e}",
+            names.stream
+        )
+    });
+}
+
+/// Every message in JetStream stream `stream` (none when it does not
+/// exist), in order: (subject, payload). Panics when one does not arrive
+/// within 10 s.
+pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u8>)> {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+    let js = jetstream::new(nats_connect(nats_url).await);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let total = s
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("cannot read info of JetStream stream {stream}: {e}"))
+        .state
+        .messages;
+    if total == 0 {
+        return Vec::new();
+    }
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot read JetStream stream {stream}: {e}"));
+    let mut msgs = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("cannot read JetStream stream {stream}: {e}"));
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
+        let Ok(Some(Ok(m))) = next else {
+            panic!(
+                "stream {stream} ended after {} of {total} messages",
+                out.len()
+            );
+        };
+        out.push((m.subject.to_string(), m.payload.to_vec()));
+    }
+    out
+}
+
 /// A free TCP port on 127.0.0.1 right now (another process may still take it
-/// before we bind; the starters retry).
-fn free_port() -> u16 {
+/// before it is bound: the server starters here retry; a child that cannot
+/// bind fails to start, which its supervisor reports).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

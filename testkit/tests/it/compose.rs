@@ -23,25 +23,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{Proc, TestDb, TestNames};
+use support::{exported, free_port, scrape, Proc, TestDb, TestNames, PG_BIN};
 use syncdata_core::subject::table_subject;
 
 /// The image every syncdata service of compose.yaml runs.
 const SYNCDATA_IMAGE: &str = "syncdata:local";
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// Variables the binaries read as config overrides; cleared before a child
-/// gets exactly the environment a compose service sets.
-const CONFIG_ENV_OVERRIDES: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-    "DATA_SYNC_CONFIG",
-];
 
 // ---------------------------------------------------------------------------
 // Reading compose/
@@ -691,13 +677,11 @@ fn compose_file_scales_starts_in_order_and_mounts_what_exists() {
 }
 
 /// Runs `program args` with the parent's environment minus the config
-/// overrides, plus `env`; returns (success, stdout + stderr).
+/// variables (so a child gets exactly the environment a compose service
+/// sets), plus `env`; returns (success, stdout + stderr).
 fn run(program: &Path, args: &[String], env: &BTreeMap<String, String>) -> (bool, String) {
-    let mut cmd = Command::new(program);
+    let mut cmd = support::command(program);
     cmd.args(args).stdin(Stdio::null());
-    for var in CONFIG_ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
     cmd.envs(env);
     let out = cmd
         .output()
@@ -887,13 +871,6 @@ fn promql_metric_names_are_found_and_nothing_else() {
 // 3. The topology, run for real
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 /// Sets `key` (`section.name` or `name`) in `t`; the key must already be in
 /// the compose config, so the test notices when the stack's files change.
 fn set(t: &mut toml::Table, key: &str, value: impl Into<toml::Value>) {
@@ -944,36 +921,6 @@ fn write_toml(path: &Path, t: &toml::Table) -> PathBuf {
     path.to_owned()
 }
 
-/// `GET /metrics`; the body when the answer is 200.
-async fn scrape(port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(text)) => {
-            let (head, body) = text.split_once("\r\n\r\n")?;
-            (head.starts_with("HTTP/1.") && head.contains(" 200")).then(|| body.to_owned())
-        }
-        _ => None,
-    }
-}
-
-/// The metric names in a Prometheus text exposition (histograms as their
-/// `_bucket`, `_sum` and `_count` series).
-fn exported(body: &str) -> BTreeSet<String> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Scrapes `ports` until their union exports every name in `wanted`;
 /// returns that union (or panics listing what is missing).
 async fn scrape_until(
@@ -986,7 +933,7 @@ async fn scrape_until(
     loop {
         let mut names = BTreeSet::new();
         for &p in ports {
-            if let Some(body) = scrape(p).await {
+            if let Ok(body) = scrape(p).await {
                 names.extend(exported(&body));
             }
         }

@@ -60,29 +60,7 @@ fn start_consumer(dir: &Path, config: &Path) -> Proc {
 /// Runs a `syncdata` command to completion and returns its output (stdout
 /// and stderr kept apart, so `--json` output can be parsed).
 async fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(support::bin("syncdata"));
-    cmd.args(args)
-        .env("DATA_SYNC_CONFIG", config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for var in [
-        "PG_PASSWORD",
-        "PG_DB_NAME",
-        "PG_USER_NAME",
-        "PG_HOST",
-        "PG_PORT",
-        "DATA_SYNC_FREQ",
-        "METRIC_FREQ",
-        "NATS_URL",
-    ] {
-        cmd.env_remove(var);
-    }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("syncdata {args:?} did not finish within 60 s"))
-        .unwrap_or_else(|e| panic!("cannot run syncdata {args:?}: {e}"))
+    support::run_cli("syncdata", config, args, &[]).await
 }
 
 fn text(b: &[u8]) -> String {
@@ -142,16 +120,6 @@ async fn js() -> jetstream::Context {
     jetstream::new(support::nats_connect(&support::nats_url()).await)
 }
 
-async fn ensure_change_stream(js: &jetstream::Context, names: &TestNames) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}.>", names.subject_prefix)],
-        ..Default::default()
-    })
-    .await
-    .expect("change stream");
-}
-
 fn subject_of(names: &TestNames, table: &str) -> String {
     table_subject(&names.subject_prefix, "public", table)
 }
@@ -160,7 +128,7 @@ fn subject_of(names: &TestNames, table: &str) -> String {
 /// on their subjects; returns each one's stream sequence.
 async fn publish_payloads(names: &TestNames, msgs: &[(String, Vec<u8>)]) -> Vec<u64> {
     let js = js().await;
-    ensure_change_stream(&js, names).await;
+    support::ensure_change_stream(&js, names).await;
     let mut seqs = Vec::with_capacity(msgs.len());
     let mut acks = Vec::new();
     for (subject, payload) in msgs {
@@ -324,17 +292,11 @@ async fn failed_logs(db: &TestDb) -> Vec<(String, Option<String>, Option<String>
     .expect("read data_sync_logs")
 }
 
-fn tail(p: &Proc) -> String {
-    let log = p.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// Panics with the consumers' logs if one of them has exited.
 fn assert_running(procs: &mut [&mut Proc]) {
     for p in procs.iter_mut() {
         if !p.is_running() {
-            panic!("a consumer exited unexpectedly:\n{}", tail(p));
+            panic!("a consumer exited unexpectedly:\n{}", p.log_tail(40));
         }
     }
 }
@@ -359,7 +321,7 @@ async fn wait_settled(names: &TestNames, through: &[(&str, u64)], c: &mut Proc, 
                 "not settled through {through:?} after {timeout:?}: durables {:?}, {} dead letters\n{}",
                 durables(names).await,
                 dlq_count(names).await,
-                tail(c)
+                c.log_tail(40)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -464,7 +426,7 @@ async fn wait_demo_converged(
         };
         let stuck = drained_since.is_some_and(|t| t.elapsed() > Duration::from_secs(10));
         if stuck || Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| tail(p)).collect();
+            let logs: Vec<String> = procs.iter().map(|p| p.log_tail(40)).collect();
             // The apply engine's own warnings, from anywhere in the logs.
             let engine: Vec<String> = procs
                 .iter()
@@ -583,7 +545,7 @@ async fn target_database_down_15s_mid_stream() {
     assert!(
         logs.contains("transient failure; will retry"),
         "the consumers saw the outage as transient:\n{}",
-        tail(&a)
+        a.log_tail(40)
     );
     assert_eq!(
         dlq_count(&names).await,
@@ -606,7 +568,7 @@ async fn target_database_down_15s_mid_stream() {
         assert!(
             status.is_some_and(|s| s.success()),
             "graceful stop after the outage:\n{}",
-            tail(p)
+            p.log_tail(40)
         );
     }
     eprintln!(
@@ -650,7 +612,7 @@ async fn consumer_sigkilled_five_times() {
             assert!(
                 Instant::now() < deadline,
                 "no progress after restart {kill}:\n{}",
-                tail(&c)
+                c.log_tail(40)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1187,7 +1149,7 @@ async fn bad_input_corpus_consumer_side() {
     assert!(
         log.contains("WARN") && log.contains("partial UPDATEs wait (parked)"),
         "parking and deletes of missing rows are logged as warnings:\n{}",
-        tail(&c)
+        c.log_tail(40)
     );
     // The duplicates were applied once: every Applied record is counted in
     // rows_synced, so good corpus records + the parked UPDATE + the DELETE.
@@ -1622,7 +1584,7 @@ async fn a_lone_surrogate_record_is_dead_lettered_and_its_table_keeps_flowing() 
         "{error}"
     );
     assert_eq!(header(&dlq[0], H_SEQUENCE), Some(bad_seq.to_string()));
-    assert!(c.is_running(), "the consumer stopped:\n{}", tail(&c));
+    assert!(c.is_running(), "the consumer stopped:\n{}", c.log_tail(40));
     let log = c.log();
     assert!(!log.contains("panicked"), "a task panicked:\n{log}");
     assert!(!log.contains("restarting it"), "a worker ended:\n{log}");
@@ -1718,10 +1680,10 @@ async fn a_failing_worker_is_restarted_and_shown_in_status() {
         text_status.contains("worker of items restarted 2 time(s)"),
         "{text_status}"
     );
-    assert!(c.is_running(), "{}", tail(&c));
+    assert!(c.is_running(), "{}", c.log_tail(40));
     c.sigterm();
     let status = c.wait_exit(Duration::from_secs(30)).await.expect("stops");
-    assert!(status.success(), "{status}\n{}", tail(&c));
+    assert!(status.success(), "{status}\n{}", c.log_tail(40));
 
     // A worker that fails at every start: the daemon gives up, exit 1.
     let mut c = Proc::spawn(
@@ -1739,12 +1701,12 @@ async fn a_failing_worker_is_restarted_and_shown_in_status() {
     let status = c
         .wait_exit(Duration::from_secs(180))
         .await
-        .unwrap_or_else(|| panic!("the daemon did not give up:\n{}", tail(&c)));
-    assert_eq!(status.code(), Some(1), "{}", tail(&c));
+        .unwrap_or_else(|| panic!("the daemon did not give up:\n{}", c.log_tail(40)));
+    assert_eq!(status.code(), Some(1), "{}", c.log_tail(40));
     assert!(
         c.log()
             .contains("the worker of table items failed 9 times in a row"),
         "{}",
-        tail(&c)
+        c.log_tail(40)
     );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::{json, Value};
-use support::{Proc, TestDb, TestNames};
+use support::{free_port, sample_sum, scrape, scrape_until, Proc, TestDb, TestNames};
 use syncdata_core::config::NatsConfig;
 use syncdata_core::nats;
 use syncdata_core::record::Record;
@@ -248,19 +248,6 @@ async fn sigterm_ok(mut daemon: Proc) {
 // One-shot commands
 // ---------------------------------------------------------------------------
 
-/// The config overrides `support::Proc` also removes: the test environment
-/// must not leak into the child.
-const CONFIG_ENV_OVERRIDES: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-];
-
 struct Out {
     status: ExitStatus,
     stdout: String,
@@ -280,23 +267,7 @@ impl std::fmt::Display for Out {
 /// Runs `syncdata args…` to completion (at most 60 s) with
 /// `DATA_SYNC_CONFIG=config` and `env`, stdout and stderr apart.
 async fn cli(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = tokio::process::Command::new(support::bin("syncdata"));
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for var in CONFIG_ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    cmd.env("DATA_SYNC_CONFIG", config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("syncdata {args:?} did not finish within 60 s"))
-        .expect("run syncdata");
+    let out = support::run_cli("syncdata", config, args, env).await;
     Out {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1085,68 +1056,8 @@ async fn stop_during_a_large_batch_leaves_tables_consistent() {
 // 5. The Prometheus endpoint
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// `GET /metrics` over a plain TCP connection; the body when the answer is
-/// 200, None when nothing listens yet.
-async fn scrape(port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(text)) => {
-            let (head, body) = text.split_once("\r\n\r\n")?;
-            assert!(
-                head.starts_with("HTTP/1.") && head.contains(" 200"),
-                "{head}"
-            );
-            Some(body.to_owned())
-        }
-        _ => None,
-    }
-}
-
-/// Scrapes until `ok(body)` holds (at most 10 s); returns that body.
-async fn scrape_until(port: u16, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = scrape(port).await.unwrap_or_default();
-        if ok(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed {what}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sum of the samples of `metric` whose labels contain all of `labels`.
-fn sample_sum(body: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name_labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = name_labels.split('{').next().unwrap();
-        if name == metric && labels.iter().all(|l| name_labels.contains(l)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
-        }
-    }
-    found
-}
+/// How long the counters may take to show what was applied.
+const METRICS_WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_counters_histogram_and_gauges() {
@@ -1163,7 +1074,7 @@ async fn metrics_endpoint_serves_counters_histogram_and_gauges() {
     // Before anything applied: the endpoint answers, with the gauges.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        match scrape(port).await {
+        match scrape(port).await.ok() {
             Some(b) if b.contains("syncdata_pending_messages") => break b,
             other => assert!(
                 Instant::now() < deadline,
@@ -1189,7 +1100,7 @@ async fn metrics_endpoint_serves_counters_histogram_and_gauges() {
     w.publish("m", inserts).await;
     w.wait_applied(30, &daemon).await;
     // Counters are bumped right after the commit that data_sync_logs shows.
-    let body = scrape_until(port, "30 inserts counted", |b| {
+    let body = scrape_until(port, "30 inserts counted", METRICS_WAIT, |b| {
         sample_sum(b, "syncdata_records_applied_total", &["op=\"insert\""]) == Some(30.0)
     })
     .await;
@@ -1227,7 +1138,7 @@ async fn metrics_endpoint_serves_counters_histogram_and_gauges() {
         .collect();
     w.publish("m", updates).await;
     w.wait_applied(42, &daemon).await;
-    let body = scrape_until(port, "12 updates counted", |b| {
+    let body = scrape_until(port, "12 updates counted", METRICS_WAIT, |b| {
         sample_sum(b, "syncdata_records_applied_total", &["op=\"update\""]) == Some(12.0)
     })
     .await;

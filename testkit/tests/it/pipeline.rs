@@ -54,13 +54,7 @@ pub(crate) fn add_tables(dir: &Path, config: &Path) {
 pub(crate) async fn publish_raw(names: &TestNames, records: &[Record]) {
     let client = support::nats_connect(&support::nats_url()).await;
     let js = jetstream::new(client);
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}.>", names.subject_prefix)],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    support::ensure_change_stream(&js, names).await;
     let mut acks = Vec::new();
     for r in records {
         let subject = table_subject(&names.subject_prefix, &r.schema, &r.table);

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use support::{Proc, TestNames};
 use syncdata_core::subject::table_subject;
 use syncdata_testkit::workload::{self, WorkloadSpec};
@@ -110,31 +109,17 @@ async fn producer_sigkilled_mid_file_publishes_every_record_exactly_once() {
     );
 
     // The stream holds each record once: no (lsn, seq, table) twice.
-    let client = support::nats_connect(&support::nats_url()).await;
-    let js = jetstream::new(client);
-    let stream = js.get_stream(&names.stream).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let messages = support::stream_messages(&support::nats_url(), &names.stream).await;
     let mut seen = std::collections::HashSet::new();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut n = 0;
-    while n < total {
-        let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let r = syncdata_core::record::Record::parse(&m.payload).unwrap();
+    for (_, payload) in &messages {
+        let r = syncdata_core::record::Record::parse(payload).unwrap();
         assert!(
             seen.insert((r.table.clone(), r.lsn, r.seq)),
             "duplicate {:?}",
             (r.table, r.lsn, r.seq)
         );
-        n += 1;
     }
-    assert_eq!(n, total);
+    assert_eq!(messages.len() as u64, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -285,35 +285,7 @@ async fn stop(p: &mut Proc) {
 
 /// Every message in the stream: (subject, payload).
 async fn stream_messages(names: &TestNames) -> Vec<(String, Vec<u8>)> {
-    let js = jetstream::new(support::nats_connect(&support::nats_url()).await);
-    let Ok(mut stream) = js.get_stream(&names.stream).await else {
-        return Vec::new();
-    };
-    let total = stream.info().await.unwrap().state.messages;
-    if total == 0 {
-        return Vec::new();
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while (out.len() as u64) < total {
-        let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
-        let Ok(Some(Ok(m))) = next else {
-            panic!(
-                "stream {} ended after {} of {total} messages",
-                names.stream,
-                out.len()
-            );
-        };
-        out.push((m.subject.to_string(), m.payload.to_vec()));
-    }
-    out
+    support::stream_messages(&support::nats_url(), &names.stream).await
 }
 
 async fn stream_count(names: &TestNames) -> u64 {

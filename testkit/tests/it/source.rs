@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
-use support::{PgServer, Proc, TestDb, TestNames};
+use support::{PgServer, Proc, TestDb, TestNames, PG_BIN};
 use syncdata_core::version::{Lsn, Version};
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Rows of the large table in the verify test (1,000,000; about 25 s).
 const VERIFY_ROWS: i64 = 1_000_000;
