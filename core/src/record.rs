@@ -251,9 +251,7 @@ fn bounded_columns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Colu
             let mut cols = Columns::new();
             while let Some((name, value)) = map.next_entry::<String, Value>()? {
                 if cols.len() >= MAX_COLUMNS && !cols.contains_key(&name) {
-                    return Err(serde::de::Error::custom(format!(
-                        "an image of more than {MAX_COLUMNS} columns, more than a PostgreSQL table can have"
-                    )));
+                    return Err(serde::de::Error::custom(too_wide()));
                 }
                 cols.insert(name, value);
             }
@@ -261,6 +259,12 @@ fn bounded_columns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Colu
         }
     }
     d.deserialize_option(Bounded)
+}
+
+/// The parse error of an image wider than a PostgreSQL table can be: a
+/// fixed text of this crate, kept whole by [`data_fault`].
+fn too_wide() -> String {
+    format!("an image of more than {MAX_COLUMNS} columns, more than a PostgreSQL table can have")
 }
 
 fn default_schema() -> String {
@@ -467,6 +471,9 @@ fn data_fault(message: &str) -> String {
         if message.starts_with(fault) {
             return fault.to_owned();
         }
+    }
+    if message == too_wide() {
+        return message.to_owned();
     }
     // This crate's own messages (`malformed lsn "…": …`): the phrase
     // before any quoted or appended part.

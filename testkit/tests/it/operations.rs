@@ -527,7 +527,7 @@ async fn commands_end_to_end_with_error_paths() {
 }
 
 // ---------------------------------------------------------------------------
-// 2. status, plain and --json (schema documented in README "status --json")
+// 2. status, plain and --json (schema documented in docs/operations.md, "status --json")
 // ---------------------------------------------------------------------------
 
 fn is_utc_timestamp(v: &Value) -> bool {

@@ -22,7 +22,7 @@ const VERIFY_ROWS: i64 = 1_000_000;
 
 /// pgbench scale of the snapshot test: 200,000 rows. At scale 10
 /// (1,000,000 rows) the test passes too but needs about 3 minutes with
-/// debug binaries on two cores (the README gives release timings).
+/// debug binaries on two cores (docs/benchmarks.md gives release timings).
 const SNAPSHOT_SCALE: u32 = 2;
 
 // ---------------------------------------------------------------------------
@@ -251,7 +251,7 @@ const MIXED_WORKLOAD: &[&str] = &[
     "UPDATE mixed SET qty = qty + 1, name = name || '!' WHERE id % 2 = 0",
     // Key changes of rows without TOASTed values only: a key change that
     // leaves out an unchanged TOASTed column of a default-identity table is
-    // the apply engine's documented limitation (README, Limitations).
+    // the apply engine's documented limitation (README, Limitations; docs/hostile-input.md).
     // TOASTed rows change keys in mixed_full (REPLICA IDENTITY FULL), whose
     // UPDATEs the archiver completes from the old row.
     "UPDATE mixed SET id = id + 1000 WHERE id % 5 = 0 AND id % 3 <> 0",
