@@ -1,5 +1,5 @@
 //! Configuration: one TOML format for both binaries. File first, then the
-//! environment ([`ENV_OVERRIDES`]); each binary validates only its own part
+//! environment ([`CONFIG_ENV_VARS`]); each binary validates only its own part
 //! ([`Role`]): `[nats]` is shared; the producer's part is `archive_dir`,
 //! `[producer]` and `[source]`; the consumer's is the `pg_*` keys,
 //! `data_sync_freq`, `metric_freq`, `[consumer]` and `[verify]`. So one file
@@ -37,21 +37,6 @@ pub const CONFIG_ENV_VARS: &[&str] = &[
     "SYNCDATA_SANITIZE_KEY",
 ];
 pub const MIN_DATA_SYNC_FREQ: u64 = 60;
-
-/// The environment variables that override keys of the file, in the order
-/// [`Config::apply_env`] reads them (`PG_PASSWORD` → `pg_password`,
-/// `PG_DB_NAME` → `pg_database`, `PG_USER_NAME` → `pg_user`, `PG_HOST`,
-/// `PG_PORT`, `DATA_SYNC_FREQ`, `METRIC_FREQ`, `NATS_URL` → `nats.url`).
-pub const ENV_OVERRIDES: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-];
 
 /// Which binary reads the configuration: each validates only its part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -446,6 +446,15 @@ pub fn command(program: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd.env("NO_COLOR", "1");
+    // `syncdata-producer` publishes as the producer's NATS user when the
+    // servers of `scripts/servers.sh` are in use (the config files the
+    // harness writes carry the consumer's credentials).
+    if program.file_name() == Some(std::ffi::OsStr::new("syncdata-producer")) {
+        let var = |r: &str| std::env::var(format!("SYNCDATA_TEST_NATS_PRODUCER_{r}")).ok();
+        if let (Some(user), Some(password)) = (var("USER"), var("PASSWORD")) {
+            cmd.env("NATS_USER", user).env("NATS_PASSWORD", password);
+        }
+    }
     cmd
 }
 
@@ -503,15 +512,9 @@ impl Proc {
         env: &[(&str, &str)],
         log_dir: &Path,
     ) -> Proc {
-        // The producer's NATS role; `env` may still override it.
-        let producer = (name == "syncdata-producer").then(|| NatsRole::Producer.credentials());
-        let mut all: Vec<(&str, &str)> = Vec::new();
-        if let Some((user, password)) = &producer {
-            all.push(("NATS_USER", user));
-            all.push(("NATS_PASSWORD", password));
-        }
-        all.extend_from_slice(env);
-        Proc::spawn_program(&bin(name), args, config, &all, log_dir)
+        // The producer's NATS role comes with `command`; `env` may still
+        // override it.
+        Proc::spawn_program(&bin(name), args, config, env, log_dir)
     }
 
     /// [`Proc::spawn`] for any program, e.g. a system tool.

@@ -344,7 +344,14 @@ pub async fn migrate(config: &Config, remove_old: bool) -> anyhow::Result<()> {
         }
         let mut headers = HeaderMap::new();
         for name in [
-            H_ERROR, H_SQLSTATE, H_ATTEMPTS, H_SUBJECT, H_SEQUENCE, H_TABLE,
+            H_ERROR,
+            H_SQLSTATE,
+            H_ATTEMPTS,
+            H_SUBJECT,
+            H_SEQUENCE,
+            H_TABLE,
+            H_SIGNATURE,
+            H_MSG_ID,
         ] {
             if let Some(v) = header(m, name) {
                 headers.insert(name, v.as_str());

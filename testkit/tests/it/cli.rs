@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::{TestDb, TestNames};
-use syncdata_core::config::ENV_OVERRIDES;
 use syncdata_testkit::workload::{self, WorkloadSpec};
 
 /// A binary whose stdout and stderr are pipes nobody reads any more: both
@@ -90,14 +89,9 @@ impl Drop for Deaf {
 /// `bin args…` with `DATA_SYNC_CONFIG=config`, no inherited overrides and
 /// `env` on top.
 fn command(bin: &str, args: &[&str], config: &Path, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(support::bin(bin));
+    let mut cmd = support::command(&support::bin(bin));
     cmd.args(args).stdin(Stdio::null());
-    for var in ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("DATA_SYNC_CONFIG", config)
-        .env("NO_COLOR", "1");
+    cmd.env_remove("RUST_LOG").env("DATA_SYNC_CONFIG", config);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -20,17 +20,6 @@ use syncdata_testkit::workload::{self, WorkloadSpec};
 // Helpers
 // ---------------------------------------------------------------------------
 
-const CONFIG_ENV_OVERRIDES: &[&str] = &[
-    "PG_PASSWORD",
-    "PG_DB_NAME",
-    "PG_USER_NAME",
-    "PG_HOST",
-    "PG_PORT",
-    "DATA_SYNC_FREQ",
-    "METRIC_FREQ",
-    "NATS_URL",
-];
-
 /// Runs `bin args` to completion with `DATA_SYNC_CONFIG=config`; returns
 /// (success, stdout, stderr).
 async fn run(
@@ -39,16 +28,12 @@ async fn run(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
-    let mut cmd = tokio::process::Command::new(support::bin(bin));
+    let mut cmd = tokio::process::Command::from(support::command(&support::bin(bin)));
     cmd.args(args)
         .env("DATA_SYNC_CONFIG", config)
-        .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    for var in CONFIG_ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -162,7 +147,15 @@ fn spawn_umask_022(
         program.to_str().unwrap(),
     ];
     sh_args.extend(args);
-    Proc::spawn_program(Path::new("/bin/sh"), &sh_args, config, env, logs)
+    // Through sh, the harness cannot tell the producer: its NATS role here.
+    let role = (bin == "syncdata-producer").then(|| support::NatsRole::Producer.credentials());
+    let mut all: Vec<(&str, &str)> = Vec::new();
+    if let Some((user, password)) = &role {
+        all.push(("NATS_USER", user));
+        all.push(("NATS_PASSWORD", password));
+    }
+    all.extend_from_slice(env);
+    Proc::spawn_program(Path::new("/bin/sh"), &sh_args, config, &all, logs)
 }
 
 // ---------------------------------------------------------------------------
@@ -235,7 +228,7 @@ async fn each_database_has_its_own_dead_letters_and_none_holds_a_value() {
     .await
     .unwrap();
     for p in &payloads {
-        js.publish(subject.clone(), p.clone().into())
+        support::publish_signed(&js, subject.clone(), p.clone())
             .await
             .unwrap()
             .await
@@ -417,14 +410,18 @@ async fn old_shared_dead_letters_are_migrated_per_database() {
     })
     .await
     .unwrap();
+    // A dead letter keeps its original's signature: replay checks it again.
+    let original = rec(5, json!({"qty": 5}), 0x700);
+    let signature = support::signing_key().sign("x.changes.public.items", "", &original);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Syncdata-Original-Subject", "x.changes.public.items");
     headers.insert("Syncdata-Original-Sequence", "7");
+    headers.insert("Syncdata-Original-Signature", signature.as_str());
     headers.insert("Syncdata-Table", "items");
     js.publish_with_headers(
         format!("{}.public.items", names.dlq_subject_prefix),
         headers,
-        rec(5, json!({"qty": 5}), 0x700).into(),
+        original.into(),
     )
     .await
     .unwrap()

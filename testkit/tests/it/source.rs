@@ -959,6 +959,9 @@ async fn verify_lists_a_single_altered_and_a_single_missing_row_of_a_large_table
     let d = dir.path();
     let names = TestNames::new("verify");
     let cfg = support::write_config(d, &local, &names, &support::nats_url(), d, "");
+    // A local database syncdata applies into is set up (verify creates nothing).
+    let (ok, log) = finish(syncdata(d, &cfg, &["migrate"]), Duration::from_secs(60)).await;
+    assert!(ok, "migrate failed:\n{log}");
     let t = Instant::now();
     let (ok, out) = verify(d, &cfg, &src.url, &["big", "--exclude-columns", "secret"]).await;
     let took = t.elapsed();
