@@ -4,7 +4,8 @@
 #
 #   syncdata-offline/debian:bookworm-slim   debootstrap --variant=minbase, docker import
 #   syncdata-offline/rust:bookworm          + gcc, this machine's Rust toolchain and
-#                                            the crates of Cargo.lock (cargo vendor)
+#                                            the crates of Cargo.lock (cargo vendor),
+#                                            compiled once (workspace manifests only)
 #   syncdata-offline/postgres:15-bookworm   + postgresql-15 (compose/offline/)
 #   syncdata-offline/nats:bookworm          + nats-server
 #   syncdata-offline/prometheus:bookworm    + prometheus
@@ -12,8 +13,8 @@
 #                                            (compose build with compose.offline.yaml)
 #
 # Idempotent and cached: the debootstrap runs only when the base image is
-# missing, the Rust image only when the host toolchain or Cargo.lock changed
-# (it is labelled with both), and the rest
+# missing, the Rust image only when the host toolchain, Cargo.lock or a
+# workspace manifest changed (it is labelled with them), and the rest
 # are docker builds whose layer cache makes a rerun with unchanged inputs a
 # no-op. Needs root (debootstrap) and a reachable Docker engine.
 #
@@ -88,12 +89,15 @@ fi
 
 # --- the Rust build base: the host toolchain and the vendored crates ---
 rust_version=$(rustc --version) || die "rustc is missing: the Rust build image copies this machine's toolchain"
-lock_sum=$(sha256sum Cargo.lock | cut -d' ' -f1)
-rust_labels=$(docker image inspect -f '{{ index .Config.Labels "syncdata.rustc" }} {{ index .Config.Labels "syncdata.cargo-lock" }}' "$RUST" 2>/dev/null || true)
-if [ "$rust_labels" = "$rust_version $lock_sum" ]; then
-    step "$RUST exists ($rust_version, Cargo.lock $lock_sum)"
+metadata=$(cargo metadata --no-deps --locked --format-version 1)
+manifests=$(jq -r '.packages[].manifest_path' <<<"$metadata" | sed "s|^$PWD/||" | sort)
+# shellcheck disable=SC2086 # one path per line, none with spaces
+deps_sum=$(cat Cargo.lock Cargo.toml $manifests | sha256sum | cut -d' ' -f1)
+rust_labels=$(docker image inspect -f '{{ index .Config.Labels "syncdata.rustc" }} {{ index .Config.Labels "syncdata.deps" }}' "$RUST" 2>/dev/null || true)
+if [ "$rust_labels" = "$rust_version $deps_sum" ]; then
+    step "$RUST exists ($rust_version, dependencies $deps_sum)"
 else
-    step "$RUST from $rust_version and Cargo.lock $lock_sum"
+    step "$RUST from $rust_version, dependencies $deps_sum (Cargo.lock and manifests)"
     sysroot=$(rustc --print sysroot)
     ctx="$work/rust"
     mkdir -p "$ctx/toolchain/bin"
@@ -102,7 +106,22 @@ else
     cp -a "$sysroot/lib" "$ctx/toolchain/"
     rm -rf "$ctx/toolchain/lib/rustlib/src" "$ctx/toolchain/lib/rustlib/rustc-src"
     cargo vendor --locked --quiet "$ctx/vendor" >/dev/null
-    docker build -q --label "syncdata.rustc=$rust_version" --label "syncdata.cargo-lock=$lock_sum" \
+    # The skeleton: every manifest and Cargo.lock, each target's source an
+    # empty stub.
+    for manifest in Cargo.toml $manifests; do
+        install -D -m 0644 "$manifest" "$ctx/skeleton/$manifest"
+    done
+    cp Cargo.lock "$ctx/skeleton/"
+    jq -r '.packages[].targets[] | "\(.kind | join(",")) \(.src_path)"' <<<"$metadata" |
+        while read -r kind path; do
+            stub="$ctx/skeleton/${path#"$PWD"/}"
+            mkdir -p "$(dirname "$stub")"
+            case "$kind" in
+            lib | rlib | proc-macro) : >"$stub" ;;
+            *) echo 'fn main() {}' >"$stub" ;;
+            esac
+        done
+    docker build -q --label "syncdata.rustc=$rust_version" --label "syncdata.deps=$deps_sum" \
         --build-arg "BASE_IMAGE=$BASE" -t "$RUST" "$ctx" >/dev/null
     rm -rf "$ctx"
 fi

@@ -56,4 +56,11 @@ source "$SERVERS_DIR/env"
 
 step "cargo test $*"
 cargo test --workspace "$@"
+
+# The local stack on the Docker engine: images built once per run (cached
+# between runs), then one end-to-end run of compose/compose.yaml.
+step "stack images (scripts/stack-images.sh)"
+bash scripts/stack-images.sh
+step "stack test (scripts/stack-test.sh)"
+bash scripts/stack-test.sh
 step "all tests passed"
