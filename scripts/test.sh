@@ -61,5 +61,11 @@ if [ $# -eq 0 ]; then
     # `bash scripts/fuzz.sh [SECONDS]`.
     step "fuzz smoke"
     bash scripts/fuzz.sh --smoke
+    # The local stack on the Docker engine: images built once per run
+    # (cached between runs), then one end-to-end run of compose/compose.yaml.
+    step "stack images (scripts/stack-images.sh)"
+    bash scripts/stack-images.sh
+    step "stack test (scripts/stack-test.sh)"
+    bash scripts/stack-test.sh
 fi
 step "all tests passed"

@@ -563,7 +563,10 @@ fn compose_file_scales_starts_in_order_and_mounts_what_exists() {
     let source_cmd = compose.command("source-db").join(" ");
     assert!(source_cmd.contains("wal_level=logical"), "{source_cmd}");
     let source_image = read(&compose_dir().join("source-db/Dockerfile"));
-    assert!(source_image.contains("FROM postgres:15"), "{source_image}");
+    assert!(
+        source_image.contains("ARG POSTGRES_IMAGE=postgres:15"),
+        "{source_image}"
+    );
     assert!(
         source_image.contains("postgresql-15-wal2json"),
         "{source_image}"
