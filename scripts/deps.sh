@@ -39,6 +39,11 @@ if ! command -v psql >/dev/null 2>&1 && [ ! -x "$PG_BIN/psql" ]; then
     missing+=(postgresql-client-15)
 fi
 
+# The local stack's offline images (scripts/stack-images.sh): a Debian root
+# made with debootstrap; jq reads cargo metadata there and in stack-test.sh.
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
