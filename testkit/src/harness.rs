@@ -724,26 +724,34 @@ impl Proc {
 /// `grace` to exit before SIGKILL). Returns a warning for each one that
 /// did not stop cleanly: killed, or a failing exit status after SIGTERM.
 pub async fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<String> {
-    for p in procs.iter_mut() {
-        if p.is_running() {
+    // One SIGTERM each: a second one tells the binaries to exit at once
+    // (status 130) instead of finishing their work.
+    let running: Vec<bool> = procs.iter_mut().map(|p| p.is_running()).collect();
+    for (p, &run) in procs.iter_mut().zip(&running) {
+        if run {
             p.sigterm();
         }
     }
     let mut warnings = Vec::new();
-    for p in procs.iter_mut() {
-        match p.stop(grace).await {
-            Stopped::Before(_) => {}
-            Stopped::Exited(status) if status.success() => {}
-            Stopped::Exited(status) => warnings.push(format!(
+    for (p, &run) in procs.iter_mut().zip(&running) {
+        if !run {
+            continue;
+        }
+        match p.wait_exit(grace).await {
+            Some(status) if status.success() => {}
+            Some(status) => warnings.push(format!(
                 "{} exited with {status} after SIGTERM (see {})",
                 p.name,
                 p.log_path.display()
             )),
-            Stopped::Killed => warnings.push(format!(
-                "{} did not stop within {} s of SIGTERM and was killed",
-                p.name,
-                grace.as_secs()
-            )),
+            None => {
+                p.sigkill();
+                warnings.push(format!(
+                    "{} did not stop within {} s of SIGTERM and was killed",
+                    p.name,
+                    grace.as_secs()
+                ));
+            }
         }
     }
     warnings
