@@ -70,6 +70,78 @@ pub fn warn_if_exposed(path: &Path, what: &str) {
     }
 }
 
+/// A secret key's file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read the {what} key file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the {what} key from {origin} has {len} bytes; at least {min} are required \
+         (e.g. `openssl rand -hex 32`)"
+    )]
+    TooShort {
+        what: &'static str,
+        origin: String,
+        len: usize,
+        min: usize,
+    },
+}
+
+/// A secret key's bytes (the `what` key: "signing", "sanitization"):
+/// surrounding whitespace, such as a file's final newline, is not part of
+/// it, and fewer than `min` bytes are an error naming `origin`.
+pub fn key_bytes(
+    what: &'static str,
+    bytes: &[u8],
+    origin: &str,
+    min: usize,
+) -> Result<Vec<u8>, KeyFileError> {
+    let bytes = bytes.trim_ascii();
+    if bytes.len() < min {
+        return Err(KeyFileError::TooShort {
+            what,
+            origin: origin.to_owned(),
+            len: bytes.len(),
+            min,
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
+/// A secret key from `file` when given (with a warning when group or
+/// others may read it), else from the environment variable `env_var` (read
+/// through `env`); None when neither is set. See [`key_bytes`].
+pub fn load_key(
+    what: &'static str,
+    file: Option<&Path>,
+    env_var: &str,
+    env: impl Fn(&str) -> Option<String>,
+    min: usize,
+) -> Result<Option<Vec<u8>>, KeyFileError> {
+    if let Some(path) = file {
+        let bytes = fs::read(path).map_err(|source| KeyFileError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
+        if exposed_bits(path).is_some() {
+            tracing::warn!(
+                file = %path.display(),
+                "the {what} key file is readable by group or others; chmod 600 it"
+            );
+        }
+        return key_bytes(what, &bytes, &path.display().to_string(), min).map(Some);
+    }
+    env(env_var)
+        .map(|v| key_bytes(what, v.as_bytes(), env_var, min))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,11 @@
 //! give the same MAC input; verification compares in constant time.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
+
+use crate::private_fs;
 use sha2::Sha256;
 
 /// The header carrying the signature.
@@ -24,23 +26,13 @@ pub const MIN_KEY_BYTES: usize = 32;
 const SCHEME: &str = "v1";
 /// Domain separation from every other use of HMAC in syncdata.
 const LABEL: &[u8] = b"syncdata-message/v1";
+/// How errors and warnings name this key.
+const WHAT: &str = "signing";
 
 type HmacSha256 = Hmac<Sha256>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read the signing key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the signing key from {origin} has {len} bytes; at least {MIN_KEY_BYTES} are \
-         required (e.g. `openssl rand -hex 32`)"
-    )]
-    TooShort { origin: String, len: usize },
-}
+/// A signing key that could not be loaded.
+pub use crate::private_fs::KeyFileError as KeyError;
 
 /// Why a message is not authentic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,16 +73,8 @@ impl SigningKey {
     /// A key from its bytes (surrounding whitespace, such as a file's final
     /// newline, is not part of it).
     pub fn new(bytes: &[u8], origin: &str) -> Result<SigningKey, KeyError> {
-        let bytes = bytes.trim_ascii();
-        if bytes.len() < MIN_KEY_BYTES {
-            return Err(KeyError::TooShort {
-                origin: origin.to_owned(),
-                len: bytes.len(),
-            });
-        }
-        Ok(SigningKey {
-            bytes: bytes.to_vec(),
-        })
+        let bytes = private_fs::key_bytes(WHAT, bytes, origin, MIN_KEY_BYTES)?;
+        Ok(SigningKey { bytes })
     }
 
     /// The key from `file` when given, else from [`KEY_ENV`] (read through
@@ -99,18 +83,8 @@ impl SigningKey {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<SigningKey>, KeyError> {
-        if let Some(path) = file {
-            let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            warn_if_readable_by_others(path);
-            return SigningKey::new(&bytes, &path.display().to_string()).map(Some);
-        }
-        match env(KEY_ENV) {
-            Some(v) => SigningKey::new(v.as_bytes(), KEY_ENV).map(Some),
-            None => Ok(None),
-        }
+        let bytes = private_fs::load_key(WHAT, file, KEY_ENV, env, MIN_KEY_BYTES)?;
+        Ok(bytes.map(|bytes| SigningKey { bytes }))
     }
 
     /// A short public fingerprint, to compare keys across machines without
@@ -179,22 +153,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
 }
-
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "the signing key file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {

@@ -6,10 +6,11 @@
 //! same output in the same domain, and unrelated outputs anywhere else.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use syncdata_core::private_fs::{self, KeyFileError};
 
 /// The environment variable holding the key when no key file is configured.
 pub const KEY_ENV: &str = "SYNCDATA_SANITIZE_KEY";
@@ -20,6 +21,8 @@ pub const MIN_KEY_BYTES: usize = 32;
 
 /// Bumped only with a deliberate, documented change of every output.
 const DERIVATION_LABEL: &[u8] = b"syncdata-sanitize/v1";
+/// How errors and warnings name this key.
+const WHAT: &str = "sanitization";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -31,17 +34,9 @@ pub enum KeyError {
          e.g. `openssl rand -hex 32`)"
     )]
     Missing,
-    #[error("cannot read the sanitization key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the sanitization key from {origin} has {len} bytes; at least {MIN_KEY_BYTES} are \
-         required (e.g. `openssl rand -hex 32`)"
-    )]
-    TooShort { origin: String, len: usize },
+    /// The key file cannot be read, or the key is too short.
+    #[error(transparent)]
+    File(#[from] KeyFileError),
 }
 
 /// The secret key. Cloning is cheap enough (the rules are compiled rarely).
@@ -60,16 +55,8 @@ impl SecretKey {
     /// A key from its bytes (surrounding whitespace, such as the newline at
     /// the end of a file, is not part of it).
     pub fn new(bytes: &[u8], origin: &str) -> Result<SecretKey, KeyError> {
-        let bytes = bytes.trim_ascii();
-        if bytes.len() < MIN_KEY_BYTES {
-            return Err(KeyError::TooShort {
-                origin: origin.to_owned(),
-                len: bytes.len(),
-            });
-        }
-        Ok(SecretKey {
-            bytes: bytes.to_vec(),
-        })
+        let bytes = private_fs::key_bytes(WHAT, bytes, origin, MIN_KEY_BYTES)?;
+        Ok(SecretKey { bytes })
     }
 
     /// The key from `file` when given, else from [`KEY_ENV`] (read through
@@ -78,22 +65,8 @@ impl SecretKey {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<SecretKey>, KeyError> {
-        if let Some(path) = file {
-            let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            warn_if_readable_by_others(path);
-            return SecretKey::new(&bytes, &path.display().to_string()).map(Some);
-        }
-        match env(KEY_ENV) {
-            Some(v) if !v.trim().is_empty() => SecretKey::new(v.as_bytes(), KEY_ENV).map(Some),
-            Some(_) => Err(KeyError::TooShort {
-                origin: KEY_ENV.to_owned(),
-                len: 0,
-            }),
-            None => Ok(None),
-        }
+        let bytes = private_fs::load_key(WHAT, file, KEY_ENV, env, MIN_KEY_BYTES)?;
+        Ok(bytes.map(|bytes| SecretKey { bytes }))
     }
 
     /// A short public fingerprint, to compare keys across machines and runs
@@ -118,22 +91,6 @@ impl SecretKey {
         }
     }
 }
-
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "the sanitization key file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 /// HMAC-SHA256 under one derived subkey, keyed once and cloned per use.
 #[derive(Clone)]
