@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 use support::{NatsRole, Proc, TestDb, TestNames};
 use syncdata_core::signature::{SigningKey, HEADER};
 use syncdata_core::subject::table_subject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POISON_LSN: &str = "7FFFFFFF/FFFFFFFF";
 
@@ -139,30 +138,9 @@ async fn publish_good(w: &World, payload: Vec<u8>) {
         .expect("the producer's signed publish is acknowledged");
 }
 
-/// GET /metrics on `port`.
-async fn scrape(port: u16) -> String {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_producers_signed_messages_change_a_local_table() {
-    let port = free_port();
+    let port = support::free_port();
     let w = World::new(
         "trust",
         &format!("[consumer]\nmax_attempts = 5\nmetrics_addr = \"127.0.0.1:{port}\"\n"),
@@ -286,18 +264,22 @@ async fn only_the_producers_signed_messages_change_a_local_table() {
     // Dead-lettered at once: a forgery is never retried.
     assert!(list.iter().all(|d| d["attempts"] == json!(1)), "{list:?}");
 
-    support::wait_until("the rejection metrics", Duration::from_secs(20), || async {
-        let metrics = scrape(port).await;
-        ["unsigned", "bad_signature", "version_jump"]
-            .iter()
-            .all(|r| {
-                metrics.lines().any(|l| {
-                    l.starts_with("syncdata_messages_rejected_total")
-                        && l.contains(&format!("reason=\"{r}\""))
-                        && l.ends_with(" 1")
+    support::scrape_until(
+        port,
+        "the rejection metrics",
+        Duration::from_secs(20),
+        |metrics| {
+            ["unsigned", "bad_signature", "version_jump"]
+                .iter()
+                .all(|r| {
+                    metrics.lines().any(|l| {
+                        l.starts_with("syncdata_messages_rejected_total")
+                            && l.contains(&format!("reason=\"{r}\""))
+                            && l.ends_with(" 1")
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
 
     daemon.sigterm();
