@@ -308,25 +308,35 @@ pub struct SourceConfig {
     /// Logical replication slot the archiver reads (`[a-z0-9_]`, as
     /// PostgreSQL requires).
     pub slot: String,
-    /// Output plugin of the slot. Only wal2json (format-version 2) is
-    /// understood; the setting exists for diagnostics and tests.
+    /// Output plugin of the slot: `wal2json` (format-version 2; the
+    /// default, what existing slots use) or `pgoutput` (built into
+    /// PostgreSQL, no extension; keeps NaN and ±Infinity, which wal2json
+    /// 2.5 turns into null). See docs/archiver.md for moving a slot over.
     pub plugin: String,
+    /// Publication `pgoutput` reads (`setup-source` creates it for the
+    /// listed tables).
+    pub publication: String,
     /// Tables archived when `archive` gets no `--tables` (empty: all tables
     /// of the database).
     pub tables: Vec<String>,
     /// Role `setup-source --create-user` creates.
     pub user: String,
-    /// How often the archiver asks the slot for changes when caught up.
+    /// Unused since the archiver streams (the server sends changes as they
+    /// are decoded); still accepted so older files stay valid.
     pub poll_ms: u64,
     /// A segment file is closed once it holds this many bytes...
     pub segment_max_bytes: u64,
     /// ...or once its first record is this old (latency under steady load).
     pub segment_max_age_ms: u64,
-    /// Rows asked of the slot per call (whole transactions are always read
-    /// to their end, streamed).
+    /// Unused since the archiver streams; still accepted so older files
+    /// stay valid.
     pub peek_max_changes: u32,
     /// Rows per file written by `snapshot`.
     pub snapshot_file_rows: u64,
+    /// `syncdata-producer archive` serves Prometheus metrics here (slot
+    /// lag, WAL retained, records/s); off when unset. Its own address: the
+    /// archiver and `run` often share a host.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for SourceConfig {
@@ -334,6 +344,7 @@ impl Default for SourceConfig {
         SourceConfig {
             slot: "syncdata_slot".to_owned(),
             plugin: "wal2json".to_owned(),
+            publication: "syncdata_pub".to_owned(),
             tables: Vec::new(),
             user: "syncdata_user".to_owned(),
             poll_ms: 200,
@@ -341,6 +352,7 @@ impl Default for SourceConfig {
             segment_max_age_ms: 500,
             peek_max_changes: 10_000,
             snapshot_file_rows: 100_000,
+            metrics_addr: None,
         }
     }
 }
@@ -369,6 +381,11 @@ impl SourceConfig {
                 "source.plugin",
                 "letters, digits, '_' and '-' only",
             ));
+        }
+        if self.publication.is_empty()
+            || self.publication.len() > crate::record::MAX_IDENTIFIER_BYTES
+        {
+            return Err(invalid("source.publication", "1 to 63 bytes"));
         }
         for t in &self.tables {
             crate::table::TableName::parse(t)

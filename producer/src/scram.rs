@@ -64,6 +64,88 @@ pub fn verifier(password: &str) -> anyhow::Result<String> {
     Ok(verifier_with(password, &salt, ITERATIONS))
 }
 
+/// The client side of a SCRAM-SHA-256 login (RFC 5802/7677, no channel
+/// binding), for the archiver's replication connection.
+pub struct Client {
+    password: String,
+    nonce: String,
+    first_bare: String,
+    server_signature: Option<[u8; 32]>,
+}
+
+impl Client {
+    pub fn new(password: &str) -> Client {
+        let raw: [u8; 18] = rand::random();
+        let nonce = B64.encode(raw);
+        Client {
+            password: password.to_owned(),
+            first_bare: format!("n=,r={nonce}"),
+            nonce,
+            server_signature: None,
+        }
+    }
+
+    /// client-first-message (the user name comes from the startup packet).
+    pub fn first_message(&self) -> String {
+        format!("n,,{}", self.first_bare)
+    }
+
+    /// client-final-message for the server-first-message.
+    pub fn final_message(&mut self, server_first: &str) -> anyhow::Result<String> {
+        let field = |k: &str| {
+            server_first
+                .split(',')
+                .find_map(|p| p.strip_prefix(k))
+                .ok_or_else(|| anyhow::anyhow!("SCRAM server-first-message lacks {k}"))
+        };
+        let nonce = field("r=")?;
+        anyhow::ensure!(
+            nonce.starts_with(&self.nonce),
+            "SCRAM server nonce does not extend the client's"
+        );
+        let salt = B64
+            .decode(field("s=")?)
+            .map_err(|_| anyhow::anyhow!("SCRAM salt is not base64"))?;
+        let iterations: u32 = field("i=")?
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SCRAM iteration count is not a number"))?;
+        anyhow::ensure!(
+            (1..=10_000_000).contains(&iterations),
+            "SCRAM iteration count out of range"
+        );
+        let salted = pbkdf2_one_block(self.password.as_bytes(), &salt, iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth = format!("{},{server_first},{without_proof}", self.first_bare);
+        let signature = hmac(&stored_key, auth.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server_key = hmac(&salted, b"Server Key");
+        self.server_signature = Some(hmac(&server_key, auth.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final-message.
+    pub fn verify_server(&self, server_final: &str) -> anyhow::Result<()> {
+        let v = server_final
+            .split(',')
+            .find_map(|p| p.strip_prefix("v="))
+            .ok_or_else(|| anyhow::anyhow!("SCRAM server-final-message lacks its signature"))?;
+        let expected = self
+            .server_signature
+            .ok_or_else(|| anyhow::anyhow!("SCRAM final message out of order"))?;
+        anyhow::ensure!(
+            B64.decode(v).ok().as_deref() == Some(&expected[..]),
+            "the source's SCRAM signature does not match: not the server that stores this password"
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

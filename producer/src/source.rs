@@ -21,7 +21,12 @@ pub struct SourceSettings {
     pub url: String,
     pub slot: String,
     pub plugin: String,
+    /// pgoutput's publication.
+    pub publication: String,
 }
+
+/// PostgreSQL's built-in output plugin (see `archiver::pgoutput`).
+pub const PGOUTPUT: &str = "pgoutput";
 
 impl SourceSettings {
     /// `--source` wins over `producer.source_url`.
@@ -33,6 +38,7 @@ impl SourceSettings {
             url,
             slot: config.source.slot.clone(),
             plugin: config.source.plugin.clone(),
+            publication: config.source.publication.clone(),
         })
     }
 }
@@ -204,6 +210,113 @@ pub async fn accepted_plugin_options(
          supports {NUMERIC_AS_STRING}"
     );
     Ok((options, Some(warning)))
+}
+
+/// Tables of `publication` that are missing from it (all of `tables` when
+/// it does not exist: `None`).
+async fn publication_missing(
+    conn: &mut PgConnection,
+    publication: &str,
+    tables: &[TableName],
+) -> anyhow::Result<Option<Vec<TableName>>> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+            .bind(publication)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let listed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+    )
+    .bind(publication)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(
+        tables
+            .iter()
+            .filter(|t| !listed.iter().any(|(s, n)| *s == t.schema && *n == t.table))
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// pgoutput sends what the publication holds: it must exist and hold every
+/// archived table.
+pub async fn require_publication(
+    conn: &mut PgConnection,
+    publication: &str,
+    tables: &[TableName],
+) -> anyhow::Result<()> {
+    match publication_missing(conn, publication, tables).await? {
+        None => bail!(
+            "publication {publication} does not exist on the source (source.plugin = pgoutput \
+             reads through it). Fix: run `syncdata-producer setup-source --create-slot --tables …`"
+        ),
+        Some(missing) if !missing.is_empty() => bail!(
+            "publication {publication} lacks {}: their changes would not be sent. Fix: run \
+             `syncdata-producer setup-source --create-slot --tables …` with every archived table",
+            missing
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Creates the publication for `tables`, or adds the tables it lacks. Only
+/// listed tables, never `FOR ALL TABLES`: a published table without a
+/// replica identity makes the source refuse its UPDATEs and DELETEs.
+async fn ensure_publication(
+    conn: &mut PgConnection,
+    publication: &str,
+    tables: &[TableName],
+    report: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let missing = publication_missing(conn, publication, tables).await?;
+    let list = |ts: &[TableName]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    match missing {
+        None => {
+            if tables.is_empty() {
+                bail!(
+                    "source.plugin = pgoutput needs the tables to publish: pass --tables (or set \
+                     source.tables). A publication FOR ALL TABLES would make the source refuse \
+                     UPDATE and DELETE on tables without a replica identity"
+                );
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(publication),
+                list(tables)
+            )))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot create publication {publication}"))?;
+            report.push(format!(
+                "created: publication {publication} for {} table(s)",
+                tables.len()
+            ));
+        }
+        Some(missing) if !missing.is_empty() => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(publication),
+                list(&missing)
+            )))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot add tables to publication {publication}"))?;
+            report.push(format!(
+                "ok: publication {publication}, added {} table(s)",
+                missing.len()
+            ));
+        }
+        Some(_) => report.push(format!("ok: publication {publication}")),
+    }
+    Ok(())
 }
 
 /// Proves the plugin loads by creating a temporary slot (dropped at once).
@@ -463,12 +576,19 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
 
     let slot = &settings.slot;
     let plugin = &settings.plugin;
+    if plugin == PGOUTPUT && (opts.create_slot || !opts.tables.is_empty()) {
+        ensure_publication(&mut conn, &settings.publication, &opts.tables, &mut report).await?;
+    }
     match slot_info(&mut conn, slot).await? {
         Some(info) => {
             check_slot_matches(&mut conn, slot, plugin, &info).await?;
             match info.active_pid {
                 Some(pid) => report.push(format!(
                     "ok: slot {slot} exists ({plugin}), in use by process {pid} (an archiver is running)"
+                )),
+                None if plugin == PGOUTPUT => report.push(format!(
+                    "ok: slot {slot} exists ({plugin}), confirmed up to {}",
+                    info.confirmed_flush.as_deref().unwrap_or("-")
                 )),
                 None => {
                     let (options, warning) = accepted_plugin_options(&mut conn, slot, &[]).await?;

@@ -6,22 +6,26 @@
 //!   ordinal in the transaction in `seq`; versions only grow, in file order;
 //! - a segment is written under a temporary name, fsynced, renamed, and the
 //!   directory fsynced; only then may the slot move past the transactions it
-//!   holds (`pg_replication_slot_advance` to the end of the last complete
+//!   holds (a standby status update confirming the end of the last complete
 //!   transaction on disk). The slot's confirmed position never passes what
 //!   is on disk, so a crash loses nothing: the slot sends again what was not
 //!   confirmed;
 //! - what comes again and is already on disk (version <= the last record of
 //!   the newest segment) is skipped, so a crash duplicates nothing either.
 //!
-//! Reading uses `pg_logical_slot_peek_changes(slot, NULL, n, …)` and streams
-//! its rows: the client holds one row at a time whatever the size of a
-//! transaction. The server returns whole transactions (it stops after the
-//! first commit past `n` rows), spilling large ones to disk
-//! (`logical_decoding_work_mem`, `work_mem`); a huge transaction is written
-//! across several segments as it streams, and the slot moves past it once
-//! its last segment is on disk.
+//! Reading uses the streaming replication protocol (`replication.rs`): one
+//! `START_REPLICATION SLOT … LOGICAL` session sends every change as it is
+//! decoded, and the archiver answers with standby status updates whose
+//! flush position is the end of the last complete transaction on disk, sent
+//! only after the segment holding it was fsynced and renamed. The server
+//! spills large transactions to disk (`logical_decoding_work_mem`); a huge
+//! transaction is written across several segments as it streams, and the
+//! slot moves past it once its last segment is on disk. Keepalives let the
+//! slot move past WAL that holds no change for the archived tables.
 
 pub mod decode;
+pub mod pgoutput;
+pub mod replication;
 pub mod segment;
 
 use std::collections::BTreeSet;
@@ -29,7 +33,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use syncdata_core::config::Config;
 use syncdata_core::retry::{self, RetryPolicy};
@@ -104,10 +107,12 @@ struct Archiver {
     confirmed: Lsn,
     /// Tables whose changes were skipped for lack of a key (warned once).
     keyless: BTreeSet<String>,
+    /// pgoutput: the relations described on this stream.
+    relations: pgoutput::Relations,
+    /// pgoutput: relations of the publication that are not archived.
+    unwanted: std::collections::HashSet<u32>,
     written: u64,
     segments: u64,
-    /// Shutdown came in the middle of a read.
-    interrupted: bool,
 }
 
 /// Runs until `token` is cancelled: then closes the open segment, moves
@@ -138,9 +143,10 @@ pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow
         seen_end: Lsn(0),
         confirmed: Lsn(0),
         keyless: BTreeSet::new(),
+        relations: pgoutput::Relations::default(),
+        unwanted: std::collections::HashSet::new(),
         written: 0,
         segments: 0,
-        interrupted: false,
         settings,
     };
     let mut started = false;
@@ -182,14 +188,73 @@ pub async fn run(settings: ArchiverSettings, token: CancellationToken) -> anyhow
 /// Failures worth a reconnect: the connection, the server shutting down or
 /// overloaded, the slot briefly held by another session.
 fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+    let transient_code = |c: &str| {
+        c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "55006"
+    };
+    err.chain().any(|cause| {
+        if cause.downcast_ref::<replication::Lost>().is_some() {
+            return true;
+        }
+        if let Some(e) = cause.downcast_ref::<replication::ServerError>() {
+            return transient_code(&e.code);
+        }
+        match cause.downcast_ref::<sqlx::Error>() {
             Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut) => true,
-            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "55006"
-            }),
+            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| transient_code(&c)),
             _ => false,
-        })
+        }
+    })
+}
+
+/// The archiver's gauges and counters, described (HELP text) and present
+/// from start.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "syncdata_archiver_slot_lag_bytes",
+        Unit::Bytes,
+        "WAL between the source's current position and the slot's confirmed_flush_lsn: what is not yet archived"
+    );
+    describe_gauge!(
+        "syncdata_archiver_wal_retained_bytes",
+        Unit::Bytes,
+        "WAL the source keeps for the slot (current position minus the slot's restart_lsn)"
+    );
+    describe_gauge!(
+        "syncdata_archiver_records_per_second",
+        "Change records written to segments per second, over the last second"
+    );
+    describe_gauge!(
+        "syncdata_archiver_confirmed_lsn",
+        "The slot's confirmed position as sent by the archiver (LSN as a number)"
+    );
+    describe_counter!(
+        "syncdata_archiver_records_total",
+        "Change records written to segments that are on disk"
+    );
+    describe_counter!(
+        "syncdata_archiver_segments_total",
+        "Segment files written (fsynced and renamed)"
+    );
+    describe_counter!(
+        "syncdata_archiver_keyless_changes_total",
+        "Changes not archived because they do not say which row they are (no primary key or replica identity NOTHING)"
+    );
+    for gauge in [
+        "syncdata_archiver_slot_lag_bytes",
+        "syncdata_archiver_wal_retained_bytes",
+        "syncdata_archiver_records_per_second",
+        "syncdata_archiver_confirmed_lsn",
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+    for counter in [
+        "syncdata_archiver_records_total",
+        "syncdata_archiver_segments_total",
+        "syncdata_archiver_keyless_changes_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }
 
 impl Archiver {
@@ -227,13 +292,27 @@ impl Archiver {
             }
             info = source::require_slot(&mut conn, slot, &settings.source.plugin).await?;
         }
-        let (options, warning) =
-            source::accepted_plugin_options(&mut conn, slot, &settings.tables).await?;
-        if let Some(warning) = warning {
-            tracing::warn!("{warning}");
+        if self.pgoutput() {
+            let publication = &settings.source.publication;
+            source::require_publication(&mut conn, publication, &settings.tables).await?;
+            self.options = vec![
+                "proto_version".to_owned(),
+                "1".to_owned(),
+                "publication_names".to_owned(),
+                publication.clone(),
+            ];
+        } else {
+            let (options, warning) =
+                source::accepted_plugin_options(&mut conn, slot, &settings.tables).await?;
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            self.options = options;
+            source::probe_slot(&mut conn, slot, &settings.source.plugin, &self.options).await?;
         }
-        self.options = options;
-        source::probe_slot(&mut conn, slot, &settings.source.plugin, &self.options).await?;
+        // Relation ids are per stream: the new one describes them again.
+        self.relations = pgoutput::Relations::default();
+        self.unwanted.clear();
         let confirmed: Lsn = info
             .confirmed_flush
             .as_deref()
@@ -266,92 +345,231 @@ impl Archiver {
             );
         }
         *started = true;
-        self.read_loop(&mut conn, token).await?;
-        self.close_segment()?;
-        if self.interrupted {
-            // Stopped inside a read: the connection still holds the rest
-            // of its result, and the server may still hold the slot. The
-            // slot stays where it is; the next start skips what is on disk.
-            return Ok(());
+        // Each session re-reads from the slot's confirmed position; an
+        // unfinished transaction of a lost session comes again whole.
+        self.tx = None;
+        let mut stream = replication::start(
+            &settings.source.url,
+            "syncdata-archiver",
+            slot,
+            Lsn(0),
+            &self.options,
+        )
+        .await?;
+        let result = self.stream_loop(&mut stream, &mut conn, token).await;
+        if let Err(err) = result {
+            return Err(err);
         }
-        self.advance(&mut conn).await?;
+        // Cancelled: what is open goes to disk, the slot is confirmed up to
+        // it, and the stream ends cleanly so the server has processed that
+        // confirmation before the session goes.
+        self.close_segment()?;
+        self.confirm(&mut stream, false).await?;
+        stream.finish().await?;
+        self.refresh_slot_metrics(&mut conn).await;
         let _ = sqlx::Connection::close(conn).await;
         Ok(())
     }
 
-    async fn read_loop(
+    /// Reads the stream until cancelled or until something fails.
+    async fn stream_loop(
         &mut self,
+        stream: &mut replication::Stream,
         conn: &mut PgConnection,
         token: &CancellationToken,
     ) -> anyhow::Result<()> {
-        while !token.is_cancelled() {
-            let full = self.read_once(conn, token).await?;
-            if token.is_cancelled() {
-                break;
+        // A status update at least this often, so wal_sender_timeout never
+        // ends a quiet session.
+        let status_every = Duration::from_secs(10);
+        let metrics_every = Duration::from_secs(1);
+        let mut next_status = Instant::now() + status_every;
+        let mut next_metrics = Instant::now();
+        let mut rate_at = Instant::now();
+        let mut rate_written = self.written;
+        loop {
+            let now = Instant::now();
+            if now >= next_metrics {
+                self.refresh_slot_metrics(conn).await;
+                let secs = rate_at.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    metrics::gauge!("syncdata_archiver_records_per_second")
+                        .set((self.written - rate_written) as f64 / secs);
+                }
+                rate_at = Instant::now();
+                rate_written = self.written;
+                next_metrics = Instant::now() + metrics_every;
             }
-            let age_due = self
+            if self
                 .segment
                 .as_ref()
-                .is_some_and(|s| s.opened().elapsed() >= self.settings.segment_max_age);
-            // A full read means more is waiting: close now so the slot can
-            // move and the next read starts after what is written.
-            if age_due || (full && self.segment.is_some()) {
+                .is_some_and(|s| s.opened().elapsed() >= self.settings.segment_max_age)
+            {
                 self.close_segment()?;
             }
-            self.advance(conn).await?;
-            if full {
-                continue;
+            if self.durable_end > self.confirmed || Instant::now() >= next_status {
+                self.confirm(stream, false).await?;
+                next_status = Instant::now() + status_every;
             }
-            let mut wake = Instant::now() + self.settings.poll;
+            let mut wake = next_status.min(next_metrics);
             if let Some(s) = &self.segment {
                 wake = wake.min(Instant::from_std(
                     s.opened() + self.settings.segment_max_age,
                 ));
             }
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tokio::time::sleep_until(wake) => {}
+            let message = tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(wake) => continue,
+                m = stream.next() => m.context("reading the replication slot")?,
+            };
+            match message {
+                replication::Message::Data { data, .. } if self.pgoutput() => {
+                    self.handle_pgoutput(&data, conn).await?;
+                }
+                replication::Message::Data { data, .. } => {
+                    let row = std::str::from_utf8(&data)
+                        .context("the output plugin sent a row that is not UTF-8")?;
+                    self.handle(row)?;
+                }
+                replication::Message::Keepalive { wal_end, reply } => {
+                    // Everything sent before the keepalive was handled: with
+                    // no transaction open, no change ends before `wal_end`
+                    // that is not on disk or in the open segment.
+                    if self.tx.is_none() {
+                        self.seen_end = self.seen_end.max(wal_end);
+                        if self.segment.is_none() {
+                            self.durable_end = self.seen_end;
+                        }
+                    }
+                    if reply {
+                        self.confirm(stream, true).await?;
+                        next_status = Instant::now() + status_every;
+                    }
+                }
             }
+        }
+    }
+
+    /// Standby status update: the slot may move to the end of the last
+    /// transaction on disk (never further).
+    async fn confirm(
+        &mut self,
+        stream: &mut replication::Stream,
+        reply: bool,
+    ) -> anyhow::Result<()> {
+        let flushed = self.durable_end.max(self.confirmed);
+        stream.confirm(flushed, reply).await?;
+        if flushed > self.confirmed {
+            self.confirmed = flushed;
+            metrics::gauge!("syncdata_archiver_confirmed_lsn").set(self.confirmed.0 as f64);
         }
         Ok(())
     }
 
-    /// One `peek_changes` call, streamed. True when it returned as many
-    /// rows as asked (more may be waiting).
-    async fn read_once(
-        &mut self,
-        conn: &mut PgConnection,
-        token: &CancellationToken,
-    ) -> anyhow::Result<bool> {
-        let slot = self.settings.source.slot.clone();
-        let options = self.options.clone();
-        let mut rows = sqlx::query_as::<_, (String,)>(
-            "SELECT data FROM pg_logical_slot_peek_changes($1, NULL, $2, VARIADIC $3::text[])",
+    /// Slot lag and WAL retained, from the source's own view of the slot.
+    async fn refresh_slot_metrics(&mut self, conn: &mut PgConnection) {
+        let row: Result<(Option<i64>, Option<i64>), sqlx::Error> = sqlx::query_as(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+               FROM pg_replication_slots WHERE slot_name = $1",
         )
-        .bind(slot)
-        .bind(self.settings.peek_max_changes as i32)
-        .bind(options)
-        .fetch(&mut *conn);
-        let mut n: u64 = 0;
-        // A transaction is re-read from its start on each call.
-        self.tx = None;
-        loop {
-            let row = tokio::select! {
-                _ = token.cancelled() => {
-                    self.interrupted = true;
-                    return Ok(false);
-                }
-                row = rows.try_next() => row.context("reading the replication slot")?,
-            };
-            let Some((data,)) = row else { break };
-            n += 1;
-            self.handle(&data)?;
+        .bind(&self.settings.source.slot)
+        .fetch_one(&mut *conn)
+        .await;
+        match row {
+            Ok((lag, retained)) => {
+                metrics::gauge!("syncdata_archiver_slot_lag_bytes")
+                    .set(lag.unwrap_or(0).max(0) as f64);
+                metrics::gauge!("syncdata_archiver_wal_retained_bytes")
+                    .set(retained.unwrap_or(0).max(0) as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the slot's position for metrics"),
         }
-        Ok(n >= u64::from(self.settings.peek_max_changes))
+    }
+
+    fn pgoutput(&self) -> bool {
+        self.settings.source.plugin == source::PGOUTPUT
+    }
+
+    /// One pgoutput message: relations are described from the catalog
+    /// (column types, primary key); changes become the events wal2json's
+    /// rows would.
+    async fn handle_pgoutput(
+        &mut self,
+        data: &[u8],
+        conn: &mut PgConnection,
+    ) -> anyhow::Result<()> {
+        match pgoutput::parse(data)? {
+            pgoutput::Message::Begin { commit, ts } => self.handle_event(Event::Begin {
+                commit,
+                end: Lsn(0),
+                ts: Some(ts),
+            }),
+            pgoutput::Message::Commit { commit, end } => {
+                self.handle_event(Event::Commit { commit, end })
+            }
+            pgoutput::Message::Relation {
+                id,
+                schema,
+                table,
+                columns,
+            } => {
+                let name = TableName::new(schema.clone(), table.clone());
+                if !self.settings.tables.is_empty() && !self.settings.tables.contains(&name) {
+                    self.unwanted.insert(id);
+                    return Ok(());
+                }
+                self.unwanted.remove(&id);
+                let def = syncdata_core::catalog::table(&mut *conn, &name)
+                    .await
+                    .with_context(|| format!("describing {name} for pgoutput"))?;
+                let def = def.with_context(|| format!("table {name} is gone from the source"))?;
+                let columns = columns
+                    .into_iter()
+                    .map(|c| {
+                        let known = def.column(&c);
+                        pgoutput::Column {
+                            category: known.map_or('X', |k| k.category),
+                            is_bytea: known.is_some_and(|k| k.is_bytea),
+                            name: c,
+                        }
+                    })
+                    .collect();
+                self.relations.insert(
+                    id,
+                    pgoutput::Relation {
+                        schema,
+                        table,
+                        columns,
+                        key: def.primary_key,
+                    },
+                );
+                Ok(())
+            }
+            pgoutput::Message::Change { rel, .. } if self.unwanted.contains(&rel) => Ok(()),
+            pgoutput::Message::Change { rel, op, old, new } => {
+                let event = self.relations.change(rel, op, old, new)?;
+                self.handle_event(event)
+            }
+            pgoutput::Message::Truncate { rels } => {
+                let wanted: Vec<u32> = rels
+                    .into_iter()
+                    .filter(|r| !self.unwanted.contains(r))
+                    .collect();
+                for event in self.relations.truncate(&wanted)? {
+                    self.handle_event(event)?;
+                }
+                Ok(())
+            }
+            pgoutput::Message::Other => Ok(()),
+        }
     }
 
     fn handle(&mut self, row: &str) -> anyhow::Result<()> {
-        match decode::decode(row)? {
+        self.handle_event(decode::decode(row)?)
+    }
+
+    fn handle_event(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
             Event::Begin { commit, ts, .. } => {
                 self.tx = Some(Tx {
                     commit,
@@ -444,22 +662,6 @@ impl Archiver {
         tracing::debug!(file = %path.display(), records, "segment written");
         // A transaction still open is not complete: it stays behind.
         self.durable_end = self.seen_end;
-        Ok(())
-    }
-
-    /// Moves the slot to the end of the last transaction on disk.
-    async fn advance(&mut self, conn: &mut PgConnection) -> anyhow::Result<()> {
-        if self.durable_end <= self.confirmed {
-            return Ok(());
-        }
-        sqlx::query("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)")
-            .bind(&self.settings.source.slot)
-            .bind(self.durable_end.to_string())
-            .execute(&mut *conn)
-            .await
-            .context("cannot advance the replication slot")?;
-        self.confirmed = self.durable_end;
-        metrics::gauge!("syncdata_archiver_confirmed_lsn").set(self.confirmed.0 as f64);
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ mod pipeline;
 mod producer;
 mod sanitize;
 mod source;
+mod streaming;
 mod support_smoke;
 mod trust;
 mod values;

@@ -83,7 +83,7 @@ impl Source {
         cmd
     }
 
-    async fn confirmed(&self, slot: &str) -> Lsn {
+    pub(crate) async fn confirmed(&self, slot: &str) -> Lsn {
         let lsn: String = sqlx::query_scalar(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
         )
@@ -445,7 +445,7 @@ async fn end_to_end_from_a_real_source_verifies_equal() {
 // ---------------------------------------------------------------------------
 
 /// (version, table, op, key) of one change.
-type Change = (Version, String, String, String);
+pub(crate) type Change = (Version, String, String, String);
 
 /// The slot's confirmed position, then the segment files on disk right after.
 type Samples = Arc<Mutex<Vec<(Lsn, Vec<String>)>>>;
@@ -455,7 +455,7 @@ fn key_of(obj: &serde_json::Value) -> String {
 }
 
 /// Every change in the segment files, in file order.
-fn archived(dir: &Path) -> Vec<(String, Vec<Change>)> {
+pub(crate) fn archived(dir: &Path) -> Vec<(String, Vec<Change>)> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -493,7 +493,7 @@ fn archived(dir: &Path) -> Vec<(String, Vec<Change>)> {
 
 /// Every change of a second slot created next to the archiver's, decoded
 /// independently: what the archive must hold, exactly once.
-async fn reference(pool: &PgPool, slot: &str, tables: &str) -> Vec<Change> {
+pub(crate) async fn reference(pool: &PgPool, slot: &str, tables: &str) -> Vec<Change> {
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL, 'format-version', '2', \
          'include-lsn', '1', 'include-pk', '1', 'add-tables', $2)",
