@@ -356,10 +356,7 @@ impl Archiver {
             &self.options,
         )
         .await?;
-        let result = self.stream_loop(&mut stream, &mut conn, token).await;
-        if let Err(err) = result {
-            return Err(err);
-        }
+        self.stream_loop(&mut stream, &mut conn, token).await?;
         // Cancelled: what is open goes to disk, the slot is confirmed up to
         // it, and the stream ends cleanly so the server has processed that
         // confirmation before the session goes.

@@ -100,22 +100,69 @@ fn target(url: &str) -> anyhow::Result<Target> {
             })
     });
     let password = from_url.or_else(|| std::env::var("PGPASSWORD").ok());
+    let host = options.get_host().to_owned();
+    let user = options.get_username().to_owned();
+    let database = options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_owned();
+    let password = password.or_else(|| pgpass(&host, options.get_port(), &database, &user));
     let socket = options.get_socket().cloned().or_else(|| {
         let host = options.get_host();
         host.starts_with('/')
             .then(|| std::path::PathBuf::from(host))
     });
     Ok(Target {
-        host: options.get_host().to_owned(),
+        host,
         port: options.get_port(),
         socket,
-        user: options.get_username().to_owned(),
-        database: options
-            .get_database()
-            .unwrap_or(options.get_username())
-            .to_owned(),
+        user,
+        database,
         password,
     })
+}
+
+/// The password from `PGPASSFILE` or `~/.pgpass` (`host:port:db:user:password`,
+/// `*` matches anything, `\` escapes), as libpq reads it.
+fn pgpass(host: &str, port: u16, database: &str, user: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = if host.starts_with('/') {
+        "localhost"
+    } else {
+        host
+    };
+    let port = port.to_string();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let ok = |f: &str, v: &str| f == "*" || f == v;
+        if ok(&fields[0], host)
+            && ok(&fields[1], &port)
+            && ok(&fields[2], database)
+            && ok(&fields[3], user)
+        {
+            return fields.pop();
+        }
+    }
+    None
 }
 
 /// Reads one backend message: its tag and body.
@@ -450,14 +497,9 @@ impl Stream {
         self.writer.write_all(&message(b'c', &[])).await?;
         self.writer.flush().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
-                Ok(Some(Ok(_))) => continue,
-                // CopyDone from the server (reported as Lost) or a closed
-                // connection: the server is through with this stream.
-                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
-            }
-        }
+        // Until the server's CopyDone (reported as an error) or a closed
+        // connection: the server is through with this stream.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.messages.recv()).await {}
         let _ = self.writer.write_all(&message(b'X', &[])).await;
         let _ = self.writer.flush().await;
         Ok(())
