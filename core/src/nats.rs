@@ -201,11 +201,11 @@ pub async fn reconcile_stream(
         fixed.duplicate_window = wanted.duplicate_window;
         fixed.num_replicas = wanted.num_replicas;
         // A denied request gets no answer from nats-server 2.9: bounded.
-        match tokio::time::timeout(Duration::from_secs(5), js.update_stream(fixed)).await {
+        match tokio::time::timeout(Duration::from_secs(3), js.update_stream(fixed)).await {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(
-                "no answer within 5 s (is $JS.API.STREAM.UPDATE allowed for this user?)".to_owned(),
+                "no answer within 3 s (is $JS.API.STREAM.UPDATE allowed for this user?)".to_owned(),
             ),
         }
     } else {
@@ -290,7 +290,8 @@ pub fn differences(live: &stream::Config, wanted: &stream::Config) -> (Vec<Strin
             live.max_messages, wanted.max_messages
         ));
     }
-    if live.duplicate_window != wanted.duplicate_window {
+    // Zero asks for the server's default (the DLQ's).
+    if !wanted.duplicate_window.is_zero() && live.duplicate_window != wanted.duplicate_window {
         repair.push(format!(
             "duplicate_window {}s -> {}s",
             live.duplicate_window.as_secs(),
