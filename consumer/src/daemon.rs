@@ -81,20 +81,73 @@ pub async fn ensure_consumer(
         max_deliver: -1,
         ..Default::default()
     };
-    let mut consumer = match stream.get_or_create_consumer(&name, cfg).await {
+    let mut consumer = match stream.get_or_create_consumer(&name, cfg.clone()).await {
         Ok(c) => c,
-        // Created by another process with other limits: share it as it is.
+        // Created by another process meanwhile: compared below.
         Err(_) => stream
             .get_consumer(&name)
             .await
             .map_err(|e| anyhow::anyhow!("durable consumer {name} for table {table}: {e}"))?,
     };
     let info = consumer.info().await?;
-    if info.config.filter_subject != filter {
+    let live = &info.config;
+    if live.filter_subject != filter {
         bail!(
             "durable consumer {name} filters {:?}, expected {filter:?}: delete it or use another stream",
-            info.config.filter_subject
+            live.filter_subject
         );
+    }
+    // What cannot change in place: refuse, naming the setting.
+    if live.ack_policy != AckPolicy::Explicit {
+        bail!(
+            "durable consumer {name} of table {table} has ack_policy {:?}; syncdata needs Explicit \
+             (acks one by one after commit): delete the durable (`syncdata resync {table} --yes` recreates it)",
+            live.ack_policy
+        );
+    }
+    if live.deliver_policy != DeliverPolicy::All {
+        bail!(
+            "durable consumer {name} of table {table} has deliver_policy {:?}; syncdata needs All: \
+             delete the durable (`syncdata resync {table} --yes` recreates it)",
+            live.deliver_policy
+        );
+    }
+    // What can: repair.
+    let mut repaired = Vec::new();
+    if live.ack_wait != cfg.ack_wait {
+        repaired.push(format!(
+            "ack_wait {}s -> {}s",
+            live.ack_wait.as_secs(),
+            cfg.ack_wait.as_secs()
+        ));
+    }
+    if live.max_ack_pending != cfg.max_ack_pending {
+        repaired.push(format!(
+            "max_ack_pending {} -> {}",
+            live.max_ack_pending, cfg.max_ack_pending
+        ));
+    }
+    if live.max_deliver != cfg.max_deliver {
+        repaired.push(format!(
+            "max_deliver {} -> unlimited (dead-lettering is syncdata's)",
+            live.max_deliver
+        ));
+    }
+    if !repaired.is_empty() {
+        let mut fixed = <pull::Config as async_nats::jetstream::consumer::FromConsumer>::try_from_consumer_config(live.clone())
+            .map_err(|e| anyhow::anyhow!("durable consumer {name} of table {table}: {e}"))?;
+        fixed.ack_wait = cfg.ack_wait;
+        fixed.max_ack_pending = cfg.max_ack_pending;
+        fixed.max_deliver = cfg.max_deliver;
+        consumer = stream.update_consumer(fixed).await.map_err(|e| {
+            anyhow::anyhow!(
+                "durable consumer {name} of table {table}: updating {} failed: {e}",
+                repaired.join(", ")
+            )
+        })?;
+        for r in &repaired {
+            warn!(table = %table, durable = %name, "durable setting repaired: {r}");
+        }
     }
     Ok(consumer)
 }
@@ -201,8 +254,9 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
     refuse_open_server(&client, &mut server_errors, &config, &tables).await?;
     let js = jetstream::new(client.clone());
-    let stream = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
-    let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
+    let stream =
+        nats::reconcile_stream(&js, nats::change_stream_config(&config.nats), false).await?;
+    let dlq = nats::reconcile_stream(&js, nats::dlq_stream_config(&config.nats), false).await?;
 
     let id_of_daemon = Id::random();
     store::register_daemon(&pool, &id_of_daemon, &hostname()).await?;
@@ -241,6 +295,14 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         let id = launch.spawn(&mut workers, table.clone(), Some(consumer), Duration::ZERO);
         slots.insert(id, Slot::new(table.clone()));
     }
+    // Retention of the local bookkeeping (tombstones, logs, daemons).
+    tokio::spawn(crate::gc::run(
+        pool.clone(),
+        stream.clone(),
+        config.clone(),
+        tables.clone(),
+        workers_token.clone(),
+    ));
     info!(tables = workers.len(), instance = %instance, "syncdata started");
     let mut gave_up = None;
 

@@ -10,35 +10,41 @@ use crate::apply::ApplyError;
 pub enum Kind {
     Transient,
     Permanent,
+    /// A foreign-key violation without replica mode: the parent row may not
+    /// have arrived yet. Isolated like a permanent failure, then retried
+    /// alone for `consumer.fk_retry_secs` before it is dead-lettered.
+    Dependent,
 }
 
 /// SQLSTATEs that say "try again": deadlock, serialization failure, lock
-/// timeout, admin/crash shutdown, cannot connect now, too many connections,
-/// out of memory/disk, and any connection exception (class 08).
-fn transient_sqlstate(code: &str, fk_is_transient: bool) -> bool {
+/// timeout, read-only transaction (a failover in progress), statement
+/// timeout or cancel, admin/crash shutdown, cannot connect now, the whole
+/// insufficient-resources class 53 (disk full, out of memory, too many
+/// connections), system errors, and any connection exception (class 08).
+fn transient_sqlstate(code: &str) -> bool {
     matches!(
         code,
         "40P01"
             | "40001"
             | "55P03"
+            | "25006"
+            | "57014"
             | "57P01"
             | "57P02"
             | "57P03"
-            | "53300"
-            | "53200"
-            | "53100"
             | "58000"
             | "58030"
     ) || code.starts_with("08")
-        || (fk_is_transient && code == "23503")
+        || code.starts_with("53")
 }
 
-/// `fk_is_transient`: true when applying without replica mode, where a
-/// foreign-key violation means the parent row has not arrived yet.
-pub fn classify_sqlx(e: &sqlx::Error, fk_is_transient: bool) -> Kind {
+/// `fk_is_dependent`: true when applying without replica mode, where a
+/// foreign-key violation means the parent row may not have arrived yet.
+pub fn classify_sqlx(e: &sqlx::Error, fk_is_dependent: bool) -> Kind {
     match e {
         sqlx::Error::Database(db) => match db.code() {
-            Some(code) if transient_sqlstate(&code, fk_is_transient) => Kind::Transient,
+            Some(code) if transient_sqlstate(&code) => Kind::Transient,
+            Some(code) if fk_is_dependent && code == "23503" => Kind::Dependent,
             _ => Kind::Permanent,
         },
         sqlx::Error::Io(_)
@@ -75,6 +81,7 @@ fn sqlstate_name(code: &str) -> Option<&'static str> {
         "40001" => "serialization_failure",
         "55P03" => "lock_not_available",
         "57014" => "query_canceled",
+        "25006" => "read_only_sql_transaction",
         _ => return None,
     })
 }
@@ -161,15 +168,16 @@ mod tests {
 
     #[test]
     fn sqlstates_classify_per_design() {
-        for code in ["40P01", "40001", "55P03", "57P01", "53300", "08006"] {
-            assert!(transient_sqlstate(code, false), "{code}");
+        for code in [
+            "40P01", "40001", "55P03", "57P01", "53300", "53100", "53400", "08006", "25006",
+            "57014",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
         }
         for code in [
-            "42P01", "42703", "22P02", "23502", "22001", "22021", "23505",
+            "42P01", "42703", "22P02", "23502", "22001", "22021", "23505", "23503",
         ] {
-            assert!(!transient_sqlstate(code, true), "{code}");
+            assert!(!transient_sqlstate(code), "{code}");
         }
-        assert!(transient_sqlstate("23503", true));
-        assert!(!transient_sqlstate("23503", false));
     }
 }

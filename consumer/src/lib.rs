@@ -5,11 +5,13 @@
 //! the one transient-or-permanent decision in [`failure`].
 
 pub mod apply;
+mod attempts;
 pub(crate) mod backlog;
 pub mod cmd;
 pub mod daemon;
 mod dead_letter;
 pub mod failure;
+pub mod gc;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

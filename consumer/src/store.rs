@@ -123,7 +123,12 @@ async fn open(config: &Config) -> Result<PgPool, StoreError> {
     PgPoolOptions::new()
         .max_connections(config.consumer.pool_size)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(config.pg_connect_options().options(SESSION_SETTINGS))
+        .connect_with(
+            config
+                .pg_connect_options()
+                .options(SESSION_SETTINGS)
+                .options(guard_settings(config)),
+        )
         .await
         .map_err(|source| StoreError::Connect {
             host: config.pg_host.clone(),
@@ -131,6 +136,26 @@ async fn open(config: &Config) -> Result<PgPool, StoreError> {
             database: config.pg_database.clone().unwrap_or_default(),
             source,
         })
+}
+
+/// Session settings that keep a stuck statement or a dead peer from
+/// holding a table forever: `lock_timeout` and `statement_timeout` (their
+/// failures are transient, the batch is retried) and the server side's TCP
+/// keepalives (a connection whose client vanished is closed, releasing its
+/// locks). `0` turns a timeout off.
+fn guard_settings(config: &Config) -> [(&'static str, String); 5] {
+    let c = &config.consumer;
+    let keepalive = c.tcp_keepalive_secs.max(1);
+    [
+        ("lock_timeout", format!("{}ms", c.lock_timeout_ms)),
+        ("statement_timeout", format!("{}ms", c.statement_timeout_ms)),
+        ("tcp_keepalives_idle", keepalive.to_string()),
+        (
+            "tcp_keepalives_interval",
+            keepalive.div_ceil(3).max(1).to_string(),
+        ),
+        ("tcp_keepalives_count", "3".to_owned()),
+    ]
 }
 
 /// Whether a migration row (version, checksum) is one of syncdata's.

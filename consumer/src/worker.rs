@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, BatchReport, Disposition, Engine, Incoming, Target};
+use crate::attempts;
 use crate::failure::{self, Kind};
 use crate::store::Counts;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -110,6 +111,12 @@ enum Fate {
     Ack,
     Retry,
     Poison {
+        error: String,
+        sqlstate: Option<String>,
+    },
+    /// A foreign-key violation without replica mode: retried alone until
+    /// `consumer.fk_retry_secs` after its first failure, then dead-lettered.
+    Dependent {
         error: String,
         sqlstate: Option<String>,
     },
@@ -360,68 +367,79 @@ async fn process<T: Target>(
 
     let started = Instant::now();
     let mut stack = vec![good];
-    while let Some(group) = stack.pop() {
-        if group.is_empty() {
-            continue;
-        }
-        let incoming: Vec<Incoming> = group
-            .iter()
-            .map(|&i| Incoming {
-                record: items[i].record.as_ref().expect("good records only"),
-                fallback_seq: items[i].stream_seq,
-            })
-            .collect();
-        match ctx.engine.apply_batch(table, &incoming, "").await {
-            Ok(report) => {
-                ctx.count(table, &report);
-                for (&i, d) in group.iter().zip(report.dispositions) {
-                    fates[i] = Some(match d {
-                        Disposition::Applied | Disposition::Superseded => Fate::Ack,
-                        Disposition::Rejected(reason) => Fate::Poison {
-                            error: reason,
-                            sqlstate: None,
-                        },
-                    });
-                }
-                if report.parked > 0 || report.deletes_of_missing > 0 {
-                    warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
-                          "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
-                }
+    let apply = async {
+        while let Some(group) = stack.pop() {
+            if group.is_empty() {
+                continue;
             }
-            Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
-                Kind::Transient => {
-                    ctx.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
-                    metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
-                    for &i in &group {
-                        fates[i] = Some(Fate::Retry);
+            let incoming: Vec<Incoming> = group
+                .iter()
+                .map(|&i| Incoming {
+                    record: items[i].record.as_ref().expect("good records only"),
+                    fallback_seq: items[i].stream_seq,
+                })
+                .collect();
+            match ctx.engine.apply_batch(table, &incoming, "").await {
+                Ok(report) => {
+                    ctx.count(table, &report);
+                    for (&i, d) in group.iter().zip(report.dispositions) {
+                        fates[i] = Some(match d {
+                            Disposition::Applied | Disposition::Superseded => Fate::Ack,
+                            Disposition::Rejected(reason) => Fate::Poison {
+                                error: reason,
+                                sqlstate: None,
+                            },
+                        });
+                    }
+                    if report.parked > 0 || report.deletes_of_missing > 0 {
+                        warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
+                          "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
                     }
                 }
-                Kind::Permanent => {
-                    ctx.errors.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
-                    if matches!(err, ApplyError::Db { .. }) {
-                        // A schema change may be the cause; read it afresh.
-                        ctx.engine.forget_shape(table).await;
-                    }
-                    let whole_table = matches!(err, ApplyError::Shape(_));
-                    if group.len() > 1 && !whole_table {
-                        let (a, b) = group.split_at(group.len() / 2);
-                        stack.push(b.to_vec());
-                        stack.push(a.to_vec());
-                    } else {
-                        let sqlstate = err.sqlstate();
+                Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
+                    Kind::Transient => {
+                        ctx.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
+                        metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
                         for &i in &group {
-                            fates[i] = Some(Fate::Poison {
-                                error: failure::describe(&err),
-                                sqlstate: sqlstate.clone(),
-                            });
+                            fates[i] = Some(Fate::Retry);
                         }
                     }
-                }
-            },
+                    kind @ (Kind::Permanent | Kind::Dependent) => {
+                        ctx.errors.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
+                        if matches!(err, ApplyError::Db { .. }) && kind == Kind::Permanent {
+                            // A schema change may be the cause; read it afresh.
+                            ctx.engine.forget_shape(table).await;
+                        }
+                        let whole_table = matches!(err, ApplyError::Shape(_));
+                        if group.len() > 1 && !whole_table {
+                            let (a, b) = group.split_at(group.len() / 2);
+                            stack.push(b.to_vec());
+                            stack.push(a.to_vec());
+                        } else {
+                            let sqlstate = err.sqlstate();
+                            let error = failure::describe(&err);
+                            for &i in &group {
+                                fates[i] = Some(if kind == Kind::Dependent {
+                                    Fate::Dependent {
+                                        error: error.clone(),
+                                        sqlstate: sqlstate.clone(),
+                                    }
+                                } else {
+                                    Fate::Poison {
+                                        error: error.clone(),
+                                        sqlstate: sqlstate.clone(),
+                                    }
+                                });
+                            }
+                        }
+                    }
+                },
+            }
         }
-    }
+    };
+    in_progress(&items, ctx.config.consumer.ack_wait_secs, apply).await;
     metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
         .record(started.elapsed().as_secs_f64());
     for (item, fate) in items.iter().zip(&fates) {
@@ -451,16 +469,43 @@ async fn settle<T: Target>(
                 transient = true;
                 nak(&item.msg, delay).await;
             }
-            fate @ (Fate::Poison { .. } | Fate::Reject(_)) => {
-                let (error, sqlstate, rejection) = match fate {
-                    Fate::Poison { error, sqlstate } => (error, sqlstate, None),
-                    Fate::Reject(r) => (r.error.clone(), None, Some(r.reason)),
+            fate @ (Fate::Poison { .. } | Fate::Dependent { .. } | Fate::Reject(_)) => {
+                let (error, sqlstate, rejection, dependent) = match fate {
+                    Fate::Poison { error, sqlstate } => (error, sqlstate, None, false),
+                    Fate::Dependent { error, sqlstate } => (error, sqlstate, None, true),
+                    Fate::Reject(r) => (r.error.clone(), None, Some(r.reason), false),
                     _ => unreachable!("matched above"),
                 };
+                let mut attempts = item.delivered;
                 if rejection.is_none() {
-                    warn!(table = %table, stream_seq = item.stream_seq, attempt = item.delivered,
-                          error = %error, "record failed permanently");
-                    if item.delivered < max_attempts {
+                    // The record's own failures, not its deliveries.
+                    let failures = match attempts::record(&ctx.store, table, item.stream_seq).await
+                    {
+                        Ok(f) => f,
+                        Err(err) => {
+                            warn!(table = %table, stream_seq = item.stream_seq, error = %failure::describe_sqlx(&err),
+                                  "cannot count the record's failure; will retry");
+                            transient = true;
+                            nak(&item.msg, delay).await;
+                            continue;
+                        }
+                    };
+                    attempts = failures.attempts;
+                    let retry = if dependent {
+                        failures.since_first_secs < ctx.config.consumer.fk_retry_secs as f64
+                    } else {
+                        failures.attempts < max_attempts
+                    };
+                    if dependent {
+                        warn!(table = %table, stream_seq = item.stream_seq, attempt = failures.attempts,
+                              waited_secs = failures.since_first_secs as u64, error = %error,
+                              "record's parent row is missing (foreign key); retrying it alone until consumer.fk_retry_secs");
+                    } else {
+                        warn!(table = %table, stream_seq = item.stream_seq, attempt = failures.attempts,
+                              error = %error, "record failed permanently");
+                    }
+                    if retry {
+                        let delay = policy.delay_for(failures.attempts.max(1) as u32);
                         nak(&item.msg, delay).await;
                         continue;
                     }
@@ -479,7 +524,7 @@ async fn settle<T: Target>(
                     payload: item.msg.payload.clone(),
                     error,
                     sqlstate,
-                    attempts: item.delivered as u64,
+                    attempts: attempts.max(1) as u64,
                     subject: item.msg.subject.to_string(),
                     sequence: item.stream_seq,
                 };
@@ -507,6 +552,16 @@ async fn settle<T: Target>(
             }
         }
     }
+    // Settled messages that were delivered before may have failures counted.
+    let settled: Vec<i64> = acks
+        .iter()
+        .filter_map(|m| m.info().ok())
+        .filter(|i| i.delivered > 1)
+        .map(|i| i.stream_sequence as i64)
+        .collect();
+    if let Err(err) = attempts::clear(&ctx.store, &settled).await {
+        debug!(table = %table, error = %err, "clearing failure counts failed; the housekeeping removes them");
+    }
     // One after another: an ack only queues a publish on the connection.
     for m in &acks {
         if let Err(err) = m.ack().await {
@@ -516,6 +571,33 @@ async fn settle<T: Target>(
         }
     }
     transient
+}
+
+/// Runs `apply` while telling the server, every third of `ack_wait`, that
+/// the batch's messages are still being worked on (`+WPI`): a batch
+/// waiting on a lock held elsewhere is not redelivered to another process
+/// meanwhile, so redeliveries do not pile up behind it.
+async fn in_progress(
+    items: &[Item],
+    ack_wait_secs: u64,
+    apply: impl std::future::Future<Output = ()>,
+) {
+    let every = Duration::from_millis((ack_wait_secs * 1000 / 3).max(500));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(apply);
+    loop {
+        tokio::select! {
+            _ = &mut apply => return,
+            _ = tick.tick() => {
+                for item in items {
+                    if let Err(err) = item.msg.ack_with(AckKind::Progress).await {
+                        debug!(error = %err, "in-progress ack failed");
+                    }
+                }
+                metrics::counter!("syncdata_in_progress_acks_total").increment(items.len() as u64);
+            }
+        }
+    }
 }
 
 async fn nak(msg: &Message, delay: Duration) {

@@ -181,6 +181,16 @@ pub struct NatsConfig {
     /// records. Duplicates older than this are still harmless (the version
     /// guard drops them); the window only saves work and stream space.
     pub duplicate_window_secs: u64,
+    /// Change stream retention: messages older than this go (0: no age
+    /// limit). See docs/operations.md "Retention".
+    pub max_age_secs: u64,
+    /// Change stream size limit in bytes (0: none). With discard New, a
+    /// full stream refuses new messages: the producer waits and retries,
+    /// nothing is dropped.
+    pub max_bytes: u64,
+    /// Dead-letter stream limits (discard Old: the oldest dead letters go).
+    pub dlq_max_age_secs: u64,
+    pub dlq_max_msgs: u64,
 }
 
 impl Default for NatsConfig {
@@ -206,6 +216,10 @@ impl Default for NatsConfig {
             dlq_subject_prefix: "syncdata.dlq".to_owned(),
             replicas: 1,
             duplicate_window_secs: 120,
+            max_age_secs: 14 * 86_400,
+            max_bytes: 0,
+            dlq_max_age_secs: 90 * 86_400,
+            dlq_max_msgs: 1_000_000,
         }
     }
 }
@@ -239,6 +253,10 @@ pub struct ProducerConfig {
     /// Source PostgreSQL URL for `check-rules` (`--source` overrides). No
     /// password here: use PGPASSWORD or ~/.pgpass.
     pub source_url: Option<String>,
+    /// `quarantine.jsonl` is rotated past this size...
+    pub quarantine_max_bytes: u64,
+    /// ...keeping this many rotated files (`quarantine.jsonl.1` newest).
+    pub quarantine_keep_files: u32,
 }
 
 impl Default for ProducerConfig {
@@ -254,6 +272,8 @@ impl Default for ProducerConfig {
             rules_reload_ms: 1000,
             sanitize_key_file: None,
             source_url: None,
+            quarantine_max_bytes: 64 * 1024 * 1024,
+            quarantine_keep_files: 3,
         }
     }
 }
@@ -281,6 +301,24 @@ pub struct ConsumerConfig {
     /// WAL ahead of the highest version applied (to its table, else to any
     /// table) is held and dead-lettered, never applied. Default 1 TiB.
     pub max_version_jump: u64,
+    /// Without replica mode, a record failing on a foreign key (its parent
+    /// not here yet) is retried alone for this long before dead-lettering.
+    pub fk_retry_secs: u64,
+    /// `lock_timeout` and `statement_timeout` of the apply connections
+    /// (0: off). Both failures are transient: the batch is retried.
+    pub lock_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    /// TCP keepalive idle time of the database connections (seconds).
+    pub tcp_keepalive_secs: u64,
+    /// How often the housekeeping runs (tombstones, logs, daemons).
+    pub gc_interval_secs: u64,
+    /// A tombstone goes only below a replay horizon observed at least this
+    /// long ago (docs/design.md "Tombstone collection"); 0 never collects.
+    pub tombstone_grace_secs: u64,
+    /// `data_sync_logs` rows older than this go (0: kept for ever).
+    pub log_retention_days: u64,
+    /// Stopped or silent daemons leave `syncdata.daemons` after this long.
+    pub daemon_retention_days: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -295,6 +333,14 @@ impl Default for ConsumerConfig {
             max_backoff_ms: 30_000,
             metrics_addr: None,
             max_version_jump: 1 << 40,
+            fk_retry_secs: 600,
+            lock_timeout_ms: 30_000,
+            statement_timeout_ms: 600_000,
+            tcp_keepalive_secs: 60,
+            gc_interval_secs: 300,
+            tombstone_grace_secs: 3600,
+            log_retention_days: 30,
+            daemon_retention_days: 7,
         }
     }
 }
@@ -666,6 +712,12 @@ impl Config {
         if c.pool_size == 0 {
             return Err(invalid("consumer.pool_size", "must be at least 1"));
         }
+        if c.gc_interval_secs == 0 {
+            return Err(invalid("consumer.gc_interval_secs", "must be positive"));
+        }
+        if c.tcp_keepalive_secs == 0 {
+            return Err(invalid("consumer.tcp_keepalive_secs", "must be positive"));
+        }
         if c.max_version_jump < 1 << 24 {
             return Err(invalid(
                 "consumer.max_version_jump",
@@ -786,6 +838,12 @@ impl Config {
             .is_some_and(|f| f.as_os_str().is_empty())
         {
             return Err(invalid("producer.rules_file", "must not be empty"));
+        }
+        if p.quarantine_max_bytes < 4096 {
+            return Err(invalid(
+                "producer.quarantine_max_bytes",
+                "must be at least 4096",
+            ));
         }
         if p.rules_reload_ms == 0 {
             return Err(invalid("producer.rules_reload_ms", "must be positive"));

@@ -121,9 +121,23 @@ pub fn change_stream_config(cfg: &NatsConfig) -> stream::Config {
         subjects: vec![format!("{}.>", cfg.subject_prefix)],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
+        // A full stream refuses new messages (the producer waits) rather
+        // than dropping old ones a table not yet consumed still needs.
+        discard: stream::DiscardPolicy::New,
+        max_age: Duration::from_secs(cfg.max_age_secs),
+        max_bytes: limit(cfg.max_bytes),
         num_replicas: cfg.replicas,
         duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
         ..Default::default()
+    }
+}
+
+/// A configured limit as JetStream wants it: -1 for none.
+fn limit(n: u64) -> i64 {
+    if n == 0 {
+        -1
+    } else {
+        i64::try_from(n).unwrap_or(i64::MAX)
     }
 }
 
@@ -133,9 +147,169 @@ pub fn dlq_stream_config(cfg: &NatsConfig) -> stream::Config {
         subjects: vec![format!("{}.>", cfg.dlq_subject_prefix)],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
+        // Bounded: past its limits the oldest dead letters go.
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_secs(cfg.dlq_max_age_secs),
+        max_messages: limit(cfg.dlq_max_msgs),
         num_replicas: cfg.replicas,
         ..Default::default()
     }
+}
+
+/// Creates the stream when missing; when it exists, compares what syncdata
+/// relies on with the live configuration. Refused, naming the setting: a
+/// retention policy other than Limits, another storage type, subjects that
+/// do not cover syncdata's. Repaired in place when `may_update` (the
+/// producer, which owns the change stream) and the server lets this user
+/// (`$JS.API.STREAM.UPDATE.<stream>`): limits, discard policy, duplicate
+/// window, replicas. When it cannot repair them it warns, naming each
+/// setting, and goes on, except for a discard-Old stream with a size limit,
+/// which silently drops records a table not yet consumed still needs: that
+/// is refused.
+pub async fn reconcile_stream(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+    may_update: bool,
+) -> Result<stream::Stream, NatsError> {
+    let name = wanted.name.clone();
+    let fail = |message: String| NatsError::Stream {
+        name: name.clone(),
+        message,
+    };
+    let mut live = ensure_stream(js, wanted.clone()).await?;
+    let info = live.info().await.map_err(|e| fail(e.to_string()))?;
+    let current = info.config.clone();
+    let (repaired, refused) = differences(&current, &wanted);
+    if let Some(setting) = refused.first() {
+        return Err(fail(format!(
+            "{setting}; syncdata cannot change it in place: recreate the stream \
+             (after its consumers caught up) or point the configuration elsewhere"
+        )));
+    }
+    if repaired.is_empty() {
+        return Ok(live);
+    }
+    let drops_records = wanted.discard == stream::DiscardPolicy::New
+        && current.discard == stream::DiscardPolicy::Old
+        && (unlimited(current.max_bytes).is_some() || unlimited(current.max_messages).is_some());
+    let why_not = if may_update {
+        let mut fixed = current.clone();
+        fixed.discard = wanted.discard;
+        fixed.max_age = wanted.max_age;
+        fixed.max_bytes = wanted.max_bytes;
+        fixed.max_messages = wanted.max_messages;
+        fixed.duplicate_window = wanted.duplicate_window;
+        fixed.num_replicas = wanted.num_replicas;
+        // A denied request gets no answer from nats-server 2.9: bounded.
+        match tokio::time::timeout(Duration::from_secs(3), js.update_stream(fixed)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(
+                "no answer within 3 s (is $JS.API.STREAM.UPDATE allowed for this user?)".to_owned(),
+            ),
+        }
+    } else {
+        Some("only the producer repairs the stream's settings".to_owned())
+    };
+    match why_not {
+        None => {
+            for r in &repaired {
+                tracing::warn!(stream = %name, "stream setting repaired: {r}");
+            }
+            live = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Some(reason) if drops_records => {
+            return Err(fail(format!(
+                "it has discard Old with a size limit, so a full stream silently drops records a table \
+                 not yet consumed still needs, and it could not be repaired ({reason}); set discard New on it \
+                 (`nats stream edit {name} --discard new`) or let the producer's user update it \
+                 ($JS.API.STREAM.UPDATE.{name}); differences: {}",
+                repaired.join("; ")
+            )));
+        }
+        Some(reason) => {
+            for r in &repaired {
+                tracing::warn!(
+                    stream = %name,
+                    "stream setting differs from the configuration and was not repaired ({reason}): {r}; \
+                     edit the stream (`nats stream edit {name}`) or let the producer's user update it"
+                );
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// A JetStream limit: Some(n) when set, None for "no limit" (0 or -1).
+fn unlimited(n: i64) -> Option<i64> {
+    (n > 0).then_some(n)
+}
+
+/// What differs between a live stream and the wanted one: (repairable in
+/// place, not repairable), each naming the setting.
+pub fn differences(live: &stream::Config, wanted: &stream::Config) -> (Vec<String>, Vec<String>) {
+    let mut repair = Vec::new();
+    let mut refuse = Vec::new();
+    if live.retention != wanted.retention {
+        refuse.push(format!(
+            "retention is {:?}, syncdata needs {:?} (other policies drop records a table not yet consumed still needs)",
+            live.retention, wanted.retention
+        ));
+    }
+    if live.storage != wanted.storage {
+        refuse.push(format!(
+            "storage is {:?}, syncdata needs {:?}",
+            live.storage, wanted.storage
+        ));
+    }
+    if live.discard != wanted.discard {
+        repair.push(format!(
+            "discard {:?} -> {:?}",
+            live.discard, wanted.discard
+        ));
+    }
+    if live.max_age != wanted.max_age {
+        repair.push(format!(
+            "max_age {}s -> {}s",
+            live.max_age.as_secs(),
+            wanted.max_age.as_secs()
+        ));
+    }
+    if unlimited(live.max_bytes) != unlimited(wanted.max_bytes) {
+        repair.push(format!(
+            "max_bytes {} -> {}",
+            live.max_bytes, wanted.max_bytes
+        ));
+    }
+    if unlimited(live.max_messages) != unlimited(wanted.max_messages) {
+        repair.push(format!(
+            "max_msgs {} -> {}",
+            live.max_messages, wanted.max_messages
+        ));
+    }
+    // Zero asks for the server's default (the DLQ's).
+    if !wanted.duplicate_window.is_zero() && live.duplicate_window != wanted.duplicate_window {
+        repair.push(format!(
+            "duplicate_window {}s -> {}s",
+            live.duplicate_window.as_secs(),
+            wanted.duplicate_window.as_secs()
+        ));
+    }
+    if live.num_replicas != wanted.num_replicas {
+        repair.push(format!(
+            "replicas {} -> {}",
+            live.num_replicas, wanted.num_replicas
+        ));
+    }
+    for s in &wanted.subjects {
+        if !live.subjects.contains(s) {
+            refuse.push(format!("subjects {:?} lack {s:?}", live.subjects));
+        }
+    }
+    (repair, refuse)
 }
 
 /// Creates the stream when missing; returns it either way.

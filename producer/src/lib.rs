@@ -22,6 +22,7 @@ pub mod scram;
 pub(crate) mod sink;
 pub(crate) mod snapshot;
 pub mod source;
+pub mod state_lock;
 pub(crate) mod status;
 pub mod tail;
 

@@ -320,6 +320,12 @@ impl<S: Sink> Publisher<S> {
         self
     }
 
+    /// Rotation and cap of the quarantine file (see `Quarantine::set_limits`).
+    pub fn with_quarantine_limits(mut self, max_bytes: u64, keep: u32) -> Self {
+        self.quarantine.set_limits(max_bytes, keep);
+        self
+    }
+
     /// Creates the destination stream when it is missing.
     pub async fn ensure_stream(&self) -> Result<(), PublisherError> {
         Ok(self.sink.ensure_stream().await?)
@@ -844,6 +850,24 @@ impl<S: Sink> Publisher<S> {
             }),
             None => self.acked.clone(),
         };
+        let needed = until.as_ref().is_some_and(|u| at.before(u));
+        if needed && !self.settings.archive_dir.join(&*at.file).exists() {
+            // Never a skip: the held records were in that file.
+            tracing::error!(
+                table = %name,
+                file = %at.file,
+                line = at.line + 1,
+                "archive file holding the halted table's held records is missing: \
+                 the table stays halted (nothing of it is published past this point); \
+                 restore the file into the archive directory and restart the producer. \
+                 Delete archive files only before `syncdata-producer status`'s safe_to_delete_before"
+            );
+            metrics::counter!("syncdata_producer_halt_file_missing_total").increment(1);
+            if let Some(h) = self.halts.get_mut(&table) {
+                h.generation = generation;
+            }
+            return Ok(false);
+        }
         let opened = match until.filter(|u| at.before(u)) {
             Some(until) => self.open_from(&at)?.map(|c| (c, until)),
             None => None,

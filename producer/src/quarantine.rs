@@ -95,6 +95,48 @@ pub struct Quarantine {
     count: u64,
     /// The file ends in a torn entry (a crash mid-append): start a new line.
     torn: bool,
+    /// Rotation: past `max_bytes` the file becomes `quarantine.jsonl.1`
+    /// (older ones shift up), keeping `keep` rotated files.
+    max_bytes: u64,
+    keep: u32,
+}
+
+/// The name of the `n`-th rotated quarantine file (1 is the newest).
+pub fn rotated_name(n: u32) -> String {
+    format!("{FILE_NAME}.{n}")
+}
+
+/// The quarantine files of `state_dir`, oldest first (rotated ones, then
+/// the current one), that exist.
+fn files(state_dir: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n: u32 = name.strip_prefix(&format!("{FILE_NAME}."))?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    let current = state_dir.join(FILE_NAME);
+    if current.exists() {
+        out.push(current);
+    }
+    out
+}
+
+/// How many quarantine files `state_dir` holds and their total bytes.
+pub fn disk_usage(state_dir: &Path) -> (usize, u64) {
+    let files = files(state_dir);
+    let bytes = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    (files.len(), bytes)
 }
 
 impl Quarantine {
@@ -107,20 +149,77 @@ impl Quarantine {
             last: None,
             count: 0,
             torn: false,
+            max_bytes: u64::MAX,
+            keep: 0,
         };
-        scan(&q.path, |key, complete| {
-            q.torn = !complete;
-            if let Some(key) = key {
-                q.count += 1;
-                if q.last
-                    .as_ref()
-                    .is_none_or(|(f, l)| (f.as_str(), *l) < (key.file.as_str(), key.line))
-                {
-                    q.last = Some((key.file, key.line));
+        // Rotated files too: what they hold is recorded (and counted).
+        for file in files(state_dir) {
+            let current = file == q.path;
+            scan(&file, |key, complete| {
+                if current {
+                    q.torn = !complete;
+                }
+                if let Some(key) = key {
+                    q.count += 1;
+                    if q.last
+                        .as_ref()
+                        .is_none_or(|(f, l)| (f.as_str(), *l) < (key.file.as_str(), key.line))
+                    {
+                        q.last = Some((key.file, key.line));
+                    }
+                }
+            })?;
+        }
+        Ok(q)
+    }
+
+    /// Rotates the file past `max_bytes`, keeping `keep` rotated files
+    /// (the oldest beyond go): the quarantine's disk use stays under about
+    /// `max_bytes × (keep + 1)`.
+    pub fn set_limits(&mut self, max_bytes: u64, keep: u32) {
+        self.max_bytes = max_bytes;
+        self.keep = keep;
+    }
+
+    /// Rotates when appending `next` bytes would pass the size limit.
+    fn rotate_if_full(&mut self, next: u64) -> Result<(), QuarantineError> {
+        let size = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(()),
+        };
+        if size == 0 || size.saturating_add(next) <= self.max_bytes {
+            return Ok(());
+        }
+        let err = |source| QuarantineError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        // The oldest beyond `keep` go; the others shift up by one.
+        for old in files(&dir) {
+            let n = old
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&format!("{FILE_NAME}.")))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(n) = n {
+                if n >= self.keep {
+                    std::fs::remove_file(&old).map_err(err)?;
+                    metrics::counter!("syncdata_producer_quarantine_dropped_files_total")
+                        .increment(1);
+                } else {
+                    std::fs::rename(&old, dir.join(rotated_name(n + 1))).map_err(err)?;
                 }
             }
-        })?;
-        Ok(q)
+        }
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path).map_err(err)?;
+        } else {
+            std::fs::rename(&self.path, dir.join(rotated_name(1))).map_err(err)?;
+        }
+        self.torn = false;
+        tracing::info!(path = %self.path.display(), bytes = size, keep = self.keep, "quarantine rotated");
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -151,6 +250,10 @@ impl Quarantine {
         }
         serde_json::to_writer(&mut bytes, entry).expect("an entry always serializes");
         bytes.push(b'\n');
+        self.rotate_if_full(bytes.len() as u64)?;
+        if !self.torn && bytes.first() == Some(&b'\n') {
+            bytes.remove(0);
+        }
         let written = syncdata_core::private_fs::open_options()
             .create(true)
             .append(true)
@@ -192,16 +295,17 @@ pub struct Summary {
 
 /// Reads the quarantine in `state_dir` without changing it.
 pub fn summary(state_dir: &Path, last: usize) -> Result<Summary, QuarantineError> {
-    let path = state_dir.join(FILE_NAME);
     let mut count = 0;
     let mut recent = VecDeque::with_capacity(last + 1);
-    scan_entries(&path, |entry| {
-        count += 1;
-        recent.push_back(entry);
-        if recent.len() > last {
-            recent.pop_front();
-        }
-    })?;
+    for path in files(state_dir) {
+        scan_entries(&path, |entry| {
+            count += 1;
+            recent.push_back(entry);
+            if recent.len() > last {
+                recent.pop_front();
+            }
+        })?;
+    }
     Ok(Summary {
         count,
         recent: recent.into(),
@@ -300,6 +404,27 @@ mod tests {
         let s = summary(dir.path(), 10).unwrap();
         assert_eq!(s.count, 2);
         assert_eq!(s.recent[1].line, 2);
+    }
+
+    #[test]
+    fn rotation_bounds_the_files_and_keeps_what_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(dir.path()).unwrap();
+        q.set_limits(1000, 2);
+        for line in 1..=100 {
+            assert!(q.add(&entry("f", line)).unwrap());
+        }
+        let (files, bytes) = disk_usage(dir.path());
+        assert_eq!(files, 3, "current plus 2 rotated");
+        assert!(bytes <= 3 * 1000, "{bytes}");
+        // A restart still knows what was recorded (the current file may be
+        // small or fresh).
+        let mut q = Quarantine::open(dir.path()).unwrap();
+        assert!(!q.add(&entry("f", 100)).unwrap());
+        assert!(q.add(&entry("f", 101)).unwrap());
+        let s = summary(dir.path(), 3).unwrap();
+        assert_eq!(s.recent.last().unwrap().line, 101);
+        assert!(s.count < 100, "old entries went: {}", s.count);
     }
 
     #[test]

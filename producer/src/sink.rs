@@ -29,6 +29,14 @@ pub enum SinkError {
     /// No stream takes the subject; create it, then retry.
     #[error("no stream takes the subject: {0}")]
     StreamMissing(String),
+    /// The stream is at its `nats.max_bytes` (discard New): the server
+    /// refuses new messages until old ones age out. Wait and retry; nothing
+    /// is dropped.
+    #[error(
+        "the stream is full ({0}): waiting for old messages to age out (nats.max_age_secs) \
+         or for nats.max_bytes to be raised; nothing is dropped, publishing resumes by itself"
+    )]
+    StreamFull(String),
     /// Anything else (timeout, connection lost, server error): retry.
     #[error("publish failed: {0}")]
     Failed(String),
@@ -90,7 +98,18 @@ impl JetStreamSink {
 fn classify(err: jetstream::context::PublishError) -> SinkError {
     match err.kind() {
         PublishErrorKind::StreamNotFound => SinkError::StreamMissing(err.to_string()),
-        _ => SinkError::Failed(err.to_string()),
+        _ => {
+            let text = err.to_string();
+            let lower = text.to_lowercase();
+            if lower.contains("maximum bytes exceeded")
+                || lower.contains("maximum messages exceeded")
+                || lower.contains("insufficient resources")
+            {
+                SinkError::StreamFull(text)
+            } else {
+                SinkError::Failed(text)
+            }
+        }
     }
 }
 
@@ -100,7 +119,7 @@ impl Sink for JetStreamSink {
     }
 
     async fn ensure_stream(&self) -> Result<(), SinkError> {
-        syncdata_core::nats::ensure_stream(&self.js, self.stream.clone())
+        syncdata_core::nats::reconcile_stream(&self.js, self.stream.clone(), true)
             .await
             .map(drop)
             .map_err(|e| SinkError::Failed(e.to_string()))

@@ -43,6 +43,26 @@ pub struct Status {
     pub quarantined: u64,
     /// The last quarantine entries, oldest first (without the raw lines).
     pub recent_quarantine: Vec<QuarantinedLine>,
+    /// Archive files whose names sort before this one are no longer needed
+    /// (the older of the checkpoint's file and every halted table's file);
+    /// None: keep every file (nothing published yet).
+    pub safe_to_delete_before: Option<String>,
+    /// Halted tables (`halted_tables`) whose held records start in an
+    /// archive file that is gone: they cannot resume until it is restored.
+    pub halts_missing_file: Vec<HaltStatus>,
+    /// Quarantine files (current plus rotated) and their bytes.
+    pub quarantine_files: usize,
+    pub quarantine_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HaltStatus {
+    pub table: String,
+    pub file: String,
+    pub line: u64,
+    pub reason: String,
+    #[serde(skip)]
+    pub file_missing: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +77,32 @@ pub struct QuarantinedLine {
 pub fn status(config: &Config) -> Result<Status, StatusError> {
     let archive_dir = config.archive_dir()?.to_owned();
     let state_dir = config.producer_state_dir()?;
-    let checkpoint = CheckpointStore::new(&state_dir).load()?;
+    let state = CheckpointStore::new(&state_dir).load_state()?;
+    let checkpoint = state.as_ref().map(|s| s.position.clone());
+    let halted: Vec<HaltStatus> = state
+        .as_ref()
+        .map(|s| {
+            s.halted
+                .iter()
+                .map(|h| HaltStatus {
+                    table: format!("{}.{}", h.schema, h.table),
+                    file: h.file.clone(),
+                    line: h.line,
+                    reason: h.reason.clone(),
+                    file_missing: !archive_dir.join(&h.file).exists(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let safe_to_delete_before = checkpoint.as_ref().map(|c| {
+        halted
+            .iter()
+            .map(|h| h.file.clone())
+            .chain(std::iter::once(c.file.clone()))
+            .min()
+            .expect("at least the checkpoint's file")
+    });
+    let (quarantine_files, quarantine_bytes) = quarantine::disk_usage(&state_dir);
     let names = tail::list(&archive_dir)?;
     let files_after_checkpoint = match &checkpoint {
         Some(c) => names.iter().filter(|n| **n > c.file).count(),
@@ -70,6 +115,10 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
         sanitization: sanitization_mode(config),
         rules_file: config.producer.rules_file.clone(),
         checkpoint,
+        safe_to_delete_before,
+        halts_missing_file: halted.into_iter().filter(|h| h.file_missing).collect(),
+        quarantine_files,
+        quarantine_bytes,
         files: names.len(),
         files_after_checkpoint,
         quarantined: summary.count,
@@ -127,7 +176,27 @@ impl fmt::Display for Status {
             "files:         {} ({} after the checkpoint)",
             self.files, self.files_after_checkpoint
         )?;
-        writeln!(f, "quarantined:   {}", self.quarantined)?;
+        match &self.safe_to_delete_before {
+            Some(file) => writeln!(
+                f,
+                "safe to delete: archive files named before {file} (older than the checkpoint and every halt)"
+            )?,
+            None => writeln!(f, "safe to delete: nothing yet")?,
+        }
+        for h in &self.halts_missing_file {
+            writeln!(
+                f,
+                "ERROR:         halted table {} needs archive file {} (from line {}), which is missing: restore it",
+                h.table,
+                h.file,
+                h.line + 1
+            )?;
+        }
+        writeln!(
+            f,
+            "quarantined:   {} ({} file(s), {} bytes)",
+            self.quarantined, self.quarantine_files, self.quarantine_bytes
+        )?;
         for q in &self.recent_quarantine {
             writeln!(f, "  {}:{} {} ({})", q.file, q.line, q.reason, q.at)?;
         }

@@ -25,6 +25,9 @@ pub struct Status {
     pub errors: i64,
     pub daemons: i64,
     pub tables: Vec<TableStatus>,
+    /// Retention limits and what the housekeeping did (docs/operations.md
+    /// "Retention").
+    pub retention: crate::gc::Retention,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,10 +66,13 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             .await?
         }
     };
+    // Rows removed by retention still count (syncdata.log_totals).
     let (last_sync, records, errors): (Option<String>, Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select to_char(max(sync_time) filter (where status = 'SUCCESS') at time zone 'UTC', {TS}), \
-                sum(rows_synced) filter (where status = 'SUCCESS'), \
-                count(*) filter (where status = 'FAILED') \
+                (coalesce(sum(rows_synced) filter (where status = 'SUCCESS'), 0) \
+                 + (select coalesce(sum(records_synced), 0) from syncdata.log_totals))::bigint, \
+                (count(*) filter (where status = 'FAILED') \
+                 + (select coalesce(sum(errors), 0) from syncdata.log_totals))::bigint \
          from data_sync_logs"
     )))
     .fetch_one(&pool)
@@ -96,7 +102,10 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             worker_error,
         });
     }
+    let retention =
+        crate::gc::retention(&pool, config, streams.as_ref().ok().map(|(c, d)| (c, d))).await?;
     Ok(Status {
+        retention,
         status: if daemons > 0 { "active" } else { "inactive" },
         sync_frequency_seconds: config.data_sync_freq,
         start_time,
@@ -230,5 +239,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             t.worker_error.as_deref().unwrap_or("unknown")
         );
     }
+    outln!()?;
+    outln!("{}", s.retention)?;
     Ok(())
 }

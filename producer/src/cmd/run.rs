@@ -35,6 +35,8 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         0.0
     });
     syncdata_core::private_fs::warn_if_exposed(&settings.archive_dir, "archive");
+    // One producer per state directory, held until `run` returns.
+    let _lock = crate::state_lock::lock(&settings.state_dir)?;
     let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
         std::env::var(k).ok()
     })?;
@@ -59,7 +61,10 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             sink = sink.with_signer(key);
         }
         // Before the stream: a broken checkpoint should fail first and loudly.
-        let mut publisher = Publisher::new(sink, settings)?;
+        let mut publisher = Publisher::new(sink, settings)?.with_quarantine_limits(
+            config.producer.quarantine_max_bytes,
+            config.producer.quarantine_keep_files,
+        );
         if let Some(sanitizer) = sanitizer {
             publisher = publisher.with_sanitizer(sanitizer);
         }

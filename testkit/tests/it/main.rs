@@ -13,6 +13,7 @@ mod failures;
 mod operations;
 mod pipeline;
 mod producer;
+mod retention;
 mod sanitize;
 mod source;
 mod streaming;

@@ -565,6 +565,7 @@ fn assert_status_schema(s: &Value) {
         "errors",
         "daemons",
         "tables",
+        "retention",
     ];
     top.sort();
     assert_eq!(keys(s), top, "top-level keys of {s:#}");

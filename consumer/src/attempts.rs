@@ -1,0 +1,51 @@
+//! Permanent failures counted per message, apart from its deliveries
+//! (`syncdata.failed_attempts`, migration 0007). A message redelivered many
+//! times during an outage (transient failures, a consumer killed mid-batch)
+//! has used none of its `max_attempts`; only failures of the record itself
+//! count, and a foreign-key wait is measured from its first failure.
+
+use sqlx::PgPool;
+use syncdata_core::table::TableName;
+
+/// What is known of a message's own failures, this one included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failures {
+    pub attempts: i64,
+    /// Seconds since its first permanent (or foreign-key) failure.
+    pub since_first_secs: f64,
+}
+
+/// Counts one more failure of the message at `stream_seq`.
+pub async fn record(
+    pool: &PgPool,
+    table: &TableName,
+    stream_seq: u64,
+) -> Result<Failures, sqlx::Error> {
+    let (attempts, since): (i32, f64) = sqlx::query_as(
+        "insert into syncdata.failed_attempts (stream_seq, table_name, attempts) values ($1, $2, 1) \
+         on conflict (stream_seq) do update set attempts = failed_attempts.attempts + 1, \
+             last_failed_at = now() \
+         returning attempts, extract(epoch from now() - first_failed_at)::float8",
+    )
+    .bind(stream_seq as i64)
+    .bind(table.to_string())
+    .fetch_one(pool)
+    .await?;
+    Ok(Failures {
+        attempts: i64::from(attempts),
+        since_first_secs: since,
+    })
+}
+
+/// Forgets the failures of messages that were settled (applied or
+/// dead-lettered).
+pub async fn clear(pool: &PgPool, stream_seqs: &[i64]) -> Result<(), sqlx::Error> {
+    if stream_seqs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("delete from syncdata.failed_attempts where stream_seq = any($1)")
+        .bind(stream_seqs)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
