@@ -191,7 +191,12 @@ pub async fn run_table<T: Target>(
             let age = time::OffsetDateTime::now_utc() - i.published;
             (i.pending, age.as_seconds_f64().max(0.0))
         });
-        if process(&ctx, &table, &mut mark, msgs).await {
+        // Applied in parts bounded by resolved bytes (large records).
+        let mut retry = false;
+        for part in crate::large::parts(msgs, crate::large::PART_BYTES) {
+            retry |= process(&ctx, &table, &mut mark, part).await;
+        }
+        if retry {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
@@ -298,6 +303,11 @@ async fn process<T: Target>(
     }
     let max_jump = ctx.config.consumer.max_version_jump;
     let mut rejected: Vec<Option<Rejection>> = Vec::with_capacity(msgs.len());
+    // Pointers become the large records they name (crate::large).
+    let mut resolved = crate::large::resolve_all(&ctx.js, &ctx.config.nats, &msgs)
+        .await
+        .into_iter();
+    let mut unresolved: Vec<Option<String>> = Vec::with_capacity(msgs.len());
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
@@ -309,8 +319,14 @@ async fn process<T: Target>(
                 .info()
                 .map(|i| (i.stream_sequence, i.delivered))
                 .unwrap_or((0, 1));
-            let record = Record::parse(&msg.payload)
+            let payload = resolved.next().expect("one per message");
+            unresolved.push(match &payload {
+                Err(crate::large::ResolveError::Transient(e)) => Some(e.clone()),
+                _ => None,
+            });
+            let record = payload
                 .map_err(|e| e.to_string())
+                .and_then(|p| Record::parse(&p).map_err(|e| e.to_string()))
                 .and_then(|r| {
                     if r.schema == table.schema && r.table == table.table {
                         Ok(r)
@@ -345,6 +361,11 @@ async fn process<T: Target>(
             warn!(table = %table, stream_seq = item.stream_seq, reason = r.reason, error = %r.error,
                   "message refused before applying");
             fates[i] = Some(Fate::Reject(r));
+            continue;
+        }
+        if let Some(e) = unresolved[i].take() {
+            warn!(table = %table, stream_seq = item.stream_seq, error = %e, "large record not fetched; will retry");
+            fates[i] = Some(Fate::Retry);
             continue;
         }
         match &item.record {
@@ -487,6 +508,7 @@ async fn settle<T: Target>(
                     &ctx.js,
                     &ctx.store,
                     &ctx.config.nats.dlq_subject_prefix,
+                    &ctx.config.nats.stream,
                     dl,
                 )
                 .await

@@ -181,6 +181,12 @@ pub struct NatsConfig {
     /// records. Duplicates older than this are still harmless (the version
     /// guard drops them); the window only saves work and stream space.
     pub duplicate_window_secs: u64,
+    /// Object store bucket for records larger than a message (the server's
+    /// max_payload). Default: `<stream>_LARGE`.
+    pub large_bucket: Option<String>,
+    /// Large records expire from the bucket after this long (0: never).
+    /// Keep it at least the change stream's retention.
+    pub large_max_age_secs: u64,
 }
 
 impl Default for NatsConfig {
@@ -206,6 +212,8 @@ impl Default for NatsConfig {
             dlq_subject_prefix: "syncdata.dlq".to_owned(),
             replicas: 1,
             duplicate_window_secs: 120,
+            large_bucket: None,
+            large_max_age_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -746,6 +754,12 @@ impl Config {
         }
         if n.duplicate_window_secs == 0 {
             return Err(invalid("nats.duplicate_window_secs", "must be positive"));
+        }
+        if let Some(b) = &n.large_bucket {
+            let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if b.is_empty() || !b.chars().all(ok) {
+                return Err(invalid("nats.large_bucket", "must be letters, digits, _ or -"));
+            }
         }
         Ok(())
     }
