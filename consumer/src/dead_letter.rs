@@ -61,7 +61,11 @@ fn header_safe(s: &str) -> String {
 fn fits(payload: usize, headers: &HeaderMap, max_payload: usize) -> bool {
     let head: usize = headers
         .iter()
-        .map(|(k, vs)| vs.iter().map(|v| k.to_string().len() + v.as_str().len() + 4).sum::<usize>())
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
         .sum();
     payload + head + 64 <= max_payload
 }

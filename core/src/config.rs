@@ -758,7 +758,10 @@ impl Config {
         if let Some(b) = &n.large_bucket {
             let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
             if b.is_empty() || !b.chars().all(ok) {
-                return Err(invalid("nats.large_bucket", "must be letters, digits, _ or -"));
+                return Err(invalid(
+                    "nats.large_bucket",
+                    "must be letters, digits, _ or -",
+                ));
             }
         }
         Ok(())

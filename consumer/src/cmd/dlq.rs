@@ -225,7 +225,10 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let m = dlq.select(&Selection::Id(id)).await?.remove(0);
     let mut s = summary(&m);
-    let payload = dlq.payload(&m).await.unwrap_or_else(|e| e.into_bytes().into());
+    let payload = dlq
+        .payload(&m)
+        .await
+        .unwrap_or_else(|e| e.into_bytes().into());
     let payload = String::from_utf8_lossy(&payload).into_owned();
     s["record"] = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
     outln!("{}", serde_json::to_string_pretty(&s)?)?;

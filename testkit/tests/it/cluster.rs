@@ -99,7 +99,8 @@ async fn stream_leader_and_a_second_node_killed_mid_stream_lose_and_duplicate_no
     std::fs::create_dir_all(&archive).unwrap();
     let staging = dir.path().join("staging");
     let files = workload::write_archive(&staging, &history, 500).unwrap();
-    let extra = "replicas = 3\n\n[consumer]\nbatch_size = 200\nack_wait_secs = 5\nmax_backoff_ms = 1000\n\
+    let extra =
+        "replicas = 3\n\n[consumer]\nbatch_size = 200\nack_wait_secs = 5\nmax_backoff_ms = 1000\n\
                  [producer]\nmax_in_flight = 256\n";
     // One configuration per process, each naming another node.
     let config_on = |i: usize, who: &str| {
@@ -140,7 +141,13 @@ async fn stream_leader_and_a_second_node_killed_mid_stream_lose_and_duplicate_no
     cluster.kill9(a);
     release(second, &archive);
     // Progress under a new leader, with one node down.
-    wait_stored(&mut cluster, &names.stream, 6_000, "after the leader was killed").await;
+    wait_stored(
+        &mut cluster,
+        &names.stream,
+        6_000,
+        "after the leader was killed",
+    )
+    .await;
     let (_, new_leader) = state_of(&mut cluster, &names.stream).await.unwrap();
     assert_ne!(new_leader, leader, "another node leads the stream");
     cluster.restart(a).await;
@@ -175,6 +182,10 @@ async fn stream_leader_and_a_second_node_killed_mid_stream_lose_and_duplicate_no
     assert_eq!(failed, 0, "no dead letters from node failures");
     assert!(producer.is_running(), "producer: {}", producer.log_tail(30));
     for c in &mut consumers {
-        assert!(c.is_running(), "no consumer needed a restart:\n{}", c.log_tail(30));
+        assert!(
+            c.is_running(),
+            "no consumer needed a restart:\n{}",
+            c.log_tail(30)
+        );
     }
 }

@@ -64,13 +64,7 @@ fn write_archive(archive: &Path, lines: &[String]) {
 }
 
 fn spawn(s: &Setup, name: &str, args: &[&str]) -> Proc {
-    Proc::spawn(
-        name,
-        args,
-        &s.config,
-        &[("RUST_LOG", "info")],
-        s.dir.path(),
-    )
+    Proc::spawn(name, args, &s.config, &[("RUST_LOG", "info")], s.dir.path())
 }
 
 /// (row count, md5 of every body in key order).
@@ -164,7 +158,9 @@ async fn a_5mb_row_at_the_default_max_payload_arrives_whole() {
         .unwrap();
     assert!(info.size > 5 * 1024 * 1024);
     assert!(
-        producer.log().contains("go through the object store bucket"),
+        producer
+            .log()
+            .contains("go through the object store bucket"),
         "the producer says so at start:\n{}",
         producer.log_tail(20)
     );
@@ -187,7 +183,10 @@ async fn dead_letters_near_and_over_max_payload_land_and_replay() {
     let over = "o".repeat(2 * max_payload);
     write_archive(
         &s.archive,
-        &[insert("narrow", 1, &near, 0x10), insert("narrow", 2, &over, 0x11)],
+        &[
+            insert("narrow", 1, &near, 0x10),
+            insert("narrow", 2, &over, 0x11),
+        ],
     );
     // 3: a message (signed, as the producer's) that fills max_payload: its
     // dead letter cannot carry it and files it by reference.
