@@ -110,7 +110,7 @@ async fn a_5mb_row_at_the_default_max_payload_arrives_whole() {
         .unwrap();
     for i in 0..20 {
         sqlx::query("insert into big values ($1, $2)")
-            .bind(i as i32)
+            .bind(i)
             .bind(format!("row {i}"))
             .execute(&reference.pool)
             .await
