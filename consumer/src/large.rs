@@ -93,15 +93,21 @@ async fn fetch(
     Ok(Bytes::from(data))
 }
 
-/// Resolves every message of a part, in order.
+/// Resolves the messages of a part, in order; a message whose `follow`
+/// is false (refused before: unsigned, forged) keeps its payload unread.
 pub async fn resolve_all(
     js: &jetstream::Context,
     nats: &NatsConfig,
     msgs: &[Message],
+    follow: &[bool],
 ) -> Vec<Result<Bytes, ResolveError>> {
     let mut out = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        out.push(resolve(js, nats, &m.payload).await);
+    for (m, &follow) in msgs.iter().zip(follow) {
+        out.push(if follow {
+            resolve(js, nats, &m.payload).await
+        } else {
+            Ok(m.payload.clone())
+        });
     }
     out
 }

@@ -303,18 +303,26 @@ async fn process<T: Target>(
     }
     let max_jump = ctx.config.consumer.max_version_jump;
     let mut rejected: Vec<Option<Rejection>> = Vec::with_capacity(msgs.len());
+    // Authenticity first: only a signed pointer is followed.
+    let refusals: Vec<Option<Rejection>> = msgs
+        .iter()
+        .map(|msg| {
+            ctx.signer
+                .as_ref()
+                .and_then(|key| trust::check_signature(key, msg).err())
+        })
+        .collect();
     // Pointers become the large records they name (crate::large).
-    let mut resolved = crate::large::resolve_all(&ctx.js, &ctx.config.nats, &msgs)
+    let follow: Vec<bool> = refusals.iter().map(Option::is_none).collect();
+    let mut resolved = crate::large::resolve_all(&ctx.js, &ctx.config.nats, &msgs, &follow)
         .await
         .into_iter();
+    let mut refusals = refusals.into_iter();
     let mut unresolved: Vec<Option<String>> = Vec::with_capacity(msgs.len());
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
-            let refused = ctx
-                .signer
-                .as_ref()
-                .and_then(|key| trust::check_signature(key, &msg).err());
+            let refused = refusals.next().expect("one per message");
             let (stream_seq, delivered) = msg
                 .info()
                 .map(|i| (i.stream_sequence, i.delivered))
