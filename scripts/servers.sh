@@ -3,7 +3,14 @@
 # test suite, both on free loopback ports, everything kept under DIR:
 #
 #   scripts/servers.sh start DIR   # then: source DIR/env
+#   scripts/servers.sh start DIR --cluster   # three-node NATS cluster
 #   scripts/servers.sh stop DIR    # safe to repeat
+#
+# With --cluster (or SYNCDATA_NATS_CLUSTER=1), three nats-server processes
+# (n1, n2, n3) with JetStream form one cluster over routes on loopback, each
+# with its own store (DIR/nats1 ...), log (DIR/nats1.log ...) and the same
+# users; SYNCDATA_TEST_NATS_URL names n1, SYNCDATA_TEST_NATS_URLS all three.
+# Streams on it take `nats.replicas = 3` (docs/production.md).
 #
 # DIR/pg        PostgreSQL data directory (trust auth, 127.0.0.1 only)
 # DIR/pgsock    its unix socket directory
@@ -14,9 +21,10 @@
 #               it holds the NATS passwords and the message signing key)
 #
 # NATS is never open: one account (SYNCDATA, JetStream enabled) with three
-# users, random passwords per start: `producer` may publish changes only,
-# `consumer` may pull and ack, dead-letter and send stop requests but never
-# publish a change, `admin` (for tests that inspect or hand-craft streams)
+# users, random passwords per start: `producer` may publish changes and put
+# large records into object store buckets, `consumer` may pull and ack,
+# read large records, dead-letter and send stop requests but never
+# publish a change or put an object, `admin` (for tests that inspect or hand-craft streams)
 # may do anything. No anonymous access. See docs/trust.md.
 set -euo pipefail
 
@@ -30,10 +38,15 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start DIR | stop DIR" >&2
+    echo "usage: $0 start DIR [--cluster] | stop DIR" >&2
     exit 2
 }
 
+CLUSTER=${SYNCDATA_NATS_CLUSTER:-0}
+if [ $# -eq 3 ] && [ "$3" = --cluster ]; then
+    CLUSTER=1
+    set -- "$1" "$2"
+fi
 [ $# -eq 2 ] || usage
 cmd=$1
 if [ "$cmd" = stop ] && [ ! -d "$2" ]; then
@@ -98,7 +111,11 @@ pg_running() {
 }
 
 nats_running() {
-    [ -f "$DIR/nats.pid" ] && pid_alive "$(cat "$DIR/nats.pid")"
+    local f
+    for f in "$DIR"/nats.pid "$DIR"/nats[123].pid; do
+        [ -f "$f" ] && pid_alive "$(cat "$f")" && return 0
+    done
+    return 1
 }
 
 start_pg() {
@@ -184,6 +201,8 @@ accounts {
               "\$JS.API.STREAM.INFO.*",
               "\$JS.API.STREAM.CREATE.*",
               "\$JS.API.STREAM.NAMES",
+              "\$O.*.>",
+              "\$JS.API.DIRECT.GET.*.>",
             ]
           }
           subscribe: { allow: ["_INBOX.>"] }
@@ -207,10 +226,12 @@ accounts {
               "\$JS.API.CONSUMER.NAMES.*",
               "\$JS.API.CONSUMER.MSG.NEXT.*.*",
               "\$JS.ACK.>",
+              "\$JS.API.DIRECT.GET.*.>",
+              "\$JS.FC.>",
               "*.dlq.>",
               "_SYNCDATA.control.>",
             ]
-            deny: ["*.changes.>"]
+            deny: ["*.changes.>", "\$O.>"]
           }
           subscribe: { allow: ["_INBOX.>", "_SYNCDATA.control.>"] }
         }
@@ -274,6 +295,61 @@ start_nats() {
     die "nats-server could not bind a free port (log: $DIR/nats.log)"
 }
 
+# Three nodes n1..n3 with JetStream and routes to each other on loopback.
+start_nats_cluster() {
+    local i t ok pid routes="" taken=""
+    local -a ports mports cports
+    command -v nats-server >/dev/null 2>&1 || die "nats-server not found; run scripts/deps.sh"
+    NATS_ADMIN_PASSWORD=$(random_hex 16)
+    NATS_PRODUCER_PASSWORD=$(random_hex 16)
+    NATS_CONSUMER_PASSWORD=$(random_hex 16)
+    SIGNING_KEY=$(random_hex 32)
+    write_nats_auth
+    for i in 1 2 3; do
+        ports[i]=$(pick_port "$taken")
+        taken=${ports[i]}
+        mports[i]=$(pick_port "$taken")
+        taken=${mports[i]}
+        cports[i]=$(pick_port "$taken")
+        taken=${cports[i]}
+        routes="$routes${routes:+, }nats-route://127.0.0.1:${cports[i]}"
+    done
+    for i in 1 2 3; do
+        rm -rf "$DIR/nats$i"
+        mkdir -p "$DIR/nats$i"
+        {
+            printf 'server_name: n%s\nlisten: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\n' "$i" "${ports[i]}" "${mports[i]}"
+            printf 'max_payload: 8388608\njetstream { store_dir: "%s" }\n' "$DIR/nats$i"
+            printf 'cluster {\n  name: syncdata\n  listen: 127.0.0.1:%s\n  routes: [%s]\n}\n' "${cports[i]}" "$routes"
+            printf 'include nats-auth.conf\n'
+        } >"$DIR/nats-n$i.conf"
+        : >"$DIR/nats$i.log"
+        nats-server -c "$DIR/nats-n$i.conf" -P "$DIR/nats$i.pid" -l "$DIR/nats$i.log" \
+            </dev/null >>"$DIR/nats$i.out" 2>&1 &
+        echo "$!" >"$DIR/nats$i.pid"
+    done
+    for i in 1 2 3; do
+        pid=$(cat "$DIR/nats$i.pid")
+        ok=0
+        for t in $(seq 1 600); do
+            pid_alive "$pid" || break
+            # healthz answers 200 once JetStream has a meta leader.
+            if http_get "${mports[i]}" "/healthz" >/dev/null 2>&1 && port_in_use "${ports[i]}"; then
+                ok=1
+                break
+            fi
+            sleep 0.1
+        done
+        if [ "$ok" = 0 ]; then
+            cat "$DIR/nats$i.log" "$DIR/nats$i.out" >&2
+            die "cluster node n$i is not ready after 60 s (log: $DIR/nats$i.log); a port may have been taken: run stop, then start again"
+        fi
+    done
+    NATS_PORT=${ports[1]}
+    NATS_MPORT=${mports[1]}
+    NATS_URLS="nats://127.0.0.1:${ports[1]},nats://127.0.0.1:${ports[2]},nats://127.0.0.1:${ports[3]}"
+}
+
 stop_pg() {
     if pg_running; then
         as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast -w -t 60 stop >/dev/null 2>&1 \
@@ -284,20 +360,23 @@ stop_pg() {
 }
 
 stop_nats() {
-    local pid i
-    if nats_running; then
-        pid=$(cat "$DIR/nats.pid")
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 100); do
-            pid_alive "$pid" || break
-            sleep 0.1
-        done
+    local pid i f
+    for f in "$DIR"/nats.pid "$DIR"/nats[123].pid; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
         if pid_alive "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
+            kill -TERM "$pid" 2>/dev/null || true
+            for i in $(seq 1 100); do
+                pid_alive "$pid" || break
+                sleep 0.1
+            done
+            if pid_alive "$pid"; then
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            echo "servers.sh: stopped nats-server (pid $pid)"
         fi
-        echo "servers.sh: stopped nats-server (pid $pid)"
-    fi
-    rm -f "$DIR/nats.pid"
+        rm -f "$f"
+    done
 }
 
 case "$cmd" in
@@ -308,7 +387,12 @@ start)
     [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb not found; run scripts/deps.sh"
     rm -f "$DIR/env"
     start_pg
-    start_nats
+    NATS_URLS=""
+    if [ "$CLUSTER" = 1 ]; then
+        start_nats_cluster
+    else
+        start_nats
+    fi
     : >"$DIR/env"
     chmod 600 "$DIR/env"
     cat >"$DIR/env" <<EOF
@@ -317,6 +401,7 @@ export SYNCDATA_TEST_PG_PORT=$PG_PORT
 export SYNCDATA_TEST_PG_USER=postgres
 export SYNCDATA_TEST_PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export SYNCDATA_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export SYNCDATA_TEST_NATS_URLS=${NATS_URLS:-nats://127.0.0.1:$NATS_PORT}
 export SYNCDATA_TEST_NATS_MONITOR=http://127.0.0.1:$NATS_MPORT
 export SYNCDATA_TEST_NATS_AUTH_CONF=$DIR/nats-auth.conf
 export SYNCDATA_TEST_NATS_ADMIN_USER=admin
@@ -332,6 +417,9 @@ servers.sh: PostgreSQL 15 on 127.0.0.1:$PG_PORT (data $DIR/pg, socket $DIR/pgsoc
 servers.sh: nats-server on 127.0.0.1:$NATS_PORT, monitoring :$NATS_MPORT (store $DIR/nats, log $DIR/nats.log; users admin, producer, consumer; no anonymous access)
 servers.sh: environment in $DIR/env  (source it; stop with: $0 stop $DIR)
 EOF
+    if [ -n "$NATS_URLS" ]; then
+        echo "servers.sh: NATS cluster of three nodes: $NATS_URLS (stores $DIR/nats1..3, logs $DIR/nats1..3.log; use nats.replicas = 3)"
+    fi
     ;;
 stop)
     stop_nats

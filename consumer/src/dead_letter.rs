@@ -29,6 +29,11 @@ pub const H_INSTANCE: &str = "Syncdata-Instance";
 /// message it came from).
 pub const H_SIGNATURE: &str = "Syncdata-Original-Signature";
 pub const H_MSG_ID: &str = "Syncdata-Original-Msg-Id";
+/// Set when the dead letter carries no payload because the original one
+/// and the headers would not fit in a message: the payload is the change
+/// stream's message at the original sequence (`Syncdata-Original-Sequence`),
+/// which `dlq replay` and `dlq show` read from there. Value: the stream.
+pub const H_PAYLOAD_REF: &str = "Syncdata-Payload-Stream";
 
 pub struct DeadLetter<'a> {
     pub table: &'a TableName,
@@ -42,18 +47,34 @@ pub struct DeadLetter<'a> {
     pub msg_id: Option<String>,
 }
 
-/// Header values must be one line.
+/// Header values must be one line, and short: all headers of a dead letter
+/// stay within a few KB, well inside `syncdata_core::large::HEADROOM`.
 fn header_safe(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(2000)
+        .take(1000)
         .collect()
+}
+
+/// Whether a payload of `payload` bytes plus these headers fits in one
+/// message on a server with `max_payload`.
+fn fits(payload: usize, headers: &HeaderMap, max_payload: usize) -> bool {
+    let head: usize = headers
+        .iter()
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    payload + head + 64 <= max_payload
 }
 
 pub async fn publish(
     js: &jetstream::Context,
     pool: &PgPool,
     dlq_prefix: &str,
+    change_stream: &str,
     dl: DeadLetter<'_>,
 ) -> anyhow::Result<()> {
     // Dead letters are rare: read the id rather than carry it everywhere.
@@ -81,7 +102,18 @@ pub async fn publish(
         dlq_message_id(&instance, &dl.subject, dl.sequence).as_str(),
     );
     let subject = dlq_subject(dlq_prefix, &instance, &dl.table.schema, &dl.table.table);
-    js.publish_with_headers(subject, headers, dl.payload)
+    // A dead letter always fits: a payload too large to go with its headers
+    // stays where it is, in the change stream, and is filed by reference.
+    let mut payload = dl.payload;
+    if !fits(
+        payload.len(),
+        &headers,
+        js.client().server_info().max_payload,
+    ) {
+        headers.insert(H_PAYLOAD_REF, change_stream);
+        payload = bytes::Bytes::new();
+    }
+    js.publish_with_headers(subject, headers, payload)
         .await?
         .await?;
     let detail = match &dl.sqlstate {

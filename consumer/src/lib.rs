@@ -12,6 +12,7 @@ pub mod daemon;
 mod dead_letter;
 pub mod failure;
 pub mod gc;
+mod large;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

@@ -198,7 +198,12 @@ pub async fn run_table<T: Target>(
             let age = time::OffsetDateTime::now_utc() - i.published;
             (i.pending, age.as_seconds_f64().max(0.0))
         });
-        if process(&ctx, &table, &mut mark, msgs).await {
+        // Applied in parts bounded by resolved bytes (large records).
+        let mut retry = false;
+        for part in crate::large::parts(msgs, crate::large::PART_BYTES) {
+            retry |= process(&ctx, &table, &mut mark, part).await;
+        }
+        if retry {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;
         } else {
@@ -305,19 +310,38 @@ async fn process<T: Target>(
     }
     let max_jump = ctx.config.consumer.max_version_jump;
     let mut rejected: Vec<Option<Rejection>> = Vec::with_capacity(msgs.len());
+    // Authenticity first: only a signed pointer is followed.
+    let refusals: Vec<Option<Rejection>> = msgs
+        .iter()
+        .map(|msg| {
+            ctx.signer
+                .as_ref()
+                .and_then(|key| trust::check_signature(key, msg).err())
+        })
+        .collect();
+    // Pointers become the large records they name (crate::large).
+    let follow: Vec<bool> = refusals.iter().map(Option::is_none).collect();
+    let mut resolved = crate::large::resolve_all(&ctx.js, &ctx.config.nats, &msgs, &follow)
+        .await
+        .into_iter();
+    let mut refusals = refusals.into_iter();
+    let mut unresolved: Vec<Option<String>> = Vec::with_capacity(msgs.len());
     let items: Vec<Item> = msgs
         .into_iter()
         .map(|msg| {
-            let refused = ctx
-                .signer
-                .as_ref()
-                .and_then(|key| trust::check_signature(key, &msg).err());
+            let refused = refusals.next().expect("one per message");
             let (stream_seq, delivered) = msg
                 .info()
                 .map(|i| (i.stream_sequence, i.delivered))
                 .unwrap_or((0, 1));
-            let record = Record::parse(&msg.payload)
+            let payload = resolved.next().expect("one per message");
+            unresolved.push(match &payload {
+                Err(crate::large::ResolveError::Transient(e)) => Some(e.clone()),
+                _ => None,
+            });
+            let record = payload
                 .map_err(|e| e.to_string())
+                .and_then(|p| Record::parse(&p).map_err(|e| e.to_string()))
                 .and_then(|r| {
                     if r.schema == table.schema && r.table == table.table {
                         Ok(r)
@@ -352,6 +376,11 @@ async fn process<T: Target>(
             warn!(table = %table, stream_seq = item.stream_seq, reason = r.reason, error = %r.error,
                   "message refused before applying");
             fates[i] = Some(Fate::Reject(r));
+            continue;
+        }
+        if let Some(e) = unresolved[i].take() {
+            warn!(table = %table, stream_seq = item.stream_seq, error = %e, "large record not fetched; will retry");
+            fates[i] = Some(Fate::Retry);
             continue;
         }
         match &item.record {
@@ -532,6 +561,7 @@ async fn settle<T: Target>(
                     &ctx.js,
                     &ctx.store,
                     &ctx.config.nats.dlq_subject_prefix,
+                    &ctx.config.nats.stream,
                     dl,
                 )
                 .await

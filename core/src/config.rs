@@ -191,6 +191,12 @@ pub struct NatsConfig {
     /// Dead-letter stream limits (discard Old: the oldest dead letters go).
     pub dlq_max_age_secs: u64,
     pub dlq_max_msgs: u64,
+    /// Object store bucket for records larger than a message (the server's
+    /// max_payload). Default: `<stream>_LARGE`.
+    pub large_bucket: Option<String>,
+    /// Large records expire from the bucket after this long (0: never).
+    /// Keep it at least the change stream's retention.
+    pub large_max_age_secs: u64,
 }
 
 impl Default for NatsConfig {
@@ -220,6 +226,8 @@ impl Default for NatsConfig {
             max_bytes: 0,
             dlq_max_age_secs: 90 * 86_400,
             dlq_max_msgs: 1_000_000,
+            large_bucket: None,
+            large_max_age_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -815,6 +823,15 @@ impl Config {
         }
         if n.duplicate_window_secs == 0 {
             return Err(invalid("nats.duplicate_window_secs", "must be positive"));
+        }
+        if let Some(b) = &n.large_bucket {
+            let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if b.is_empty() || !b.chars().all(ok) {
+                return Err(invalid(
+                    "nats.large_bucket",
+                    "must be letters, digits, _ or -",
+                ));
+            }
         }
         Ok(())
     }

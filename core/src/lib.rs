@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod large;
 pub mod nats;
 pub mod private_fs;
 pub mod record;

@@ -728,7 +728,23 @@ impl<S: Sink> Publisher<S> {
             }
         }
         let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
-        let payload = record.to_json();
+        let mut payload = record.to_json();
+        if payload.len() > syncdata_core::large::inline_limit(max_payload) {
+            // Too large for a message: into the object store, a pointer in
+            // its place (syncdata_core::large).
+            let put = tokio::select! {
+                _ = token.cancelled() => return Ok(Dispatch::Cancelled),
+                put = self.sink.put_large(&payload) => put?,
+            };
+            if let Some(pointer) = put {
+                payload = pointer.to_payload(
+                    &record.schema,
+                    &record.table,
+                    &record.lsn.to_string(),
+                    record.seq,
+                );
+            }
+        }
         let size = payload.len();
         let sent = if size > max_payload {
             Err(SinkError::TooLarge {

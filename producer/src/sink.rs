@@ -5,10 +5,11 @@
 
 use std::future::Future;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, object_store, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use syncdata_core::large::Pointer;
 use syncdata_core::signature::{self, SigningKey};
 
 /// The server's answer to one accepted publish.
@@ -63,6 +64,17 @@ pub trait Sink: Send {
         msg_id: String,
         payload: Bytes,
     ) -> impl Future<Output = Result<AckFuture, SinkError>> + Send;
+
+    /// Stores a record too large for a message where consumers can fetch
+    /// it, and returns the pointer to publish in its place (see
+    /// `syncdata_core::large`). None: this sink has no such place, the
+    /// record is quarantined as too large.
+    fn put_large(
+        &self,
+        _payload: &[u8],
+    ) -> impl Future<Output = Result<Option<Pointer>, SinkError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// Publishes to a JetStream stream, with `Nats-Msg-Id` set for server-side
@@ -73,6 +85,8 @@ pub struct JetStreamSink {
     js: jetstream::Context,
     stream: stream::Config,
     signer: Option<SigningKey>,
+    /// The object store bucket for records larger than a message.
+    large: Option<object_store::Config>,
 }
 
 impl JetStreamSink {
@@ -83,7 +97,15 @@ impl JetStreamSink {
             js,
             stream,
             signer: None,
+            large: None,
         }
+    }
+
+    /// Puts records larger than a message into this object store bucket
+    /// (created when missing) and publishes pointers to them.
+    pub fn with_large_records(mut self, bucket: object_store::Config) -> Self {
+        self.large = Some(bucket);
+        self
     }
 
     /// Signs every message with `key`.
@@ -156,5 +178,40 @@ impl Sink for JetStreamSink {
                 .map_err(classify)
         }
         .boxed())
+    }
+
+    async fn put_large(&self, payload: &[u8]) -> Result<Option<Pointer>, SinkError> {
+        let Some(config) = &self.large else {
+            return Ok(None);
+        };
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            SinkError::Failed(format!(
+                "large record: cannot {what} object store bucket {}: {e}",
+                config.bucket
+            ))
+        };
+        let store = match self.js.get_object_store(&config.bucket).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_object_store(config.clone())
+                .await
+                .map_err(|e| failed("create", &e))?,
+        };
+        let pointer = Pointer::of(&config.bucket, payload);
+        // Named by content: an object already there is this record (a
+        // re-read after a restart); put only what is missing.
+        if let Ok(info) = store.info(&pointer.name).await {
+            if !info.deleted && info.size == payload.len() {
+                return Ok(Some(pointer));
+            }
+        }
+        let mut reader = payload;
+        store
+            .put(pointer.name.as_str(), &mut reader)
+            .await
+            .map_err(|e| failed("put into", &e))?;
+        metrics::counter!("syncdata_producer_large_records_total").increment(1);
+        Ok(Some(pointer))
     }
 }

@@ -31,9 +31,11 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use syncdata_core::config::{CONFIG_ENV, CONFIG_ENV_VARS};
 
+mod cluster;
 mod config_file;
 mod metrics;
 
+pub use cluster::NatsCluster;
 pub use config_file::{toml_str, ConfigFile};
 pub use metrics::{exported, sample_sum, samples, scrape, scrape_until};
 
@@ -1012,10 +1014,17 @@ impl NatsServer {
     /// Starts a server on free ports with its store in `dir/nats-store`,
     /// logging to `dir/nats-server.log`, and waits until JetStream is ready.
     pub async fn start(dir: &Path) -> NatsServer {
+        NatsServer::start_with(dir, NATS_CONF).await
+    }
+
+    /// [`NatsServer::start`] with `settings` (nats-server configuration
+    /// lines) in place of the shared server's 8 MB `max_payload`: e.g. ""
+    /// for the server's defaults (1 MB).
+    pub async fn start_with(dir: &Path, settings: &str) -> NatsServer {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let conf_path = dir.join("nats-server.conf");
         // The same users and permissions as the shared server.
-        fs::write(&conf_path, format!("{NATS_CONF}{}", nats_auth_conf()))
+        fs::write(&conf_path, format!("{settings}{}", nats_auth_conf()))
             .expect("cannot write nats-server.conf");
         let mut last_log = String::new();
         for _ in 0..5 {

@@ -29,8 +29,8 @@ use syncdata_core::{errln, outln};
 
 use crate::apply::{Applier, Disposition, Incoming};
 use crate::dead_letter::{
-    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_MSG_ID, H_SEQUENCE, H_SIGNATURE, H_SQLSTATE, H_SUBJECT,
-    H_TABLE,
+    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE, H_SIGNATURE, H_SQLSTATE,
+    H_SUBJECT, H_TABLE,
 };
 use crate::{failure, store};
 
@@ -107,6 +107,32 @@ impl Dlq {
         }
     }
 
+    /// The dead letter's original payload: its own, or, filed by reference
+    /// (too large to go with its headers), the change stream's message at
+    /// the original sequence, when it still is the same message.
+    async fn payload(&self, m: &StreamMessage) -> Result<bytes::Bytes, String> {
+        let Some(stream) = header(m, H_PAYLOAD_REF) else {
+            return Ok(m.payload.clone());
+        };
+        let seq: u64 = header(m, H_SEQUENCE)
+            .and_then(|s| s.parse().ok())
+            .ok_or("filed by reference without an original sequence")?;
+        let original = self
+            .js
+            .get_stream(&stream)
+            .await
+            .map_err(|e| format!("cannot open stream {stream} for the payload: {e}"))?
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| format!("payload no longer in stream {stream} at {seq}: {e}"))?;
+        if Some(original.subject.as_str()) != header(m, H_SUBJECT).as_deref() {
+            return Err(format!(
+                "stream {stream} holds another message at {seq} than the dead letter's"
+            ));
+        }
+        Ok(original.payload)
+    }
+
     async fn select(&self, sel: &Selection) -> anyhow::Result<Vec<StreamMessage>> {
         if let Selection::Id(id) = sel {
             let m = self.stream.get_raw_message(*id).await.ok();
@@ -161,6 +187,7 @@ fn summary(m: &StreamMessage) -> serde_json::Value {
         "original_subject": header(m, H_SUBJECT),
         "original_sequence": header(m, H_SEQUENCE).and_then(|a| a.parse::<u64>().ok()),
         "instance": header(m, H_INSTANCE),
+        "payload_in_stream": header(m, H_PAYLOAD_REF),
         "time": m.time.to_string(),
     })
 }
@@ -198,7 +225,11 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let m = dlq.select(&Selection::Id(id)).await?.remove(0);
     let mut s = summary(&m);
-    let payload = String::from_utf8_lossy(&m.payload).into_owned();
+    let payload = dlq
+        .payload(&m)
+        .await
+        .unwrap_or_else(|e| e.into_bytes().into());
+    let payload = String::from_utf8_lossy(&payload).into_owned();
     s["record"] = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
     outln!("{}", serde_json::to_string_pretty(&s)?)?;
     Ok(())
@@ -231,20 +262,25 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
             if !whitelist.contains(&table) {
                 return Err(format!("{table} is not whitelisted here"));
             }
+            let payload = dlq.payload(&m).await?;
             if let Some(key) = &signer {
                 let subject = header(&m, H_SUBJECT).unwrap_or_default();
                 let msg_id = header(&m, H_MSG_ID).unwrap_or_default();
                 key.verify(
                     &subject,
                     &msg_id,
-                    &m.payload,
+                    &payload,
                     header(&m, H_SIGNATURE).as_deref(),
                 )
                 .map_err(|e| {
                     format!("not applied: {e} (only the producer's signed messages are applied)")
                 })?;
             }
-            let record = Record::parse(&m.payload).map_err(|e| e.to_string())?;
+            // A large record's pointer (verified above) names it.
+            let payload = crate::large::resolve(&dlq.js, &config.nats, &payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            let record = Record::parse(&payload).map_err(|e| e.to_string())?;
             let mark = marks.entry(table.clone()).or_default();
             mark.ensure_loaded(&dlq.pool, &table)
                 .await

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::publisher::{Publisher, Settings};
 use crate::sanitize::{Sanitizer, SecretKey};
-use crate::sink::JetStreamSink;
+use crate::sink::{JetStreamSink, Sink};
 
 /// Runs the producer until `token` is cancelled: connects to NATS, makes sure
 /// the change stream exists, then tails the archive. Returns Ok after a clean
@@ -59,6 +59,16 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         let mut sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
         if let Some(key) = signer {
             sink = sink.with_signer(key);
+        }
+        sink = sink.with_large_records(syncdata_core::large::bucket_config(&config.nats));
+        let max_payload = sink.max_payload();
+        if config.producer.max_record_bytes > syncdata_core::large::inline_limit(max_payload) {
+            tracing::info!(
+                max_payload,
+                max_record_bytes = config.producer.max_record_bytes,
+                bucket = %syncdata_core::large::bucket_name(&config.nats),
+                "records larger than a message go through the object store bucket"
+            );
         }
         // Before the stream: a broken checkpoint should fail first and loudly.
         let mut publisher = Publisher::new(sink, settings)?.with_quarantine_limits(

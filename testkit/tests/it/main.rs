@@ -7,9 +7,11 @@
 mod apply;
 mod catalog;
 mod cli;
+mod cluster;
 mod compose;
 mod data_protection;
 mod failures;
+mod large_rows;
 mod operations;
 mod pipeline;
 mod producer;
