@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod daemon;
 mod dead_letter;
 pub mod failure;
+pub(crate) mod freshness;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

@@ -11,6 +11,7 @@ mod compose;
 mod data_protection;
 mod failures;
 mod operations;
+mod operator;
 mod pipeline;
 mod producer;
 mod sanitize;
