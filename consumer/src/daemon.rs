@@ -189,6 +189,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     if let Some(addr) = config.consumer.metrics_addr {
         telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
         info!(%addr, "serving Prometheus metrics at /metrics");
+        crate::freshness::describe_metrics();
     }
     let pool = connect_db(&config, &token).await?;
     let mut tables = accepted_whitelist(&pool).await?;

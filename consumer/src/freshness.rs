@@ -27,3 +27,49 @@ pub fn observe(table: &TableName, ts: Option<&str>) {
             .set(secs);
     }
 }
+
+/// Describes the consumer's metrics (HELP text); gauges get their first
+/// values per table at start (`daemon::update_gauges`).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "syncdata_pending_messages",
+        "Messages of the table not yet applied (pending plus in flight)"
+    );
+    describe_gauge!(
+        "syncdata_lag_seconds",
+        "Age of the table's oldest message not yet applied; 0 when caught up"
+    );
+    describe_gauge!(
+        "syncdata_dlq_messages",
+        "Dead letters of the table in this database's dead-letter subjects"
+    );
+    describe_gauge!(
+        "syncdata_source_commit_timestamp_seconds",
+        "Source commit time (unix seconds) of the newest change applied to the table: end-to-end freshness is time() minus this"
+    );
+    describe_counter!(
+        "syncdata_records_applied_total",
+        "Records applied, by table and operation"
+    );
+    describe_counter!(
+        "syncdata_errors_total",
+        "Failed apply attempts, by stage and kind (transient: retried; permanent: dead-lettered)"
+    );
+    describe_counter!(
+        "syncdata_dead_lettered_total",
+        "Records dead-lettered, by table"
+    );
+    describe_counter!(
+        "syncdata_messages_rejected_total",
+        "Messages refused before applying (bad signature, not a record, ...), by reason"
+    );
+    describe_counter!(
+        "syncdata_worker_restarts_total",
+        "Table workers restarted after ending unexpectedly"
+    );
+    describe_histogram!(
+        "syncdata_batch_apply_seconds",
+        "Time to apply one batch in one transaction"
+    );
+}
