@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn numeric_keys_sort_as_numbers() {
-        let mut keys = vec![k("10"), k("2"), k("1"), k("b"), k("100"), k("a")];
+        let mut keys = [k("10"), k("2"), k("1"), k("b"), k("100"), k("a")];
         keys.sort_by(|a, b| natural_key_order(a, b));
         let flat: Vec<&str> = keys.iter().map(|k| k[0].as_str()).collect();
         assert_eq!(flat, ["1", "2", "10", "100", "a", "b"]);
