@@ -3,6 +3,8 @@
 #
 #   bash scripts/demo.sh                     # 20,000 changes, 2 consumers
 #   bash scripts/demo.sh --changes 100000 --consumers 4
+#   bash scripts/demo.sh --keep              # leave PostgreSQL and NATS running,
+#                                            # print what to try next
 #
 # Installs what is missing (nats-server, PostgreSQL 15, wal2json), builds the
 # workspace, starts a throwaway PostgreSQL and JetStream nats-server on free
@@ -23,6 +25,13 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+KEEP=0
+ARGS=()
+for a in "$@"; do
+    if [ "$a" = --keep ]; then KEEP=1; else ARGS+=("$a"); fi
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
+
 step() {
     echo "==> $*"
 }
@@ -36,12 +45,34 @@ cargo build --workspace --bins
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-demo.XXXXXX")
 status=1
 cleanup() {
+    if [ "$KEEP" -eq 1 ] && [ "$status" -eq 0 ]; then
+        next_steps
+        return
+    fi
     bash scripts/servers.sh stop "$DIR" >/dev/null 2>&1 || true
     if [ "$status" -eq 0 ]; then
         rm -rf "$DIR"
     else
         echo "demo work directory kept for inspection: $DIR" >&2
     fi
+}
+next_steps() {
+    local target
+    target=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    cat <<NEXT
+
+The demo's PostgreSQL and nats-server keep running (--keep). Try:
+
+  export PATH="$target/debug:\$PATH" DATA_SYNC_CONFIG="$DIR/demo/config.toml"
+  syncdata status                  # per table: state, backlog, freshness
+  syncdata status --check; echo \$?
+  syncdata start &                 # a daemon; picks add-tables/remove-tables up by itself
+  syncdata-producer status         # the producer's checkpoint and backlog
+  psql "$SYNCDATA_TEST_PG_URL" -l  # the demo's databases
+
+Stop everything: bash scripts/servers.sh stop "$DIR" && rm -rf "$DIR"
+NEXT
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -35,31 +35,61 @@ pub const NO_TABLES: &str =
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How often a running daemon reads the whitelist again: tables added with
+/// `add-tables` start syncing, tables removed with `remove-tables` stop,
+/// without a restart.
+pub const WHITELIST_POLL: Duration = Duration::from_secs(3);
+
+/// How often a daemon logs its one-line summary (records applied, rate,
+/// backlog).
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 /// The subject on which `syncdata stop` reaches every daemon applying into
 /// the database with this instance id. Outside the stream's subjects.
 pub fn control_subject(instance: &str) -> String {
     format!("_SYNCDATA.control.{instance}.stop")
 }
 
-/// Connects to the local database, retrying while it is unreachable (a
-/// database that is starting is not a reason to give up).
+/// Connects to the local database, retrying while it is unreachable for
+/// [`retry::STARTUP_WAIT`] (a database that is starting is not a reason to
+/// give up), then exits with the last error: the same rule as for NATS.
 pub async fn connect_db(config: &Config, token: &CancellationToken) -> anyhow::Result<PgPool> {
-    let policy = RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(10));
+    let policy = RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(3));
+    let wait = token.child_token();
+    let timer = {
+        let wait = wait.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(retry::STARTUP_WAIT).await;
+            wait.cancel();
+        })
+    };
+    let mut last: Option<String> = None;
     let result = retry::retry(
         policy,
-        token,
+        &wait,
         |e: &store::StoreError| {
             matches!(e, store::StoreError::Connect { source, .. }
                 if failure::classify_sqlx(source, true) == failure::Kind::Transient)
         },
-        |e, attempt, _| warn!(error = %e, attempt, "database not reachable; retrying"),
+        |e, attempt, _| {
+            warn!(error = %e, attempt, "database not reachable; retrying");
+            last = Some(e.to_string());
+        },
         || store::connect_and_migrate(config),
     )
     .await;
+    timer.abort();
     match result {
         Ok(pool) => Ok(pool),
         Err(retry::RetryError::Permanent(e)) => Err(e.into()),
-        Err(retry::RetryError::Cancelled) => bail!("stopped while waiting for the database"),
+        Err(retry::RetryError::Cancelled) if token.is_cancelled() => {
+            bail!("stopped while waiting for the database")
+        }
+        Err(retry::RetryError::Cancelled) => bail!(
+            "{}: not reachable within {} s (is PostgreSQL running?)",
+            last.unwrap_or_else(|| "cannot connect to PostgreSQL".to_owned()),
+            retry::STARTUP_WAIT.as_secs()
+        ),
     }
 }
 
@@ -212,18 +242,10 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     if let Some(addr) = config.consumer.metrics_addr {
         telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
         info!(%addr, "serving Prometheus metrics at /metrics");
+        crate::freshness::describe_metrics();
     }
     let pool = connect_db(&config, &token).await?;
-    let mut tables = store::whitelist(&pool).await?;
-    // An entry put into tables_to_sync by hand is refused like add-tables
-    // refuses it.
-    tables.retain(|t| match t.denied() {
-        Some(reason) => {
-            tracing::error!(table = %t, "whitelisted table refused: {reason}");
-            false
-        }
-        None => true,
-    });
+    let mut tables = accepted_whitelist(&pool).await?;
     if tables.is_empty() {
         bail!(NO_TABLES);
     }
@@ -284,15 +306,24 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         stream: stream.clone(),
         config: config.clone(),
         instance: instance.clone(),
-        token: workers_token.clone(),
         fault: FaultHook::from_env(),
     });
     let restart_policy =
         supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
     let mut workers = JoinSet::new();
     let mut slots: HashMap<tokio::task::Id, Slot> = HashMap::new();
+    // Each table's own stop, for when it leaves the whitelist.
+    let mut table_tokens: HashMap<TableName, CancellationToken> = HashMap::new();
     for (table, consumer) in tables.iter().zip(consumers) {
-        let id = launch.spawn(&mut workers, table.clone(), Some(consumer), Duration::ZERO);
+        let t = workers_token.child_token();
+        table_tokens.insert(table.clone(), t.clone());
+        let id = launch.spawn(
+            &mut workers,
+            table.clone(),
+            Some(consumer),
+            Duration::ZERO,
+            t,
+        );
         slots.insert(id, Slot::new(table.clone()));
     }
     // Retention of the local bookkeeping (tombstones, logs, daemons).
@@ -313,6 +344,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     );
     let mut rollup_tick = tokio::time::interval(Duration::from_secs(config.metric_freq * 3600));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut whitelist_tick = tokio::time::interval(WHITELIST_POLL);
+    whitelist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+    let mut summary = Summary::new(ctx.applied_total());
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -351,6 +387,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                     break;
                 }
                 let Some(mut slot) = slots.remove(&id) else { continue };
+                if !table_tokens.contains_key(&slot.table) {
+                    // Removed from the whitelist: its worker was told to stop.
+                    info!(table = %slot.table, "worker of the removed table stopped");
+                    continue;
+                }
                 let name = slot.table.to_string();
                 match slot.failed(&restart_policy) {
                     Decision::GiveUp => {
@@ -369,7 +410,11 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                         }
                         let table = slot.table.clone();
                         slot.started();
-                        let id = launch.spawn(&mut workers, table, None, delay);
+                        let t = table_tokens
+                            .entry(table.clone())
+                            .or_insert_with(|| workers_token.child_token())
+                            .clone();
+                        let id = launch.spawn(&mut workers, table, None, delay, t);
                         slots.insert(id, slot);
                     }
                 }
@@ -380,6 +425,50 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                     warn!(error = %e, "heartbeat failed");
                 }
                 update_dlq_gauges(&dlq, &config, &instance, &tables).await;
+            }
+            _ = whitelist_tick.tick() => {
+                let now = match accepted_whitelist(&pool).await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        warn!(error = %e, "reading the whitelist failed; will retry");
+                        continue;
+                    }
+                };
+                for gone in tables.iter().filter(|t| !now.contains(t)) {
+                    if let Some(t) = table_tokens.remove(gone) {
+                        info!(table = %gone, "table removed from the whitelist: stopping its worker");
+                        t.cancel();
+                    }
+                }
+                for added in now.iter().filter(|t| !tables.contains(t)) {
+                    if let Err(e) = ctx.engine.shape(added).await {
+                        warn!(table = %added, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
+                    }
+                    let consumer = match refuse_open_server(&client, &mut server_errors, &config, std::slice::from_ref(added)).await {
+                        Ok(()) => ensure_consumer(&stream, &config, &instance, added).await,
+                        Err(e) => Err(e),
+                    };
+                    match consumer {
+                        Ok(consumer) => {
+                            info!(table = %added, "table added to the whitelist: syncing it");
+                            let t = workers_token.child_token();
+                            table_tokens.insert(added.clone(), t.clone());
+                            let id = launch.spawn(&mut workers, added.clone(), Some(consumer), Duration::ZERO, t);
+                            slots.insert(id, Slot::new(added.clone()));
+                        }
+                        Err(e) => {
+                            // Not taken into `tables`: tried again next poll.
+                            error!(table = %added, error = %format!("{e:#}"), "cannot start syncing the added table");
+                        }
+                    }
+                }
+                tables = now
+                    .into_iter()
+                    .filter(|t| table_tokens.contains_key(t))
+                    .collect();
+            }
+            _ = summary_tick.tick() => {
+                summary.log(ctx.applied_total(), &tables).await;
             }
         }
     }
@@ -421,7 +510,6 @@ struct Launch {
     stream: jetstream::stream::Stream,
     config: Config,
     instance: String,
-    token: CancellationToken,
     fault: FaultHook,
 }
 
@@ -435,10 +523,11 @@ impl Launch {
         table: TableName,
         consumer: Option<jetstream::consumer::PullConsumer>,
         delay: Duration,
+        token: CancellationToken,
     ) -> tokio::task::Id {
         let launch = self.clone();
         set.spawn(async move {
-            if !delay.is_zero() && !retry::sleep(delay, &launch.token).await {
+            if !delay.is_zero() && !retry::sleep(delay, &token).await {
                 return Ok(());
             }
             let consumer = match consumer {
@@ -449,16 +538,54 @@ impl Launch {
                 }
             };
             launch.fault.check(&table);
-            worker::run_table(
-                launch.ctx.clone(),
-                table,
-                consumer,
-                launch.token.child_token(),
-            )
-            .await;
+            worker::run_table(launch.ctx.clone(), table, consumer, token).await;
             Ok(())
         })
         .id()
+    }
+}
+
+/// The whitelist less the entries put into tables_to_sync by hand that
+/// add-tables would refuse (logged).
+async fn accepted_whitelist(pool: &PgPool) -> anyhow::Result<Vec<TableName>> {
+    let mut tables = store::whitelist(pool).await?;
+    tables.retain(|t| match t.denied() {
+        Some(reason) => {
+            tracing::error!(table = %t, "whitelisted table refused: {reason}");
+            false
+        }
+        None => true,
+    });
+    Ok(tables)
+}
+
+/// The periodic one-line summary: records applied since the last line,
+/// their rate, and the backlog the workers last saw (the
+/// `syncdata_pending_messages` gauges' source).
+struct Summary {
+    applied: u64,
+    at: std::time::Instant,
+}
+
+impl Summary {
+    fn new(applied: u64) -> Summary {
+        Summary {
+            applied,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    async fn log(&mut self, applied: u64, tables: &[TableName]) {
+        let secs = self.at.elapsed().as_secs_f64().max(0.001);
+        let delta = applied.saturating_sub(self.applied);
+        info!(
+            "applied {delta} records in the last {:.0} s ({:.0}/s), {applied} since start, {} table(s) synced",
+            secs,
+            delta as f64 / secs,
+            tables.len()
+        );
+        self.applied = applied;
+        self.at = std::time::Instant::now();
     }
 }
 

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod daemon;
 mod dead_letter;
 pub mod failure;
+pub(crate) mod freshness;
 pub mod gc;
 mod large;
 pub mod store;

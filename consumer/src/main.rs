@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "syncdata",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SYNCDATA_GIT_REV"), ")"),
     about = "Keep chosen tables of a local PostgreSQL in step with production"
 )]
 struct Cli {
@@ -54,6 +54,11 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Exit 2 when anything needs attention (no daemon, NATS not
+        /// reachable, a table with dead letters, stopped or waiting for
+        /// data), else 0; 1 when the status cannot be read.
+        #[arg(long)]
+        check: bool,
     },
     /// Empty a table locally and replay its whole history from the stream.
     Resync {
@@ -69,7 +74,9 @@ enum Command {
         offline: bool,
     },
     /// Compare local tables with the source, chunk by chunk over the primary
-    /// key, and list the keys that differ. Exit status 0 only when equal.
+    /// key, and list the keys that differ. Exit status 0 when equal, 1 when
+    /// a table differs, 2 on an error (a table that cannot be compared
+    /// included).
     Verify {
         /// Tables to compare (default: every whitelisted table).
         tables: Vec<String>,
@@ -173,7 +180,10 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Stop { timeout } => {
             cmd::stop::run(&config, std::time::Duration::from_secs(timeout)).await
         }
-        Command::Status { json } => cmd::status::run(&config, json).await,
+        Command::Status { json, check } => match cmd::status::run(&config, json, check).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code).into()),
+        },
         Command::Resync {
             table,
             no_wait,
@@ -218,7 +228,12 @@ async fn main() -> ExitCode {
         Command::Start => Kind::Daemon,
         _ => Kind::Command,
     };
+    // verify: 1 means "differs", so its errors exit 2.
+    let error_code = match command {
+        Command::Verify { .. } => 2,
+        _ => 1,
+    };
     cli::init_logging(&global, kind);
     let result = dispatch(&global, command).await;
-    cli::finish(result, &global, kind)
+    cli::finish_with(result, &global, kind, error_code)
 }

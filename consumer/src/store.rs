@@ -120,7 +120,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 async fn open(config: &Config) -> Result<PgPool, StoreError> {
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(config.consumer.pool_size)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(
@@ -129,13 +129,30 @@ async fn open(config: &Config) -> Result<PgPool, StoreError> {
                 .options(SESSION_SETTINGS)
                 .options(guard_settings(config)),
         )
-        .await
-        .map_err(|source| StoreError::Connect {
-            host: config.pg_host.clone(),
-            port: config.pg_port,
-            database: config.pg_database.clone().unwrap_or_default(),
-            source,
-        })
+        .await;
+    let pool = match pool {
+        // The pool hides why no connection opened ("pool timed out"): one
+        // direct attempt tells ("connection refused", a bad password, …).
+        Err(sqlx::Error::PoolTimedOut) => {
+            use sqlx::ConnectOptions;
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                config.pg_connect_options().connect(),
+            )
+            .await
+            {
+                Ok(Err(e)) => Err(e),
+                _ => Err(sqlx::Error::PoolTimedOut),
+            }
+        }
+        other => other,
+    };
+    pool.map_err(|source| StoreError::Connect {
+        host: config.pg_host.clone(),
+        port: config.pg_port,
+        database: config.pg_database.clone().unwrap_or_default(),
+        source,
+    })
 }
 
 /// Session settings that keep a stuck statement or a dead peer from

@@ -471,11 +471,14 @@ async fn process<T: Target>(
     in_progress(&items, ctx.config.consumer.ack_wait_secs, apply).await;
     metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
         .record(started.elapsed().as_secs_f64());
+    let mut newest_ts: Option<&str> = None;
     for (item, fate) in items.iter().zip(&fates) {
         if let (Some(Fate::Ack), Ok(r)) = (fate, &item.record) {
             mark.observe(r.lsn);
+            newest_ts = newest_ts.max(r.ts.as_deref());
         }
     }
+    crate::freshness::observe(table, newest_ts);
 
     settle(ctx, table, items, fates).await
 }

@@ -292,10 +292,39 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         })
 }
 
+/// A result with its own exit status (`status --check`, `verify`): its
+/// message, when not empty, is printed as the `error:` line.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    /// Exit with `code`, printing nothing more.
+    pub fn silent(code: u8) -> Exit {
+        Exit {
+            code,
+            message: String::new(),
+        }
+    }
+}
+
 /// The exit status of a command's result; an error is reported as one
 /// `error:` line (plus a fitting hint). A closed stdout is a success.
 /// Daemons logging JSON also log the error, for the log collector.
 pub fn finish(result: anyhow::Result<()>, args: &GlobalArgs, kind: Kind) -> ExitCode {
+    finish_with(result, args, kind, 1)
+}
+
+/// [`finish`], with `error_code` for errors other than an [`Exit`].
+pub fn finish_with(
+    result: anyhow::Result<()>,
+    args: &GlobalArgs,
+    kind: Kind,
+    error_code: u8,
+) -> ExitCode {
     let err = match result {
         Ok(()) => return ExitCode::SUCCESS,
         Err(err) => err,
@@ -306,6 +335,12 @@ pub fn finish(result: anyhow::Result<()>, args: &GlobalArgs, kind: Kind) -> Exit
     {
         return ExitCode::SUCCESS;
     }
+    if let Some(exit) = err.downcast_ref::<Exit>() {
+        if !exit.message.is_empty() {
+            let _ = writeln!(stderr(), "error: {}", exit.message);
+        }
+        return ExitCode::from(exit.code);
+    }
     let line = crate::redact::redact(&error_line(&err));
     if kind == Kind::Daemon && args.log_format == LogFormat::Json {
         tracing::error!(error = %line, "stopped by an error");
@@ -315,7 +350,7 @@ pub fn finish(result: anyhow::Result<()>, args: &GlobalArgs, kind: Kind) -> Exit
     if let Some(hint) = hint(&err) {
         let _ = writeln!(e, "hint: {hint}");
     }
-    ExitCode::FAILURE
+    ExitCode::from(error_code)
 }
 
 #[cfg(test)]

@@ -102,10 +102,15 @@ pub async fn connect_with_errors(
         .map_err(|e| err(Box::new(e)))?;
     // retry_on_initial_connect returns at once; make a dead URL fail loudly
     // rather than hang, but give a starting server a few seconds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let wait = crate::retry::STARTUP_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     while client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() > deadline {
-            return Err(err("no connection within 15 s".into()));
+            return Err(err(format!(
+                "not reachable within {} s (is nats-server running?)",
+                wait.as_secs()
+            )
+            .into()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -62,6 +62,13 @@ pub enum RetryError<E> {
     Permanent(E),
 }
 
+/// How long a daemon waits at start for a server that is not reachable
+/// (PostgreSQL or NATS) before it exits with an error: long enough for a
+/// server that is starting, short enough that a supervisor (systemd
+/// `Restart=on-failure`) or the operator sees the failure. Both servers get
+/// the same treatment.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(15);
+
 /// Runs `op` until it succeeds, retrying for as long as it takes while
 /// `is_transient` says so. `on_retry(err, attempt, delay)` is told of each
 /// retry (for logs and metrics).

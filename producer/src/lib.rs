@@ -13,6 +13,7 @@
 //! command line.
 
 pub mod archiver;
+pub mod backlog;
 pub mod checkpoint;
 pub mod cmd;
 pub(crate) mod publisher;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "syncdata-producer",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SYNCDATA_GIT_REV"), ")"),
     about = "Tails the change archive and publishes every record to NATS JetStream"
 )]
 struct Cli {

@@ -59,9 +59,22 @@ impl SnapshotSettings {
         source_url: Option<String>,
         table: &str,
     ) -> anyhow::Result<SnapshotSettings> {
+        let table = TableName::parse(table)?;
+        // Rows of a table the archiver does not capture would reach the
+        // stream once, and never a later change: refuse instead.
+        let captured = crate::source::parse_tables(&config.source.tables)?;
+        if !captured.is_empty() && !captured.contains(&table) {
+            let list: Vec<String> = captured.iter().map(|t| t.to_string()).collect();
+            bail!(
+                "{table} is not captured by the archiver (source.tables = [{}]): its later \
+                 changes would never reach the stream; add it to source.tables, restart \
+                 `syncdata-producer archive`, then snapshot it",
+                list.join(", ")
+            );
+        }
         Ok(SnapshotSettings {
             source: SourceSettings::from_config(config, source_url)?,
-            table: TableName::parse(table)?,
+            table,
             archive_dir: config.archive_dir()?.to_owned(),
             rows_per_file: config.source.snapshot_file_rows,
         })

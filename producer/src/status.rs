@@ -40,6 +40,8 @@ pub struct Status {
     pub files: usize,
     /// Files named after the checkpoint's file: not started yet.
     pub files_after_checkpoint: usize,
+    /// What is left to publish past the checkpoint, across every file.
+    pub backlog: crate::backlog::Backlog,
     pub quarantined: u64,
     /// The last quarantine entries, oldest first (without the raw lines).
     pub recent_quarantine: Vec<QuarantinedLine>,
@@ -109,6 +111,12 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
         None => names.len(),
     };
     let summary = quarantine::summary(&state_dir, RECENT)?;
+    let backlog = crate::backlog::measure(&archive_dir, checkpoint.as_ref()).map_err(|source| {
+        StatusError::Archive(ArchiveError::List {
+            path: archive_dir.clone(),
+            source,
+        })
+    })?;
     Ok(Status {
         archive_dir,
         state_dir,
@@ -121,6 +129,7 @@ pub fn status(config: &Config) -> Result<Status, StatusError> {
         quarantine_bytes,
         files: names.len(),
         files_after_checkpoint,
+        backlog,
         quarantined: summary.count,
         recent_quarantine: summary
             .recent
@@ -175,6 +184,11 @@ impl fmt::Display for Status {
             f,
             "files:         {} ({} after the checkpoint)",
             self.files, self.files_after_checkpoint
+        )?;
+        writeln!(
+            f,
+            "backlog:       {} records, {} bytes in {} file(s)",
+            self.backlog.records, self.backlog.bytes, self.backlog.files
         )?;
         match &self.safe_to_delete_before {
             Some(file) => writeln!(

@@ -84,12 +84,25 @@ impl<T: Target> Engine<T> {
             prepared = prepare::prepare(&shape, batch);
         }
         let mut tx = self.target.begin(shape.clone()).await.map_err(db)?;
-        let (report, log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref)
+        let (report, mut log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref)
             .await
             .map_err(db)?;
+        log.source_commit_at = newest_commit_time(batch);
         tx.commit(log).await.map_err(db)?;
         Ok(report)
     }
+}
+
+/// The newest valid commit timestamp (`ts`) of the batch's records, in UTC
+/// RFC 3339. A `ts` that does not parse is ignored: it only feeds `status`.
+pub fn newest_commit_time(batch: &[Incoming<'_>]) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    batch
+        .iter()
+        .filter_map(|i| i.record.ts.as_deref())
+        .filter_map(|ts| time::OffsetDateTime::parse(ts, &Rfc3339).ok())
+        .max()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).ok())
 }
 
 /// Everything between lock and commit.
@@ -228,6 +241,7 @@ async fn apply_in_tx<X: TargetTx>(
     let log = BatchLog {
         rows_synced: report.applied,
         archive_ref,
+        source_commit_at: None,
     };
     Ok((report, log))
 }

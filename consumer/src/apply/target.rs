@@ -148,4 +148,7 @@ pub struct BatchLog {
     /// Where the batch came from: given by the caller, or the batch's LSN
     /// range.
     pub archive_ref: String,
+    /// The newest source commit time among the batch's records (RFC 3339,
+    /// UTC), when they carry one: for end-to-end freshness in `status`.
+    pub source_commit_at: Option<String>,
 }

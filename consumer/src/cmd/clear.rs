@@ -20,5 +20,9 @@ pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
         super::resync::reset_table(&pool, t).await?;
         outln!("cleared {t}")?;
     }
+    outln!(
+        "the tables stay empty until their rows change again at the source; \
+         `syncdata resync TABLE --yes` refills one from the stream's history"
+    )?;
     Ok(())
 }

@@ -145,7 +145,16 @@ impl Dlq {
             Selection::Table(t) => dlq_subject(&self.prefix, &self.instance, &t.schema, &t.table),
             _ => dlq_instance_filter(&self.prefix, &self.instance),
         };
-        walk(&self.stream, &filter).await
+        let msgs = walk(&self.stream, &filter).await?;
+        // A typo must not read as "nothing to do": a table that is neither
+        // whitelisted nor has dead letters here is an error (a removed
+        // table's dead letters can still be listed, replayed and purged).
+        if let Selection::Table(t) = sel {
+            if msgs.is_empty() && !store::whitelist(&self.pool).await?.contains(t) {
+                bail!("{t} is not in the whitelist and has no dead letters in this database");
+            }
+        }
+        Ok(msgs)
     }
 }
 

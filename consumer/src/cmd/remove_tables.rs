@@ -1,25 +1,27 @@
 //! `syncdata remove-tables T…`: stop syncing tables (their local rows stay).
+//!
+//! Idempotent like `add-tables`: the result is the state asked for, so a
+//! table that is not listed is reported ("X is not listed") and the command
+//! still exits 0; only a name that cannot be a table fails. Running daemons
+//! stop the removed tables' workers by themselves (see `daemon`).
 
 use crate::store;
-use anyhow::bail;
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 use syncdata_core::table::TableName;
-use syncdata_core::{errln, outln};
 
 pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
-    let mut missing = 0;
-    for input in tables {
-        let name = TableName::parse(input)?;
+    let names = tables
+        .iter()
+        .map(|t| TableName::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    for name in names {
         if store::remove_table(&pool, &name).await? {
             outln!("removed {name}")?;
         } else {
-            errln!("error: {name} is not in the whitelist");
-            missing += 1;
+            outln!("{name} is not listed")?;
         }
-    }
-    if missing > 0 {
-        bail!("{missing} of {} tables were not listed", tables.len());
     }
     Ok(())
 }

@@ -22,12 +22,59 @@ pub struct Status {
     pub start_time: Option<String>,
     pub last_sync: Option<String>,
     pub records_synced: i64,
+    /// Dead letters now waiting in this database's dead-letter subjects
+    /// (drops when they are replayed or purged); when NATS is not
+    /// reachable, FAILED rows of `data_sync_logs` of the last 24 hours.
     pub errors: i64,
+    /// FAILED rows of `data_sync_logs`, all time (the audit log).
+    pub errors_logged: i64,
     pub daemons: i64,
+    /// Records applied per second over the last minute, all tables.
+    pub applied_per_second: f64,
+    /// What needs an operator's attention, one sentence each; empty when
+    /// all is well (then `status --check` exits 0).
+    pub attention: Vec<String>,
     pub tables: Vec<TableStatus>,
     /// Retention limits and what the housekeeping did (docs/operations.md
     /// "Retention").
     pub retention: crate::gc::Retention,
+}
+
+/// A table's state, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableState {
+    /// Records of the table were dead-lettered here (`syncdata dlq`).
+    DeadLetters,
+    /// Changes are waiting and no daemon applies this database.
+    Stopped,
+    /// NATS could not be reached: no stream figures.
+    Unknown,
+    /// No change of the table ever reached this database and none is
+    /// waiting: the producer does not send it (not captured, excluded,
+    /// halted at the producer, or no writes at the source yet).
+    WaitingForData,
+    /// Changes are waiting and being applied.
+    Syncing,
+    /// Nothing waiting.
+    CaughtUp,
+}
+
+impl TableState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::DeadLetters => "dead letters",
+            TableState::Stopped => "stopped",
+            TableState::Unknown => "unknown",
+            TableState::WaitingForData => "waiting for data",
+            TableState::Syncing => "syncing",
+            TableState::CaughtUp => "caught up",
+        }
+    }
+
+    fn needs_attention(self) -> bool {
+        !matches!(self, TableState::Syncing | TableState::CaughtUp)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -42,6 +89,19 @@ pub struct TableStatus {
     pub worker_restarts: i64,
     /// Why it ended, the last time.
     pub worker_error: Option<String>,
+    pub state: TableState,
+    /// Messages not yet applied (pending + in flight); None without NATS.
+    pub backlog: Option<u64>,
+    /// Records applied per second over the last minute.
+    pub applied_per_second: f64,
+    /// Seconds until the backlog is applied at that rate: 0 when caught
+    /// up, None when nothing is being applied.
+    pub eta_seconds: Option<f64>,
+    /// Source commit time of the newest change applied (end-to-end
+    /// freshness); None until a change with a commit time was applied.
+    pub source_commit_at: Option<String>,
+    /// Seconds between that commit time and now.
+    pub freshness_seconds: Option<f64>,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -67,12 +127,13 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
         }
     };
     // Rows removed by retention still count (syncdata.log_totals).
-    let (last_sync, records, errors): (Option<String>, Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let (last_sync, records, errors_logged, errors_recent): (Option<String>, Option<i64>, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select to_char(max(sync_time) filter (where status = 'SUCCESS') at time zone 'UTC', {TS}), \
                 (coalesce(sum(rows_synced) filter (where status = 'SUCCESS'), 0) \
                  + (select coalesce(sum(records_synced), 0) from syncdata.log_totals))::bigint, \
                 (count(*) filter (where status = 'FAILED') \
-                 + (select coalesce(sum(errors), 0) from syncdata.log_totals))::bigint \
+                 + (select coalesce(sum(errors), 0) from syncdata.log_totals))::bigint, \
+                count(*) filter (where status = 'FAILED' and sync_time > now() - interval '1 day') \
          from data_sync_logs"
     )))
     .fetch_one(&pool)
@@ -93,6 +154,21 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             Err(_) => None,
         };
         let (worker_restarts, worker_error) = worker_restarts(&pool, t).await?;
+        let (rate, source_commit_at, freshness_seconds) = progress(&pool, t).await?;
+        let backlog = stream.as_ref().map(|b| b.pending + b.ack_pending);
+        let state = match &stream {
+            None => TableState::Unknown,
+            Some(b) if b.dlq > 0 => TableState::DeadLetters,
+            Some(b) if b.pending + b.ack_pending > 0 && daemons == 0 => TableState::Stopped,
+            Some(b) if b.pending + b.ack_pending > 0 => TableState::Syncing,
+            Some(_) if lsn.is_none() => TableState::WaitingForData,
+            Some(_) => TableState::CaughtUp,
+        };
+        let eta_seconds = match backlog {
+            Some(0) => Some(0.0),
+            Some(n) if rate > 0.0 => Some(n as f64 / rate),
+            _ => None,
+        };
         out.push(TableStatus {
             table: t.to_string(),
             last_applied_lsn: lsn,
@@ -100,10 +176,36 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             stream,
             worker_restarts,
             worker_error,
+            state,
+            backlog,
+            applied_per_second: rate,
+            eta_seconds,
+            source_commit_at,
+            freshness_seconds,
         });
     }
     let retention =
         crate::gc::retention(&pool, config, streams.as_ref().ok().map(|(c, d)| (c, d))).await?;
+    let mut attention = Vec::new();
+    if daemons == 0 {
+        attention.push("no daemon applies this database (`syncdata start`)".to_owned());
+    }
+    if streams.is_err() {
+        attention.push("NATS not reachable: stream figures unknown".to_owned());
+    }
+    for t in out.iter().filter(|t| t.state.needs_attention()) {
+        if t.state != TableState::Unknown {
+            attention.push(format!("{}: {}", t.table, t.state.as_str()));
+        }
+    }
+    let errors = match &streams {
+        Ok(_) => out
+            .iter()
+            .filter_map(|t| t.stream.as_ref())
+            .map(|b| b.dlq as i64)
+            .sum(),
+        Err(_) => errors_recent,
+    };
     Ok(Status {
         retention,
         status: if daemons > 0 { "active" } else { "inactive" },
@@ -112,10 +214,41 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
         last_sync,
         records_synced: records.unwrap_or(0),
         errors,
+        errors_logged,
         daemons,
+        applied_per_second: out.iter().map(|t| t.applied_per_second).sum(),
+        attention,
         tables: out,
     })
 }
+
+/// Over the last minute: records applied per second; and the newest source
+/// commit time applied, with its age in seconds.
+async fn progress(
+    pool: &PgPool,
+    t: &TableName,
+) -> anyhow::Result<(f64, Option<String>, Option<f64>)> {
+    let (applied, newest, age): (Option<i64>, Option<String>, Option<f64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select (select sum(rows_synced)::int8 from data_sync_logs \
+                      where table_name = $1 and status = 'SUCCESS' \
+                        and sync_time > now() - interval '{RATE_WINDOW} seconds'), \
+                    to_char(f.at at time zone 'UTC', {TS}), \
+                    extract(epoch from now() - f.at)::float8 \
+             from (select max(source_commit_at) as at from \
+                     (select source_commit_at from data_sync_logs \
+                       where table_name = $1 and status = 'SUCCESS' \
+                       order by sync_time desc limit 1000) r) f"
+        )))
+        .bind(t.to_string())
+        .fetch_one(pool)
+        .await?;
+    let rate = applied.unwrap_or(0) as f64 / RATE_WINDOW as f64;
+    Ok((rate, newest, age.map(|a| a.max(0.0))))
+}
+
+/// The window of the applied rate, in seconds.
+const RATE_WINDOW: i64 = 60;
 
 async fn streams(
     config: &Config,
@@ -174,11 +307,21 @@ async fn last_applied(
     })
 }
 
-pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+/// `status --check`'s exit status when something needs attention.
+pub const CHECK_ATTENTION: u8 = 2;
+
+/// Prints the status; with `check`, returns [`CHECK_ATTENTION`] when
+/// anything needs attention (the lines of `attention`), else 0.
+pub async fn run(config: &Config, json: bool, check: bool) -> anyhow::Result<u8> {
     let s = gather(config).await?;
+    let code = if check && !s.attention.is_empty() {
+        CHECK_ATTENTION
+    } else {
+        0
+    };
     if json {
         outln!("{}", serde_json::to_string_pretty(&s)?)?;
-        return Ok(());
+        return Ok(code);
     }
     let none = || "never".to_owned();
     outln!("status: {}", s.status)?;
@@ -187,59 +330,90 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     outln!("last sync: {}", s.last_sync.clone().unwrap_or_else(none))?;
     outln!("records synced: {}", s.records_synced)?;
     outln!("errors: {}", s.errors)?;
+    outln!("daemons: {}", s.daemons)?;
+    outln!(
+        "applied: {:.1} records/s (last minute)",
+        s.applied_per_second
+    )?;
     outln!()?;
     if s.tables.is_empty() {
         outln!("{}", crate::daemon::NO_TABLES)?;
-        return Ok(());
+        return Ok(code);
     }
     outln!("synced tables ({}):", s.tables.len())?;
-    for t in &s.tables {
-        outln!("  - {}", t.table)?;
-    }
-    outln!()?;
     outln!(
-        "{:<24} {:>9} {:>9} {:>8} {:>6} {:>8}  {:<14} last applied at",
+        "  - {:<22} {:<17} {:>9} {:>8} {:>8} {:>6} {:>10}  {:<14} last applied at",
         "table",
-        "pending",
-        "in-flight",
-        "lag (s)",
+        "state",
+        "backlog",
+        "rate/s",
+        "eta",
         "dlq",
-        "workers",
+        "fresh",
         "last lsn"
     )?;
     for t in &s.tables {
-        let (p, a, l, d, w) = match &t.stream {
-            Some(p) => (
-                p.pending.to_string(),
-                p.ack_pending.to_string(),
-                format!("{:.1}", p.lag_seconds),
-                p.dlq.to_string(),
-                p.waiting_pulls.to_string(),
-            ),
-            None => Default::default(),
-        };
+        let dlq = t
+            .stream
+            .as_ref()
+            .map(|b| b.dlq.to_string())
+            .unwrap_or_default();
         outln!(
-            "{:<24} {:>9} {:>9} {:>8} {:>6} {:>8}  {:<14} {}",
+            "  - {:<22} {:<17} {:>9} {:>8.1} {:>8} {:>6} {:>10}  {:<14} {}",
             t.table,
-            p,
-            a,
-            l,
-            d,
-            w,
+            t.state.as_str(),
+            t.backlog
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "?".into()),
+            t.applied_per_second,
+            t.eta_seconds.map(duration).unwrap_or_else(|| "-".into()),
+            dlq,
+            t.freshness_seconds
+                .map(duration)
+                .unwrap_or_else(|| "-".into()),
             t.last_applied_lsn.clone().unwrap_or_default(),
             t.last_applied_at.clone().unwrap_or_default()
         )?;
     }
     for t in s.tables.iter().filter(|t| t.worker_restarts > 0) {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "worker of {} restarted {} time(s); last failure: {}",
             t.table,
             t.worker_restarts,
             t.worker_error.as_deref().unwrap_or("unknown")
-        );
+        )?;
     }
     outln!()?;
     outln!("{}", s.retention)?;
-    Ok(())
+    if !s.attention.is_empty() {
+        outln!()?;
+        outln!("needs attention:")?;
+        for a in &s.attention {
+            outln!("  - {a}")?;
+        }
+    }
+    Ok(code)
+}
+
+/// `42s`, `3m05s`, `2h10m`, `3d4h`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(super::duration(0.2), "0s");
+        assert_eq!(super::duration(185.0), "3m05s");
+        assert_eq!(super::duration(7800.0), "2h10m");
+        assert_eq!(super::duration(3.0 * 86400.0 + 7200.0), "3d2h");
+    }
 }

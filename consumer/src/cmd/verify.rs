@@ -86,6 +86,11 @@ pub struct TableReport {
     pub rows: Vec<RowDiff>,
     /// Schema problems and other notes.
     pub problems: Vec<String>,
+    /// False when the table cannot be compared (missing on a side, no or
+    /// different primary keys): `verify` then exits 2.
+    pub comparable: bool,
+    /// What may explain the differences.
+    pub hints: Vec<String>,
     pub columns_compared: Vec<String>,
     pub elapsed_ms: u64,
 }
@@ -134,11 +139,18 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     } else if differing == 0 {
         outln!("verify: all {} table(s) equal", reports.len())?;
     }
+    if let Some(r) = reports.iter().find(|r| !r.comparable) {
+        bail!("{} cannot be compared: {}", r.table, r.problems.join("; "));
+    }
     if differing > 0 {
-        bail!(
-            "{differing} of {} table(s) differ from the source",
-            reports.len()
-        );
+        return Err(syncdata_core::cli::Exit {
+            code: 1,
+            message: format!(
+                "{differing} of {} table(s) differ from the source",
+                reports.len()
+            ),
+        }
+        .into());
     }
     Ok(())
 }
@@ -440,7 +452,7 @@ impl Comparison<'_> {
                     }
                 }
                 diffs.extend(loc.into_keys().map(|k| (DiffKind::ExtraLocally, k)));
-                diffs.sort_by(|a, b| a.1.cmp(&b.1));
+                diffs.sort_by(|a, b| natural_key_order(&a.1, &b.1));
                 for (kind, key) in diffs {
                     self.record(kind, key);
                 }
@@ -481,6 +493,8 @@ async fn verify_table(
         differing_rows: 0,
         rows: Vec::new(),
         problems: Vec::new(),
+        comparable: true,
+        hints: Vec::new(),
         columns_compared: Vec::new(),
         elapsed_ms: 0,
     };
@@ -491,6 +505,7 @@ async fn verify_table(
     let (src, loc) = match (src, loc) {
         (Some(s), Some(l)) => (s, l),
         (s, l) => {
+            report.comparable = false;
             if s.is_none() {
                 report
                     .problems
@@ -505,12 +520,16 @@ async fn verify_table(
         }
     };
     if src.key.is_empty() {
-        report
-            .problems
-            .push("no primary key at the source: cannot compare by key".to_owned());
+        report.comparable = false;
+        report.problems.push(
+            "no primary key at the source: verify compares by primary key (and syncdata \
+             syncs only tables with one)"
+                .to_owned(),
+        );
         return Ok(report);
     }
     if src.key != loc.key {
+        report.comparable = false;
         report.problems.push(format!(
             "primary keys differ: source ({}), local ({})",
             src.key.join(", "),
@@ -600,13 +619,41 @@ async fn verify_table(
     }
     report.differing_rows = cmp.differing;
     report.rows = cmp.rows;
+    if report.rows.iter().any(|d| d.kind == DiffKind::Different) {
+        report.hints.push(format!(
+            "rows differ in value: if the producer sanitizes columns of {table}, leave them out \
+             of the comparison with --exclude-columns {table}.COLUMN,…"
+        ));
+    }
     report.columns_compared = compared;
     report.equal = report.problems.is_empty() && report.differing_rows == 0;
     Ok(report)
 }
 
+/// Keys in natural order: parts that are both integers compare as
+/// numbers (`1, 2, 10`, not `1, 10, 2`), others as text.
+fn natural_key_order(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x.parse::<i128>(), y.parse::<i128>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            _ => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 fn render(r: &TableReport, max_rows: usize) -> String {
     let mut out = String::new();
+    if !r.comparable {
+        let _ = writeln!(out, "{}: CANNOT COMPARE", r.table);
+        for p in &r.problems {
+            let _ = writeln!(out, "  problem: {p}");
+        }
+        return out;
+    }
     let verdict = if r.equal { "equal" } else { "NOT EQUAL" };
     let _ = writeln!(
         out,
@@ -619,6 +666,9 @@ fn render(r: &TableReport, max_rows: usize) -> String {
     );
     for p in &r.problems {
         let _ = writeln!(out, "  problem: {p}");
+    }
+    for h in &r.hints {
+        let _ = writeln!(out, "  hint: {h}");
     }
     if r.differing_rows > 0 {
         let _ = writeln!(
@@ -650,6 +700,14 @@ mod tests {
 
     fn k(v: &str) -> Vec<String> {
         vec![v.to_owned()]
+    }
+
+    #[test]
+    fn numeric_keys_sort_as_numbers() {
+        let mut keys = [k("10"), k("2"), k("1"), k("b"), k("100"), k("a")];
+        keys.sort_by(|a, b| natural_key_order(a, b));
+        let flat: Vec<&str> = keys.iter().map(|k| k[0].as_str()).collect();
+        assert_eq!(flat, ["1", "2", "10", "100", "a", "b"]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     if let Some(addr) = config.producer.metrics_addr {
         syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        crate::backlog::describe_metrics();
     }
     anyhow::ensure!(
         settings.archive_dir.is_dir(),
@@ -83,7 +84,10 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             ensured = publisher.ensure_stream() => ensured
                 .with_context(|| format!("cannot create or read stream {}", config.nats.stream))?,
         }
-        publisher.run(token).await?;
+        let watch = tokio::spawn(watch_backlog(config.clone(), token.child_token()));
+        let result = publisher.run(token).await;
+        watch.abort();
+        result?;
         Ok(())
     }
     .instrument(span)
@@ -119,4 +123,64 @@ pub fn load_sanitizer(config: &Config) -> anyhow::Result<Option<Sanitizer>> {
         std::time::Duration::from_millis(config.producer.rules_reload_ms),
     )?;
     Ok(Some(sanitizer))
+}
+
+/// How often the backlog gauges are measured, and how often the one-line
+/// summary is logged.
+const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Measures the backlog past the checkpoint (files, bytes, records) for the
+/// gauges, and logs a summary line every minute.
+async fn watch_backlog(config: Config, token: CancellationToken) {
+    let (Ok(dir), Ok(state)) = (
+        config.archive_dir().map(|d| d.to_owned()),
+        config.producer_state_dir(),
+    ) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(BACKLOG_EVERY);
+    let mut last: Option<(std::time::Instant, crate::backlog::Backlog)> = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (dir, state) = (dir.clone(), state.clone());
+        let measured = tokio::task::spawn_blocking(move || {
+            let cp = crate::checkpoint::CheckpointStore::new(&state)
+                .load()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            crate::backlog::measure(&dir, cp.as_ref())
+        })
+        .await;
+        let b = match measured {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "measuring the backlog failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        metrics::gauge!("syncdata_producer_backlog_bytes").set(b.bytes as f64);
+        metrics::gauge!("syncdata_producer_backlog_records").set(b.records as f64);
+        metrics::gauge!("syncdata_producer_backlog_files").set(b.files as f64);
+        match last {
+            Some((at, before)) if at.elapsed() >= SUMMARY_EVERY => {
+                let secs = at.elapsed().as_secs_f64();
+                let drained = before.records as f64 - b.records as f64;
+                tracing::info!(
+                    "backlog {} records ({} bytes) in {} file(s); {:+.0} records/s over the last {:.0} s",
+                    b.records,
+                    b.bytes,
+                    b.files,
+                    -drained / secs,
+                    secs
+                );
+                last = Some((std::time::Instant::now(), b));
+            }
+            None => last = Some((std::time::Instant::now(), b)),
+            _ => {}
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod data_protection;
 mod failures;
 mod large_rows;
 mod operations;
+mod operator;
 mod pipeline;
 mod producer;
 mod retention;

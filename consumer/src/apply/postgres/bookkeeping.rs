@@ -296,11 +296,14 @@ pub(super) async fn log_success(
     log: &BatchLog,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref) values ($1, 'SUCCESS', $2, $3)",
+        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref, source_commit_at) \
+         values ($1, 'SUCCESS', $2, $3, $4::timestamptz)",
     )
     .bind(table_name)
     .bind(log.rows_synced as i32)
     .bind(&log.archive_ref)
+    // Validated and formatted by newest_commit_time: always castable.
+    .bind(&log.source_commit_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
