@@ -284,14 +284,14 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     store::register_daemon(&pool, &id_of_daemon, &hostname()).await?;
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
-    let ctx = Arc::new(WorkerShared::new(
-        config.clone(),
-        applier,
-        pool.clone(),
-        js,
-        !replica,
-        signer,
-    ));
+    let ctx = Arc::new(
+        WorkerShared::new(config.clone(), applier, pool.clone(), js, !replica, signer)
+            .with_max_payload(client.server_info().max_payload),
+    );
+    info!(
+        bytes = ctx.budget_bytes(),
+        "memory budget of fetched messages (consumer.memory_budget_bytes)"
+    );
     let workers_token = token.child_token();
     // A resync a crash interrupted: finish it before anything is pulled.
     crate::cmd::resync::resume_pending(&pool, &stream, &config, &instance).await?;

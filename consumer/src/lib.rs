@@ -7,6 +7,7 @@
 pub mod apply;
 mod attempts;
 pub(crate) mod backlog;
+mod budget;
 pub mod cmd;
 pub mod daemon;
 mod dead_letter;

@@ -28,6 +28,7 @@ use syncdata_core::table::TableName;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::budget::Budget;
 use crate::dead_letter::{self, DeadLetter};
 use crate::trust::{self, Rejection, VersionMark};
 use syncdata_core::signature::SigningKey;
@@ -51,6 +52,8 @@ pub struct WorkerShared<T: Target> {
     counts: Mutex<HashMap<TableName, Counts>>,
     /// Records applied (changed local state) since the process started.
     applied: AtomicU64,
+    /// Bytes of fetched messages all workers hold at most (budget.rs).
+    budget: Budget,
 }
 
 impl<T: Target> WorkerShared<T> {
@@ -63,6 +66,11 @@ impl<T: Target> WorkerShared<T> {
         signer: Option<SigningKey>,
     ) -> WorkerShared<T> {
         WorkerShared {
+            budget: Budget::new(
+                config.consumer.memory_budget_bytes,
+                config.consumer.pull_max_bytes,
+                DEFAULT_MAX_PAYLOAD,
+            ),
             config,
             engine,
             store,
@@ -73,6 +81,22 @@ impl<T: Target> WorkerShared<T> {
             counts: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
         }
+    }
+
+    /// Sizes the memory budget for the server's `max_payload` (any one
+    /// message must fit a pull).
+    pub fn with_max_payload(mut self, max_payload: usize) -> Self {
+        self.budget = Budget::new(
+            self.config.consumer.memory_budget_bytes,
+            self.config.consumer.pull_max_bytes,
+            max_payload,
+        );
+        self
+    }
+
+    /// The process's byte budget of fetched messages.
+    pub fn budget_bytes(&self) -> usize {
+        self.budget.total()
     }
 
     /// Takes the per-table counts gathered since the last call.
@@ -106,6 +130,9 @@ impl<T: Target> WorkerShared<T> {
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// nats-server's default `max_payload`, until the server says otherwise.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 enum Fate {
     Ack,
@@ -150,10 +177,18 @@ pub async fn run_table<T: Target>(
     info!(table = %table, "worker started");
     // Checked once per batch: a batch that was fetched is always applied
     // and acked (or nakked) before the worker stops.
+    // A table that just brought messages pulls a full budget share; an idle
+    // one only room for one message, so idle tables hold little.
+    let mut busy = false;
     while !token.is_cancelled() {
+        let mut reserved = tokio::select! {
+            r = ctx.budget.reserve(busy) => r,
+            _ = token.cancelled() => break,
+        };
         let messages = match consumer
             .batch()
             .max_messages(batch_size)
+            .max_bytes(reserved.bytes())
             .expires(wait)
             .messages()
             .await
@@ -185,6 +220,9 @@ pub async fn run_table<T: Target>(
             // (expires + 5 s). Pull again once the durable answers.
             wait_for_durable(&mut consumer, &table, &token).await;
         }
+        busy = !msgs.is_empty();
+        // Held until the batch is settled.
+        reserved.keep(&msgs);
         if msgs.is_empty() {
             // Caught up (for this process's view of the durable).
             set_progress_gauges(&table, 0, 0.0);
@@ -203,6 +241,7 @@ pub async fn run_table<T: Target>(
         for part in crate::large::parts(msgs, crate::large::PART_BYTES) {
             retry |= process(&ctx, &table, &mut mark, part).await;
         }
+        drop(reserved);
         if retry {
             failures += 1;
             retry::sleep(policy.delay_for(failures), &token).await;

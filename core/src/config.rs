@@ -327,6 +327,12 @@ pub struct ConsumerConfig {
     pub log_retention_days: u64,
     /// Stopped or silent daemons leave `syncdata.daemons` after this long.
     pub daemon_retention_days: u64,
+    /// Bytes one pull of one table may bring at most (raised to the
+    /// server's max_payload plus headers, so any one message fits).
+    pub pull_max_bytes: usize,
+    /// Bytes of fetched messages all the table workers of one process hold
+    /// at once, at most (see docs/operations.md "Memory").
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -349,6 +355,8 @@ impl Default for ConsumerConfig {
             tombstone_grace_secs: 3600,
             log_retention_days: 30,
             daemon_retention_days: 7,
+            pull_max_bytes: 4 * 1024 * 1024,
+            memory_budget_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -709,6 +717,15 @@ impl Config {
             return Err(invalid(
                 "consumer.max_ack_pending",
                 "must be at least consumer.batch_size",
+            ));
+        }
+        if c.pull_max_bytes < 64 * 1024 {
+            return Err(invalid("consumer.pull_max_bytes", "must be at least 65536"));
+        }
+        if c.memory_budget_bytes < c.pull_max_bytes {
+            return Err(invalid(
+                "consumer.memory_budget_bytes",
+                "must be at least consumer.pull_max_bytes",
             ));
         }
         if c.ack_wait_secs == 0 {
