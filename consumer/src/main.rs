@@ -97,6 +97,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Integrity of the local copy: orphans (foreign keys to rows missing
+    /// locally), duplicates on unenforced unique constraints, NOT NULL and
+    /// CHECK violations, against local and production constraints. Exit
+    /// status 0 only when clean.
+    Check {
+        /// Tables to check (default: every whitelisted table).
+        tables: Vec<String>,
+        /// The source (production) database URL, for production's
+        /// constraints (default: verify.source_url, else producer.source_url;
+        /// none: local constraints only).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// Sample keys listed per finding.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Empty every synced table and reset its bookkeeping.
     Clear {
         #[arg(long)]
@@ -207,6 +226,20 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 json,
             };
             cmd::verify::run(&config, args).await
+        }
+        Command::Check {
+            tables,
+            source,
+            samples,
+            json,
+        } => {
+            let args = cmd::check::CheckArgs {
+                tables,
+                source,
+                samples,
+                json,
+            };
+            cmd::check::run(&config, args).await
         }
         Command::Clear { yes } => cmd::clear::run(&config, yes).await,
         Command::Config {

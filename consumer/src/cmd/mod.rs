@@ -1,6 +1,7 @@
 //! The `syncdata` commands, one file each.
 
 pub mod add_tables;
+pub mod check;
 pub mod clear;
 pub mod config;
 pub mod dlq;

@@ -6,6 +6,7 @@
 
 mod apply;
 mod catalog;
+mod check;
 mod cli;
 mod cluster;
 mod compose;
