@@ -324,6 +324,10 @@ fn names_local(def: &TableDef, rule: &Rule) -> bool {
     columns.iter().all(|c| def.column(c).is_some())
 }
 
+/// A foreign key as read: name, columns, parent schema, parent table,
+/// parent columns.
+type FkRow = (String, Vec<String>, String, String, Vec<String>);
+
 /// Reads the constraints of `table` (one statement each).
 async fn constraints(
     conn: impl sqlx::Acquire<'_, Database = sqlx::Postgres>,
@@ -331,7 +335,7 @@ async fn constraints(
 ) -> anyhow::Result<Constraints> {
     let mut conn = conn.acquire().await?;
     let qualified = table.quoted();
-    let fks: Vec<(String, Vec<String>, String, String, Vec<String>)> = sqlx::query_as(
+    let fks: Vec<FkRow> = sqlx::query_as(
         "select c.conname::text, \
             array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i) \
                   join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i), \
