@@ -133,17 +133,7 @@ struct Constraints {
 
 pub async fn run(config: &Config, args: CheckArgs) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
-    let tables: Vec<TableName> = if args.tables.is_empty() {
-        store::whitelist(&pool).await?
-    } else {
-        args.tables
-            .iter()
-            .map(|t| TableName::parse(t))
-            .collect::<Result<_, _>>()?
-    };
-    if tables.is_empty() {
-        bail!("no tables to check: name them, or whitelist them with add-tables");
-    }
+    let tables = super::named_or_whitelisted(&pool, &args.tables, "check").await?;
     let source_url = args
         .source
         .clone()

@@ -105,17 +105,7 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
              database) or set verify.source_url",
         )?;
     let pool = store::connect(config).await?;
-    let tables: Vec<TableName> = if args.tables.is_empty() {
-        store::whitelist(&pool).await?
-    } else {
-        args.tables
-            .iter()
-            .map(|t| TableName::parse(t))
-            .collect::<Result<_, _>>()?
-    };
-    if tables.is_empty() {
-        bail!("no tables to verify: name them, or whitelist them with add-tables");
-    }
+    let tables = super::named_or_whitelisted(&pool, &args.tables, "verify").await?;
     let exclude = Exclusions::parse(&args.exclude_columns)?;
     let mut local = pool.acquire().await?.detach();
     prepare(&mut local).await?;
