@@ -15,6 +15,7 @@ pub mod failure;
 pub(crate) mod freshness;
 pub mod gc;
 mod large;
+pub mod schema;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

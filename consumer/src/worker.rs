@@ -134,7 +134,7 @@ const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// nats-server's default `max_payload`, until the server says otherwise.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
-enum Fate {
+pub(crate) enum Fate {
     Ack,
     Retry,
     Poison {
@@ -434,8 +434,46 @@ async fn process<T: Target>(
     }
 
     let started = Instant::now();
-    let mut stack = vec![good];
+    // SCHEMA records cut the batch: what precedes one applies under the old
+    // shape, then it is taken, then the rest (crate::schema).
+    let halted = crate::schema::halted_at(&ctx.store, table).await.unwrap_or_else(|e| {
+        warn!(table = %table, error = %e, "cannot read the table's schema halt; holding its schema changes");
+        None
+    });
+    let versioned: Vec<_> = good
+        .iter()
+        .map(|&i| {
+            let r = items[i].record.as_ref().expect("good records only");
+            (i, r.version(items[i].stream_seq), r.op == syncdata_core::record::Op::Schema)
+        })
+        .collect();
+    let steps = crate::schema::steps(&versioned, halted);
+    let mut stack = Vec::new();
     let apply = async {
+        let mut held = false;
+        for step in steps {
+            match step {
+                crate::schema::Step::Data(group) if !held => stack.push(group),
+                crate::schema::Step::Data(group) => {
+                    group.iter().for_each(|&i| fates[i] = Some(Fate::Retry));
+                    continue;
+                }
+                crate::schema::Step::Hold(i) => {
+                    fates[i] = Some(Fate::Retry);
+                    continue;
+                }
+                crate::schema::Step::Schema(i) => {
+                    let fate = if held {
+                        Fate::Retry
+                    } else {
+                        crate::schema::worker_take(ctx, table, &items[i].record, items[i].stream_seq)
+                            .await
+                    };
+                    held = matches!(fate, Fate::Retry);
+                    fates[i] = Some(fate);
+                    continue;
+                }
+            }
         while let Some(group) = stack.pop() {
             if group.is_empty() {
                 continue;
@@ -505,6 +543,7 @@ async fn process<T: Target>(
                     }
                 },
             }
+        }
         }
     };
     in_progress(&items, ctx.config.consumer.ack_wait_secs, apply).await;

@@ -333,6 +333,14 @@ pub struct ConsumerConfig {
     /// Bytes of fetched messages all the table workers of one process hold
     /// at once, at most (see docs/operations.md "Memory").
     pub memory_budget_bytes: usize,
+    /// What a worker does with a table's schema change (docs/schema.md):
+    /// `auto` applies additive changes and halts the table on destructive
+    /// ones, `halt` halts on every change until the local table matches,
+    /// `ignore` takes the change without touching the local table.
+    pub schema_policy: String,
+    /// Per-table overrides of `schema_policy`, e.g.
+    /// `{ "public.users" = "halt" }` (names as `list-tables` shows them).
+    pub schema_policy_tables: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ConsumerConfig {
@@ -357,6 +365,8 @@ impl Default for ConsumerConfig {
             daemon_retention_days: 7,
             pull_max_bytes: 4 * 1024 * 1024,
             memory_budget_bytes: 32 * 1024 * 1024,
+            schema_policy: "auto".to_owned(),
+            schema_policy_tables: std::collections::BTreeMap::new(),
         }
     }
 }

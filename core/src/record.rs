@@ -31,6 +31,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// The table's definition at this version (`crate::tabledef`).
+    Schema,
 }
 
 impl fmt::Display for Op {
@@ -40,6 +42,7 @@ impl fmt::Display for Op {
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
             Op::Truncate => "TRUNCATE",
+            Op::Schema => "SCHEMA",
         })
     }
 }
@@ -363,6 +366,14 @@ impl Record {
                 "old_keys",
                 "DELETE needs old_keys (or data holding the key)",
             )),
+            Op::Schema
+                if !self
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(crate::tabledef::DEFINITION_FIELD)) =>
+            {
+                Err(RecordError::invalid("data", "SCHEMA needs data.definition"))
+            }
             _ => Ok(()),
         }
     }

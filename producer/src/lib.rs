@@ -19,6 +19,7 @@ pub mod cmd;
 pub(crate) mod publisher;
 pub mod quarantine;
 pub mod sanitize;
+pub mod schema;
 pub mod scram;
 pub(crate) mod sink;
 pub(crate) mod snapshot;

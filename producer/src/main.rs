@@ -47,6 +47,10 @@ enum Command {
         /// Source database URL (default: producer.source_url).
         #[arg(long, value_name = "URL")]
         source: Option<String>,
+        /// Do not install the DDL capture (event trigger writing table
+        /// definitions into syncdata.schema_log; see docs/schema.md).
+        #[arg(long)]
+        no_schema_capture: bool,
     },
     /// Read the replication slot and write change segments into archive_dir
     /// until SIGINT or SIGTERM.
@@ -129,6 +133,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             user,
             tables,
             source,
+            no_schema_capture,
         } => {
             let args = cmd::setup_source::SetupArgs {
                 create_slot,
@@ -136,6 +141,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 user,
                 tables,
                 source,
+                no_schema_capture,
             };
             cmd::setup_source::run(&config()?, args).await
         }

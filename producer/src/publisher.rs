@@ -22,7 +22,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use syncdata_core::config::{Config, ConfigError};
-use syncdata_core::record::Record;
+use syncdata_core::record::{Op, Record};
 use syncdata_core::retry::{self, RetryPolicy};
 use syncdata_core::subject::{message_id, table_subject};
 use syncdata_core::table::TableName;
@@ -631,11 +631,12 @@ impl<S: Sink> Publisher<S> {
                 self.quarantine.add(&reject(&reason, prefix))?;
             }
             LineKind::Text(_) if line.is_blank() => {}
-            LineKind::Text(bytes) => match Record::parse(bytes) {
+            LineKind::Text(bytes) => match crate::schema::parse_line(bytes) {
                 Err(err) => {
-                    self.quarantine.add(&reject(&err.to_string(), bytes))?;
+                    self.quarantine.add(&reject(&err, bytes))?;
                 }
-                Ok(record) => {
+                Ok(None) => {}
+                Ok(Some(record)) => {
                     let start = Position {
                         file: file.clone(),
                         offset: line.start,
@@ -694,7 +695,12 @@ impl<S: Sink> Publisher<S> {
             origin.as_deref(),
         );
         if let Some(sanitizer) = &self.sanitizer {
-            match sanitizer.apply(&mut record) {
+            let verdict = if record.op == Op::Schema {
+                crate::schema::sanitize(&mut record, sanitizer)
+            } else {
+                sanitizer.apply(&mut record)
+            };
+            match verdict {
                 Ok(Verdict::Publish) => {}
                 Ok(Verdict::Exclude) => {
                     metrics::counter!("syncdata_producer_excluded_total").increment(1);
@@ -746,6 +752,23 @@ impl<S: Sink> Publisher<S> {
             }
         }
         let size = payload.len();
+        if record.op == Op::Schema && size <= max_payload {
+            // The look-up copy (`<subject>.schema`) first: acknowledged
+            // before the record itself, so whoever sees the record in the
+            // table's subject can also look its definition up.
+            let copy = tokio::select! {
+                _ = token.cancelled() => return Ok(Dispatch::Cancelled),
+                sent = self.sink.publish(
+                    format!("{subject}.{}", syncdata_core::tabledef::SCHEMA_SUBJECT_SUFFIX),
+                    format!("{id}:schema"),
+                    payload.clone().into(),
+                ) => sent?,
+            };
+            tokio::select! {
+                _ = token.cancelled() => return Ok(Dispatch::Cancelled),
+                acked = copy => { acked?; }
+            }
+        }
         let sent = if size > max_payload {
             Err(SinkError::TooLarge {
                 size,
@@ -1010,8 +1033,9 @@ impl<S: Sink> Publisher<S> {
         };
         let mut ack = None;
         if let LineKind::Text(bytes) = &line.kind {
-            let record = Record::parse(bytes)
+            let record = crate::schema::parse_line(bytes)
                 .ok()
+                .flatten()
                 .filter(|rec| rec.schema == table.schema && rec.table == table.table);
             if let Some(record) = record {
                 match self

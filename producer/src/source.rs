@@ -534,6 +534,9 @@ pub struct SetupOptions {
     /// authenticate it otherwise (certificates, pg_hba).
     pub password: Option<String>,
     pub tables: Vec<TableName>,
+    /// Install the DDL capture (`crate::schema`); on unless
+    /// `--no-schema-capture`.
+    pub schema_capture: bool,
 }
 
 /// `syncdata-producer setup-source`: checks the source, then creates what
@@ -576,8 +579,13 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
 
     let slot = &settings.slot;
     let plugin = &settings.plugin;
+    let capture = opts.schema_capture && crate::schema::install_capture(&mut conn, &mut report).await?;
     if plugin == PGOUTPUT && (opts.create_slot || !opts.tables.is_empty()) {
-        ensure_publication(&mut conn, &settings.publication, &opts.tables, &mut report).await?;
+        let mut published = opts.tables.clone();
+        if capture && !published.is_empty() {
+            published.push(syncdata_core::tabledef::log_table());
+        }
+        ensure_publication(&mut conn, &settings.publication, &published, &mut report).await?;
     }
     match slot_info(&mut conn, slot).await? {
         Some(info) => {
@@ -630,6 +638,10 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
         }
     }
 
+    if capture && slot_info(&mut conn, slot).await?.is_some() {
+        // The slot exists: the definitions recorded now reach the archive.
+        crate::schema::log_current(&mut conn, &opts.tables, &mut report).await?;
+    }
     if opts.create_user {
         create_user(&mut conn, &db, opts, &mut report).await?;
     }
@@ -748,8 +760,11 @@ pub fn plugin_options(tables: &[TableName]) -> Vec<String> {
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
     .collect();
     if !tables.is_empty() {
+        // The schema capture table travels with the listed tables.
+        let mut listed = tables.to_vec();
+        listed.push(syncdata_core::tabledef::log_table());
         options.push("add-tables".to_owned());
-        options.push(add_tables_value(tables));
+        options.push(add_tables_value(&listed));
     }
     options
 }

@@ -321,7 +321,7 @@ fn tally(
                 Op::Insert => report.inserted += 1,
                 Op::Update => report.updated += 1,
                 Op::Delete => report.deleted += 1,
-                Op::Truncate => {}
+                Op::Truncate | Op::Schema => {}
             }
             if let Change::Delete { key } = c.change {
                 let brought_here = first_image.get(&key).is_some_and(|&v| v < c.version);

@@ -198,7 +198,7 @@ fn to_change(shape: &TableShape, r: &Record, keys: &mut Keys) -> Result<Option<C
             .ok_or_else(|| reject(false, format!("{} without data", r.op)))
     };
     match r.op {
-        Op::Truncate => Ok(None),
+        Op::Truncate | Op::Schema => Ok(None),
         Op::Insert => {
             let mut values = values_of(data()?, "data")?;
             let key = key_of(&values, "data")?;

@@ -275,7 +275,7 @@ pub fn decode(row: &str) -> Result<Event, DecodeError> {
                 }
             }
         }
-        Op::Truncate => unreachable!("handled above"),
+        Op::Truncate | Op::Schema => unreachable!("handled above; never decoded"),
     };
     Ok(Event::Change(change))
 }

@@ -511,7 +511,10 @@ impl Archiver {
                 columns,
             } => {
                 let name = TableName::new(schema.clone(), table.clone());
-                if !self.settings.tables.is_empty() && !self.settings.tables.contains(&name) {
+                if !self.settings.tables.is_empty()
+                    && !self.settings.tables.contains(&name)
+                    && name != syncdata_core::tabledef::log_table()
+                {
                     self.unwanted.insert(id);
                     return Ok(());
                 }

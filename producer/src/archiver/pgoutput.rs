@@ -393,7 +393,7 @@ impl Relations {
                     has_pk: true,
                 },
             },
-            Op::Truncate => Event::Change(Change {
+            Op::Truncate | Op::Schema => Event::Change(Change {
                 schema,
                 table,
                 op,
