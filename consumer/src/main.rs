@@ -29,6 +29,15 @@ enum Command {
     AddTables {
         #[arg(required = true)]
         tables: Vec<String>,
+        /// Create each table missing locally from production's definition
+        /// as the stream carries it (docs/schema.md).
+        #[arg(long)]
+        create: bool,
+    },
+    /// Compare local tables with production's definitions in the stream, and migrate them.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
     },
     /// List the whitelisted tables.
     ListTables {
@@ -134,6 +143,28 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum SchemaCommand {
+    /// The stream's newest definition vs the local table, one line per
+    /// difference (exit 1 when any table differs, 2 on error).
+    Diff {
+        /// Tables to compare (default: every whitelisted table).
+        tables: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The SQL that brings the local tables in line (only the safe part
+    /// unless --allow-destructive); runs it unless --dry-run.
+    Migrate {
+        /// Tables to migrate (default: every whitelisted table).
+        tables: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        allow_destructive: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration (file plus environment) and print it, secrets redacted.
     Check,
@@ -176,7 +207,23 @@ enum DlqCommand {
 async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let config = cli::load_config(global, Role::Consumer)?;
     match command {
-        Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
+        Command::AddTables { tables, create } => {
+            cmd::add_tables::run(&config, &tables, create).await
+        }
+        Command::Schema {
+            command: SchemaCommand::Diff { tables, json },
+        } => match cmd::schema::diff(&config, &tables, json).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code).into()),
+        },
+        Command::Schema {
+            command:
+                SchemaCommand::Migrate {
+                    tables,
+                    dry_run,
+                    allow_destructive,
+                },
+        } => cmd::schema::migrate(&config, &tables, dry_run, allow_destructive).await,
         Command::Migrate => cmd::migrate::run(&config).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
         Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
@@ -264,6 +311,9 @@ async fn main() -> ExitCode {
     // verify: 1 means "differs", so its errors exit 2.
     let error_code = match command {
         Command::Verify { .. } => 2,
+        Command::Schema {
+            command: SchemaCommand::Diff { .. },
+        } => 2,
         _ => 1,
     };
     cli::init_logging(&global, kind);

@@ -72,6 +72,11 @@ pub struct TableDef {
     pub unique: Vec<UniqueDef>,
     #[serde(default)]
     pub foreign_keys: Vec<ForeignKey>,
+    /// The DDL's command tag on the source (`ALTER TABLE`, …); `CAPTURE`
+    /// for the definition recorded when capture starts (a baseline, not a
+    /// change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 impl TableDef {
@@ -230,6 +235,7 @@ pub fn capture_ddl() -> Vec<String> {
              BEGIN \
                def := {LOG_SCHEMA}.table_definition(rel); \
                IF def IS NULL OR def->>'schema' = '{LOG_SCHEMA}' THEN RETURN; END IF; \
+               def := def || jsonb_build_object('command', tag); \
                INSERT INTO {LOG_SCHEMA}.{LOG_TABLE} (table_schema, table_name, command, definition) \
                VALUES (def->>'schema', def->>'table', tag, def); \
              END $body$"
@@ -279,6 +285,7 @@ mod tests {
             primary_key_name: None,
             unique: vec![],
             foreign_keys: vec![],
+            command: None,
         };
         let record = def.to_record("0/10".parse().unwrap(), Some(1), None);
         let line = record.to_json();

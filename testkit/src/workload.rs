@@ -944,6 +944,8 @@ async fn apply_one(
                 .await?;
             Ok(())
         }
+        // A definition changes no row.
+        Op::Schema => Ok(()),
     }
 }
 
@@ -1044,6 +1046,7 @@ pub fn describe(records: &[Record]) -> BTreeMap<&'static str, usize> {
             Op::Insert => "insert",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Schema => "schema",
             Op::Update => {
                 let full = r.data.as_ref().is_some_and(|d| {
                     !BIG_COLUMN
@@ -1271,6 +1274,7 @@ mod tests {
                     assert!(live.remove(&key(&r.table, r.old_keys.as_ref().unwrap())));
                 }
                 Op::Truncate => live.retain(|(t, _)| *t != r.table),
+                Op::Schema => {}
             }
         }
     }

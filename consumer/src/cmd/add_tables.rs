@@ -8,7 +8,7 @@ use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{errln, outln};
 
-pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
+pub async fn run(config: &Config, tables: &[String], create: bool) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
     let creator = std::env::var("USER").ok();
     let mut source = match &config.producer.source_url {
@@ -25,6 +25,9 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
     for input in tables {
         let result = async {
             let name = TableName::parse(input)?;
+            if create && crate::cmd::schema::create_missing(config, &name).await? {
+                outln!("created {name} from production's definition")?;
+            }
             if let Some(conn) = source.as_mut() {
                 check_source_identity(conn, &name).await?;
             }

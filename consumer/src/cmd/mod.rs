@@ -9,6 +9,7 @@ pub mod list_tables;
 pub mod migrate;
 pub mod remove_tables;
 pub mod resync;
+pub mod schema;
 pub mod status;
 pub mod stop;
 pub mod verify;

@@ -198,6 +198,9 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             attention.push(format!("{}: {}", t.table, t.state.as_str()));
         }
     }
+    for (table, version, reason, _) in crate::schema::halts(&pool).await.unwrap_or_default() {
+        attention.push(format!("{table}: halted on a schema change at {version}: {reason}"));
+    }
     let errors = match &streams {
         Ok(_) => out
             .iter()

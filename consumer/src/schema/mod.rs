@@ -192,9 +192,22 @@ pub async fn take(
     let local = local_definition(pool, table)
         .await
         .map_err(|e| TakeError::Db(e.to_string()))?;
-    let diffs = diff::diff(&def, local.as_ref());
+    let Some(local) = local else {
+        // Not created locally (yet): nothing to follow; `add-tables
+        // --create` or `schema migrate` creates it from this definition.
+        let mut tx = pool.begin().await?;
+        record_taken(&mut tx, &name, lsn, seq, &def_json, "unchanged", &[]).await?;
+        tx.commit().await?;
+        return Ok(Taken::Applied { statements: vec![] });
+    };
+    let diffs = diff::diff(&def, Some(&local));
+    // The definition recorded when capture started is a baseline, not a
+    // change: differences it shows were there before; only safe ones are
+    // applied, nothing halts (`schema diff` lists the rest).
+    let baseline = def.command.as_deref() == Some("CAPTURE");
     let halting: Vec<&Difference> = diffs
         .iter()
+        .filter(|_| !baseline)
         .filter(|d| match policy {
             Policy::Halt => d.class != Class::Manual,
             _ => d.class == Class::Destructive,

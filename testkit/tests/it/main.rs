@@ -19,6 +19,7 @@ mod pipeline;
 mod producer;
 mod retention;
 mod sanitize;
+mod schema;
 mod source;
 mod streaming;
 mod support_smoke;

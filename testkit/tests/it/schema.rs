@@ -1,0 +1,392 @@
+//! Schema changes through the stream (docs/schema.md), against a real
+//! source with a wal2json slot: additive DDL under a running writer follows
+//! by itself; destructive DDL halts the table with the migration SQL in
+//! `status` and the log, and resumes once that SQL ran; `schema diff`,
+//! `schema migrate --dry-run` and `add-tables --create` on a fixture.
+
+use syncdata_testkit::harness as support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use support::{Proc, TestDb, TestNames};
+
+use crate::source::{self, Source};
+
+fn config(dir: &Path, local: &TestDb, names: &TestNames, src: &Source, tables: &[&str]) -> PathBuf {
+    let archive = dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let list = tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    support::write_config(
+        dir,
+        local,
+        names,
+        &support::nats_url(),
+        &archive,
+        &format!(
+            "[producer]\nsource_url = \"{}\"\nrescan_ms = 200\n\n\
+             [consumer]\nbatch_size = 500\nmax_backoff_ms = 500\n\n\
+             [source]\nplugin = \"wal2json\"\ntables = [{list}]\n",
+            src.url
+        ),
+    )
+}
+
+async fn local_exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("local SQL failed: {e}\n{sql}"));
+}
+
+async fn status(d: &Path, cfg: &Path) -> String {
+    let (_, log) = source::finish(source::syncdata(d, cfg, &["status"]), Duration::from_secs(60)).await;
+    log
+}
+
+/// Waits until `status` shows the table halted with `sql` in its message.
+async fn wait_halted(d: &Path, cfg: &Path, sql: &str, logs: &[&Proc]) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = status(d, cfg).await;
+        if out.contains("halted on a schema change") && out.contains(sql) {
+            return out;
+        }
+        if std::time::Instant::now() > deadline {
+            let tails: Vec<String> = logs.iter().map(|p| support::tail(&p.log(), 30)).collect();
+            panic!("no halt with {sql:?} in status:\n{out}\nlogs:\n{}", tails.join("\n---\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn failed_rows(local: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM data_sync_logs WHERE status <> 'SUCCESS'")
+        .fetch_one(&local.pool)
+        .await
+        .unwrap()
+}
+
+/// Must hold 1 and 2: additive DDL while a writer runs follows without a
+/// dead letter; DROP COLUMN, a rename and a narrowing halt with their SQL
+/// in `status` and the log, and after it ran the table converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source::source(d).await;
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, name varchar(20) NOT NULL, n int)";
+    src.exec(ddl).await;
+    let local = support::fresh_database("schema_flow_local").await;
+    local_exec(&local.pool, ddl).await;
+    let names = TestNames::new("schemaflow");
+    let cfg = config(d, &local, &names, &src, &["t"]);
+    let (ok, log) = source::finish(
+        source::producer(d, &cfg, &["setup-source", "--create-slot"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    assert!(log.contains("ok: schema capture"), "{log}");
+    let archiver = source::producer(d, &cfg, &["archive"]);
+    let publisher = source::producer(d, &cfg, &["run"]);
+    source::add_tables(d, &cfg, &["t"]).await;
+    let consumer = source::syncdata(d, &cfg, &["start"]);
+
+    // A writer: inserts and updates all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicI64::new(1));
+    let writer = {
+        let (pool, stop, next) = (src.pool.clone(), stop.clone(), next.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                sqlx::query("INSERT INTO t (id, name, n) VALUES ($1, 'row ' || $1, $1)")
+                    .bind(id as i32)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+                if id % 3 == 0 {
+                    sqlx::query("UPDATE t SET n = n + 1 WHERE id = $1")
+                        .bind((id / 2) as i32)
+                        .execute(&pool)
+                        .await
+                        .expect("update");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let logs = [&archiver, &publisher, &consumer];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for alter in [
+        "ALTER TABLE t ADD COLUMN a text",
+        "ALTER TABLE t ADD COLUMN b int NOT NULL DEFAULT 7",
+        "ALTER TABLE t ALTER COLUMN name TYPE varchar(50)",
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint",
+        "ALTER TABLE t ALTER COLUMN name DROP NOT NULL",
+    ] {
+        src.exec(alter).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    src.exec("UPDATE t SET a = 'set ' || id WHERE id % 5 = 0").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
+    assert_eq!(failed_rows(&local).await, 0, "a record failed or was dead-lettered");
+    let (dlq_ok, dlq) = source::finish(source::syncdata(d, &cfg, &["dlq", "list"]), Duration::from_secs(60)).await;
+    assert!(dlq_ok && !dlq.contains("public.t"), "no dead letter:\n{dlq}");
+    let local_cols: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
+         WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .fetch_all(&local.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        local_cols,
+        vec![
+            ("id".into(), "integer".into(), true),
+            ("name".into(), "character varying(50)".into(), false),
+            ("n".into(), "bigint".into(), false),
+            ("a".into(), "text".into(), false),
+            ("b".into(), "integer".into(), true),
+        ]
+    );
+
+    // Destructive: each halts with its SQL, data keeps flowing in the
+    // source meanwhile, and after the SQL ran locally the table converges.
+    for (alter, sql, after) in [
+        (
+            "ALTER TABLE t DROP COLUMN a",
+            r#"ALTER TABLE "public"."t" DROP COLUMN "a";"#,
+            "INSERT INTO t (id, name, n) SELECT g, 'late ' || g, g FROM generate_series(100001, 100050) g",
+        ),
+        (
+            "ALTER TABLE t RENAME COLUMN b TO b2",
+            r#"ALTER TABLE "public"."t" RENAME COLUMN "b" TO "b2";"#,
+            "UPDATE t SET b2 = 9 WHERE id % 7 = 0",
+        ),
+        (
+            "ALTER TABLE t ALTER COLUMN n TYPE int",
+            r#"ALTER TABLE "public"."t" ALTER COLUMN "n" TYPE integer USING "n"::integer;"#,
+            "UPDATE t SET n = n + 100 WHERE id % 4 = 0",
+        ),
+    ] {
+        src.exec(alter).await;
+        src.exec(after).await;
+        let out = wait_halted(d, &cfg, sql, &logs).await;
+        assert!(out.contains("public.t"), "{out}");
+        support::wait_until("the halt in the consumer's log", Duration::from_secs(30), || {
+            let log = consumer.log();
+            async move { log.contains("schema change at") && log.contains("not applied by itself") }
+        })
+        .await;
+        local_exec(&local.pool, sql).await;
+        source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
+        let out = status(d, &cfg).await;
+        assert!(!out.contains("halted on a schema change"), "resumed:\n{out}");
+    }
+    assert_eq!(failed_rows(&local).await, 0, "no record lost or dead-lettered");
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM syncdata.schema_changes WHERE table_name = 'public.t' AND outcome IN ('halted', 'resumed') ORDER BY id",
+    )
+    .fetch_all(&local.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["halted", "resumed", "halted", "resumed", "halted", "resumed"]);
+    drop((archiver, publisher, consumer));
+}
+
+/// Must hold 4: a fixture with every kind of difference; `schema diff
+/// --json` lists each exactly, `migrate --dry-run` prints the safe SQL and
+/// changes nothing; `add-tables --create` makes a table equal to
+/// production's definition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_and_migrate_list_every_difference_and_create_matches_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source::source(d).await;
+    src.exec(
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE fx (id int, k int NOT NULL, a text, w varchar(50), nw int, dn text,
+                          sn text NOT NULL, sd int DEFAULT 5, dd int, u1 int UNIQUE,
+                          p int REFERENCES parent (id), PRIMARY KEY (id));
+         CREATE TABLE rn (id int PRIMARY KEY, new_name text);
+         CREATE TABLE newt (id bigint PRIMARY KEY, label varchar(30) NOT NULL DEFAULT 'x',
+                            amount numeric(12,2), at timestamptz, UNIQUE (label));",
+    )
+    .await;
+    let local = support::fresh_database("schema_diff_local").await;
+    local_exec(
+        &local.pool,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE fx (id int NOT NULL, k int NOT NULL, z bigint, w varchar(10), nw bigint,
+                          dn text NOT NULL, sn text, sd int, dd int DEFAULT 3, u1 int, p int,
+                          q int REFERENCES parent (id), PRIMARY KEY (id, k), UNIQUE (k));
+         CREATE TABLE rn (id int PRIMARY KEY, old_name text);",
+    )
+    .await;
+    let names = TestNames::new("schemadiff");
+    let tables = ["parent", "fx", "rn", "newt"];
+    let cfg = config(d, &local, &names, &src, &tables);
+    let (ok, log) = source::finish(
+        source::producer(d, &cfg, &["setup-source", "--create-slot"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    assert!(log.contains("definitions of 4 table(s) recorded"), "{log}");
+    let archiver = source::producer(d, &cfg, &["archive"]);
+    let publisher = source::producer(d, &cfg, &["run"]);
+
+    // Before the first row: the definitions are in the stream.
+    let mut json = String::new();
+    support::wait_until("the definitions in the stream", Duration::from_secs(60), || {
+        let p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
+        async move {
+            let (_, out) = source::finish(p, Duration::from_secs(60)).await;
+            let done = out.matches("\"version\": \"").count() == 3;
+            done
+        }
+    })
+    .await;
+    let p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
+    let mut p = p;
+    let status = p.wait_exit(Duration::from_secs(60)).await.unwrap();
+    json.push_str(&std::fs::read_to_string(p.log_path()).unwrap());
+    assert_eq!(status.code(), Some(1), "differences exit 1:\n{json}");
+    let start = json.find('[').expect("JSON output");
+    let end = json.rfind(']').unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&json[start..=end]).unwrap();
+    let kinds = |table: &str| -> Vec<String> {
+        let mut k: Vec<String> = parsed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .unwrap()["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| match d["column"].as_str() {
+                Some(c) => format!("{} {c}", d["kind"].as_str().unwrap()),
+                None => d["kind"].as_str().unwrap().to_owned(),
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kinds("public.fx"),
+        [
+            "add_column a",
+            "add_foreign_key",
+            "add_unique",
+            "drop_column q",
+            "drop_column z",
+            "drop_default dd",
+            "drop_foreign_key",
+            "drop_not_null dn",
+            "drop_unique",
+            "narrow_type nw",
+            "primary_key",
+            "set_default sd",
+            "set_not_null sn",
+            "widen_type w",
+        ]
+    );
+    assert_eq!(kinds("public.rn"), ["rename_column new_name"]);
+    assert_eq!(kinds("public.newt"), ["missing_table"]);
+
+    // migrate --dry-run: the safe SQL, the rest commented out; nothing run.
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["schema", "migrate", "fx", "--dry-run"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{out}");
+    for safe in [
+        r#"ALTER TABLE "public"."fx" ADD COLUMN "a" text;"#,
+        r#"ALTER TABLE "public"."fx" ALTER COLUMN "w" TYPE character varying(50);"#,
+        r#"ALTER TABLE "public"."fx" ALTER COLUMN "dn" DROP NOT NULL;"#,
+        r#"ALTER TABLE "public"."fx" ALTER COLUMN "sd" SET DEFAULT 5;"#,
+        r#"ALTER TABLE "public"."fx" ALTER COLUMN "dd" DROP DEFAULT;"#,
+    ] {
+        assert!(
+            out.lines().any(|l| l == safe),
+            "{safe} is run:\n{out}"
+        );
+    }
+    for held in [
+        r#"DROP COLUMN "z""#,
+        r#"ALTER COLUMN "nw" TYPE integer USING "nw"::integer"#,
+        r#"ALTER COLUMN "sn" SET NOT NULL"#,
+        r#"DROP CONSTRAINT "fx_pkey", ADD PRIMARY KEY ("id")"#,
+        r#"ADD UNIQUE ("u1")"#,
+        r#"ADD FOREIGN KEY ("p") REFERENCES "public"."parent" ("id")"#,
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with("-- not run") && l.contains(held)),
+            "{held} is not run without --allow-destructive:\n{out}"
+        );
+    }
+    assert!(out.contains("-- dry run: nothing was changed"), "{out}");
+    let w: String = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'fx'::regclass AND attname = 'w'",
+    )
+    .fetch_one(&local.pool)
+    .await
+    .unwrap();
+    assert_eq!(w, "character varying(10)", "dry run changed nothing");
+
+    // With --allow-destructive everything goes; then fx matches.
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["schema", "migrate", "fx", "rn", "--allow-destructive"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "no differences left:\n{out}");
+    assert!(out.contains("public.fx: matches"), "{out}");
+
+    // add-tables --create: newt as production defines it.
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["add-tables", "--create", "newt"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("created public.newt"), "{out}");
+    let def_sql = syncdata_core::tabledef::local_definition_sql();
+    let definition = |pool: PgPool| {
+        let sql = def_sql.clone();
+        async move {
+            let mut v: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind("public.newt")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            v.as_object_mut().unwrap().remove("primary_key_name");
+            v
+        }
+    };
+    let production = definition(src.pool.clone()).await;
+    let created = definition(local.pool.clone()).await;
+    assert_eq!(created, production);
+    assert_eq!(production["columns"].as_array().unwrap().len(), 4);
+    drop((archiver, publisher));
+}
