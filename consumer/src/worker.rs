@@ -444,7 +444,11 @@ async fn process<T: Target>(
         .iter()
         .map(|&i| {
             let r = items[i].record.as_ref().expect("good records only");
-            (i, r.version(items[i].stream_seq), r.op == syncdata_core::record::Op::Schema)
+            (
+                i,
+                r.version(items[i].stream_seq),
+                r.op == syncdata_core::record::Op::Schema,
+            )
         })
         .collect();
     let steps = crate::schema::steps(&versioned, halted);
@@ -466,84 +470,89 @@ async fn process<T: Target>(
                     let fate = if held {
                         Fate::Retry
                     } else {
-                        crate::schema::worker_take(ctx, table, &items[i].record, items[i].stream_seq)
-                            .await
+                        crate::schema::worker_take(
+                            ctx,
+                            table,
+                            &items[i].record,
+                            items[i].stream_seq,
+                        )
+                        .await
                     };
                     held = matches!(fate, Fate::Retry);
                     fates[i] = Some(fate);
                     continue;
                 }
             }
-        while let Some(group) = stack.pop() {
-            if group.is_empty() {
-                continue;
-            }
-            let incoming: Vec<Incoming> = group
-                .iter()
-                .map(|&i| Incoming {
-                    record: items[i].record.as_ref().expect("good records only"),
-                    fallback_seq: items[i].stream_seq,
-                })
-                .collect();
-            match ctx.engine.apply_batch(table, &incoming, "").await {
-                Ok(report) => {
-                    ctx.count(table, &report);
-                    for (&i, d) in group.iter().zip(report.dispositions) {
-                        fates[i] = Some(match d {
-                            Disposition::Applied | Disposition::Superseded => Fate::Ack,
-                            Disposition::Rejected(reason) => Fate::Poison {
-                                error: reason,
-                                sqlstate: None,
-                            },
-                        });
-                    }
-                    if report.parked > 0 || report.deletes_of_missing > 0 {
-                        warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
-                          "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
-                    }
+            while let Some(group) = stack.pop() {
+                if group.is_empty() {
+                    continue;
                 }
-                Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
-                    Kind::Transient => {
-                        ctx.errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
-                        metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
-                        for &i in &group {
-                            fates[i] = Some(Fate::Retry);
+                let incoming: Vec<Incoming> = group
+                    .iter()
+                    .map(|&i| Incoming {
+                        record: items[i].record.as_ref().expect("good records only"),
+                        fallback_seq: items[i].stream_seq,
+                    })
+                    .collect();
+                match ctx.engine.apply_batch(table, &incoming, "").await {
+                    Ok(report) => {
+                        ctx.count(table, &report);
+                        for (&i, d) in group.iter().zip(report.dispositions) {
+                            fates[i] = Some(match d {
+                                Disposition::Applied | Disposition::Superseded => Fate::Ack,
+                                Disposition::Rejected(reason) => Fate::Poison {
+                                    error: reason,
+                                    sqlstate: None,
+                                },
+                            });
+                        }
+                        if report.parked > 0 || report.deletes_of_missing > 0 {
+                            warn!(table = %table, parked = report.parked, deletes_of_missing = report.deletes_of_missing,
+                          "changes for rows not present locally: partial UPDATEs wait (parked) for their row's image; DELETEs left tombstones");
                         }
                     }
-                    kind @ (Kind::Permanent | Kind::Dependent) => {
-                        ctx.errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
-                        if matches!(err, ApplyError::Db { .. }) && kind == Kind::Permanent {
-                            // A schema change may be the cause; read it afresh.
-                            ctx.engine.forget_shape(table).await;
-                        }
-                        let whole_table = matches!(err, ApplyError::Shape(_));
-                        if group.len() > 1 && !whole_table {
-                            let (a, b) = group.split_at(group.len() / 2);
-                            stack.push(b.to_vec());
-                            stack.push(a.to_vec());
-                        } else {
-                            let sqlstate = err.sqlstate();
-                            let error = failure::describe(&err);
+                    Err(err) => match failure::classify_apply(&err, ctx.fk_transient) {
+                        Kind::Transient => {
+                            ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(table = %table, records = group.len(), error = %failure::describe(&err), "transient failure; will retry");
+                            metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "transient").increment(1);
                             for &i in &group {
-                                fates[i] = Some(if kind == Kind::Dependent {
-                                    Fate::Dependent {
-                                        error: error.clone(),
-                                        sqlstate: sqlstate.clone(),
-                                    }
-                                } else {
-                                    Fate::Poison {
-                                        error: error.clone(),
-                                        sqlstate: sqlstate.clone(),
-                                    }
-                                });
+                                fates[i] = Some(Fate::Retry);
                             }
                         }
-                    }
-                },
+                        kind @ (Kind::Permanent | Kind::Dependent) => {
+                            ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("syncdata_errors_total", "stage" => "apply", "kind" => "permanent").increment(1);
+                            if matches!(err, ApplyError::Db { .. }) && kind == Kind::Permanent {
+                                // A schema change may be the cause; read it afresh.
+                                ctx.engine.forget_shape(table).await;
+                            }
+                            let whole_table = matches!(err, ApplyError::Shape(_));
+                            if group.len() > 1 && !whole_table {
+                                let (a, b) = group.split_at(group.len() / 2);
+                                stack.push(b.to_vec());
+                                stack.push(a.to_vec());
+                            } else {
+                                let sqlstate = err.sqlstate();
+                                let error = failure::describe(&err);
+                                for &i in &group {
+                                    fates[i] = Some(if kind == Kind::Dependent {
+                                        Fate::Dependent {
+                                            error: error.clone(),
+                                            sqlstate: sqlstate.clone(),
+                                        }
+                                    } else {
+                                        Fate::Poison {
+                                            error: error.clone(),
+                                            sqlstate: sqlstate.clone(),
+                                        }
+                                    });
+                                }
+                            }
+                        }
+                    },
+                }
             }
-        }
         }
     };
     in_progress(&items, ctx.config.consumer.ack_wait_secs, apply).await;

@@ -16,7 +16,6 @@ use syncdata_core::tabledef::{self, TableDef};
 
 use crate::sanitize::{HaltReason, Sanitizer, Verdict};
 
-
 /// Installs the capture table, functions and event trigger. An event
 /// trigger needs a superuser: without one, capture is reported as not
 /// installed and setup goes on (DDL then does not travel).
@@ -24,9 +23,10 @@ pub async fn install_capture(
     conn: &mut PgConnection,
     report: &mut Vec<String>,
 ) -> anyhow::Result<bool> {
-    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        .fetch_one(&mut *conn)
-        .await?;
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut *conn)
+            .await?;
     if !superuser {
         report.push(
             "warning: schema capture not installed (an event trigger needs a superuser): DDL on \
@@ -104,7 +104,11 @@ pub fn parse_line(bytes: &[u8]) -> Result<Option<Record>, String> {
         .and_then(|d| d.get(tabledef::DEFINITION_FIELD))
         .ok_or("schema_log row without a definition")?;
     let def = TableDef::from_value(value)?;
-    Ok(Some(def.to_record(record.lsn, record.seq, record.ts.clone())))
+    Ok(Some(def.to_record(
+        record.lsn,
+        record.seq,
+        record.ts.clone(),
+    )))
 }
 
 /// Checks a SCHEMA record's columns against the rules: each column must
@@ -142,9 +146,7 @@ pub fn sanitize(record: &mut Record, sanitizer: &Sanitizer) -> Result<Verdict, H
         }
         Ok(Verdict::Exclude) => Ok(Verdict::Exclude),
         // A table without an entry: its data is not published either.
-        Err(halt) if halt.reason.contains("has no entry in the rules file") => {
-            Ok(Verdict::Exclude)
-        }
+        Err(halt) if halt.reason.contains("has no entry in the rules file") => Ok(Verdict::Exclude),
         Err(halt) => Err(halt),
     }
 }

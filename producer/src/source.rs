@@ -579,7 +579,8 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
 
     let slot = &settings.slot;
     let plugin = &settings.plugin;
-    let capture = opts.schema_capture && crate::schema::install_capture(&mut conn, &mut report).await?;
+    let capture =
+        opts.schema_capture && crate::schema::install_capture(&mut conn, &mut report).await?;
     if plugin == PGOUTPUT && (opts.create_slot || !opts.tables.is_empty()) {
         let mut published = opts.tables.clone();
         if capture && !published.is_empty() {

@@ -42,8 +42,13 @@ async fn open(config: &Config) -> anyhow::Result<Sources> {
     Ok(Sources { pool, js, signer })
 }
 
-async fn table_diff(src: &Sources, config: &Config, table: &TableName) -> anyhow::Result<TableDiff> {
-    let stream = crate::schema::stream_definition(&src.js, config, src.signer.as_ref(), table).await?;
+async fn table_diff(
+    src: &Sources,
+    config: &Config,
+    table: &TableName,
+) -> anyhow::Result<TableDiff> {
+    let stream =
+        crate::schema::stream_definition(&src.js, config, src.signer.as_ref(), table).await?;
     let Some((def, version)) = stream else {
         return Ok(TableDiff {
             table: table.to_string(),
@@ -59,7 +64,11 @@ async fn table_diff(src: &Sources, config: &Config, table: &TableName) -> anyhow
     })
 }
 
-async fn diffs(config: &Config, src: &Sources, tables: &[String]) -> anyhow::Result<Vec<TableDiff>> {
+async fn diffs(
+    config: &Config,
+    src: &Sources,
+    tables: &[String],
+) -> anyhow::Result<Vec<TableDiff>> {
     let names = crate::cmd::named_or_whitelisted(&src.pool, tables, "compare").await?;
     let mut out = Vec::new();
     for t in &names {
@@ -86,12 +95,19 @@ pub async fn diff(config: &Config, tables: &[String], json: bool) -> anyhow::Res
     } else {
         for t in &all {
             match &t.version {
-                None => outln!("{}: no definition in the stream (is schema capture installed on the source?)", t.table)?,
+                None => outln!(
+                    "{}: no definition in the stream (is schema capture installed on the source?)",
+                    t.table
+                )?,
                 Some(v) if t.differences.is_empty() => {
                     outln!("{}: matches the stream's definition at {v}", t.table)?
                 }
                 Some(v) => {
-                    outln!("{}: {} difference(s) from the stream's definition at {v}", t.table, t.differences.len())?;
+                    outln!(
+                        "{}: {} difference(s) from the stream's definition at {v}",
+                        t.table,
+                        t.differences.len()
+                    )?;
                     for d in &t.differences {
                         outln!("  {} [{}] {}", d.kind, class_label(d.class), d.detail)?;
                         outln!("    {};", d.sql)?;
@@ -126,7 +142,12 @@ pub async fn migrate(
             outln!("{};", d.sql)?;
         }
         for d in &rest {
-            outln!("-- not run without --allow-destructive ({} [{}]): {};", d.kind, class_label(d.class), d.sql)?;
+            outln!(
+                "-- not run without --allow-destructive ({} [{}]): {};",
+                d.kind,
+                class_label(d.class),
+                d.sql
+            )?;
         }
         if !dry_run && !run.is_empty() {
             let mut tx = src.pool.begin().await?;
@@ -149,7 +170,10 @@ pub async fn migrate(
 /// stream's definition (with its foreign keys whose parent exists locally).
 pub async fn create_missing(config: &Config, table: &TableName) -> anyhow::Result<bool> {
     let src = open(config).await?;
-    if crate::schema::local_definition(&src.pool, table).await?.is_some() {
+    if crate::schema::local_definition(&src.pool, table)
+        .await?
+        .is_some()
+    {
         return Ok(false);
     }
     let Some((def, _)) =
@@ -169,18 +193,23 @@ pub async fn create_missing(config: &Config, table: &TableName) -> anyhow::Resul
     .await?;
     for d in diff::diff(&def, None) {
         if d.kind == "add_foreign_key" {
-            let parent = def
-                .foreign_keys
-                .iter()
-                .find(|fk| d.detail.contains(&format!("{}.{}", fk.ref_schema, fk.ref_table)));
+            let parent = def.foreign_keys.iter().find(|fk| {
+                d.detail
+                    .contains(&format!("{}.{}", fk.ref_schema, fk.ref_table))
+            });
             let exists = match parent {
-                Some(fk) => sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-                    .bind(TableName::new(fk.ref_schema.clone(), fk.ref_table.clone()).quoted())
-                    .fetch_one(&mut *tx)
-                    .await?,
+                Some(fk) => {
+                    sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                        .bind(TableName::new(fk.ref_schema.clone(), fk.ref_table.clone()).quoted())
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
                 None => false,
             };
-            if !exists && parent.is_some_and(|fk| !(fk.ref_schema == def.schema && fk.ref_table == def.table)) {
+            if !exists
+                && parent
+                    .is_some_and(|fk| !(fk.ref_schema == def.schema && fk.ref_table == def.table))
+            {
                 continue;
             }
         }

@@ -199,7 +199,9 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
         }
     }
     for (table, version, reason, _) in crate::schema::halts(&pool).await.unwrap_or_default() {
-        attention.push(format!("{table}: halted on a schema change at {version}: {reason}"));
+        attention.push(format!(
+            "{table}: halted on a schema change at {version}: {reason}"
+        ));
     }
     let errors = match &streams {
         Ok(_) => out

@@ -83,14 +83,21 @@ fn idents(cols: &[String]) -> String {
 /// Every difference between the stream's definition and the local table
 /// (None: the table does not exist locally), in the order to apply them.
 pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
-    let table = format!("{}.{}", quote_ident(&stream.schema), quote_ident(&stream.table));
+    let table = format!(
+        "{}.{}",
+        quote_ident(&stream.schema),
+        quote_ident(&stream.table)
+    );
     let alter = |rest: String| format!("ALTER TABLE {table} {rest}");
     let mut out = Vec::new();
     let Some(local) = local else {
         out.push(Difference {
             kind: "missing_table",
             column: None,
-            detail: format!("{} columns in the stream; no local table", stream.columns.len()),
+            detail: format!(
+                "{} columns in the stream; no local table",
+                stream.columns.len()
+            ),
             class: Class::Safe,
             sql: create_table_sql(stream),
         });
@@ -112,10 +119,9 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
         .collect();
     // One column gone and one of the same type come: a rename (ambiguous,
     // so it halts either way; the SQL keeps the column's data).
-    let renamed = (added.len() == 1
-        && removed.len() == 1
-        && added[0].type_name == removed[0].type_name)
-        .then(|| (removed[0], added[0]));
+    let renamed =
+        (added.len() == 1 && removed.len() == 1 && added[0].type_name == removed[0].type_name)
+            .then(|| (removed[0], added[0]));
     if let Some((from, to)) = renamed {
         out.push(Difference {
             kind: "rename_column",
@@ -157,7 +163,10 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
             out.push(Difference {
                 kind: "drop_column",
                 column: Some(c.name.clone()),
-                detail: format!("local column {} {} is gone from the stream", c.name, c.type_name),
+                detail: format!(
+                    "local column {} {} is gone from the stream",
+                    c.name, c.type_name
+                ),
                 class: Class::Destructive,
                 sql: alter(format!("DROP COLUMN {}", quote_ident(&c.name))),
             });
@@ -177,10 +186,18 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                 format!(" USING {}::{}", quote_ident(&s.name), s.type_name)
             };
             out.push(Difference {
-                kind: if widening { "widen_type" } else { "narrow_type" },
+                kind: if widening {
+                    "widen_type"
+                } else {
+                    "narrow_type"
+                },
                 column: col(),
                 detail: format!("{} in the stream, {} local", s.type_name, l.type_name),
-                class: if widening { Class::Safe } else { Class::Destructive },
+                class: if widening {
+                    Class::Safe
+                } else {
+                    Class::Destructive
+                },
                 sql: alter(format!(
                     "ALTER COLUMN {} TYPE {}{using}",
                     quote_ident(&s.name),
@@ -203,7 +220,10 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     if l.not_null { "not null" } else { "nullable" }
                 ),
                 class,
-                sql: alter(format!("ALTER COLUMN {} {verb} NOT NULL", quote_ident(&s.name))),
+                sql: alter(format!(
+                    "ALTER COLUMN {} {verb} NOT NULL",
+                    quote_ident(&s.name)
+                )),
             });
         }
         let (sd, ld) = (portable_default(s), portable_default(l));
@@ -215,14 +235,20 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     column: col(),
                     detail: format!("default {d} in the stream, {} local", ld.unwrap_or("none")),
                     class: Class::Safe,
-                    sql: alter(format!("ALTER COLUMN {} SET DEFAULT {d}", quote_ident(&s.name))),
+                    sql: alter(format!(
+                        "ALTER COLUMN {} SET DEFAULT {d}",
+                        quote_ident(&s.name)
+                    )),
                 },
                 None => Difference {
                     kind: "drop_default",
                     column: col(),
                     detail: format!("no default in the stream, {} local", ld.unwrap_or("none")),
                     class: Class::Safe,
-                    sql: alter(format!("ALTER COLUMN {} DROP DEFAULT", quote_ident(&s.name))),
+                    sql: alter(format!(
+                        "ALTER COLUMN {} DROP DEFAULT",
+                        quote_ident(&s.name)
+                    )),
                 },
             });
         }
@@ -243,7 +269,10 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                 local.primary_key.join(", ")
             ),
             class: Class::Destructive,
-            sql: alter(format!("{drop}ADD PRIMARY KEY ({})", idents(&stream.primary_key))),
+            sql: alter(format!(
+                "{drop}ADD PRIMARY KEY ({})",
+                idents(&stream.primary_key)
+            )),
         });
     }
 
@@ -269,11 +298,12 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     l.columns.join(", ")
                 ),
                 class: Class::Manual,
-                sql: alter(format!("DROP CONSTRAINT {}", quote_ident(&l.name))),
+                sql: alter(format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(&l.name))),
             });
         }
     }
-    let same_fk = |a: &syncdata_core::tabledef::ForeignKey, b: &syncdata_core::tabledef::ForeignKey| {
+    let same_fk = |a: &syncdata_core::tabledef::ForeignKey,
+                   b: &syncdata_core::tabledef::ForeignKey| {
         a.columns == b.columns
             && a.ref_schema == b.ref_schema
             && a.ref_table == b.ref_table
@@ -295,7 +325,7 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     l.columns.join(", ")
                 ),
                 class: Class::Manual,
-                sql: alter(format!("DROP CONSTRAINT {}", quote_ident(&l.name))),
+                sql: alter(format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(&l.name))),
             });
         }
     }
@@ -405,7 +435,10 @@ mod tests {
             ("numeric(10,2)", "numeric"),
             ("real", "double precision"),
             ("integer[]", "bigint[]"),
-            ("timestamp(3) without time zone", "timestamp(6) without time zone"),
+            (
+                "timestamp(3) without time zone",
+                "timestamp(6) without time zone",
+            ),
         ] {
             assert!(widens(a, b), "{a} -> {b} widens");
         }

@@ -53,7 +53,10 @@ impl Policy {
 }
 
 /// The local table's definition (None: no such table).
-pub async fn local_definition(pool: &PgPool, table: &TableName) -> anyhow::Result<Option<TableDef>> {
+pub async fn local_definition(
+    pool: &PgPool,
+    table: &TableName,
+) -> anyhow::Result<Option<TableDef>> {
     let sql = tabledef::local_definition_sql();
     let row: Option<Option<serde_json::Value>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(table.quoted())
@@ -93,22 +96,25 @@ pub async fn stream_definition(
         Err(e) => return Err(e).context(format!("reading {subject}")),
     };
     if let Some(key) = signer {
-        let header = |name: &str| {
-            msg.headers
-                .get(name)
-                .map(|v| v.as_str().to_owned())
-        };
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
         key.verify(
             msg.subject.as_str(),
             &header("Nats-Msg-Id").unwrap_or_default(),
             &msg.payload,
             header(syncdata_core::signature::HEADER).as_deref(),
         )
-        .map_err(|e| anyhow::anyhow!("the definition of {table} in the stream is not signed by the producer: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the definition of {table} in the stream is not signed by the producer: {e}"
+            )
+        })?;
     }
     let record = Record::parse(&msg.payload).map_err(|e| anyhow::anyhow!("{e}"))?;
     if record.schema != table.schema || record.table != table.table {
-        anyhow::bail!("{subject} holds a definition of {}", record.qualified_name());
+        anyhow::bail!(
+            "{subject} holds a definition of {}",
+            record.qualified_name()
+        );
     }
     let def = TableDef::from_record(&record).map_err(|e| anyhow::anyhow!(e))?;
     let version = record.version(0);
@@ -173,9 +179,7 @@ pub async fn take(
     .bind(&name)
     .fetch_optional(pool)
     .await?;
-    let halted = prior
-        .as_ref()
-        .and_then(|p| Some(version_of(p.2?, p.3?)));
+    let halted = prior.as_ref().and_then(|p| Some(version_of(p.2?, p.3?)));
     if let Some((l, s, _, _)) = &prior {
         if version_of(*l, *s) >= version && halted.is_none() {
             // Taken before (a redelivery, or an older definition).
@@ -410,14 +414,16 @@ pub(crate) async fn worker_take<T: crate::apply::Target>(
                 ctx.engine.forget_shape(table).await;
                 tracing::info!(table = %table, version = %version, statements = %statements.join("; "),
                                "schema change applied to the local table");
-                metrics::counter!("syncdata_schema_changes_total", "outcome" => "applied").increment(1);
+                metrics::counter!("syncdata_schema_changes_total", "outcome" => "applied")
+                    .increment(1);
             }
             Fate::Ack
         }
         Ok(Taken::Halted { reason, newly }) => {
             if newly {
                 tracing::error!(table = %table, version = %version, "{reason}");
-                metrics::counter!("syncdata_schema_changes_total", "outcome" => "halted").increment(1);
+                metrics::counter!("syncdata_schema_changes_total", "outcome" => "halted")
+                    .increment(1);
             } else {
                 tracing::debug!(table = %table, version = %version, "still halted on a schema change");
             }

@@ -47,7 +47,11 @@ async fn local_exec(pool: &PgPool, sql: &str) {
 }
 
 async fn status(d: &Path, cfg: &Path) -> String {
-    let (_, log) = source::finish(source::syncdata(d, cfg, &["status"]), Duration::from_secs(60)).await;
+    let (_, log) = source::finish(
+        source::syncdata(d, cfg, &["status"]),
+        Duration::from_secs(60),
+    )
+    .await;
     log
 }
 
@@ -61,7 +65,10 @@ async fn wait_halted(d: &Path, cfg: &Path, sql: &str, logs: &[&Proc]) -> String 
         }
         if std::time::Instant::now() > deadline {
             let tails: Vec<String> = logs.iter().map(|p| support::tail(&p.log(), 30)).collect();
-            panic!("no halt with {sql:?} in status:\n{out}\nlogs:\n{}", tails.join("\n---\n"));
+            panic!(
+                "no halt with {sql:?} in status:\n{out}\nlogs:\n{}",
+                tails.join("\n---\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -136,14 +143,26 @@ async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
         src.exec(alter).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    src.exec("UPDATE t SET a = 'set ' || id WHERE id % 5 = 0").await;
+    src.exec("UPDATE t SET a = 'set ' || id WHERE id % 5 = 0")
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
-    assert_eq!(failed_rows(&local).await, 0, "a record failed or was dead-lettered");
-    let (dlq_ok, dlq) = source::finish(source::syncdata(d, &cfg, &["dlq", "list"]), Duration::from_secs(60)).await;
-    assert!(dlq_ok && !dlq.contains("public.t"), "no dead letter:\n{dlq}");
+    assert_eq!(
+        failed_rows(&local).await,
+        0,
+        "a record failed or was dead-lettered"
+    );
+    let (dlq_ok, dlq) = source::finish(
+        source::syncdata(d, &cfg, &["dlq", "list"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        dlq_ok && !dlq.contains("public.t"),
+        "no dead letter:\n{dlq}"
+    );
     let local_cols: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
          WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -184,7 +203,7 @@ async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
         src.exec(alter).await;
         src.exec(after).await;
         let out = wait_halted(d, &cfg, sql, &logs).await;
-        assert!(out.contains("public.t"), "{out}");
+        assert!(out.contains("t: halted on a schema change"), "{out}");
         support::wait_until("the halt in the consumer's log", Duration::from_secs(30), || {
             let log = consumer.log();
             async move { log.contains("schema change at") && log.contains("not applied by itself") }
@@ -195,14 +214,21 @@ async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
         let out = status(d, &cfg).await;
         assert!(!out.contains("halted on a schema change"), "resumed:\n{out}");
     }
-    assert_eq!(failed_rows(&local).await, 0, "no record lost or dead-lettered");
+    assert_eq!(
+        failed_rows(&local).await,
+        0,
+        "no record lost or dead-lettered"
+    );
     let outcomes: Vec<String> = sqlx::query_scalar(
-        "SELECT outcome FROM syncdata.schema_changes WHERE table_name = 'public.t' AND outcome IN ('halted', 'resumed') ORDER BY id",
+        "SELECT outcome FROM syncdata.schema_changes WHERE table_name = 't' AND outcome IN ('halted', 'resumed') ORDER BY id",
     )
     .fetch_all(&local.pool)
     .await
     .unwrap();
-    assert_eq!(outcomes, ["halted", "resumed", "halted", "resumed", "halted", "resumed"]);
+    assert_eq!(
+        outcomes,
+        ["halted", "resumed", "halted", "resumed", "halted", "resumed"]
+    );
     drop((archiver, publisher, consumer));
 }
 
@@ -250,17 +276,19 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
 
     // Before the first row: the definitions are in the stream.
     let mut json = String::new();
-    support::wait_until("the definitions in the stream", Duration::from_secs(60), || {
-        let p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
-        async move {
-            let (_, out) = source::finish(p, Duration::from_secs(60)).await;
-            let done = out.matches("\"version\": \"").count() == 3;
-            done
-        }
-    })
+    support::wait_until(
+        "the definitions in the stream",
+        Duration::from_secs(60),
+        || {
+            let p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
+            async move {
+                let (_, out) = source::finish(p, Duration::from_secs(60)).await;
+                out.matches("\"version\": \"").count() == 3
+            }
+        },
+    )
     .await;
-    let p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
-    let mut p = p;
+    let mut p = source::syncdata(d, &cfg, &["schema", "diff", "fx", "rn", "newt", "--json"]);
     let status = p.wait_exit(Duration::from_secs(60)).await.unwrap();
     json.push_str(&std::fs::read_to_string(p.log_path()).unwrap());
     assert_eq!(status.code(), Some(1), "differences exit 1:\n{json}");
@@ -286,7 +314,7 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
         k
     };
     assert_eq!(
-        kinds("public.fx"),
+        kinds("fx"),
         [
             "add_column a",
             "add_foreign_key",
@@ -304,8 +332,8 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
             "widen_type w",
         ]
     );
-    assert_eq!(kinds("public.rn"), ["rename_column new_name"]);
-    assert_eq!(kinds("public.newt"), ["missing_table"]);
+    assert_eq!(kinds("rn"), ["rename_column new_name"]);
+    assert_eq!(kinds("newt"), ["missing_table"]);
 
     // migrate --dry-run: the safe SQL, the rest commented out; nothing run.
     let (ok, out) = source::finish(
@@ -321,10 +349,7 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
         r#"ALTER TABLE "public"."fx" ALTER COLUMN "sd" SET DEFAULT 5;"#,
         r#"ALTER TABLE "public"."fx" ALTER COLUMN "dd" DROP DEFAULT;"#,
     ] {
-        assert!(
-            out.lines().any(|l| l == safe),
-            "{safe} is run:\n{out}"
-        );
+        assert!(out.lines().any(|l| l == safe), "{safe} is run:\n{out}");
     }
     for held in [
         r#"DROP COLUMN "z""#,
@@ -335,7 +360,8 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
         r#"ADD FOREIGN KEY ("p") REFERENCES "public"."parent" ("id")"#,
     ] {
         assert!(
-            out.lines().any(|l| l.starts_with("-- not run") && l.contains(held)),
+            out.lines()
+                .any(|l| l.starts_with("-- not run") && l.contains(held)),
             "{held} is not run without --allow-destructive:\n{out}"
         );
     }
@@ -350,7 +376,11 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
 
     // With --allow-destructive everything goes; then fx matches.
     let (ok, out) = source::finish(
-        source::syncdata(d, &cfg, &["schema", "migrate", "fx", "rn", "--allow-destructive"]),
+        source::syncdata(
+            d,
+            &cfg,
+            &["schema", "migrate", "fx", "rn", "--allow-destructive"],
+        ),
         Duration::from_secs(60),
     )
     .await;
@@ -361,7 +391,7 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
     )
     .await;
     assert!(ok, "no differences left:\n{out}");
-    assert!(out.contains("public.fx: matches"), "{out}");
+    assert!(out.contains("fx: matches"), "{out}");
 
     // add-tables --create: newt as production defines it.
     let (ok, out) = source::finish(
@@ -370,7 +400,7 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
     )
     .await;
     assert!(ok, "{out}");
-    assert!(out.contains("created public.newt"), "{out}");
+    assert!(out.contains("created newt"), "{out}");
     let def_sql = syncdata_core::tabledef::local_definition_sql();
     let definition = |pool: PgPool| {
         let sql = def_sql.clone();
