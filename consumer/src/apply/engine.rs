@@ -131,13 +131,16 @@ async fn apply_in_tx<X: TargetTx>(
         }
     }
 
+    // Snapshot rows with nothing to merge: written in bulk, no bookkeeping.
+    let loaded = super::bulk::load_snapshot_rows(tx, &mut p, &mut live_changes).await?;
+
     let key_count = p.keys.len();
     // The bookkeeping row of each key as found under lock (None: no row).
     let mut stored: Vec<Option<Stored>> = (0..key_count).map(|_| None).collect();
     let mut exists = vec![false; key_count];
     // Bookkeeping rows this batch inserted for keys that had none.
     let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
-    let mut pending: Vec<usize> = (0..key_count).collect();
+    let mut pending: Vec<usize> = (0..key_count).filter(|id| !loaded.contains(id)).collect();
     let probes = Probes::of(&p, &live_changes);
     // Keys without a bookkeeping row get theirs inserted with its final
     // state (no placeholder written and rewritten). A key another batch
@@ -206,6 +209,7 @@ async fn apply_in_tx<X: TargetTx>(
     };
 
     let mut report = tally(&mut p, &live_changes, &outcomes, &exists, &initial);
+    report.inserted += loaded.len() as u64;
     let had_book: Vec<bool> = stored.iter().map(Option::is_some).collect();
     let write = plan::plan(
         shape,

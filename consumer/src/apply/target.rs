@@ -136,6 +136,25 @@ pub trait TargetTx: Send {
         plan: WritePlan,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Writes whole rows of keys that have no bookkeeping row and no row
+    /// in the target table, or one with the same values (snapshot rows, see
+    /// `super::bulk`), without bookkeeping: a row that is there already is
+    /// kept. Called only under the exclusive lock of a snapshot's barrier.
+    /// The default writes them as upserts through [`TargetTx::write`].
+    fn load_rows(
+        &mut self,
+        keys: &Keys,
+        rows: Vec<(KeyId, Vec<Option<String>>)>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async move {
+            let plan = WritePlan {
+                upserts: rows,
+                ..WritePlan::default()
+            };
+            self.write(keys, plan).await
+        }
+    }
+
     /// Writes the batch's log entry and commits.
     fn commit(self, log: BatchLog) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }

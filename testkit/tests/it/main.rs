@@ -19,6 +19,7 @@ mod pipeline;
 mod producer;
 mod retention;
 mod sanitize;
+mod snapshot;
 mod source;
 mod streaming;
 mod support_smoke;

@@ -801,6 +801,12 @@ async fn snapshot_of_a_large_table_under_pgbench_then_streaming_verifies_equal()
         .execute(&local.pool)
         .await
         .expect("local ddl");
+    // A stale local row the source does not have: the snapshot's barrier
+    // removes it (verify below finds the copies equal only then).
+    sqlx::query("insert into pgbench_accounts (aid, bid, abalance, filler) values (999999999, 1, 7, 'stale')")
+        .execute(&local.pool)
+        .await
+        .expect("stale row");
     let names = TestNames::new("snap");
     let archive = d.join("archive");
     std::fs::create_dir_all(&archive).unwrap();
