@@ -21,7 +21,7 @@ use super::merge::{self, Change, Outcome, RowState, Versioned};
 use super::plan::{self, BookRow, Merged, Stored};
 use super::prepare::{self, key_parts, Prepared};
 use super::shape::{ShapeError, TableShape};
-use super::target::{BatchLog, Target, TargetTx};
+use super::target::{BatchCounts, BatchLog, Target, TargetTx};
 use super::{ApplyError, BatchReport, Disposition, Incoming};
 
 /// Applies batches to one target. Cheap to share: one per process.
@@ -242,10 +242,23 @@ async fn apply_in_tx<X: TargetTx>(
         .iter()
         .filter(|d| **d == Disposition::Applied)
         .count() as u64;
+    let counts = BatchCounts {
+        inserted: report.inserted,
+        updated: report.updated,
+        deleted: report.deleted,
+        superseded: report
+            .dispositions
+            .iter()
+            .filter(|d| **d == Disposition::Superseded)
+            .count() as u64,
+        parked: report.parked,
+        deletes_of_missing: report.deletes_of_missing,
+    };
     let log = BatchLog {
         rows_synced: report.applied,
         archive_ref,
         source_commit_at: None,
+        counts,
     };
     Ok((report, log))
 }

@@ -170,4 +170,19 @@ pub struct BatchLog {
     /// The newest source commit time among the batch's records (RFC 3339,
     /// UTC), when they carry one: for end-to-end freshness in `status`.
     pub source_commit_at: Option<String>,
+    /// What the batch's records did, by kind (`syncdata report`).
+    pub counts: BatchCounts,
+}
+
+/// A batch's records by what they did: applied by op, superseded (older
+/// than what was applied: duplicates, replays, overtaken changes), rows
+/// parked waiting for their image, DELETEs of rows not present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub superseded: u64,
+    pub parked: u64,
+    pub deletes_of_missing: u64,
 }

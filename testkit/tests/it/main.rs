@@ -17,6 +17,7 @@ mod operations;
 mod operator;
 mod pipeline;
 mod producer;
+mod report;
 mod retention;
 mod sanitize;
 mod snapshot;

@@ -327,8 +327,9 @@ async fn end_to_end_from_a_real_source_verifies_equal() {
     let (ok, log) = finish(producer(d, &cfg, &setup), Duration::from_secs(60)).await;
     assert!(ok, "setup-source failed:\n{log}");
     assert!(
-        log.contains("created: slot syncdata_slot (wal2json)"),
-        "{log}"
+        log.contains("created: slot syncdata_slot (pgoutput)")
+            && log.contains("created: publication syncdata_pub"),
+        "the default for a new slot with its tables listed is pgoutput: {log}"
     );
     assert!(
         log.contains(&format!("created: role {user} with LOGIN REPLICATION")),
