@@ -298,7 +298,10 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     l.columns.join(", ")
                 ),
                 class: Class::Manual,
-                sql: alter(format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(&l.name))),
+                sql: alter(format!(
+                    "DROP CONSTRAINT IF EXISTS {}",
+                    quote_ident(&l.name)
+                )),
             });
         }
     }
@@ -325,7 +328,10 @@ pub fn diff(stream: &TableDef, local: Option<&TableDef>) -> Vec<Difference> {
                     l.columns.join(", ")
                 ),
                 class: Class::Manual,
-                sql: alter(format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(&l.name))),
+                sql: alter(format!(
+                    "DROP CONSTRAINT IF EXISTS {}",
+                    quote_ident(&l.name)
+                )),
             });
         }
     }

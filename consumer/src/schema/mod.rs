@@ -341,9 +341,12 @@ impl From<sqlx::Error> for TakeError {
     }
 }
 
+/// A halt as stored: table, version (lsn, seq), reason, SQL.
+type HaltRow = (String, i64, i64, Option<String>, Option<String>);
+
 /// Halts to show in `status`: (table, version, reason, sql).
 pub async fn halts(pool: &PgPool) -> Result<Vec<(String, String, String, String)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<HaltRow> = sqlx::query_as(
         "SELECT table_name, halted_lsn, halted_seq, halt_reason, halt_sql FROM syncdata.schema_state \
          WHERE halted_lsn IS NOT NULL ORDER BY table_name",
     )
