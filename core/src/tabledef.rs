@@ -105,6 +105,7 @@ impl TableDef {
             lsn,
             seq,
             ts,
+            snapshot: false,
         }
     }
 

@@ -135,6 +135,7 @@ pub fn sanitize(record: &mut Record, sanitizer: &Sanitizer) -> Result<Verdict, H
         lsn: record.lsn,
         seq: record.seq,
         ts: None,
+        snapshot: false,
     };
     match sanitizer.apply(&mut probe) {
         Ok(Verdict::Publish) => {
