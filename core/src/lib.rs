@@ -6,9 +6,11 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod halts;
 pub mod large;
 pub mod nats;
 pub mod private_fs;
+pub mod progress;
 pub mod record;
 pub mod redact;
 pub mod retry;

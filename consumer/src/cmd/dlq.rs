@@ -247,7 +247,8 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
 /// Applies each selected dead letter to this database (version guard
 /// included) and removes the ones that applied or were superseded; the
 /// others stay, with why on stderr.
-pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
+/// With `json`, prints `{"replayed": N, "kept": [{"id", "reason"}]}`.
+pub async fn replay(config: &Config, sel: Selection, json: bool) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let msgs = dlq.select(&sel).await?;
     let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
@@ -261,6 +262,7 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
     })?;
     let mut marks: std::collections::HashMap<TableName, VersionMark> = Default::default();
     let (mut replayed, mut kept) = (0, 0);
+    let mut kept_list = Vec::new();
     for m in msgs {
         let id = m.sequence;
         let outcome: Result<(), String> = async {
@@ -328,19 +330,28 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
                 replayed += 1;
             }
             Err(why) => {
-                errln!("dead letter {id} kept: {why}");
+                if !json {
+                    errln!("dead letter {id} kept: {why}");
+                }
+                kept_list.push(serde_json::json!({"id": id, "reason": why}));
                 kept += 1;
             }
         }
     }
-    outln!("replayed {replayed} dead letters")?;
+    if json {
+        let out = serde_json::json!({"replayed": replayed, "kept": kept_list});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
+    } else {
+        outln!("replayed {replayed} dead letters")?;
+    }
     if kept > 0 {
         bail!("{kept} dead letters still fail and were kept");
     }
     Ok(())
 }
 
-pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result<()> {
+/// With `json`, prints `{"purged": N}`.
+pub async fn purge(config: &Config, sel: Selection, yes: bool, json: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("purging deletes dead letters for good: add --yes to confirm");
     }
@@ -349,7 +360,13 @@ pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result
     for m in &msgs {
         dlq.stream.delete_message(m.sequence).await?;
     }
-    outln!("purged {} dead letters", msgs.len())?;
+    match json {
+        true => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"purged": msgs.len()}))?
+        )?,
+        false => outln!("purged {} dead letters", msgs.len())?,
+    }
     Ok(())
 }
 
