@@ -11,6 +11,7 @@
 //! read it (docs/trust.md). One producer per stream, as for the checkpoint.
 
 use async_nats::jetstream::{self, kv};
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::NatsConfig;
@@ -45,16 +46,25 @@ pub fn bucket_name(cfg: &NatsConfig) -> String {
     format!("{}_STATUS", cfg.stream)
 }
 
-/// The bucket's configuration: the newest value only, file storage, the
-/// stream's replicas.
-pub fn bucket_config(cfg: &NatsConfig) -> kv::Config {
-    kv::Config {
-        bucket: bucket_name(cfg),
-        description: "syncdata: tables the producer holds back".to_owned(),
-        history: 1,
-        max_value_size: 1 << 20,
+/// The bucket's stream, as a key-value bucket's (the newest value per key,
+/// rollups, direct get), file storage, the stream's replicas. Made here
+/// rather than by `create_key_value`, which first asks for account
+/// information that nats-server 2.9 answers in a form the client cannot
+/// read.
+pub fn stream_config(cfg: &NatsConfig) -> jetstream::stream::Config {
+    let bucket = bucket_name(cfg);
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("syncdata: tables the producer holds back".to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 1 << 20,
         storage: jetstream::stream::StorageType::File,
-        num_replicas: cfg.replicas,
+        num_replicas: cfg.replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     }
 }
@@ -64,12 +74,16 @@ pub async fn open_for_writing(
     js: &jetstream::Context,
     cfg: &NatsConfig,
 ) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(bucket_name(cfg)).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js.create_key_value(bucket_config(cfg)).await.map_err(|e| {
-            anyhow::anyhow!("cannot create key-value bucket {}: {e}", bucket_name(cfg))
-        })?),
+    if js.get_key_value(bucket_name(cfg)).await.is_err() {
+        crate::nats::ensure_stream(js, stream_config(cfg))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot create key-value bucket {}: {e}", bucket_name(cfg))
+            })?;
     }
+    js.get_key_value(bucket_name(cfg))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open key-value bucket {}: {e}", bucket_name(cfg)))
 }
 
 /// Writes the halted tables.
@@ -152,6 +166,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bucket_name(&cfg), "SYNCDATA_CHANGES_STATUS");
-        assert_eq!(bucket_config(&cfg).history, 1);
+        let stream = stream_config(&cfg);
+        assert_eq!(stream.name, "KV_SYNCDATA_CHANGES_STATUS");
+        assert_eq!(stream.subjects, ["$KV.SYNCDATA_CHANGES_STATUS.>"]);
+        assert_eq!(stream.max_messages_per_subject, 1);
     }
 }

@@ -99,7 +99,7 @@ impl Progress {
         self.pos as f64 / self.started.elapsed().as_secs_f64().max(0.001)
     }
 
-    /// `snapshot users: 11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 31s`.
+    /// `snapshot users: 11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 32s`.
     pub fn line(&self) -> String {
         format!("{}: {}", self.label, self.figures())
     }
@@ -117,7 +117,7 @@ impl Drop for Progress {
     }
 }
 
-/// `11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 31s`; without a total,
+/// `11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 32s`; without a total,
 /// `11,000 rows, 1,234 rows/s`.
 pub fn figures(pos: u64, total: Option<u64>, unit: &str, rate: f64) -> String {
     match total {
@@ -186,7 +186,7 @@ mod tests {
     fn figures_show_percent_rate_and_eta() {
         assert_eq!(
             figures(11_000, Some(50_101), "rows", 1234.4),
-            "11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 31s"
+            "11,000 of 50,101 rows (22%), 1,234 rows/s, ETA 32s"
         );
         assert_eq!(
             figures(50_101, Some(50_101), "rows", 900.0),
