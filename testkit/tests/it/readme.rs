@@ -90,11 +90,21 @@ fn parses(bin: &str, args: &[String]) -> Result<(), String> {
 fn words(alt: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut positional = true;
-    for w in alt.split_whitespace() {
-        let w = w.trim_matches(|c| c == '[' || c == ']');
-        if let Some(flag) = w.strip_prefix("--") {
+    let raw: Vec<&str> = alt.split_whitespace().collect();
+    let mut i = 0;
+    while i < raw.len() {
+        let w = raw[i].trim_matches(|c| c == '[' || c == ']');
+        if w.starts_with("--") {
             positional = false;
-            out.push(format!("--{}", flag.trim_end_matches(']')));
+            // `--json|--html`: each flag.
+            out.extend(w.split('|').map(str::to_owned));
+            // `[--since 24h]`: the flag's value, inside the same brackets.
+            if let Some(next) = raw.get(i + 1) {
+                if !raw[i].ends_with(']') && !next.starts_with('[') && !next.starts_with("--") {
+                    out.push(next.trim_end_matches(']').to_owned());
+                    i += 1;
+                }
+            }
         } else if positional
             && !w.is_empty()
             && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
@@ -103,6 +113,7 @@ fn words(alt: &str) -> Vec<String> {
         } else {
             positional = false;
         }
+        i += 1;
     }
     out
 }
@@ -395,5 +406,9 @@ fn the_summary_parser_expands_alternatives() {
     assert_eq!(
         words("resync T --yes [--offline]"),
         ["resync", "--yes", "--offline"]
+    );
+    assert_eq!(
+        words("report [--since 24h] [--json|--html]"),
+        ["report", "--since", "24h", "--json", "--html"]
     );
 }
