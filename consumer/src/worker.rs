@@ -597,8 +597,7 @@ async fn settle<'a, T: Target>(
                         Ok(failures) => {
                             attempts = failures.attempts;
                             let retry = if dependent {
-                                failures.since_first_secs
-                                    < ctx.config.consumer.fk_retry_secs as f64
+                                failures.since_first_secs < ctx.config.consumer.fk_retry_secs as f64
                             } else {
                                 failures.attempts < max_attempts
                             };

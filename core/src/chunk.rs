@@ -223,7 +223,10 @@ mod tests {
         ] {
             assert!(split(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        assert_eq!(split(b"{\"syncdata_chunk\":{\"records\":0}}\n").unwrap(), vec![]);
+        assert_eq!(
+            split(b"{\"syncdata_chunk\":{\"records\":0}}\n").unwrap(),
+            vec![]
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ use syncdata_core::{errln, outln};
 
 use crate::apply::{Applier, Disposition, Incoming};
 use crate::dead_letter::{
-    H_ATTEMPTS, H_CHUNK_INDEX, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE, H_SIGNATURE, H_SQLSTATE,
-    H_SUBJECT, H_TABLE,
+    H_ATTEMPTS, H_CHUNK_INDEX, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE,
+    H_SIGNATURE, H_SQLSTATE, H_SUBJECT, H_TABLE,
 };
 use crate::{failure, store};
 
@@ -198,7 +198,10 @@ async fn subject_count(stream: &jetstream::stream::Stream, filter: &str) -> anyh
 /// A chunk's record's place in it (None: a message of one record).
 fn chunk_index(m: &StreamMessage) -> Result<Option<usize>, String> {
     header(m, H_CHUNK_INDEX)
-        .map(|v| v.parse().map_err(|_| format!("malformed {H_CHUNK_INDEX}: {v}")))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("malformed {H_CHUNK_INDEX}: {v}"))
+        })
         .transpose()
 }
 
