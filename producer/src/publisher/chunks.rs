@@ -102,7 +102,7 @@ impl<S: Sink> Publisher<S> {
         let limit = self.chunk_limit(max_payload);
         let max_records = self.settings.chunk_records;
         let table = TableName::new(record.schema.clone(), record.table.clone());
-        let alone = HEADER_MAX + json.len() + 1 > limit;
+        let alone = HEADER_MAX + json.len() >= limit;
         let full = self.run.open.get(&table).is_some_and(|(c, f)| {
             !c.is_empty() && (alone || f != file || !c.fits(json.len(), max_records, limit))
         });
