@@ -4,6 +4,7 @@
 //! (`cli`). The apply engine and the local store live in the consumer.
 
 pub mod catalog;
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod halts;

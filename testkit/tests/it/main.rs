@@ -7,6 +7,7 @@
 mod apply;
 mod catalog;
 mod check;
+mod chunks;
 mod cli;
 mod cluster;
 mod compose;
