@@ -34,6 +34,11 @@ pub const H_MSG_ID: &str = "Syncdata-Original-Msg-Id";
 /// stream's message at the original sequence (`Syncdata-Original-Sequence`),
 /// which `dlq replay` and `dlq show` read from there. Value: the stream.
 pub const H_PAYLOAD_REF: &str = "Syncdata-Payload-Stream";
+/// Set when the record came from a chunk (`crate::chunk`): its place in
+/// the chunk. The payload is that record alone; the original signature and
+/// message id are the chunk's, so a replay checks the record against the
+/// signed chunk, read from the change stream at the original sequence.
+pub const H_CHUNK_INDEX: &str = "Syncdata-Original-Chunk-Index";
 
 pub struct DeadLetter<'a> {
     pub table: &'a TableName,
@@ -45,6 +50,8 @@ pub struct DeadLetter<'a> {
     pub sequence: u64,
     pub signature: Option<String>,
     pub msg_id: Option<String>,
+    /// The record's place in its chunk (None: a message of one record).
+    pub chunk_index: Option<u32>,
 }
 
 /// Header values must be one line, and short: all headers of a dead letter
@@ -95,12 +102,15 @@ pub async fn publish(
     if let Some(id) = &dl.msg_id {
         headers.insert(H_MSG_ID, header_safe(id).as_str());
     }
-    // The original stream sequence identifies the dead letter: a crash
-    // between this publish and the ack cannot file it twice.
-    headers.insert(
-        "Nats-Msg-Id",
-        dlq_message_id(&instance, &dl.subject, dl.sequence).as_str(),
-    );
+    // The original stream sequence (and place in the chunk) identifies the
+    // dead letter: a crash between this publish and the ack cannot file it
+    // twice.
+    let mut id = dlq_message_id(&instance, &dl.subject, dl.sequence);
+    if let Some(i) = dl.chunk_index {
+        headers.insert(H_CHUNK_INDEX, i.to_string().as_str());
+        id.push_str(&format!(":{i}"));
+    }
+    headers.insert("Nats-Msg-Id", id.as_str());
     let subject = dlq_subject(dlq_prefix, &instance, &dl.table.schema, &dl.table.table);
     // A dead letter always fits: a payload too large to go with its headers
     // stays where it is, in the change stream, and is filed by reference.
@@ -126,7 +136,11 @@ pub async fn publish(
             dl.error, dl.sequence, dl.attempts
         ),
     };
-    store::log_failure(pool, dl.table, &format!("seq {}", dl.sequence), &detail).await?;
+    let at = match dl.chunk_index {
+        None => format!("seq {}", dl.sequence),
+        Some(i) => format!("seq {} record {i}", dl.sequence),
+    };
+    store::log_failure(pool, dl.table, &at, &detail).await?;
     metrics::counter!("syncdata_dead_lettered_total", "table" => dl.table.to_string()).increment(1);
     Ok(())
 }

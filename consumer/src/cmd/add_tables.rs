@@ -8,7 +8,15 @@ use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{errln, outln};
 
-pub async fn run(config: &Config, tables: &[String], create: bool) -> anyhow::Result<()> {
+/// With `create`, makes each table missing locally from production's
+/// definition in the stream. With `json`, prints `{"added": [..],
+/// "already_listed": [..], "failed": [{"table", "error"}]}` instead of lines.
+pub async fn run(
+    config: &Config,
+    tables: &[String],
+    create: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
     let creator = std::env::var("USER").ok();
     let mut source = match &config.producer.source_url {
@@ -22,11 +30,16 @@ pub async fn run(config: &Config, tables: &[String], create: bool) -> anyhow::Re
         None => None,
     };
     let mut failed = 0;
+    let (mut added, mut listed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     for input in tables {
         let result = async {
             let name = TableName::parse(input)?;
             if create && crate::cmd::schema::create_missing(config, &name).await? {
-                outln!("created {name} from production's definition")?;
+                if json {
+                    errln!("created {name} from production's definition");
+                } else {
+                    outln!("created {name} from production's definition")?;
+                }
             }
             if let Some(conn) = source.as_mut() {
                 check_source_identity(conn, &name).await?;
@@ -38,13 +51,23 @@ pub async fn run(config: &Config, tables: &[String], create: bool) -> anyhow::Re
         }
         .await;
         match result {
+            Ok((name, true)) if json => added.push(name.to_string()),
+            Ok((name, false)) if json => listed.push(name.to_string()),
             Ok((name, true)) => outln!("added {name}")?,
             Ok((name, false)) => outln!("{name} is already listed")?,
             Err(e) => {
-                errln!("error: {e:#}");
+                if json {
+                    failures.push(serde_json::json!({"table": input, "error": format!("{e:#}")}));
+                } else {
+                    errln!("error: {e:#}");
+                }
                 failed += 1;
             }
         }
+    }
+    if json {
+        let out = serde_json::json!({"added": added, "already_listed": listed, "failed": failures});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     if failed > 0 {
         bail!("{failed} of {} tables could not be added", tables.len());
