@@ -47,10 +47,11 @@ enum Command {
         /// Source database URL (default: producer.source_url).
         #[arg(long, value_name = "URL")]
         source: Option<String>,
-        /// Do not install the DDL capture (event trigger writing table
-        /// definitions into syncdata.schema_log; see docs/schema.md).
+        /// Also install the DDL capture (an event trigger writing table
+        /// definitions into syncdata.schema_log, archived with the data, so
+        /// schema changes flow; needs a superuser; docs/schema.md).
         #[arg(long)]
-        no_schema_capture: bool,
+        schema_capture: bool,
     },
     /// Read the replication slot and write change segments into archive_dir
     /// until SIGINT or SIGTERM.
@@ -145,7 +146,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             user,
             tables,
             source,
-            no_schema_capture,
+            schema_capture,
         } => {
             let args = cmd::setup_source::SetupArgs {
                 create_slot,
@@ -153,7 +154,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 user,
                 tables,
                 source,
-                no_schema_capture,
+                schema_capture,
             };
             cmd::setup_source::run(&config()?, args).await
         }

@@ -572,7 +572,7 @@ pub struct SetupOptions {
     pub password: Option<String>,
     pub tables: Vec<TableName>,
     /// Install the DDL capture (`crate::schema`); on unless
-    /// `--no-schema-capture`.
+    /// `--schema-capture` (opt-in).
     pub schema_capture: bool,
 }
 

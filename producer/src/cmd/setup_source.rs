@@ -15,7 +15,7 @@ pub struct SetupArgs {
     pub user: Option<String>,
     pub tables: Option<String>,
     pub source: Option<String>,
-    pub no_schema_capture: bool,
+    pub schema_capture: bool,
 }
 
 pub async fn run(config: &Config, args: SetupArgs) -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ pub async fn run(config: &Config, args: SetupArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|p| !p.is_empty()),
         tables,
-        schema_capture: !args.no_schema_capture,
+        schema_capture: args.schema_capture,
     };
     for line in setup(&settings, &opts).await? {
         outln!("{line}")?;

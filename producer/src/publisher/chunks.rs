@@ -102,7 +102,10 @@ impl<S: Sink> Publisher<S> {
         let limit = self.chunk_limit(max_payload);
         let max_records = self.settings.chunk_records;
         let table = TableName::new(record.schema.clone(), record.table.clone());
-        let alone = HEADER_MAX + json.len() >= limit;
+        // A SCHEMA record goes alone, after its table's open chunk: its
+        // look-up copy (`<subject>.schema`) is published with it.
+        let alone =
+            record.op == syncdata_core::record::Op::Schema || HEADER_MAX + json.len() >= limit;
         let full = self.run.open.get(&table).is_some_and(|(c, f)| {
             !c.is_empty() && (alone || f != file || !c.fits(json.len(), max_records, limit))
         });

@@ -75,6 +75,10 @@ const NO_JSON: &[(&str, &str)] = &[
     ),
     ("syncdata dlq show", "prints JSON already"),
     ("syncdata dlq migrate", "a one-off migration"),
+    (
+        "syncdata schema migrate",
+        "prints the SQL it runs (or would run with --dry-run): the script is its result",
+    ),
     ("syncdata completions", "prints a shell script"),
     ("syncdata man", "prints a man page"),
     (

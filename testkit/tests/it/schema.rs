@@ -96,7 +96,11 @@ async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
     let names = TestNames::new("schemaflow");
     let cfg = config(d, &local, &names, &src, &["t"]);
     let (ok, log) = source::finish(
-        source::producer(d, &cfg, &["setup-source", "--create-slot"]),
+        source::producer(
+            d,
+            &cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
         Duration::from_secs(60),
     )
     .await;
@@ -265,7 +269,11 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
     let tables = ["parent", "fx", "rn", "newt"];
     let cfg = config(d, &local, &names, &src, &tables);
     let (ok, log) = source::finish(
-        source::producer(d, &cfg, &["setup-source", "--create-slot"]),
+        source::producer(
+            d,
+            &cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
         Duration::from_secs(60),
     )
     .await;
