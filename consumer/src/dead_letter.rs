@@ -79,8 +79,24 @@ pub async fn publish(
 ) -> anyhow::Result<()> {
     // Dead letters are rare: read the id rather than carry it everywhere.
     let instance = store::instance_id(pool).await?;
+    let table = dl.table;
+    let sequence = dl.sequence;
+    let detail = publish_as(js, &instance, dlq_prefix, change_stream, dl).await?;
+    store::log_failure(pool, table, &format!("seq {sequence}"), &detail).await?;
+    Ok(())
+}
+
+/// Publishes the dead letter of destination `instance`; returns the detail
+/// for its FAILED row in `data_sync_logs` (written by the caller).
+pub(crate) async fn publish_as(
+    js: &jetstream::Context,
+    instance: &str,
+    dlq_prefix: &str,
+    change_stream: &str,
+    dl: DeadLetter<'_>,
+) -> anyhow::Result<String> {
     let mut headers = HeaderMap::new();
-    headers.insert(H_INSTANCE, instance.as_str());
+    headers.insert(H_INSTANCE, instance);
     headers.insert(H_ERROR, header_safe(&dl.error).as_str());
     if let Some(code) = &dl.sqlstate {
         headers.insert(H_SQLSTATE, code.as_str());
@@ -99,9 +115,9 @@ pub async fn publish(
     // between this publish and the ack cannot file it twice.
     headers.insert(
         "Nats-Msg-Id",
-        dlq_message_id(&instance, &dl.subject, dl.sequence).as_str(),
+        dlq_message_id(instance, &dl.subject, dl.sequence).as_str(),
     );
-    let subject = dlq_subject(dlq_prefix, &instance, &dl.table.schema, &dl.table.table);
+    let subject = dlq_subject(dlq_prefix, instance, &dl.table.schema, &dl.table.table);
     // A dead letter always fits: a payload too large to go with its headers
     // stays where it is, in the change stream, and is filed by reference.
     let mut payload = dl.payload;
@@ -126,7 +142,6 @@ pub async fn publish(
             dl.error, dl.sequence, dl.attempts
         ),
     };
-    store::log_failure(pool, dl.table, &format!("seq {}", dl.sequence), &detail).await?;
     metrics::counter!("syncdata_dead_lettered_total", "table" => dl.table.to_string()).increment(1);
-    Ok(())
+    Ok(detail)
 }

@@ -15,6 +15,8 @@ pub mod failure;
 pub(crate) mod freshness;
 pub mod gc;
 mod large;
+pub mod local;
+pub mod sqlite_cmd;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

@@ -29,6 +29,11 @@ enum Command {
     AddTables {
         #[arg(required = true)]
         tables: Vec<String>,
+        /// SQLite target: create the tables first from this PostgreSQL DDL
+        /// file (e.g. `pg_dump --schema-only`), under the type mapping of
+        /// docs/sqlite.md.
+        #[arg(long, value_name = "FILE.sql")]
+        create_from: Option<std::path::PathBuf>,
     },
     /// List the whitelisted tables.
     ListTables {
@@ -175,8 +180,15 @@ enum DlqCommand {
 
 async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let config = cli::load_config(global, Role::Consumer)?;
+    if let Some(target) = config.sqlite_target() {
+        return dispatch_sqlite(config, target, command).await;
+    }
     match command {
-        Command::AddTables { tables } => cmd::add_tables::run(&config, &tables).await,
+        Command::AddTables {
+            create_from: Some(_),
+            ..
+        } => anyhow::bail!("--create-from is for a SQLite target (docs/sqlite.md)"),
+        Command::AddTables { tables, .. } => cmd::add_tables::run(&config, &tables).await,
         Command::Migrate => cmd::migrate::run(&config).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
         Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
@@ -251,6 +263,65 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
             daemon::run(config, token).await
         }
+    }
+}
+
+/// The commands against a SQLite target (`target = "sqlite:///…"`).
+async fn dispatch_sqlite(
+    config: syncdata_core::config::Config,
+    target: syncdata_core::target::SqliteTarget,
+    command: Command,
+) -> anyhow::Result<()> {
+    use syncdata_consumer::sqlite_cmd as sq;
+    match command {
+        Command::AddTables {
+            tables,
+            create_from,
+        } => sq::add_tables(&target, &tables, create_from.as_deref()).await,
+        Command::ListTables { json } => sq::list_tables(&target, json).await,
+        Command::RemoveTables { tables } => sq::remove_tables(&target, &tables).await,
+        Command::Migrate => sq::open(&target).await.map(|_| ()),
+        Command::Start => {
+            let token = CancellationToken::new();
+            cli::cancel_on_signals(token.clone())
+                .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
+            sq::start(config, target, token).await
+        }
+        Command::Stop { timeout } => {
+            sq::stop(&config, &target, std::time::Duration::from_secs(timeout)).await
+        }
+        Command::Status { json, check } => match sq::status(&target, json, check).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code as u8).into()),
+        },
+        Command::Resync { table, yes, .. } => sq::resync(&config, &target, &table, yes).await,
+        Command::Clear { yes } => sq::clear(&target, yes).await,
+        Command::Verify {
+            tables,
+            source,
+            exclude_columns,
+            max_rows,
+            json,
+            ..
+        } => {
+            sq::verify(
+                &config,
+                &target,
+                &tables,
+                source,
+                &exclude_columns,
+                max_rows,
+                json,
+            )
+            .await
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => cmd::config::check(&config),
+        Command::Dlq { .. } | Command::Check { .. } => anyhow::bail!(
+            "not available for a SQLite target yet: dlq and check read the local PostgreSQL \
+             store (docs/sqlite.md)"
+        ),
     }
 }
 

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, BatchReport, Disposition, Engine, Incoming, Target};
-use crate::attempts;
 use crate::failure::{self, Kind};
 use crate::store::Counts;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -29,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::budget::Budget;
-use crate::dead_letter::{self, DeadLetter};
+use crate::dead_letter::DeadLetter;
 use crate::trust::{self, Rejection, VersionMark};
 use syncdata_core::signature::SigningKey;
 
@@ -39,8 +38,8 @@ use syncdata_core::signature::SigningKey;
 pub struct WorkerShared<T: Target> {
     pub config: Config,
     pub engine: Engine<T>,
-    /// The local store's pool.
-    pub store: sqlx::PgPool,
+    /// The local store (PostgreSQL, or the SQLite target's file).
+    pub store: crate::local::LocalStore,
     pub js: jetstream::Context,
     /// Without replica mode, an FK violation means "parent not here yet".
     pub fk_transient: bool,
@@ -60,7 +59,7 @@ impl<T: Target> WorkerShared<T> {
     pub fn new(
         config: Config,
         engine: Engine<T>,
-        store: sqlx::PgPool,
+        store: crate::local::LocalStore,
         js: jetstream::Context,
         fk_transient: bool,
         signer: Option<SigningKey>,
@@ -334,7 +333,7 @@ async fn process<T: Target>(
     mark: &mut VersionMark,
     msgs: Vec<Message>,
 ) -> bool {
-    if let Err(e) = mark.ensure_loaded(&ctx.store, table).await {
+    if let Err(e) = crate::local::ensure_mark(&ctx.store, mark, table).await {
         // Without the mark no change can be checked: retry the batch.
         warn!(table = %table, error = %e, "cannot read the table's applied versions; will retry");
         for m in &msgs {
@@ -550,7 +549,7 @@ async fn settle<T: Target>(
                 let mut attempts = item.delivered;
                 if rejection.is_none() {
                     // The record's own failures, not its deliveries.
-                    let failures = match attempts::record(&ctx.store, table, item.stream_seq).await
+                    let failures = match crate::local::record_attempt(&ctx.store, table, item.stream_seq).await
                     {
                         Ok(f) => f,
                         Err(err) => {
@@ -599,7 +598,7 @@ async fn settle<T: Target>(
                     subject: item.msg.subject.to_string(),
                     sequence: item.stream_seq,
                 };
-                match dead_letter::publish(
+                match crate::local::dead_letter(
                     &ctx.js,
                     &ctx.store,
                     &ctx.config.nats.dlq_subject_prefix,
@@ -631,7 +630,7 @@ async fn settle<T: Target>(
         .filter(|i| i.delivered > 1)
         .map(|i| i.stream_sequence as i64)
         .collect();
-    if let Err(err) = attempts::clear(&ctx.store, &settled).await {
+    if let Err(err) = crate::local::clear_attempts(&ctx.store, &settled).await {
         debug!(table = %table, error = %err, "clearing failure counts failed; the housekeeping removes them");
     }
     // One after another: an ack only queues a publish on the connection.

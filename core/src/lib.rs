@@ -15,5 +15,6 @@ pub mod retry;
 pub mod signature;
 pub mod subject;
 pub mod table;
+pub mod target;
 pub mod telemetry;
 pub mod version;

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod postgres;
 pub mod prepare;
 pub mod shape;
+pub mod sqlite;
 pub mod target;
 
 use syncdata_core::record::Record;

@@ -20,6 +20,7 @@ mod producer;
 mod retention;
 mod sanitize;
 mod source;
+mod sqlite;
 mod streaming;
 mod support_smoke;
 mod trust;
