@@ -350,6 +350,9 @@ pub struct TableDiff {
     /// Keys (text) whose row differs or exists on one side only.
     pub differing: Vec<String>,
     pub differing_count: usize,
+    /// Columns that differ in rows present on both sides (names only,
+    /// never values).
+    pub differing_columns: Vec<String>,
 }
 
 /// Compares `table` in the SQLite file with the source, value by value
@@ -427,7 +430,16 @@ pub async fn diff_table(
         let key = key_of(&vals);
         match src.remove(&key) {
             Some(s) if s == vals => {}
-            _ => bad.push(key),
+            Some(s) => {
+                for (i, &c) in cols.iter().enumerate() {
+                    let name = &shape.columns[c].name;
+                    if s[i] != vals[i] && !diff.differing_columns.contains(name) {
+                        diff.differing_columns.push(name.clone());
+                    }
+                }
+                bad.push(key)
+            }
+            None => bad.push(key),
         }
     }
     bad.extend(src.into_keys());
@@ -519,11 +531,12 @@ pub async fn verify(
                 outln!("{}: equal ({} rows)", r.table, r.local_rows)?;
             } else {
                 outln!(
-                    "{}: {} keys differ (source {} rows, local {}): {}",
+                    "{}: {} keys differ (source {} rows, local {}; columns: {}): {}",
                     r.table,
                     r.differing_count,
                     r.source_rows,
                     r.local_rows,
+                    r.differing_columns.join(", "),
                     r.differing.join(" ")
                 )?;
             }

@@ -255,7 +255,21 @@ async fn every_value_kind_of_the_wal2json_samples_round_trips() {
         apply_sqlite(&engine, &rs, if n == 0 { 100 } else { 3 }).await;
         for t in &tables {
             let d = diff_table(&mut conn, &pool, t, &[], 10).await.unwrap();
-            assert_eq!(d.differing_count, 0, "{order}: {d:?}");
+            if d.differing_count > 0 {
+                let local: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "select rowid, typeof(f), cast(f as text) from {} ",
+                    t.table
+                )))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                let source: Vec<(Option<String>,)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("select f::text from {}", t.table)))
+                        .fetch_all(&mut *conn)
+                        .await
+                        .unwrap_or_default();
+                panic!("{order}: {d:?}\nlocal {local:?}\nsource {source:?}");
+            }
             assert_eq!(d.source_rows, d.local_rows);
         }
         let n30: String = sqlx::query_scalar("select n from nums where id = 2")
