@@ -479,7 +479,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     }
     // --- 2c'. The same catch-up into a SQLite file, one consumer, as a
     // ratio to the PostgreSQL target's one-consumer catch-up above.
-    let sqlite_time = crate::sqlite::catch_up(env, &js, &streams, &archive, &opts.consumer_toml).await?;
+    let sqlite_time =
+        crate::sqlite::catch_up(env, &js, &streams, &archive, &opts.consumer_toml).await?;
     let sqlite_rate = report::rate(changes, sqlite_time);
     let pg_one = one_consumer.or(best.map(|(_, b)| b));
     let vs_pg = pg_one.map(|pg| pg.as_secs_f64() / sqlite_time.as_secs_f64().max(1e-9));
@@ -487,7 +488,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         "syncdata into SQLite, 1 consumer: applied in {} ({}/s, {})",
         report::secs(sqlite_time),
         report::fmt_rate(sqlite_rate),
-        vs_pg.map(|r| format!("{r:.2}× the PostgreSQL target")).unwrap_or_default()
+        vs_pg
+            .map(|r| format!("{r:.2}× the PostgreSQL target"))
+            .unwrap_or_default()
     );
     report.target(
         "2",
@@ -498,7 +501,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             report::thousands(changes),
             report::secs(sqlite_time),
             vs_pg
-                .map(|r| format!(", {r:.2}× the PostgreSQL target's 1-consumer catch-up in this run"))
+                .map(|r| format!(
+                    ", {r:.2}× the PostgreSQL target's 1-consumer catch-up in this run"
+                ))
                 .unwrap_or_default()
         ),
         "measured (no goal)",

@@ -43,13 +43,22 @@ pub async fn catch_up(
         database: "unused",
         archive_dir: archive,
         streams,
-        extra: format!("[target]\nurl = \"sqlite://{}\"\n\n{consumer_toml}", file.display()),
+        extra: format!(
+            "[target]\nurl = \"sqlite://{}\"\n\n{consumer_toml}",
+            file.display()
+        ),
     })?;
     let ddl_arg = ddl.display().to_string();
     let mut add = vec!["add-tables", "--create-from", ddl_arg.as_str()];
     add.extend(TABLES);
-    env.run_bin(&env.consumer_bin, &add, &config, "pgbench-add-tables-sqlite", &[])
-        .await?;
+    env.run_bin(
+        &env.consumer_bin,
+        &add,
+        &config,
+        "pgbench-add-tables-sqlite",
+        &[],
+    )
+    .await?;
     let pool = syncdata_consumer::apply::sqlite::connect(&file, "normal").await?;
     let instance = syncdata_consumer::local::sqlite_instance_id(&pool)
         .await

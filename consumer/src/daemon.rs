@@ -285,8 +285,15 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
     let ctx = Arc::new(
-        WorkerShared::new(config.clone(), applier, pool.clone().into(), js, !replica, signer)
-            .with_max_payload(client.server_info().max_payload),
+        WorkerShared::new(
+            config.clone(),
+            applier,
+            pool.clone().into(),
+            js,
+            !replica,
+            signer,
+        )
+        .with_max_payload(client.server_info().max_payload),
     );
     info!(
         bytes = ctx.budget_bytes(),
@@ -605,14 +612,19 @@ pub(crate) fn next_boundary(period: i64) -> tokio::time::Instant {
 
 /// Adds the counts gathered since the last flush to the FREQ row of the
 /// period containing `at` (unix seconds).
-pub(crate) async fn flush_metrics<T: crate::apply::Target>(ctx: &WorkerShared<T>, period: i64, at: i64) {
+pub(crate) async fn flush_metrics<T: crate::apply::Target>(
+    ctx: &WorkerShared<T>,
+    period: i64,
+    at: i64,
+) {
     let start = at.div_euclid(period) * period;
     for (table, counts) in ctx.take_counts() {
         if counts.is_zero() {
             continue;
         }
         if let Err(e) =
-            crate::local::add_freq_metrics(&ctx.store, &table.to_string(), start, period, counts).await
+            crate::local::add_freq_metrics(&ctx.store, &table.to_string(), start, period, counts)
+                .await
         {
             warn!(table = %table, error = %e, "writing data_sync_metrics failed");
         }

@@ -117,9 +117,7 @@ pub async fn dead_letter(
     dl: DeadLetter<'_>,
 ) -> anyhow::Result<()> {
     match store {
-        LocalStore::Pg(pool) => {
-            dead_letter::publish(js, pool, dlq_prefix, change_stream, dl).await
-        }
+        LocalStore::Pg(pool) => dead_letter::publish(js, pool, dlq_prefix, change_stream, dl).await,
         LocalStore::Sqlite(pool) => {
             let instance = sqlite_instance_id(pool).await?;
             let table = dl.table;

@@ -56,9 +56,13 @@ pub async fn whitelist(pool: &SqlitePool) -> anyhow::Result<Vec<TableName>> {
 
 /// Creates the tables of `file` (a PostgreSQL DDL file) that `names`
 /// names, recording each column's PostgreSQL type for the mapping.
-pub async fn create_from(pool: &SqlitePool, file: &Path, names: &[TableName]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+pub async fn create_from(
+    pool: &SqlitePool,
+    file: &Path,
+    names: &[TableName],
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let tables = ddl::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for name in names {
@@ -67,7 +71,10 @@ pub async fn create_from(pool: &SqlitePool, file: &Path, names: &[TableName]) ->
             .find(|t| t.schema == name.schema && t.name == name.table)
             .ok_or_else(|| anyhow::anyhow!("{} defines no table {name}", file.display()))?;
         if def.primary_key.is_empty() {
-            bail!("table {name} in {} has no primary key: syncdata needs one", file.display());
+            bail!(
+                "table {name} in {} has no primary key: syncdata needs one",
+                file.display()
+            );
         }
         let local = sqlite::local_name(name);
         sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
@@ -114,13 +121,14 @@ pub async fn add_tables(
             failed += 1;
             continue;
         }
-        let added = sqlx::query("insert or ignore into tables_to_sync (table_name, creator) values (?, ?)")
-            .bind(name.to_string())
-            .bind(creator.as_deref())
-            .execute(&pool)
-            .await?
-            .rows_affected()
-            == 1;
+        let added =
+            sqlx::query("insert or ignore into tables_to_sync (table_name, creator) values (?, ?)")
+                .bind(name.to_string())
+                .bind(creator.as_deref())
+                .execute(&pool)
+                .await?
+                .rows_affected()
+                == 1;
         if added {
             outln!("added {name}")?;
         } else {
@@ -179,9 +187,12 @@ pub async fn remove_tables(settings: &Settings, tables: &[String]) -> anyhow::Re
 pub async fn reset_table(pool: &SqlitePool, table: &TableName) -> anyhow::Result<()> {
     let local = sqlite::local_name(table);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("delete from {}", sqlite::quote(&local))))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "delete from {}",
+        sqlite::quote(&local)
+    )))
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "delete from syncdata_row_state where table_id in \
          (select id from syncdata_table_state where table_name = ?)",
@@ -230,7 +241,12 @@ async fn running_daemons(pool: &SqlitePool) -> anyhow::Result<i64> {
 /// Empties the table and replays its history: the durable is deleted, so
 /// the next `start` creates it at the start of the stream. Refused while a
 /// daemon runs on the file (stop it first).
-pub async fn resync(config: &Config, settings: &Settings, table: &str, yes: bool) -> anyhow::Result<()> {
+pub async fn resync(
+    config: &Config,
+    settings: &Settings,
+    table: &str,
+    yes: bool,
+) -> anyhow::Result<()> {
     if !yes {
         bail!("resync empties {table} before its history is replayed: add --yes to confirm");
     }
@@ -245,7 +261,12 @@ pub async fn resync(config: &Config, settings: &Settings, table: &str, yes: bool
     let instance = local::sqlite_instance_id(&pool).await?;
     let client = nats::connect(&config.nats, "syncdata-resync").await?;
     let js = jetstream::new(client);
-    let durable = syncdata_core::subject::durable_name(&config.nats.stream, &instance, &name.schema, &name.table);
+    let durable = syncdata_core::subject::durable_name(
+        &config.nats.stream,
+        &instance,
+        &name.schema,
+        &name.table,
+    );
     reset_table(&pool, &name).await?;
     let stream = js
         .get_stream(&config.nats.stream)
@@ -331,7 +352,10 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
             outln!(
                 "  {}: {} rows, {} records synced, last batch {}, {} errors",
                 t["table"].as_str().unwrap_or(""),
-                t["rows"].as_i64().map(|r| r.to_string()).unwrap_or_else(|| "missing".into()),
+                t["rows"]
+                    .as_i64()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "missing".into()),
                 t["records_synced"],
                 t["last_batch_at"].as_str().unwrap_or("never"),
                 t["errors"],
@@ -371,9 +395,9 @@ pub async fn diff_table(
         .filter(|&c| {
             let n = &shape.columns[c].name;
             shape.is_key(c)
-                || !exclude
-                    .iter()
-                    .any(|e| e == n || *e == format!("{}.{n}", table.table) || *e == format!("{table}.{n}"))
+                || !exclude.iter().any(|e| {
+                    e == n || *e == format!("{}.{n}", table.table) || *e == format!("{table}.{n}")
+                })
         })
         .collect();
     let kinds: Vec<values::Kind> = shape
@@ -385,14 +409,25 @@ pub async fn diff_table(
         shape
             .key
             .iter()
-            .map(|&k| row[cols.iter().position(|&c| c == k).expect("key column selected")].clone())
+            .map(|&k| {
+                row[cols
+                    .iter()
+                    .position(|&c| c == k)
+                    .expect("key column selected")]
+                .clone()
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
     // Source: text of every value, mapped and canonicalized.
     let select: Vec<String> = cols
         .iter()
-        .map(|&c| format!("{}::text", syncdata_core::table::quote_ident(&shape.columns[c].name)))
+        .map(|&c| {
+            format!(
+                "{}::text",
+                syncdata_core::table::quote_ident(&shape.columns[c].name)
+            )
+        })
         .collect();
     let sql = format!("select {} from {}", select.join(", "), table.quoted());
     let mut src: HashMap<String, Vec<String>> = HashMap::new();
@@ -403,18 +438,26 @@ pub async fn diff_table(
             let mut vals = Vec::with_capacity(cols.len());
             for (i, &c) in cols.iter().enumerate() {
                 let text: Option<String> = sqlx::Row::try_get(&row, i)?;
-                vals.push(canon(kinds[c], bound_to_stored(values::to_sqlite(kinds[c], text.as_deref()))));
+                vals.push(canon(
+                    kinds[c],
+                    bound_to_stored(values::to_sqlite(kinds[c], text.as_deref())),
+                ));
             }
             src.insert(key_of(&vals), vals);
         }
     }
-    let select: Vec<String> = cols.iter().map(|&c| sqlite::quote(&shape.columns[c].name)).collect();
+    let select: Vec<String> = cols
+        .iter()
+        .map(|&c| sqlite::quote(&shape.columns[c].name))
+        .collect();
     let sql = format!(
         "select {} from {}",
         select.join(", "),
         sqlite::quote(&sqlite::local_name(table))
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?;
     let mut diff = TableDiff {
         table: table.to_string(),
         source_rows: src.len(),
@@ -454,6 +497,7 @@ fn bound_to_stored(b: values::Bound) -> values::Stored {
     match b {
         values::Bound::Null => values::Stored::Null,
         values::Bound::Int(i) => values::Stored::Int(i),
+        values::Bound::Real(f) => values::Stored::Real(f),
         values::Bound::Text(t) => values::Stored::Text(t),
         values::Bound::Blob(b) => values::Stored::Blob(b),
     }
@@ -507,13 +551,18 @@ pub async fn verify(
         .await
         .context("cannot connect to the source database")?;
     // The source's text forms as the stream carries them.
-    sqlx::raw_sql("set extra_float_digits = 3; set bytea_output = 'hex'; set intervalstyle = 'postgres'")
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql(
+        "set extra_float_digits = 3; set bytea_output = 'hex'; set intervalstyle = 'postgres'",
+    )
+    .execute(&mut conn)
+    .await?;
     let names: Vec<TableName> = if tables.is_empty() {
         whitelist(&pool).await?
     } else {
-        tables.iter().map(|t| TableName::parse(t)).collect::<Result<_, _>>()?
+        tables
+            .iter()
+            .map(|t| TableName::parse(t))
+            .collect::<Result<_, _>>()?
     };
     if names.is_empty() {
         bail!("no tables to compare: name them, or whitelist them with add-tables");
@@ -553,7 +602,11 @@ pub async fn verify(
 /// and applies until stopped. Any number of processes may share the file
 /// (each batch holds the file's write lock, BEGIN IMMEDIATE; they wait for
 /// each other up to `busy_timeout`) and the table durables.
-pub async fn start(config: Config, settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+pub async fn start(
+    config: Config,
+    settings: Settings,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     if let Some(addr) = config.consumer.metrics_addr {
         syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
     }
@@ -573,7 +626,9 @@ pub async fn start(config: Config, settings: Settings, token: CancellationToken)
             warn!(table = %t, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
         }
     }
-    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| std::env::var(k).ok())?;
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
     if signer.is_none() {
         warn!(
             "no signing key (nats.signing_key_file or {}): messages are applied without checking \
@@ -584,7 +639,8 @@ pub async fn start(config: Config, settings: Settings, token: CancellationToken)
     let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
     daemon::refuse_open_server(&client, &mut server_errors, &config, &tables).await?;
     let js = jetstream::new(client.clone());
-    let stream = nats::reconcile_stream(&js, nats::change_stream_config(&config.nats), false).await?;
+    let stream =
+        nats::reconcile_stream(&js, nats::change_stream_config(&config.nats), false).await?;
     nats::reconcile_stream(&js, nats::dlq_stream_config(&config.nats), false).await?;
     let id = Id::random();
     sqlx::query("insert into syncdata_daemons (id, host, pid) values (?, ?, ?)")
@@ -609,7 +665,12 @@ pub async fn start(config: Config, settings: Settings, token: CancellationToken)
     let mut workers = tokio::task::JoinSet::new();
     for t in &tables {
         let consumer = daemon::ensure_consumer(&stream, &config, &instance, t).await?;
-        workers.spawn(worker::run_table(ctx.clone(), t.clone(), consumer, workers_token.clone()));
+        workers.spawn(worker::run_table(
+            ctx.clone(),
+            t.clone(),
+            consumer,
+            workers_token.clone(),
+        ));
     }
     info!(tables = tables.len(), instance = %instance, file = %settings.path.display(), "syncdata started (SQLite target)");
     let period = config.data_sync_freq as i64;

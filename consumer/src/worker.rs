@@ -549,7 +549,12 @@ async fn settle<T: Target>(
                 let mut attempts = item.delivered;
                 if rejection.is_none() {
                     // The record's own failures, not its deliveries.
-                    let failures = match crate::local::record_attempt(&ctx.store, table, item.stream_seq).await
+                    let failures = match crate::local::record_attempt(
+                        &ctx.store,
+                        table,
+                        item.stream_seq,
+                    )
+                    .await
                     {
                         Ok(f) => f,
                         Err(err) => {

@@ -91,7 +91,10 @@ mod tests {
             t.sqlite().unwrap().unwrap().path,
             PathBuf::from("/tmp/app.db")
         );
-        assert!(TargetConfig::Url("postgres".into()).sqlite().unwrap().is_none());
+        assert!(TargetConfig::Url("postgres".into())
+            .sqlite()
+            .unwrap()
+            .is_none());
         assert!(TargetConfig::Url("mysql://x".into()).sqlite().is_err());
         let s = TargetConfig::Section(TargetSection {
             url: "sqlite:app.db".into(),

@@ -54,13 +54,6 @@ pub fn transient_code(code: &str) -> bool {
     matches!(code, "5" | "6" | "261" | "262" | "517" | "773")
 }
 
-/// `sqlite:///path/app.db` (or `sqlite://path`, `sqlite:path`) → the path.
-pub fn path_of_url(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    (!rest.is_empty()).then_some(rest)
-}
-
 /// Opens (creating it if missing) the SQLite file at `path`: WAL mode, the
 /// given `synchronous` level (NORMAL by default: see docs/sqlite.md for the
 /// trade-off), foreign keys off (rows arrive in any order, like replica
@@ -221,6 +214,7 @@ fn bind(q: Query<'_>, v: Bound) -> Query<'_> {
     match v {
         Bound::Null => q.bind(None::<String>),
         Bound::Int(i) => q.bind(i),
+        Bound::Real(f) => q.bind(f),
         Bound::Text(t) => q.bind(t),
         Bound::Blob(b) => q.bind(b),
     }
@@ -270,7 +264,12 @@ impl SqliteTx {
 
     /// Selects `what` from the target rows of `ids` (by chunks), joined to
     /// their index in `ids` as the first column.
-    async fn by_keys(&mut self, ids: &[KeyId], keys: &Keys, what: &str) -> Result<Vec<SqliteRow>, sqlx::Error> {
+    async fn by_keys(
+        &mut self,
+        ids: &[KeyId],
+        keys: &Keys,
+        what: &str,
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
         let nk = self.shape.key.len();
         let mut out = Vec::new();
         for (chunk_no, chunk) in ids.chunks(CHUNK).enumerate() {
@@ -300,7 +299,11 @@ impl SqliteTx {
         Ok(out)
     }
 
-    async fn write_whole(&mut self, row: Vec<Option<String>>, update_first: bool) -> Result<(), sqlx::Error> {
+    async fn write_whole(
+        &mut self,
+        row: Vec<Option<String>>,
+        update_first: bool,
+    ) -> Result<(), sqlx::Error> {
         let n = self.shape.columns.len();
         let bound: Vec<Bound> = row
             .iter()
@@ -309,8 +312,16 @@ impl SqliteTx {
             .collect();
         let non_key: Vec<usize> = (0..n).filter(|&c| !self.shape.is_key(c)).collect();
         if update_first && !non_key.is_empty() {
-            let sets: Vec<String> = non_key.iter().map(|&c| format!("{} = ?", self.col(c))).collect();
-            let sql = format!("update {} set {} where {}", self.table, sets.join(", "), self.key_where());
+            let sets: Vec<String> = non_key
+                .iter()
+                .map(|&c| format!("{} = ?", self.col(c)))
+                .collect();
+            let sql = format!(
+                "update {} set {} where {}",
+                self.table,
+                sets.join(", "),
+                self.key_where()
+            );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for &c in &non_key {
                 q = bind(q, bound[c].clone());
@@ -350,7 +361,16 @@ impl SqliteTx {
 }
 
 /// key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked
-type StoredRow = (String, String, i64, i64, Option<i64>, Option<i64>, Option<String>, Option<String>);
+type StoredRow = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 fn json(text: Option<String>) -> Option<serde_json::Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
@@ -436,16 +456,22 @@ impl TargetTx for SqliteTx {
         .bind(id)
         .fetch_all(&mut *self.tx)
         .await?;
-        sqlx::query("update syncdata_table_state set truncate_lsn = ?, truncate_seq = ? where id = ?")
-            .bind(lsn)
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "update syncdata_table_state set truncate_lsn = ?, truncate_seq = ? where id = ?",
+        )
+        .bind(lsn)
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(mixed)
     }
 
-    async fn lock_rows(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<Vec<(KeyId, Stored)>, sqlx::Error> {
+    async fn lock_rows(
+        &mut self,
+        keys: &Keys,
+        ids: &[KeyId],
+    ) -> Result<Vec<(KeyId, Stored)>, sqlx::Error> {
         let id = self.table_id();
         let mut out = Vec::new();
         for chunk in ids.chunks(CHUNK) {
@@ -551,7 +577,9 @@ impl TargetTx for SqliteTx {
         let delete = format!("delete from {} where {}", self.table, self.key_where());
         for k in deletes {
             let q = sqlx::query(AssertSqlSafe(delete.clone()));
-            self.bind_key(q, &keys.parts[k]).execute(&mut *self.tx).await?;
+            self.bind_key(q, &keys.parts[k])
+                .execute(&mut *self.tx)
+                .await?;
         }
         for (_, row) in updates {
             self.write_whole(row, true).await?;
@@ -569,13 +597,23 @@ impl TargetTx for SqliteTx {
             if written.is_empty() {
                 continue;
             }
-            let sets: Vec<String> = written.iter().map(|(c, _)| format!("{} = ?", self.col(*c))).collect();
-            let sql = format!("update {} set {} where {}", self.table, sets.join(", "), self.key_where());
+            let sets: Vec<String> = written
+                .iter()
+                .map(|(c, _)| format!("{} = ?", self.col(*c)))
+                .collect();
+            let sql = format!(
+                "update {} set {} where {}",
+                self.table,
+                sets.join(", "),
+                self.key_where()
+            );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (c, v) in written {
                 q = bind(q, values::to_sqlite(self.kinds[c], v.as_deref()));
             }
-            self.bind_key(q, &keys.parts[k]).execute(&mut *self.tx).await?;
+            self.bind_key(q, &keys.parts[k])
+                .execute(&mut *self.tx)
+                .await?;
         }
         for (k, row) in book {
             sqlx::query(

@@ -55,6 +55,9 @@ pub enum Scalar {
 pub enum Bound {
     Null,
     Int(i64),
+    /// A finite float, parsed here (correctly rounded) rather than left to
+    /// SQLite's text conversion.
+    Real(f64),
     Text(String),
     Blob(Vec<u8>),
 }
@@ -167,7 +170,12 @@ pub fn to_sqlite(kind: Kind, text: Option<&str>) -> Bound {
         Kind::TimestampTz | Kind::Timestamp | Kind::Date => Bound::Text(iso_timestamp(t)),
         Kind::TimeTz | Kind::Time => Bound::Text(iso_offset(t)),
         Kind::Array(elem) => Bound::Text(array_to_json(t, elem).unwrap_or_else(|| t.to_owned())),
-        Kind::Real | Kind::Numeric | Kind::Json | Kind::Text => Bound::Text(t.to_owned()),
+        // NaN and ±Infinity stay text (SQLite stores NaN as NULL).
+        Kind::Real => match t.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Bound::Real(f),
+            _ => Bound::Text(t.to_owned()),
+        },
+        Kind::Numeric | Kind::Json | Kind::Text => Bound::Text(t.to_owned()),
     }
 }
 
@@ -210,7 +218,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     s.as_bytes()
         .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .map(|p| Some((digit(p[0])? << 4) | digit(p[1])?))
         .collect()
 }
 
@@ -371,9 +379,15 @@ mod tests {
             (Kind::Bool, "t"),
             (Kind::Bytea, "\\xdeadbeef"),
             (Kind::Bytea, "00ff"),
-            (Kind::Array(Elem::Text(Scalar::Plain)), r#"{a,"b c",NULL,"q\"uote","NULL"}"#),
+            (
+                Kind::Array(Elem::Text(Scalar::Plain)),
+                r#"{a,"b c",NULL,"q\"uote","NULL"}"#,
+            ),
             (Kind::Array(Elem::Integer), "{{1,2},{3,NULL}}"),
             (Kind::Json, r#"{"a": [1, "😀"]}"#),
+            (Kind::Real, "1.5e+300"),
+            (Kind::Real, "NaN"),
+            (Kind::Real, "-Infinity"),
         ];
         for (kind, text) in cases {
             let once = to_sqlite(kind, Some(text));
@@ -402,6 +416,7 @@ mod tests {
         match b {
             Bound::Null => Stored::Null,
             Bound::Int(i) => Stored::Int(*i),
+            Bound::Real(f) => Stored::Real(*f),
             Bound::Text(t) => Stored::Text(t.clone()),
             Bound::Blob(b) => Stored::Blob(b.clone()),
         }
