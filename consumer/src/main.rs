@@ -121,6 +121,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the sync did over a period, per table: records applied by op,
+    /// superseded deliveries, parked rows, deletes of missing rows,
+    /// failures, dead letters, lag and freshness (and row drift with
+    /// --source); as text, JSON or a self-contained HTML page.
+    Report {
+        /// Tables to report on (default: every whitelisted table).
+        tables: Vec<String>,
+        /// The period, back from now: 30m, 24h, 7d, …
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// The source (production) database URL: adds row drift (source
+        /// rows minus local rows).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print a self-contained HTML page (a chart per table).
+        #[arg(long)]
+        html: bool,
+    },
     /// Empty every synced table and reset its bookkeeping.
     Clear {
         #[arg(long)]
@@ -252,6 +273,22 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 json,
             };
             cmd::check::run(&config, args).await
+        }
+        Command::Report {
+            tables,
+            since,
+            source,
+            json,
+            html,
+        } => {
+            let args = cmd::report::ReportArgs {
+                tables,
+                since,
+                json,
+                html,
+                source,
+            };
+            cmd::report::run(&config, args).await
         }
         Command::Clear { yes } => cmd::clear::run(&config, yes).await,
         Command::Config {

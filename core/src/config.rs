@@ -374,10 +374,13 @@ pub struct SourceConfig {
     /// Logical replication slot the archiver reads (`[a-z0-9_]`, as
     /// PostgreSQL requires).
     pub slot: String,
-    /// Output plugin of the slot: `wal2json` (format-version 2; the
-    /// default, what existing slots use) or `pgoutput` (built into
-    /// PostgreSQL, no extension; keeps NaN and ±Infinity, which wal2json
-    /// 2.5 turns into null). See docs/archiver.md for moving a slot over.
+    /// Output plugin of the slot: `auto` (the default: an existing slot
+    /// keeps the plugin it was created with; a new slot gets `pgoutput`
+    /// when the tables are known, `wal2json` when every table of the
+    /// database is archived), `pgoutput` (built into PostgreSQL, no
+    /// extension; keeps NaN and ±Infinity exact) or `wal2json`
+    /// (format-version 2; version 2.5 writes NaN and ±Infinity as null).
+    /// See docs/archiver.md for moving a slot over.
     pub plugin: String,
     /// Publication `pgoutput` reads (`setup-source` creates it for the
     /// listed tables).
@@ -409,7 +412,7 @@ impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             slot: "syncdata_slot".to_owned(),
-            plugin: "wal2json".to_owned(),
+            plugin: "auto".to_owned(),
             publication: "syncdata_pub".to_owned(),
             tables: Vec::new(),
             user: "syncdata_user".to_owned(),
@@ -999,7 +1002,7 @@ metric_freq = 24
         let c = Config::from_toml("pg_database = \"app\"\n").unwrap();
         c.validate().unwrap();
         assert_eq!(c.source.slot, "syncdata_slot");
-        assert_eq!(c.source.plugin, "wal2json");
+        assert_eq!(c.source.plugin, "auto");
         assert_eq!(c.source.segment_max_age_ms, 500);
         let c = Config::from_toml(
             "pg_database = \"app\"\n[source]\nslot = \"s1\"\ntables = [\"users\", \"sales.orders\"]\n\

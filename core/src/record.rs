@@ -219,6 +219,11 @@ pub struct Record {
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<String>,
+    /// A row of a table snapshot (`syncdata-producer snapshot`), INSERT
+    /// only: besides its row, it is a barrier at its version, like a
+    /// TRUNCATE there (docs/design.md, "Snapshot barrier").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 /// An image of at most [`MAX_COLUMNS`] columns: parsing stops at the first
@@ -359,6 +364,10 @@ impl Record {
             Op::Update if !has(&self.data) => {
                 Err(RecordError::invalid("data", "UPDATE needs data"))
             }
+            _ if self.snapshot && self.op != Op::Insert => Err(RecordError::invalid(
+                "snapshot",
+                "only an INSERT can be a snapshot row",
+            )),
             Op::Delete if !has(&self.old_keys) && !has(&self.data) => Err(RecordError::invalid(
                 "old_keys",
                 "DELETE needs old_keys (or data holding the key)",
@@ -368,8 +377,20 @@ impl Record {
     }
 
     /// The version, given the ordinal to use when the record carries none.
+    /// A snapshot row is at `(lsn, 1)`, just above its barrier `(lsn, 0)`
+    /// (see [`Record::snapshot_barrier`]), whatever its `seq`.
     pub fn version(&self, fallback_seq: u64) -> Version {
+        if self.snapshot {
+            return Version::new(self.lsn, 1);
+        }
         Version::new(self.lsn, self.seq.unwrap_or(fallback_seq))
+    }
+
+    /// The barrier of a snapshot row: `(lsn, 0)`. Everything at or below it
+    /// is superseded by the snapshot (which holds the table as it was
+    /// there), as by a TRUNCATE at it followed by the snapshot's rows.
+    pub fn snapshot_barrier(&self) -> Option<Version> {
+        self.snapshot.then(|| Version::new(self.lsn, 0))
     }
 
     /// `schema.table`, for messages.
@@ -874,7 +895,7 @@ mod tests {
             let mut data = Columns::new();
             data.insert(col.clone(), Value::from_text(v.as_deref()));
             let r = Record { schema, table, op: Op::Insert, data: Some(data), old_keys: None,
-                             lsn: Lsn(lsn), seq, ts: None };
+                             lsn: Lsn(lsn), seq, ts: None, snapshot: false };
             let parsed = Record::parse(&r.to_json()).unwrap();
             prop_assert_eq!(&parsed, &r);
             prop_assert_eq!(parsed.data.unwrap()[&col].to_pg_text(), v);

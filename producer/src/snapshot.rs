@@ -313,6 +313,7 @@ fn row_record(
         lsn,
         seq: None,
         ts: None,
+        snapshot: true,
     })
 }
 
@@ -522,7 +523,7 @@ mod tests {
         let r = row_record(&TableName::new("public", "x"), &columns, line, Lsn(0x10)).unwrap();
         assert_eq!(
             String::from_utf8(r.to_json()).unwrap(),
-            r#"{"schema":"public","table":"x","op":"INSERT","data":{"arr":"{a,\"b c\"}","b":"deadbeef","f":"NaN","flag":true,"id":7,"n":123456789012345678901234567890.123456789,"nul":null,"t":"a\tb\\c\nd"},"lsn":"0/10"}"#
+            r#"{"schema":"public","table":"x","op":"INSERT","data":{"arr":"{a,\"b c\"}","b":"deadbeef","f":"NaN","flag":true,"id":7,"n":123456789012345678901234567890.123456789,"nul":null,"t":"a\tb\\c\nd"},"lsn":"0/10","snapshot":true}"#
         );
         Record::parse(&r.to_json()).unwrap();
         assert!(row_record(&TableName::new("public", "x"), &columns, b"1\t2", Lsn(1)).is_err());

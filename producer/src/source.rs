@@ -27,6 +27,34 @@ pub struct SourceSettings {
 
 /// PostgreSQL's built-in output plugin (see `archiver::pgoutput`).
 pub const PGOUTPUT: &str = "pgoutput";
+/// The wal2json extension (format-version 2).
+pub const WAL2JSON: &str = "wal2json";
+/// `source.plugin = "auto"` (the default): an existing slot's own plugin,
+/// else [`plugin_for_new_slot`].
+pub const AUTO: &str = "auto";
+
+/// The plugin a slot about to be created gets. `auto` picks pgoutput (no
+/// extension; NaN and ±Infinity arrive exact) when the tables are known,
+/// because pgoutput sends only what its publication lists; with no table
+/// list (every table of the database) it falls back to wal2json, with the
+/// reason: a publication FOR ALL TABLES would make the source refuse
+/// UPDATE and DELETE on any table without a replica identity.
+pub fn plugin_for_new_slot(configured: &str, tables: &[TableName]) -> (String, Option<String>) {
+    if configured != AUTO {
+        return (configured.to_owned(), None);
+    }
+    if tables.is_empty() {
+        (
+            WAL2JSON.to_owned(),
+            Some(
+                "source.plugin = auto without a table list: using wal2json, which writes NaN and                  ±Infinity in numeric/float columns as null. Fix: list the tables (--tables or                  source.tables) to get pgoutput, which keeps them exact"
+                    .to_owned(),
+            ),
+        )
+    } else {
+        (PGOUTPUT.to_owned(), None)
+    }
+}
 
 impl SourceSettings {
     /// `--source` wins over `producer.source_url`.
@@ -405,7 +433,16 @@ async fn check_slot_matches(
             info.database.as_deref().unwrap_or("<none>")
         );
     }
-    if info.plugin != plugin {
+    let known = info.plugin == PGOUTPUT || info.plugin == WAL2JSON;
+    if plugin == AUTO && !known {
+        bail!(
+            "replication slot {slot} uses output plugin {:?}; syncdata reads pgoutput or \
+             wal2json. Fix: drop it (`SELECT pg_drop_replication_slot('{slot}')`) and run \
+             `syncdata-producer setup-source --create-slot`, or set source.slot to another name",
+            info.plugin
+        );
+    }
+    if plugin != AUTO && info.plugin != plugin {
         bail!(
             "replication slot {slot} uses output plugin {:?}, not {plugin:?}. Fix: drop it \
              (`SELECT pg_drop_replication_slot('{slot}')`) and run `syncdata-producer \
@@ -575,13 +612,26 @@ pub async fn setup(settings: &SourceSettings, opts: &SetupOptions) -> anyhow::Re
     }
 
     let slot = &settings.slot;
-    let plugin = &settings.plugin;
+    let existing = slot_info(&mut conn, slot).await?;
+    // An existing slot keeps its plugin; a new one gets the configured one
+    // (`auto`: see plugin_for_new_slot).
+    let plugin = match &existing {
+        Some(info) => {
+            check_slot_matches(&mut conn, slot, &settings.plugin, info).await?;
+            info.plugin.clone()
+        }
+        None => {
+            let (plugin, warning) = plugin_for_new_slot(&settings.plugin, &opts.tables);
+            report.extend(warning.map(|w| format!("warning: {w}")));
+            plugin
+        }
+    };
+    let plugin = &plugin;
     if plugin == PGOUTPUT && (opts.create_slot || !opts.tables.is_empty()) {
         ensure_publication(&mut conn, &settings.publication, &opts.tables, &mut report).await?;
     }
-    match slot_info(&mut conn, slot).await? {
+    match existing {
         Some(info) => {
-            check_slot_matches(&mut conn, slot, plugin, &info).await?;
             match info.active_pid {
                 Some(pid) => report.push(format!(
                     "ok: slot {slot} exists ({plugin}), in use by process {pid} (an archiver is running)"
@@ -781,6 +831,24 @@ pub fn add_tables_value(tables: &[TableName]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_gives_new_slots_pgoutput_when_the_tables_are_known() {
+        let t = vec![TableName::parse("public.a").unwrap()];
+        assert_eq!(plugin_for_new_slot(AUTO, &t), (PGOUTPUT.to_owned(), None));
+        let (plugin, warning) = plugin_for_new_slot(AUTO, &[]);
+        assert_eq!(plugin, WAL2JSON);
+        assert!(warning.unwrap().contains("NaN"));
+        // An explicit choice is kept, silently.
+        assert_eq!(
+            plugin_for_new_slot(WAL2JSON, &t),
+            (WAL2JSON.to_owned(), None)
+        );
+        assert_eq!(
+            plugin_for_new_slot(PGOUTPUT, &[]),
+            (PGOUTPUT.to_owned(), None)
+        );
+    }
 
     #[test]
     fn add_tables_escapes_what_wal2json_treats_specially() {

@@ -321,6 +321,7 @@ impl<'a> Generator<'a> {
                         lsn,
                         seq: Some(0),
                         ts: Some(ts),
+                        snapshot: false,
                     });
                     continue;
                 }
@@ -340,6 +341,7 @@ impl<'a> Generator<'a> {
                     lsn,
                     seq: Some(seq as u64),
                     ts: Some(ts.clone()),
+                    snapshot: false,
                 });
             }
         }

@@ -21,7 +21,7 @@ use super::merge::{self, Change, Outcome, RowState, Versioned};
 use super::plan::{self, BookRow, Merged, Stored};
 use super::prepare::{self, key_parts, Prepared};
 use super::shape::{ShapeError, TableShape};
-use super::target::{BatchLog, Target, TargetTx};
+use super::target::{BatchCounts, BatchLog, Target, TargetTx};
 use super::{ApplyError, BatchReport, Disposition, Incoming};
 
 /// Applies batches to one target. Cheap to share: one per process.
@@ -131,13 +131,16 @@ async fn apply_in_tx<X: TargetTx>(
         }
     }
 
+    // Snapshot rows with nothing to merge: written in bulk, no bookkeeping.
+    let loaded = super::bulk::load_snapshot_rows(tx, &mut p, &mut live_changes).await?;
+
     let key_count = p.keys.len();
     // The bookkeeping row of each key as found under lock (None: no row).
     let mut stored: Vec<Option<Stored>> = (0..key_count).map(|_| None).collect();
     let mut exists = vec![false; key_count];
     // Bookkeeping rows this batch inserted for keys that had none.
     let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
-    let mut pending: Vec<usize> = (0..key_count).collect();
+    let mut pending: Vec<usize> = (0..key_count).filter(|id| !loaded.contains(id)).collect();
     let probes = Probes::of(&p, &live_changes);
     // Keys without a bookkeeping row get theirs inserted with its final
     // state (no placeholder written and rewritten). A key another batch
@@ -206,6 +209,7 @@ async fn apply_in_tx<X: TargetTx>(
     };
 
     let mut report = tally(&mut p, &live_changes, &outcomes, &exists, &initial);
+    report.inserted += loaded.len() as u64;
     let had_book: Vec<bool> = stored.iter().map(Option::is_some).collect();
     let write = plan::plan(
         shape,
@@ -238,10 +242,23 @@ async fn apply_in_tx<X: TargetTx>(
         .iter()
         .filter(|d| **d == Disposition::Applied)
         .count() as u64;
+    let counts = BatchCounts {
+        inserted: report.inserted,
+        updated: report.updated,
+        deleted: report.deleted,
+        superseded: report
+            .dispositions
+            .iter()
+            .filter(|d| **d == Disposition::Superseded)
+            .count() as u64,
+        parked: report.parked,
+        deletes_of_missing: report.deletes_of_missing,
+    };
     let log = BatchLog {
         rows_synced: report.applied,
         archive_ref,
         source_commit_at: None,
+        counts,
     };
     Ok((report, log))
 }

@@ -10,6 +10,7 @@
 //! for the whole table. So apply is idempotent and order-free, and any
 //! number of processes may apply batches of one table at once.
 
+mod bulk;
 pub mod engine;
 pub mod merge;
 pub mod plan;

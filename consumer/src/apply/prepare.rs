@@ -85,6 +85,8 @@ pub struct Prepared {
     pub ops: Vec<Op>,
     /// A record named a column the shape does not have.
     pub unknown_column: bool,
+    /// Per record: a snapshot row (its barrier is in `truncate`).
+    pub snapshot: Vec<bool>,
 }
 
 /// Maps records to changes on key ids and column positions; rejects what
@@ -99,18 +101,25 @@ pub fn prepare(shape: &TableShape, batch: &[Incoming<'_>]) -> Prepared {
         versions: Vec::with_capacity(batch.len()),
         ops: Vec::with_capacity(batch.len()),
         unknown_column: false,
+        snapshot: Vec::with_capacity(batch.len()),
     };
     for (index, inc) in batch.iter().enumerate() {
         let r = inc.record;
         let version = r.version(inc.fallback_seq);
         p.versions.push(version);
         p.ops.push(r.op);
+        p.snapshot.push(r.snapshot);
         match to_change(shape, r, &mut p.keys) {
-            Ok(Some(change)) => p.changes.push(Versioned {
-                version,
-                index,
-                change,
-            }),
+            Ok(Some(change)) => {
+                // A snapshot row is also its snapshot's barrier: a TRUNCATE
+                // just below it.
+                p.truncate = p.truncate.max(r.snapshot_barrier());
+                p.changes.push(Versioned {
+                    version,
+                    index,
+                    change,
+                })
+            }
             Ok(None) => {
                 // TRUNCATE
                 p.truncate = p.truncate.max(Some(version));

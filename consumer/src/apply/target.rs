@@ -136,6 +136,25 @@ pub trait TargetTx: Send {
         plan: WritePlan,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Writes whole rows of keys that have no bookkeeping row and no row
+    /// in the target table, or one with the same values (snapshot rows, see
+    /// `super::bulk`), without bookkeeping: a row that is there already is
+    /// kept. Called only under the exclusive lock of a snapshot's barrier.
+    /// The default writes them as upserts through [`TargetTx::write`].
+    fn load_rows(
+        &mut self,
+        keys: &Keys,
+        rows: Vec<(KeyId, Vec<Option<String>>)>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async move {
+            let plan = WritePlan {
+                upserts: rows,
+                ..WritePlan::default()
+            };
+            self.write(keys, plan).await
+        }
+    }
+
     /// Writes the batch's log entry and commits.
     fn commit(self, log: BatchLog) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
@@ -151,4 +170,19 @@ pub struct BatchLog {
     /// The newest source commit time among the batch's records (RFC 3339,
     /// UTC), when they carry one: for end-to-end freshness in `status`.
     pub source_commit_at: Option<String>,
+    /// What the batch's records did, by kind (`syncdata report`).
+    pub counts: BatchCounts,
+}
+
+/// A batch's records by what they did: applied by op, superseded (older
+/// than what was applied: duplicates, replays, overtaken changes), rows
+/// parked waiting for their image, DELETEs of rows not present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub superseded: u64,
+    pub parked: u64,
+    pub deletes_of_missing: u64,
 }

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod list_tables;
 pub mod migrate;
 pub mod remove_tables;
+pub mod report;
 pub mod resync;
 pub mod status;
 pub mod stop;

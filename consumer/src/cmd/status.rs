@@ -250,7 +250,7 @@ async fn progress(
 /// The window of the applied rate, in seconds.
 const RATE_WINDOW: i64 = 60;
 
-async fn streams(
+pub(crate) async fn streams(
     config: &Config,
 ) -> anyhow::Result<(jetstream::stream::Stream, jetstream::stream::Stream)> {
     let client = tokio::time::timeout(

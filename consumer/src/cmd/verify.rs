@@ -145,7 +145,7 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_source(url: &str) -> anyhow::Result<PgConnection> {
+pub(crate) async fn connect_source(url: &str) -> anyhow::Result<PgConnection> {
     let options = PgConnectOptions::from_str(url)
         .context("invalid --source URL")?
         .application_name("syncdata-verify")

@@ -115,6 +115,7 @@ impl Change {
             lsn: version.lsn,
             seq: Some(version.seq),
             ts,
+            snapshot: false,
         }
     }
 }

@@ -276,8 +276,19 @@ impl Archiver {
         for table in &settings.tables {
             source::source_table(&mut conn, table).await?;
         }
+        let mut info =
+            source::require_slot(&mut conn, &settings.source.slot, &settings.source.plugin).await?;
+        // `auto`: read the slot with the plugin it was created with.
+        if settings.source.plugin == source::AUTO {
+            tracing::info!(
+                slot = %settings.source.slot,
+                plugin = %info.plugin,
+                "source.plugin = auto: using the slot's plugin"
+            );
+            self.settings.source.plugin = info.plugin.clone();
+        }
+        let settings = &self.settings;
         let slot = &settings.source.slot;
-        let mut info = source::require_slot(&mut conn, slot, &settings.source.plugin).await?;
         // The backend of an archiver killed a moment ago may still hold it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(pid) = info.active_pid {

@@ -291,7 +291,9 @@ async fn key_changes_carry_values_over_exactly_under_odd_output_settings() {
 }
 
 /// NaN and ±Infinity in numeric, float8 and real columns arrive equal to
-/// the source by snapshot and by stream (the archiver on pgoutput); a table with replica identity NOTHING is refused, naming the fix.
+/// the source by snapshot and by stream, on the default configuration
+/// (`source.plugin = auto` gives a new slot pgoutput); a table with replica
+/// identity NOTHING is refused, naming the fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nan_and_infinity_equal_by_snapshot_and_by_stream_and_identity_nothing_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,14 +318,7 @@ async fn nan_and_infinity_equal_by_snapshot_and_by_stream_and_identity_nothing_r
     let names = TestNames::new("nan");
     let archive = d.join("archive");
     std::fs::create_dir_all(&archive).unwrap();
-    let cfg = source::config(
-        d,
-        &local,
-        &names,
-        &archive,
-        &src.url,
-        "plugin = \"pgoutput\"\n",
-    );
+    let cfg = source::config(d, &local, &names, &archive, &src.url, "");
 
     // Replica identity NOTHING: refused with the fix.
     let (ok, log) = source::finish(
@@ -356,6 +351,10 @@ async fn nan_and_infinity_equal_by_snapshot_and_by_stream_and_identity_nothing_r
     )
     .await;
     assert!(ok, "{log}");
+    assert!(
+        log.contains("(pgoutput) at") && log.contains("created: publication"),
+        "a new slot with known tables is pgoutput by default:\n{log}"
+    );
 
     // add-tables checks the source named by producer.source_url.
     sqlx::raw_sql("CREATE TABLE ri_nothing (id int PRIMARY KEY, v text)")

@@ -296,14 +296,21 @@ pub(super) async fn log_success(
     log: &BatchLog,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref, source_commit_at) \
-         values ($1, 'SUCCESS', $2, $3, $4::timestamptz)",
+        "insert into data_sync_logs (table_name, status, rows_synced, archive_ref, source_commit_at, \
+                                     inserted, updated, deleted, superseded, parked, deletes_of_missing) \
+         values ($1, 'SUCCESS', $2, $3, $4::timestamptz, $5, $6, $7, $8, $9, $10)",
     )
     .bind(table_name)
     .bind(log.rows_synced as i32)
     .bind(&log.archive_ref)
     // Validated and formatted by newest_commit_time: always castable.
     .bind(&log.source_commit_at)
+    .bind(log.counts.inserted as i64)
+    .bind(log.counts.updated as i64)
+    .bind(log.counts.deleted as i64)
+    .bind(log.counts.superseded as i64)
+    .bind(log.counts.parked as i64)
+    .bind(log.counts.deletes_of_missing as i64)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -4,6 +4,7 @@
 //! [`bookkeeping`]); both commit in the batch's one transaction.
 
 mod bookkeeping;
+mod load;
 mod shape;
 mod statements;
 
@@ -52,6 +53,8 @@ pub struct PgTx {
     shape: Arc<TableShape>,
     /// The table's `syncdata.table_state` id, once locked.
     table_id: Option<i32>,
+    /// Temporary tables made for bulk loads in this transaction.
+    stages: u32,
 }
 
 impl PgTx {
@@ -79,6 +82,7 @@ impl Target for PgTarget {
             tx,
             shape,
             table_id: None,
+            stages: 0,
         })
     }
 }
@@ -142,6 +146,16 @@ impl TargetTx for PgTx {
         statements::update_partial(&mut self.tx, &self.shape, keys, partial).await?;
         bookkeeping::update(&mut self.tx, id, keys, book).await?;
         bookkeeping::remove(&mut self.tx, id, keys, &book_removals).await
+    }
+
+    async fn load_rows(
+        &mut self,
+        _keys: &Keys,
+        rows: Vec<(KeyId, Vec<Option<String>>)>,
+    ) -> Result<(), sqlx::Error> {
+        self.stages += 1;
+        let stage = format!("syncdata_load_{}", self.stages);
+        load::load_rows(&mut self.tx, &self.shape, &stage, rows).await
     }
 
     async fn commit(mut self, log: BatchLog) -> Result<(), sqlx::Error> {
