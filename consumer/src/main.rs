@@ -355,9 +355,9 @@ async fn dispatch_sqlite(
         Command::Config {
             command: ConfigCommand::Check,
         } => cmd::config::check(&config),
-        Command::Dlq { .. } | Command::Check { .. } => anyhow::bail!(
-            "not available for a SQLite target yet: dlq and check read the local PostgreSQL \
-             store (docs/sqlite.md)"
+        Command::Dlq { .. } | Command::Check { .. } | Command::Report { .. } => anyhow::bail!(
+            "not available for a SQLite target yet: dlq, check and report read the local \
+             PostgreSQL store (docs/sqlite.md)"
         ),
     }
 }
