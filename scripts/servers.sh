@@ -202,6 +202,7 @@ accounts {
               "\$JS.API.STREAM.CREATE.*",
               "\$JS.API.STREAM.NAMES",
               "\$O.*.>",
+              "\$KV.*.>",
               "\$JS.API.DIRECT.GET.*.>",
             ]
           }
@@ -231,7 +232,7 @@ accounts {
               "*.dlq.>",
               "_SYNCDATA.control.>",
             ]
-            deny: ["*.changes.>", "\$O.>"]
+            deny: ["*.changes.>", "\$O.>", "\$KV.>"]
           }
           subscribe: { allow: ["_INBOX.>", "_SYNCDATA.control.>"] }
         }

@@ -85,11 +85,15 @@ create table syncdata_daemons (
     errors integer not null default 0
 );
 
--- Permanent failures per message (see PostgreSQL's syncdata.failed_attempts).
+-- Permanent failures per record (see PostgreSQL's syncdata.failed_attempts):
+-- a record is its message's stream sequence and its place in the chunk
+-- (chunk_index; -1 for a message of one record).
 create table syncdata_failed_attempts (
-    stream_seq integer primary key,
+    stream_seq integer not null,
+    chunk_index integer not null default -1,
     table_name text not null,
     attempts integer not null default 0,
     first_failed_at real not null default (unixepoch('subsec')),
-    last_failed_at real not null default (unixepoch('subsec'))
+    last_failed_at real not null default (unixepoch('subsec')),
+    primary key (stream_seq, chunk_index)
 );

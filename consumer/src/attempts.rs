@@ -15,20 +15,24 @@ pub struct Failures {
     pub since_first_secs: f64,
 }
 
-/// Counts one more failure of the message at `stream_seq`.
+/// Counts one more failure of the record at `stream_seq` (at `index` of
+/// its chunk, `crate::chunk`; None for a message of one record).
 pub async fn record(
     pool: &PgPool,
     table: &TableName,
     stream_seq: u64,
+    index: Option<u32>,
 ) -> Result<Failures, sqlx::Error> {
     let (attempts, since): (i32, f64) = sqlx::query_as(
-        "insert into syncdata.failed_attempts (stream_seq, table_name, attempts) values ($1, $2, 1) \
-         on conflict (stream_seq) do update set attempts = failed_attempts.attempts + 1, \
+        "insert into syncdata.failed_attempts (stream_seq, table_name, attempts, chunk_index) \
+         values ($1, $2, 1, $3) \
+         on conflict (stream_seq, chunk_index) do update set attempts = failed_attempts.attempts + 1, \
              last_failed_at = now() \
          returning attempts, extract(epoch from now() - first_failed_at)::float8",
     )
     .bind(stream_seq as i64)
     .bind(table.to_string())
+    .bind(index.map_or(-1, |i| i64::from(i).min(i64::from(i32::MAX)) as i32))
     .fetch_one(pool)
     .await?;
     Ok(Failures {

@@ -34,6 +34,11 @@ pub const H_MSG_ID: &str = "Syncdata-Original-Msg-Id";
 /// stream's message at the original sequence (`Syncdata-Original-Sequence`),
 /// which `dlq replay` and `dlq show` read from there. Value: the stream.
 pub const H_PAYLOAD_REF: &str = "Syncdata-Payload-Stream";
+/// Set when the record came from a chunk (`crate::chunk`): its place in
+/// the chunk. The payload is that record alone; the original signature and
+/// message id are the chunk's, so a replay checks the record against the
+/// signed chunk, read from the change stream at the original sequence.
+pub const H_CHUNK_INDEX: &str = "Syncdata-Original-Chunk-Index";
 
 pub struct DeadLetter<'a> {
     pub table: &'a TableName,
@@ -45,6 +50,8 @@ pub struct DeadLetter<'a> {
     pub sequence: u64,
     pub signature: Option<String>,
     pub msg_id: Option<String>,
+    /// The record's place in its chunk (None: a message of one record).
+    pub chunk_index: Option<u32>,
 }
 
 /// Header values must be one line, and short: all headers of a dead letter
@@ -80,10 +87,18 @@ pub async fn publish(
     // Dead letters are rare: read the id rather than carry it everywhere.
     let instance = store::instance_id(pool).await?;
     let table = dl.table;
-    let sequence = dl.sequence;
+    let at = failure_at(dl.sequence, dl.chunk_index);
     let detail = publish_as(js, &instance, dlq_prefix, change_stream, dl).await?;
-    store::log_failure(pool, table, &format!("seq {sequence}"), &detail).await?;
+    store::log_failure(pool, table, &at, &detail).await?;
     Ok(())
+}
+
+/// Where a dead letter came from, for its FAILED row in `data_sync_logs`.
+pub(crate) fn failure_at(sequence: u64, chunk_index: Option<u32>) -> String {
+    match chunk_index {
+        None => format!("seq {sequence}"),
+        Some(i) => format!("seq {sequence} record {i}"),
+    }
 }
 
 /// Publishes the dead letter of destination `instance`; returns the detail
@@ -111,12 +126,15 @@ pub(crate) async fn publish_as(
     if let Some(id) = &dl.msg_id {
         headers.insert(H_MSG_ID, header_safe(id).as_str());
     }
-    // The original stream sequence identifies the dead letter: a crash
-    // between this publish and the ack cannot file it twice.
-    headers.insert(
-        "Nats-Msg-Id",
-        dlq_message_id(instance, &dl.subject, dl.sequence).as_str(),
-    );
+    // The original stream sequence (and place in the chunk) identifies the
+    // dead letter: a crash between this publish and the ack cannot file it
+    // twice.
+    let mut id = dlq_message_id(instance, &dl.subject, dl.sequence);
+    if let Some(i) = dl.chunk_index {
+        headers.insert(H_CHUNK_INDEX, i.to_string().as_str());
+        id.push_str(&format!(":{i}"));
+    }
+    headers.insert("Nats-Msg-Id", id.as_str());
     let subject = dlq_subject(dlq_prefix, instance, &dl.table.schema, &dl.table.table);
     // A dead letter always fits: a payload too large to go with its headers
     // stays where it is, in the change stream, and is filed by reference.

@@ -149,8 +149,8 @@ pub async fn horizon(
 ) -> anyhow::Result<Option<Version>> {
     let subject = subject::table_subject(&config.nats.subject_prefix, &table.schema, &table.table);
     match stream.get_first_raw_message_by_subject(&subject, 1).await {
-        Ok(msg) => match Record::parse(&msg.payload) {
-            Ok(record) => Ok(Some(record.version(msg.sequence))),
+        Ok(msg) => match oldest_version(&msg.payload, msg.sequence) {
+            Ok(version) => Ok(Some(version)),
             Err(e) => {
                 debug!(table = %table, error = %e, "oldest message is not a record");
                 Ok(None)
@@ -165,6 +165,26 @@ pub async fn horizon(
             Ok(Some(Version::new(Lsn(i64::MAX as u64), i64::MAX as u64)))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The lowest version a message carries: its record's, or the lowest of a
+/// chunk's records (`crate::chunk`).
+fn oldest_version(payload: &bytes::Bytes, sequence: u64) -> Result<Version, String> {
+    match crate::chunk::expand(payload) {
+        None => Record::parse(payload)
+            .map(|r| r.version(sequence))
+            .map_err(|e| e.to_string()),
+        Some(records) => {
+            let mut oldest: Option<Version> = None;
+            for r in records? {
+                let v = Record::parse(&r)
+                    .map_err(|e| e.to_string())?
+                    .version(sequence);
+                oldest = Some(oldest.map_or(v, |o| o.min(v)));
+            }
+            oldest.ok_or_else(|| "empty chunk".to_owned())
+        }
     }
 }
 

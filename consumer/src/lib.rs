@@ -8,6 +8,7 @@ pub mod apply;
 mod attempts;
 pub(crate) mod backlog;
 mod budget;
+mod chunk;
 pub mod cmd;
 pub mod daemon;
 mod dead_letter;

@@ -65,23 +65,27 @@ pub async fn ensure_mark(
     }
 }
 
-/// Counts one more failure of the message at `stream_seq`.
+/// Counts one more failure of the record at `stream_seq` (at `index` of
+/// its chunk; None for a message of one record).
 pub async fn record_attempt(
     store: &LocalStore,
     table: &TableName,
     stream_seq: u64,
+    index: Option<u32>,
 ) -> Result<Failures, sqlx::Error> {
     match store {
-        LocalStore::Pg(pool) => attempts::record(pool, table, stream_seq).await,
+        LocalStore::Pg(pool) => attempts::record(pool, table, stream_seq, index).await,
         LocalStore::Sqlite(pool) => {
             let (attempts, since): (i64, f64) = sqlx::query_as(
-                "insert into syncdata_failed_attempts (stream_seq, table_name, attempts) values (?, ?, 1) \
-                 on conflict (stream_seq) do update set attempts = attempts + 1, \
+                "insert into syncdata_failed_attempts (stream_seq, table_name, attempts, chunk_index) \
+                 values (?, ?, 1, ?) \
+                 on conflict (stream_seq, chunk_index) do update set attempts = attempts + 1, \
                      last_failed_at = unixepoch('subsec') \
                  returning attempts, unixepoch('subsec') - first_failed_at",
             )
             .bind(stream_seq as i64)
             .bind(table.to_string())
+            .bind(index.map_or(-1, i64::from))
             .fetch_one(pool)
             .await?;
             Ok(Failures {
@@ -121,7 +125,7 @@ pub async fn dead_letter(
         LocalStore::Sqlite(pool) => {
             let instance = sqlite_instance_id(pool).await?;
             let table = dl.table;
-            let sequence = dl.sequence;
+            let at = dead_letter::failure_at(dl.sequence, dl.chunk_index);
             let detail =
                 dead_letter::publish_as(js, &instance, dlq_prefix, change_stream, dl).await?;
             sqlx::query(
@@ -129,7 +133,7 @@ pub async fn dead_letter(
                  values (?, 'FAILED', 0, ?, ?)",
             )
             .bind(table.to_string())
-            .bind(format!("seq {sequence}"))
+            .bind(at)
             .bind(detail)
             .execute(pool)
             .await?;

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use syncdata_consumer::{cmd, daemon};
 use syncdata_core::cli::{self, GlobalArgs, Kind};
 use syncdata_core::config::Role;
@@ -34,6 +34,9 @@ enum Command {
         /// docs/sqlite.md.
         #[arg(long, value_name = "FILE.sql")]
         create_from: Option<std::path::PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List the whitelisted tables.
     ListTables {
@@ -44,6 +47,9 @@ enum Command {
     RemoveTables {
         #[arg(required = true)]
         tables: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create or upgrade syncdata's own tables in the local database.
     Migrate,
@@ -54,14 +60,17 @@ enum Command {
         /// How long to wait for in-flight batches, in seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show sync status: the daemons, and per table pending, lag and dead letters.
     Status {
         #[arg(long)]
         json: bool,
         /// Exit 2 when anything needs attention (no daemon, NATS not
-        /// reachable, a table with dead letters, stopped or waiting for
-        /// data), else 0; 1 when the status cannot be read.
+        /// reachable, a table halted at the producer, with dead letters,
+        /// stopped or waiting for data), else 0; 1 when the status cannot be read.
         #[arg(long)]
         check: bool,
     },
@@ -146,6 +155,21 @@ enum Command {
     Clear {
         #[arg(long)]
         yes: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell): `syncdata completions bash > ~/.local/share/bash-completion/completions/syncdata`.
+    Completions {
+        #[arg(value_enum)]
+        shell: cli::Shell,
+    },
+    /// Print the man page (roff: `syncdata man | man -l -`); with --dir,
+    /// write one page per command into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
     },
     /// Configuration commands.
     Config {
@@ -182,6 +206,9 @@ enum DlqCommand {
         #[arg(long)]
         table: Option<String>,
         id: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete dead letters for good (all, one table, or one ID).
     Purge {
@@ -190,6 +217,9 @@ enum DlqCommand {
         id: Option<u64>,
         #[arg(long)]
         yes: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy the dead letters of the old shared layout into this database's.
     Migrate {
@@ -209,10 +239,14 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             create_from: Some(_),
             ..
         } => anyhow::bail!("--create-from is for a SQLite target (docs/sqlite.md)"),
-        Command::AddTables { tables, .. } => cmd::add_tables::run(&config, &tables).await,
+        Command::AddTables { tables, json, .. } => {
+            cmd::add_tables::run(&config, &tables, json).await
+        }
         Command::Migrate => cmd::migrate::run(&config).await,
         Command::ListTables { json } => cmd::list_tables::run(&config, json).await,
-        Command::RemoveTables { tables } => cmd::remove_tables::run(&config, &tables).await,
+        Command::RemoveTables { tables, json } => {
+            cmd::remove_tables::run(&config, &tables, json).await
+        }
         Command::Dlq { command } => {
             use cmd::dlq::{self, Selection};
             match command {
@@ -220,17 +254,20 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                     dlq::list(&config, Selection::from_args(table, None)?, json).await
                 }
                 DlqCommand::Show { id } => dlq::show(&config, id).await,
-                DlqCommand::Replay { table, id } => {
-                    dlq::replay(&config, Selection::from_args(table, id)?).await
+                DlqCommand::Replay { table, id, json } => {
+                    dlq::replay(&config, Selection::from_args(table, id)?, json).await
                 }
-                DlqCommand::Purge { table, id, yes } => {
-                    dlq::purge(&config, Selection::from_args(table, id)?, yes).await
-                }
+                DlqCommand::Purge {
+                    table,
+                    id,
+                    yes,
+                    json,
+                } => dlq::purge(&config, Selection::from_args(table, id)?, yes, json).await,
                 DlqCommand::Migrate { remove_old } => dlq::migrate(&config, remove_old).await,
             }
         }
-        Command::Stop { timeout } => {
-            cmd::stop::run(&config, std::time::Duration::from_secs(timeout)).await
+        Command::Stop { timeout, json } => {
+            cmd::stop::run(&config, std::time::Duration::from_secs(timeout), json).await
         }
         Command::Status { json, check } => match cmd::status::run(&config, json, check).await? {
             0 => Ok(()),
@@ -290,7 +327,10 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             };
             cmd::report::run(&config, args).await
         }
-        Command::Clear { yes } => cmd::clear::run(&config, yes).await,
+        Command::Clear { yes, json } => cmd::clear::run(&config, yes, json).await,
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => cmd::config::check(&config),
@@ -311,12 +351,19 @@ async fn dispatch_sqlite(
 ) -> anyhow::Result<()> {
     use syncdata_consumer::sqlite_cmd as sq;
     match command {
+        Command::AddTables { json: true, .. }
+        | Command::RemoveTables { json: true, .. }
+        | Command::Stop { json: true, .. }
+        | Command::Clear { json: true, .. } => {
+            anyhow::bail!("--json of this command is not available for a SQLite target yet")
+        }
         Command::AddTables {
             tables,
             create_from,
+            ..
         } => sq::add_tables(&target, &tables, create_from.as_deref()).await,
         Command::ListTables { json } => sq::list_tables(&target, json).await,
-        Command::RemoveTables { tables } => sq::remove_tables(&target, &tables).await,
+        Command::RemoveTables { tables, .. } => sq::remove_tables(&target, &tables).await,
         Command::Migrate => sq::open(&target).await.map(|_| ()),
         Command::Start => {
             let token = CancellationToken::new();
@@ -324,7 +371,7 @@ async fn dispatch_sqlite(
                 .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
             sq::start(config, target, token).await
         }
-        Command::Stop { timeout } => {
+        Command::Stop { timeout, .. } => {
             sq::stop(&config, &target, std::time::Duration::from_secs(timeout)).await
         }
         Command::Status { json, check } => match sq::status(&target, json, check).await? {
@@ -332,7 +379,10 @@ async fn dispatch_sqlite(
             code => Err(cli::Exit::silent(code as u8).into()),
         },
         Command::Resync { table, yes, .. } => sq::resync(&config, &target, &table, yes).await,
-        Command::Clear { yes } => sq::clear(&target, yes).await,
+        Command::Clear { yes, .. } => sq::clear(&target, yes).await,
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Verify {
             tables,
             source,
@@ -365,6 +415,18 @@ async fn dispatch_sqlite(
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli { global, command } = Cli::parse();
+    // Generated from the command-line definition; need no configuration.
+    match &command {
+        Command::Completions { shell } => {
+            let result = cli::print_completions(Cli::command(), *shell).map_err(Into::into);
+            return cli::finish(result, &global, Kind::Command);
+        }
+        Command::Man { dir } => {
+            let result = cli::man_pages(Cli::command(), dir.as_deref());
+            return cli::finish(result, &global, Kind::Command);
+        }
+        _ => {}
+    }
     let kind = match command {
         Command::Start => Kind::Daemon,
         _ => Kind::Command,

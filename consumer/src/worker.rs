@@ -19,6 +19,7 @@ use crate::store::Counts;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
 use futures::StreamExt;
 use syncdata_core::config::Config;
 use syncdata_core::record::Record;
@@ -151,8 +152,16 @@ enum Fate {
     Reject(Rejection),
 }
 
+/// One record of a fetched message (a message of one record, or one of a
+/// chunk's, `crate::chunk`).
 struct Item {
-    msg: Message,
+    /// Its message, in the part's messages.
+    msg: usize,
+    /// Its place in its chunk (None: a message of one record).
+    index: Option<u32>,
+    /// What a dead letter of it carries: the message's payload, or the
+    /// record's bytes in its chunk.
+    payload: Bytes,
     record: Result<Record, String>,
     stream_seq: u64,
     delivered: i64,
@@ -364,21 +373,38 @@ async fn process<T: Target>(
         .into_iter();
     let mut refusals = refusals.into_iter();
     let mut unresolved: Vec<Option<String>> = Vec::with_capacity(msgs.len());
-    let items: Vec<Item> = msgs
-        .into_iter()
-        .map(|msg| {
-            let refused = refusals.next().expect("one per message");
-            let (stream_seq, delivered) = msg
-                .info()
-                .map(|i| (i.stream_sequence, i.delivered))
-                .unwrap_or((0, 1));
-            let payload = resolved.next().expect("one per message");
-            unresolved.push(match &payload {
-                Err(crate::large::ResolveError::Transient(e)) => Some(e.clone()),
-                _ => None,
-            });
-            let record = payload
-                .map_err(|e| e.to_string())
+    let mut items: Vec<Item> = Vec::with_capacity(msgs.len());
+    for (m, msg) in msgs.iter().enumerate() {
+        let refused = refusals.next().expect("one per message");
+        let (stream_seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        let payload = resolved.next().expect("one per message");
+        let transient = match &payload {
+            Err(crate::large::ResolveError::Transient(e)) => Some(e.clone()),
+            _ => None,
+        };
+        // A chunk (only an authentic one) becomes its records, each an
+        // item of its own (crate::chunk); any other message is one item.
+        let records: Vec<(Option<u32>, Bytes, Result<Bytes, String>)> = match &payload {
+            Ok(p) if refused.is_none() => match crate::chunk::expand(p) {
+                Some(Ok(recs)) => recs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, r)| (Some(k as u32), r.clone(), Ok(r)))
+                    .collect(),
+                Some(Err(e)) => vec![(None, msg.payload.clone(), Err(e))],
+                None => vec![(None, msg.payload.clone(), Ok(p.clone()))],
+            },
+            _ => vec![(
+                None,
+                msg.payload.clone(),
+                payload.map_err(|e| e.to_string()),
+            )],
+        };
+        for (index, original, bytes) in records {
+            let record = bytes
                 .and_then(|p| Record::parse(&p).map_err(|e| e.to_string()))
                 .and_then(|r| {
                     if r.schema == table.schema && r.table == table.table {
@@ -391,21 +417,24 @@ async fn process<T: Target>(
                     }
                 });
             // Authenticity first; the version only of an authentic record.
-            let refused = refused.or_else(|| {
+            let refused = refused.clone().or_else(|| {
                 record
                     .as_ref()
                     .ok()
                     .and_then(|r| mark.check(table, r.lsn, max_jump).err())
             });
             rejected.push(refused);
-            Item {
-                msg,
+            unresolved.push(transient.clone());
+            items.push(Item {
+                msg: m,
+                index,
+                payload: original,
                 record,
                 stream_seq,
                 delivered,
-            }
-        })
-        .collect();
+            });
+        }
+    }
 
     let mut fates: Vec<Option<Fate>> = items.iter().map(|_| None).collect();
     let mut good = Vec::with_capacity(items.len());
@@ -506,7 +535,7 @@ async fn process<T: Target>(
             }
         }
     };
-    in_progress(&items, ctx.config.consumer.ack_wait_secs, apply).await;
+    in_progress(&msgs, ctx.config.consumer.ack_wait_secs, apply).await;
     metrics::histogram!("syncdata_batch_apply_seconds", "table" => table.to_string())
         .record(started.elapsed().as_secs_f64());
     let mut newest_ts: Option<&str> = None;
@@ -518,26 +547,39 @@ async fn process<T: Target>(
     }
     crate::freshness::observe(table, newest_ts);
 
-    settle(ctx, table, items, fates).await
+    settle(ctx, table, msgs, items, fates).await
 }
 
-async fn settle<T: Target>(
+/// What settling decided for one record.
+enum Verdict<'a> {
+    Ack,
+    /// Its message is nakked (with this delay), whole.
+    Nak(Duration),
+    DeadLetter(DeadLetter<'a>, Option<&'static str>),
+}
+
+/// Settles a part: a message is acked once each of its records is applied
+/// or dead-lettered, and nakked whole when any of them is to be retried
+/// (a chunk's applied records then come back superseded).
+async fn settle<'a, T: Target>(
     ctx: &WorkerShared<T>,
-    table: &TableName,
+    table: &'a TableName,
+    msgs: Vec<Message>,
     items: Vec<Item>,
     fates: Vec<Option<Fate>>,
 ) -> bool {
     let policy = retry_policy(&ctx.config);
     let max_attempts = i64::from(ctx.config.consumer.max_attempts);
     let mut transient = false;
-    let mut acks = Vec::new();
+    let mut verdicts: Vec<(usize, Verdict<'a>)> = Vec::with_capacity(items.len());
     for (item, fate) in items.into_iter().zip(fates) {
         let delay = policy.delay_for(item.delivered.max(1) as u32);
-        match fate.expect("every message has a fate") {
-            Fate::Ack => acks.push(item.msg),
+        let msg = &msgs[item.msg];
+        let verdict = match fate.expect("every message has a fate") {
+            Fate::Ack => Verdict::Ack,
             Fate::Retry => {
                 transient = true;
-                nak(&item.msg, delay).await;
+                Verdict::Nak(delay)
             }
             fate @ (Fate::Poison { .. } | Fate::Dependent { .. } | Fate::Reject(_)) => {
                 let (error, sqlstate, rejection, dependent) = match fate {
@@ -547,85 +589,117 @@ async fn settle<T: Target>(
                     _ => unreachable!("matched above"),
                 };
                 let mut attempts = item.delivered;
+                let mut retry_in = None;
                 if rejection.is_none() {
                     // The record's own failures, not its deliveries.
-                    let failures = match crate::local::record_attempt(
+                    match crate::local::record_attempt(
                         &ctx.store,
                         table,
                         item.stream_seq,
+                        item.index,
                     )
                     .await
                     {
-                        Ok(f) => f,
+                        Ok(failures) => {
+                            attempts = failures.attempts;
+                            let retry = if dependent {
+                                failures.since_first_secs < ctx.config.consumer.fk_retry_secs as f64
+                            } else {
+                                failures.attempts < max_attempts
+                            };
+                            if dependent {
+                                warn!(table = %table, stream_seq = item.stream_seq, chunk_index = item.index,
+                                      attempt = failures.attempts, waited_secs = failures.since_first_secs as u64,
+                                      error = %error,
+                                      "record's parent row is missing (foreign key); retrying it alone until consumer.fk_retry_secs");
+                            } else {
+                                warn!(table = %table, stream_seq = item.stream_seq, chunk_index = item.index,
+                                      attempt = failures.attempts, error = %error, "record failed permanently");
+                            }
+                            if retry {
+                                retry_in = Some(policy.delay_for(failures.attempts.max(1) as u32));
+                            }
+                        }
                         Err(err) => {
                             warn!(table = %table, stream_seq = item.stream_seq, error = %failure::describe_sqlx(&err),
                                   "cannot count the record's failure; will retry");
                             transient = true;
-                            nak(&item.msg, delay).await;
-                            continue;
+                            retry_in = Some(delay);
                         }
-                    };
-                    attempts = failures.attempts;
-                    let retry = if dependent {
-                        failures.since_first_secs < ctx.config.consumer.fk_retry_secs as f64
-                    } else {
-                        failures.attempts < max_attempts
-                    };
-                    if dependent {
-                        warn!(table = %table, stream_seq = item.stream_seq, attempt = failures.attempts,
-                              waited_secs = failures.since_first_secs as u64, error = %error,
-                              "record's parent row is missing (foreign key); retrying it alone until consumer.fk_retry_secs");
-                    } else {
-                        warn!(table = %table, stream_seq = item.stream_seq, attempt = failures.attempts,
-                              error = %error, "record failed permanently");
-                    }
-                    if retry {
-                        let delay = policy.delay_for(failures.attempts.max(1) as u32);
-                        nak(&item.msg, delay).await;
-                        continue;
                     }
                 }
-                let header = |name: &str| {
-                    item.msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_owned())
-                };
-                let dl = DeadLetter {
-                    signature: header(syncdata_core::signature::HEADER),
-                    msg_id: header("Nats-Msg-Id"),
-                    table,
-                    payload: item.msg.payload.clone(),
-                    error,
-                    sqlstate,
-                    attempts: attempts.max(1) as u64,
-                    subject: item.msg.subject.to_string(),
-                    sequence: item.stream_seq,
-                };
-                match crate::local::dead_letter(
-                    &ctx.js,
-                    &ctx.store,
-                    &ctx.config.nats.dlq_subject_prefix,
-                    &ctx.config.nats.stream,
-                    dl,
-                )
-                .await
-                {
-                    Ok(()) => {
-                        if let Some(reason) = rejection {
-                            metrics::counter!("syncdata_messages_rejected_total", "reason" => reason)
-                                .increment(1);
-                        }
-                        acks.push(item.msg)
-                    }
-                    Err(err) => {
-                        warn!(table = %table, stream_seq = item.stream_seq, error = %err, "dead-lettering failed; will retry");
-                        transient = true;
-                        nak(&item.msg, delay).await;
+                match retry_in {
+                    Some(d) => Verdict::Nak(d),
+                    None => {
+                        let header = |name: &str| {
+                            msg.headers
+                                .as_ref()
+                                .and_then(|h| h.get(name))
+                                .map(|v| v.as_str().to_owned())
+                        };
+                        let dl = DeadLetter {
+                            signature: header(syncdata_core::signature::HEADER),
+                            msg_id: header("Nats-Msg-Id"),
+                            table,
+                            payload: item.payload,
+                            error,
+                            sqlstate,
+                            attempts: attempts.max(1) as u64,
+                            subject: msg.subject.to_string(),
+                            sequence: item.stream_seq,
+                            chunk_index: item.index,
+                        };
+                        Verdict::DeadLetter(dl, rejection)
                     }
                 }
             }
+        };
+        verdicts.push((item.msg, verdict));
+    }
+    // Per message: nakked whole when any record waits for a retry; else its
+    // dead letters are filed, then it is acked.
+    let mut naks: Vec<Option<Duration>> = vec![None; msgs.len()];
+    for (m, v) in &verdicts {
+        if let Verdict::Nak(d) = v {
+            naks[*m].get_or_insert(*d);
+        }
+    }
+    for (m, v) in verdicts {
+        let Verdict::DeadLetter(dl, rejection) = v else {
+            continue;
+        };
+        if naks[m].is_some() {
+            continue;
+        }
+        let sequence = dl.sequence;
+        match crate::local::dead_letter(
+            &ctx.js,
+            &ctx.store,
+            &ctx.config.nats.dlq_subject_prefix,
+            &ctx.config.nats.stream,
+            dl,
+        )
+        .await
+        {
+            Ok(()) => {
+                if let Some(reason) = rejection {
+                    metrics::counter!("syncdata_messages_rejected_total", "reason" => reason)
+                        .increment(1);
+                }
+            }
+            Err(err) => {
+                warn!(table = %table, stream_seq = sequence, error = %err, "dead-lettering failed; will retry");
+                transient = true;
+                let delivered = msgs[m].info().map(|i| i.delivered).unwrap_or(1);
+                naks[m] = Some(policy.delay_for(delivered.max(1) as u32));
+            }
+        }
+    }
+    let mut acks = Vec::with_capacity(msgs.len());
+    for (msg, nakked) in msgs.into_iter().zip(naks) {
+        match nakked {
+            Some(delay) => nak(&msg, delay).await,
+            None => acks.push(msg),
         }
     }
     // Settled messages that were delivered before may have failures counted.
@@ -654,7 +728,7 @@ async fn settle<T: Target>(
 /// waiting on a lock held elsewhere is not redelivered to another process
 /// meanwhile, so redeliveries do not pile up behind it.
 async fn in_progress(
-    items: &[Item],
+    items: &[Message],
     ack_wait_secs: u64,
     apply: impl std::future::Future<Output = ()>,
 ) {
@@ -666,7 +740,7 @@ async fn in_progress(
             _ = &mut apply => return,
             _ = tick.tick() => {
                 for item in items {
-                    if let Err(err) = item.msg.ack_with(AckKind::Progress).await {
+                    if let Err(err) = item.ack_with(AckKind::Progress).await {
                         debug!(error = %err, "in-progress ack failed");
                     }
                 }

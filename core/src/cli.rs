@@ -261,6 +261,48 @@ impl Write for LossyStderr {
 }
 
 // ---------------------------------------------------------------------------
+// Shell completions and man pages (from the clap definition)
+// ---------------------------------------------------------------------------
+
+pub use clap_complete::Shell;
+
+/// Prints the completion script of `cmd` for `shell` (`syncdata
+/// completions bash > /etc/bash_completion.d/syncdata`).
+pub fn print_completions(mut cmd: clap::Command, shell: Shell) -> Result<(), OutputError> {
+    let name = cmd.get_name().to_owned();
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut buf);
+    write_out(format_args!("{}", String::from_utf8_lossy(&buf)))
+}
+
+/// Prints the man page of `cmd` (roff); with `dir`, writes one page per
+/// command into it instead (`syncdata.1`, `syncdata-status.1`, …) and names
+/// them.
+pub fn man_pages(cmd: clap::Command, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let name = cmd.get_name().to_owned();
+    let Some(dir) = dir else {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        write_out(format_args!("{}", String::from_utf8_lossy(&buf)))?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .map_err(|e| anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display()))?;
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&name) && n.ends_with(".1"))
+        .collect();
+    names.sort();
+    for n in names {
+        write_out(format_args!("{}\n", dir.join(n).display()))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
 

@@ -269,6 +269,10 @@ pub struct ProducerConfig {
     pub quarantine_max_bytes: u64,
     /// ...keeping this many rotated files (`quarantine.jsonl.1` newest).
     pub quarantine_keep_files: u32,
+    /// Records of one table per message at most (1: one message per record).
+    pub chunk_records: usize,
+    /// Bytes per message at most (also capped by the server's max_payload).
+    pub chunk_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -286,6 +290,8 @@ impl Default for ProducerConfig {
             source_url: None,
             quarantine_max_bytes: 64 * 1024 * 1024,
             quarantine_keep_files: 3,
+            chunk_records: 1000,
+            chunk_bytes: 512 * 1024,
         }
     }
 }
@@ -876,6 +882,12 @@ impl Config {
         }
         if p.rescan_ms == 0 {
             return Err(invalid("producer.rescan_ms", "must be positive"));
+        }
+        if !(1..=100_000).contains(&p.chunk_records) {
+            return Err(invalid("producer.chunk_records", "must be 1 to 100000"));
+        }
+        if p.chunk_bytes < 1024 {
+            return Err(invalid("producer.chunk_bytes", "must be at least 1024"));
         }
         if p.max_record_bytes < 1024 {
             return Err(invalid(

@@ -4,11 +4,14 @@
 //! (`cli`). The apply engine and the local store live in the consumer.
 
 pub mod catalog;
+pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod halts;
 pub mod large;
 pub mod nats;
 pub mod private_fs;
+pub mod progress;
 pub mod record;
 pub mod redact;
 pub mod retry;

@@ -76,7 +76,7 @@ pub fn dlq_message_id(instance: &str, original_subject: &str, sequence: u64) -> 
     format!("dlq:{instance}:{original_subject}:{sequence}")
 }
 
-fn short_hash(parts: &[&str]) -> String {
+pub(crate) fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_be_bytes());

@@ -16,6 +16,7 @@ pub mod archiver;
 pub mod backlog;
 pub mod checkpoint;
 pub mod cmd;
+pub mod halt_status;
 pub(crate) mod publisher;
 pub mod quarantine;
 pub mod sanitize;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use syncdata_core::cli::{self, GlobalArgs, Kind};
 use syncdata_core::config::Role;
 use syncdata_producer::cmd;
@@ -81,6 +81,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell): `syncdata-producer completions bash > ~/.local/share/bash-completion/completions/syncdata-producer`.
+    Completions {
+        #[arg(value_enum)]
+        shell: cli::Shell,
+    },
+    /// Print the man page (roff: `syncdata-producer man | man -l -`); with --dir,
+    /// write one page per command into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -154,12 +166,27 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => cmd::config::check(&config()?),
         Command::Status { json } => cmd::status::run(&config()?, json),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
     }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let Cli { global, command } = Cli::parse();
+    // Generated from the command-line definition; need no configuration.
+    match &command {
+        Command::Completions { shell } => {
+            let result = cli::print_completions(Cli::command(), *shell).map_err(Into::into);
+            return cli::finish(result, &global, Kind::Command);
+        }
+        Command::Man { dir } => {
+            let result = cli::man_pages(Cli::command(), dir.as_deref());
+            return cli::finish(result, &global, Kind::Command);
+        }
+        _ => {}
+    }
     let kind = command.kind();
     cli::init_logging(&global, kind);
     let result = dispatch(&global, command).await;

@@ -59,6 +59,11 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Cap of the backoff between attempts after a failure.
     pub max_backoff: Duration,
+    /// Records of one table per message at most (1: one message per
+    /// record, no chunks); see `chunks`.
+    pub chunk_records: usize,
+    /// Bytes of one chunk at most (also capped by the server's max_payload).
+    pub chunk_bytes: usize,
 }
 
 impl Settings {
@@ -73,6 +78,8 @@ impl Settings {
             checkpoint_every: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            chunk_records: config.producer.chunk_records,
+            chunk_bytes: config.producer.chunk_bytes,
         })
     }
 }
@@ -212,6 +219,9 @@ enum Dispatch {
     Sent(crate::sink::AckFuture),
     /// Needs no publish (excluded, quarantined).
     Done,
+    /// Added to its table's chunk of the current run (`chunks`): settled
+    /// with the run.
+    Chunked,
     /// Shutdown came first: not sent, not settled.
     Cancelled,
     /// The record's table halted on it (why).
@@ -248,6 +258,8 @@ pub struct Publisher<S> {
     halts_dirty: bool,
     replay: Option<Replay>,
     next_replay_id: u64,
+    /// The records read since the last flush, in chunks (`chunks`).
+    run: chunks::Run,
 }
 
 impl<S: Sink> Publisher<S> {
@@ -311,6 +323,7 @@ impl<S: Sink> Publisher<S> {
             halts_dirty: false,
             replay: None,
             next_replay_id: 1,
+            run: chunks::Run::default(),
         })
     }
 
@@ -519,6 +532,8 @@ impl<S: Sink> Publisher<S> {
         // Reading is synchronous and may never wait: let other tasks run.
         tokio::task::consume_budget().await;
         if self.replay.is_some() {
+            // The main cursor's run goes first.
+            self.flush_run(window, token).await?;
             self.replay_step(window, max_payload, token).await?;
             return Ok(true);
         }
@@ -545,10 +560,18 @@ impl<S: Sink> Publisher<S> {
                     cur.tail.finish();
                     Ok(true)
                 } else {
+                    // A read boundary: what was read goes out now.
+                    self.flush_run(window, token).await?;
                     Ok(false)
                 }
             }
             Next::End => {
+                // A file's chunks end with it.
+                self.flush_run(window, token).await?;
+                if self.run.is_open() {
+                    // Shutdown came first.
+                    return Ok(false);
+                }
                 let names = tail::list(&self.settings.archive_dir)?;
                 let Some(next) = tail::next_after(&names, Some(&cur.name)) else {
                     // The later file vanished again; wait for the next one.
@@ -648,6 +671,15 @@ impl<S: Sink> Publisher<S> {
                             .send(record, file, &line, bytes, max_payload, token, false)
                             .await?
                         {
+                            Dispatch::Sent(ack) if self.chunking() => {
+                                // In archive order with the run's chunks.
+                                self.run.sent(ack, pos);
+                                return self.flush_if_full(window, token).await;
+                            }
+                            Dispatch::Chunked => {
+                                self.run.until(pos);
+                                return self.flush_if_full(window, token).await;
+                            }
                             Dispatch::Sent(ack) => {
                                 let mark = Mark::Main(pos);
                                 window
@@ -727,8 +759,18 @@ impl<S: Sink> Publisher<S> {
                 }
             }
         }
-        let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
         let mut payload = record.to_json();
+        if !replaying && self.chunking() {
+            match self
+                .add_to_chunk(&record, payload, file, line, max_payload, token)
+                .await?
+            {
+                chunks::Added::Chunked => return Ok(Dispatch::Chunked),
+                chunks::Added::Cancelled => return Ok(Dispatch::Cancelled),
+                chunks::Added::Alone(p) => payload = p,
+            }
+        }
+        let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
         if payload.len() > syncdata_core::large::inline_limit(max_payload) {
             // Too large for a message: into the object store, a pointer in
             // its place (syncdata_core::large).
@@ -1019,7 +1061,7 @@ impl<S: Sink> Publisher<S> {
                     .await?
                 {
                     Dispatch::Sent(a) => ack = Some(a),
-                    Dispatch::Done => {}
+                    Dispatch::Done | Dispatch::Chunked => {}
                     Dispatch::Cancelled => return Ok(()),
                     Dispatch::Halted(_, reason) => {
                         self.replay = None;
@@ -1064,6 +1106,7 @@ impl<S: Sink> Publisher<S> {
     /// at their settled progress and are replayed again in the next session.
     fn abandon_replays(&mut self) {
         self.replay = None;
+        self.run = chunks::Run::default();
         for h in self.halts.values_mut() {
             h.phase = Phase::Halted;
         }
@@ -1071,6 +1114,11 @@ impl<S: Sink> Publisher<S> {
 
     /// A position reached without a publish: settled once all before it are.
     fn complete(&mut self, pos: Position, window: &mut Window) {
+        if self.run.is_open() {
+            // Settled with the run's records before it.
+            self.run.until(pos);
+            return;
+        }
         self.mark(Mark::Main(pos), window);
     }
 
@@ -1198,6 +1246,8 @@ fn wakes(event: &notify::Event) -> bool {
                 .is_none_or(|n| !tail::is_ignored_name(n))
         })
 }
+
+mod chunks;
 
 #[cfg(test)]
 mod sanitize_tests;

@@ -27,7 +27,6 @@
 //! are closed every `source.snapshot_file_rows` rows, so publishing starts
 //! while the snapshot goes on.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -147,7 +146,11 @@ pub async fn run(
         table.name.quoted()
     );
     let total = table.estimated_rows;
-    let mut progress = Progress::new(&table.name, total);
+    let mut progress = syncdata_core::progress::Progress::new(
+        format!("snapshot {}", table.name),
+        "rows",
+        total.filter(|&t| t > 0).map(|t| t as u64),
+    );
     let mut writer = Writer {
         settings: &settings,
         file: None,
@@ -171,7 +174,9 @@ pub async fn run(
                 let record = row_record(&table.name, &table.columns, &line[..end], lsn)?;
                 writer.write(&record.to_json())?;
                 rows += 1;
-                progress.tick(rows);
+                if rows.is_multiple_of(1024) {
+                    progress.set(rows);
+                }
             }
         }
         if !buf.is_empty() {
@@ -188,7 +193,8 @@ pub async fn run(
     writer.close()?;
     tx.commit().await?;
     let _ = conn.close().await;
-    progress.done(rows);
+    progress.set(rows);
+    syncdata_core::errln!("{}", progress.finish());
     let summary = SnapshotSummary {
         table: table.name,
         lsn,
@@ -425,73 +431,6 @@ fn copy_unescape(field: &[u8]) -> anyhow::Result<Option<String>> {
     Ok(Some(
         String::from_utf8(out).context("COPY field is not UTF-8")?,
     ))
-}
-
-/// Progress on stderr: a line rewritten in place on a terminal, a log line
-/// every 5 s otherwise.
-struct Progress {
-    table: String,
-    total: Option<i64>,
-    started: Instant,
-    last: Instant,
-    tty: bool,
-}
-
-impl Progress {
-    fn new(table: &TableName, total: Option<i64>) -> Progress {
-        let now = Instant::now();
-        Progress {
-            table: table.to_string(),
-            total: total.filter(|&t| t > 0),
-            started: now,
-            last: now,
-            tty: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn line(&self, rows: u64) -> String {
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = rows as f64 / secs;
-        match self.total {
-            Some(total) => format!(
-                "snapshot {}: {rows} of ~{total} rows ({:.0}%), {rate:.0} rows/s",
-                self.table,
-                (rows as f64 * 100.0 / total as f64).min(100.0)
-            ),
-            None => format!("snapshot {}: {rows} rows, {rate:.0} rows/s", self.table),
-        }
-    }
-
-    fn tick(&mut self, rows: u64) {
-        if !rows.is_multiple_of(1024) {
-            return;
-        }
-        let every = if self.tty {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_secs(5)
-        };
-        if self.last.elapsed() < every {
-            return;
-        }
-        self.last = Instant::now();
-        // Progress never fails the snapshot: a closed stderr drops it.
-        let mut err = syncdata_core::cli::stderr();
-        let _ = if self.tty {
-            write!(err, "\r{}\x1b[K", self.line(rows))
-        } else {
-            writeln!(err, "{}", self.line(rows))
-        };
-    }
-
-    fn done(&self, rows: u64) {
-        let mut err = syncdata_core::cli::stderr();
-        let _ = if self.tty {
-            writeln!(err, "\r{}\x1b[K", self.line(rows))
-        } else {
-            writeln!(err, "{}", self.line(rows))
-        };
-    }
 }
 
 #[cfg(test)]

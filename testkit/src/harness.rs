@@ -914,10 +914,49 @@ pub async fn ensure_change_stream(js: &async_nats::jetstream::Context, names: &T
     });
 }
 
-/// Every message in JetStream stream `stream` (none when it does not
-/// exist), in order: (subject, payload). Panics when one does not arrive
-/// within 10 s.
+/// Every record in JetStream stream `stream` (none when it does not exist),
+/// in order: (subject, payload); a chunk (`syncdata_core::chunk`) counts as
+/// its records, each with its subject. Panics when a message does not
+/// arrive within 10 s or a chunk is malformed.
 pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (subject, payload) in stream_raw_messages(nats_url, stream).await {
+        if syncdata_core::chunk::is_chunk(&payload) {
+            let ranges = syncdata_core::chunk::split(&payload)
+                .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+            for r in ranges {
+                out.push((subject.clone(), payload[r].to_vec()));
+            }
+        } else {
+            out.push((subject, payload));
+        }
+    }
+    out
+}
+
+/// The records one message carries: a chunk's (`syncdata_core::chunk`),
+/// else the payload itself. Panics on a malformed chunk.
+pub fn payload_records(payload: &[u8]) -> Vec<Vec<u8>> {
+    if !syncdata_core::chunk::is_chunk(payload) {
+        return vec![payload.to_vec()];
+    }
+    syncdata_core::chunk::split(payload)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|r| payload[r].to_vec())
+        .collect()
+}
+
+/// Records in JetStream stream `stream` (a chunk counts its records); 0
+/// when the stream does not exist.
+pub async fn stream_record_count(nats_url: &str, stream: &str) -> u64 {
+    stream_messages(nats_url, stream).await.len() as u64
+}
+
+/// Every message in JetStream stream `stream` (none when it does not
+/// exist), in order: (subject, payload), chunks as they are. Panics when
+/// one does not arrive within 10 s.
+pub async fn stream_raw_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u8>)> {
     use async_nats::jetstream;
     use futures::StreamExt;
     let js = jetstream::new(nats_connect(nats_url).await);

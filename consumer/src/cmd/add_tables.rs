@@ -8,7 +8,9 @@ use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::{errln, outln};
 
-pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
+/// With `json`, prints `{"added": [..], "already_listed": [..], "failed":
+/// [{"table", "error"}]}` instead of lines.
+pub async fn run(config: &Config, tables: &[String], json: bool) -> anyhow::Result<()> {
     let pool = store::connect_and_migrate(config).await?;
     let creator = std::env::var("USER").ok();
     let mut source = match &config.producer.source_url {
@@ -22,6 +24,7 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
         None => None,
     };
     let mut failed = 0;
+    let (mut added, mut listed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     for input in tables {
         let result = async {
             let name = TableName::parse(input)?;
@@ -35,13 +38,23 @@ pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
         }
         .await;
         match result {
+            Ok((name, true)) if json => added.push(name.to_string()),
+            Ok((name, false)) if json => listed.push(name.to_string()),
             Ok((name, true)) => outln!("added {name}")?,
             Ok((name, false)) => outln!("{name} is already listed")?,
             Err(e) => {
-                errln!("error: {e:#}");
+                if json {
+                    failures.push(serde_json::json!({"table": input, "error": format!("{e:#}")}));
+                } else {
+                    errln!("error: {e:#}");
+                }
                 failed += 1;
             }
         }
+    }
+    if json {
+        let out = serde_json::json!({"added": added, "already_listed": listed, "failed": failures});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     if failed > 0 {
         bail!("{failed} of {} tables could not be added", tables.len());

@@ -7,7 +7,8 @@ use anyhow::bail;
 use syncdata_core::config::Config;
 use syncdata_core::outln;
 
-pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
+/// With `json`, prints `{"cleared": [..]}`.
+pub async fn run(config: &Config, yes: bool, json: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("clear empties every synced table: add --yes to confirm");
     }
@@ -18,7 +19,17 @@ pub async fn run(config: &Config, yes: bool) -> anyhow::Result<()> {
     }
     for t in &tables {
         super::resync::reset_table(&pool, t).await?;
-        outln!("cleared {t}")?;
+        if !json {
+            outln!("cleared {t}")?;
+        }
+    }
+    if json {
+        let cleared: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"cleared": cleared}))?
+        )?;
+        return Ok(());
     }
     outln!(
         "the tables stay empty until their rows change again at the source; \

@@ -29,8 +29,8 @@ use syncdata_core::{errln, outln};
 
 use crate::apply::{Applier, Disposition, Incoming};
 use crate::dead_letter::{
-    H_ATTEMPTS, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE, H_SIGNATURE, H_SQLSTATE,
-    H_SUBJECT, H_TABLE,
+    H_ATTEMPTS, H_CHUNK_INDEX, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE,
+    H_SIGNATURE, H_SQLSTATE, H_SUBJECT, H_TABLE,
 };
 use crate::{failure, store};
 
@@ -114,12 +114,25 @@ impl Dlq {
         let Some(stream) = header(m, H_PAYLOAD_REF) else {
             return Ok(m.payload.clone());
         };
+        let original = self.original(m, &stream).await?;
+        match chunk_index(m)? {
+            // A chunk's record: the record alone.
+            Some(i) => syncdata_core::chunk::record_at(&original, i)
+                .map(|r| original.slice_ref(r))
+                .map_err(|e| format!("the original message: {e}")),
+            None => Ok(original),
+        }
+    }
+
+    /// The change stream's message the dead letter came from (its payload),
+    /// when the stream still holds it.
+    async fn original(&self, m: &StreamMessage, stream: &str) -> Result<bytes::Bytes, String> {
         let seq: u64 = header(m, H_SEQUENCE)
             .and_then(|s| s.parse().ok())
             .ok_or("filed by reference without an original sequence")?;
         let original = self
             .js
-            .get_stream(&stream)
+            .get_stream(stream)
             .await
             .map_err(|e| format!("cannot open stream {stream} for the payload: {e}"))?
             .get_raw_message(seq)
@@ -182,6 +195,16 @@ async fn subject_count(stream: &jetstream::stream::Stream, filter: &str) -> anyh
     Ok(total)
 }
 
+/// A chunk's record's place in it (None: a message of one record).
+fn chunk_index(m: &StreamMessage) -> Result<Option<usize>, String> {
+    header(m, H_CHUNK_INDEX)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("malformed {H_CHUNK_INDEX}: {v}"))
+        })
+        .transpose()
+}
+
 fn header(m: &StreamMessage, name: &str) -> Option<String> {
     m.headers.get(name).map(|v| v.as_str().to_owned())
 }
@@ -195,6 +218,7 @@ fn summary(m: &StreamMessage) -> serde_json::Value {
         "attempts": header(m, H_ATTEMPTS).and_then(|a| a.parse::<u64>().ok()),
         "original_subject": header(m, H_SUBJECT),
         "original_sequence": header(m, H_SEQUENCE).and_then(|a| a.parse::<u64>().ok()),
+        "chunk_index": header(m, H_CHUNK_INDEX).and_then(|a| a.parse::<u64>().ok()),
         "instance": header(m, H_INSTANCE),
         "payload_in_stream": header(m, H_PAYLOAD_REF),
         "time": m.time.to_string(),
@@ -247,7 +271,8 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
 /// Applies each selected dead letter to this database (version guard
 /// included) and removes the ones that applied or were superseded; the
 /// others stay, with why on stderr.
-pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
+/// With `json`, prints `{"replayed": N, "kept": [{"id", "reason"}]}`.
+pub async fn replay(config: &Config, sel: Selection, json: bool) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let msgs = dlq.select(&sel).await?;
     let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
@@ -261,6 +286,7 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
     })?;
     let mut marks: std::collections::HashMap<TableName, VersionMark> = Default::default();
     let (mut replayed, mut kept) = (0, 0);
+    let mut kept_list = Vec::new();
     for m in msgs {
         let id = m.sequence;
         let outcome: Result<(), String> = async {
@@ -275,10 +301,28 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
             if let Some(key) = &signer {
                 let subject = header(&m, H_SUBJECT).unwrap_or_default();
                 let msg_id = header(&m, H_MSG_ID).unwrap_or_default();
+                // A chunk's record: the signature is the chunk's, checked
+                // over the chunk the stream still holds, which must hold
+                // this very record at its place.
+                let signed = match chunk_index(&m)? {
+                    None => payload.clone(),
+                    Some(i) => {
+                        let stream = header(&m, H_PAYLOAD_REF)
+                            .unwrap_or_else(|| config.nats.stream.clone());
+                        let chunk = dlq.original(&m, &stream).await.map_err(|e| {
+                            format!("not applied: the signed chunk it came from is needed to check it: {e}")
+                        })?;
+                        let record = syncdata_core::chunk::record_at(&chunk, i)?;
+                        if record != &payload[..] {
+                            return Err("not applied: the record differs from its place in the signed chunk".to_owned());
+                        }
+                        chunk
+                    }
+                };
                 key.verify(
                     &subject,
                     &msg_id,
-                    &payload,
+                    &signed,
                     header(&m, H_SIGNATURE).as_deref(),
                 )
                 .map_err(|e| {
@@ -328,19 +372,28 @@ pub async fn replay(config: &Config, sel: Selection) -> anyhow::Result<()> {
                 replayed += 1;
             }
             Err(why) => {
-                errln!("dead letter {id} kept: {why}");
+                if !json {
+                    errln!("dead letter {id} kept: {why}");
+                }
+                kept_list.push(serde_json::json!({"id": id, "reason": why}));
                 kept += 1;
             }
         }
     }
-    outln!("replayed {replayed} dead letters")?;
+    if json {
+        let out = serde_json::json!({"replayed": replayed, "kept": kept_list});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
+    } else {
+        outln!("replayed {replayed} dead letters")?;
+    }
     if kept > 0 {
         bail!("{kept} dead letters still fail and were kept");
     }
     Ok(())
 }
 
-pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result<()> {
+/// With `json`, prints `{"purged": N}`.
+pub async fn purge(config: &Config, sel: Selection, yes: bool, json: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("purging deletes dead letters for good: add --yes to confirm");
     }
@@ -349,7 +402,13 @@ pub async fn purge(config: &Config, sel: Selection, yes: bool) -> anyhow::Result
     for m in &msgs {
         dlq.stream.delete_message(m.sequence).await?;
     }
-    outln!("purged {} dead letters", msgs.len())?;
+    match json {
+        true => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"purged": msgs.len()}))?
+        )?,
+        false => outln!("purged {} dead letters", msgs.len())?,
+    }
     Ok(())
 }
 

@@ -10,18 +10,26 @@ use syncdata_core::config::Config;
 use syncdata_core::outln;
 use syncdata_core::table::TableName;
 
-pub async fn run(config: &Config, tables: &[String]) -> anyhow::Result<()> {
+/// With `json`, prints `{"removed": [..], "not_listed": [..]}`.
+pub async fn run(config: &Config, tables: &[String], json: bool) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
     let names = tables
         .iter()
         .map(|t| TableName::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
+    let (mut removed, mut not_listed) = (Vec::new(), Vec::new());
     for name in names {
-        if store::remove_table(&pool, &name).await? {
-            outln!("removed {name}")?;
-        } else {
-            outln!("{name} is not listed")?;
+        let was = store::remove_table(&pool, &name).await?;
+        match (json, was) {
+            (true, true) => removed.push(name.to_string()),
+            (true, false) => not_listed.push(name.to_string()),
+            (false, true) => outln!("removed {name}")?,
+            (false, false) => outln!("{name} is not listed")?,
         }
+    }
+    if json {
+        let out = serde_json::json!({"removed": removed, "not_listed": not_listed});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
 }

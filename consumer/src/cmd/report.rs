@@ -313,7 +313,7 @@ async fn dead_letters(
     tables: &[TableName],
 ) -> Option<std::collections::HashMap<String, u64>> {
     let counts = async {
-        let (_, dlq) = crate::cmd::status::streams(config).await?;
+        let (_, dlq, _) = crate::cmd::status::streams(config).await?;
         let instance = store::instance_id(pool).await?;
         let mut counts = std::collections::HashMap::new();
         for t in tables {

@@ -15,7 +15,6 @@
 //! ones wait. A batch fetched from the old durable and applied after the
 //! reset is harmless: apply is order-free, and the replay holds it too.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use syncdata_core::errln;
 
@@ -26,9 +25,9 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use syncdata_core::config::Config;
+use syncdata_core::outln;
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
-use syncdata_core::{out, outln};
 
 use crate::backlog;
 use crate::daemon::ensure_consumer;
@@ -214,31 +213,23 @@ pub async fn run(
         }
         return Ok(());
     }
-    let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
-    let mut total = None;
-    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let mut progress = None;
     loop {
         let p = backlog::table_backlog(&stream, &dlq, config, &instance, &table).await?;
         let left = p.pending + p.ack_pending;
-        let total = *total.get_or_insert(left.max(1));
+        let bar = progress.get_or_insert_with(|| {
+            syncdata_core::progress::Progress::new(
+                format!("resync {table}"),
+                "records",
+                Some(left.max(1)),
+            )
+        });
+        let total = bar.total().unwrap_or(1);
         let done = total.saturating_sub(left);
-        if tty {
-            let width = 30;
-            let filled = (done as usize * width) / total as usize;
-            out!(
-                "\r{table}: [{}{}] {done}/{total} ",
-                "#".repeat(filled),
-                " ".repeat(width - filled)
-            )?;
-        } else if last_line.elapsed() >= Duration::from_secs(2) || left == 0 {
-            outln!("{table}: {done}/{total} replayed")?;
-            last_line = Instant::now();
-        }
+        bar.set(done);
         if left == 0 {
-            if tty {
-                outln!()?;
-            }
+            errln!("{}", bar.finish());
             outln!(
                 "{table}: resynced in {:.1}s",
                 started.elapsed().as_secs_f64()
@@ -246,6 +237,7 @@ pub async fn run(
             return Ok(());
         }
         if p.waiting_pulls == 0 && started.elapsed() > Duration::from_secs(10) && done == 0 {
+            bar.finish();
             outln!("{table}: no daemon is applying; run `syncdata start` to replay")?;
             return Ok(());
         }

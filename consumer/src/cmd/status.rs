@@ -44,6 +44,10 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TableState {
+    /// The producer holds the table's records back (sanitization halted
+    /// it: a column without a rule, no entry in the rules file); nothing of
+    /// it arrives until its rules are complete (`syncdata-producer status`).
+    HaltedAtProducer,
     /// Records of the table were dead-lettered here (`syncdata dlq`).
     DeadLetters,
     /// Changes are waiting and no daemon applies this database.
@@ -63,6 +67,7 @@ pub enum TableState {
 impl TableState {
     pub fn as_str(self) -> &'static str {
         match self {
+            TableState::HaltedAtProducer => "halted at the producer",
             TableState::DeadLetters => "dead letters",
             TableState::Stopped => "stopped",
             TableState::Unknown => "unknown",
@@ -102,6 +107,9 @@ pub struct TableStatus {
     pub source_commit_at: Option<String>,
     /// Seconds between that commit time and now.
     pub freshness_seconds: Option<f64>,
+    /// Why the producer holds the table back, when it does (state
+    /// `halted_at_producer`); None when not, or when NATS could not be read.
+    pub producer_halt: Option<String>,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -144,11 +152,21 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
     if let Err(e) = &streams {
         errln!("warning: NATS not reachable, stream figures left out: {e:#}");
     }
+    let producer_halts = match &streams {
+        Ok((_, _, js)) => match syncdata_core::halts::read(js, &config.nats).await {
+            Ok(h) => h.tables,
+            Err(e) => {
+                errln!("warning: the producer's halted tables are unknown: {e:#}");
+                Vec::new()
+            }
+        },
+        Err(_) => Vec::new(),
+    };
     let mut out = Vec::new();
     for t in &tables {
         let (lsn, at) = last_applied(&pool, t).await?;
         let stream = match &streams {
-            Ok((changes, dlq)) => backlog::table_backlog(changes, dlq, config, &instance, t)
+            Ok((changes, dlq, _)) => backlog::table_backlog(changes, dlq, config, &instance, t)
                 .await
                 .ok(),
             Err(_) => None,
@@ -156,8 +174,13 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
         let (worker_restarts, worker_error) = worker_restarts(&pool, t).await?;
         let (rate, source_commit_at, freshness_seconds) = progress(&pool, t).await?;
         let backlog = stream.as_ref().map(|b| b.pending + b.ack_pending);
+        let producer_halt = producer_halts
+            .iter()
+            .find(|h| h.is(t))
+            .map(|h| h.reason.clone());
         let state = match &stream {
             None => TableState::Unknown,
+            Some(_) if producer_halt.is_some() => TableState::HaltedAtProducer,
             Some(b) if b.dlq > 0 => TableState::DeadLetters,
             Some(b) if b.pending + b.ack_pending > 0 && daemons == 0 => TableState::Stopped,
             Some(b) if b.pending + b.ack_pending > 0 => TableState::Syncing,
@@ -182,10 +205,11 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
             eta_seconds,
             source_commit_at,
             freshness_seconds,
+            producer_halt,
         });
     }
     let retention =
-        crate::gc::retention(&pool, config, streams.as_ref().ok().map(|(c, d)| (c, d))).await?;
+        crate::gc::retention(&pool, config, streams.as_ref().ok().map(|(c, d, _)| (c, d))).await?;
     let mut attention = Vec::new();
     if daemons == 0 {
         attention.push("no daemon applies this database (`syncdata start`)".to_owned());
@@ -194,8 +218,12 @@ pub async fn gather(config: &Config) -> anyhow::Result<Status> {
         attention.push("NATS not reachable: stream figures unknown".to_owned());
     }
     for t in out.iter().filter(|t| t.state.needs_attention()) {
-        if t.state != TableState::Unknown {
-            attention.push(format!("{}: {}", t.table, t.state.as_str()));
+        match (&t.state, &t.producer_halt) {
+            (TableState::Unknown, _) => {}
+            (TableState::HaltedAtProducer, Some(why)) => {
+                attention.push(format!("{}: halted at the producer: {why}", t.table))
+            }
+            _ => attention.push(format!("{}: {}", t.table, t.state.as_str())),
         }
     }
     let errors = match &streams {
@@ -252,7 +280,11 @@ const RATE_WINDOW: i64 = 60;
 
 pub(crate) async fn streams(
     config: &Config,
-) -> anyhow::Result<(jetstream::stream::Stream, jetstream::stream::Stream)> {
+) -> anyhow::Result<(
+    jetstream::stream::Stream,
+    jetstream::stream::Stream,
+    jetstream::Context,
+)> {
     let client = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         nats::connect(&config.nats, "syncdata-status"),
@@ -265,7 +297,7 @@ pub(crate) async fn streams(
     // not exist yet, which is "nothing pending", not "NATS not reachable".
     let changes = nats::ensure_stream(&js, nats::change_stream_config(&config.nats)).await?;
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
-    Ok((changes, dlq))
+    Ok((changes, dlq, js))
 }
 
 /// Restarts of the table's worker in the running daemons, and the last
@@ -342,7 +374,7 @@ pub async fn run(config: &Config, json: bool, check: bool) -> anyhow::Result<u8>
     }
     outln!("synced tables ({}):", s.tables.len())?;
     outln!(
-        "  - {:<22} {:<17} {:>9} {:>8} {:>8} {:>6} {:>10}  {:<14} last applied at",
+        "  - {:<22} {:<22} {:>9} {:>8} {:>8} {:>6} {:>10}  {:<14} last applied at",
         "table",
         "state",
         "backlog",
@@ -359,7 +391,7 @@ pub async fn run(config: &Config, json: bool, check: bool) -> anyhow::Result<u8>
             .map(|b| b.dlq.to_string())
             .unwrap_or_default();
         outln!(
-            "  - {:<22} {:<17} {:>9} {:>8.1} {:>8} {:>6} {:>10}  {:<14} {}",
+            "  - {:<22} {:<22} {:>9} {:>8.1} {:>8} {:>6} {:>10}  {:<14} {}",
             t.table,
             t.state.as_str(),
             t.backlog

@@ -13,7 +13,9 @@ use syncdata_core::outln;
 
 use crate::daemon::control_subject;
 
-pub async fn run(config: &Config, timeout: Duration) -> anyhow::Result<()> {
+/// With `json`, prints `{"daemons_asked": N, "stopped": true}` once they
+/// have stopped.
+pub async fn run(config: &Config, timeout: Duration, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(config).await?;
     let instance = store::instance_id(&pool).await?;
     let running = || async {
@@ -26,8 +28,14 @@ pub async fn run(config: &Config, timeout: Duration) -> anyhow::Result<()> {
         .await
     };
     let before = running().await?;
+    let result = |asked: i64| {
+        serde_json::to_string_pretty(&serde_json::json!({"daemons_asked": asked, "stopped": true}))
+    };
     if before == 0 {
-        outln!("no running daemons")?;
+        match json {
+            true => outln!("{}", result(0)?)?,
+            false => outln!("no running daemons")?,
+        }
         return Ok(());
     }
     let client = nats::connect(&config.nats, "syncdata-stop").await?;
@@ -35,12 +43,17 @@ pub async fn run(config: &Config, timeout: Duration) -> anyhow::Result<()> {
         .publish(control_subject(&instance), "stop".into())
         .await?;
     client.flush().await?;
-    outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    if !json {
+        outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = running().await?;
         if left == 0 {
-            outln!("stopped")?;
+            match json {
+                true => outln!("{}", result(before)?)?,
+                false => outln!("stopped")?,
+            }
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {

@@ -57,6 +57,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
             _ = token.cancelled() => return Ok(()),
             client = nats::connect(&config.nats, "syncdata-producer") => client?,
         };
+        let status_js = async_nats::jetstream::new(client.clone());
         let mut sink = JetStreamSink::new(client, nats::change_stream_config(&config.nats));
         if let Some(key) = signer {
             sink = sink.with_signer(key);
@@ -85,8 +86,15 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
                 .with_context(|| format!("cannot create or read stream {}", config.nats.stream))?,
         }
         let watch = tokio::spawn(watch_backlog(config.clone(), token.child_token()));
+        let halts = tokio::spawn(crate::halt_status::run(
+            status_js,
+            config.nats.clone(),
+            config.producer_state_dir()?,
+            token.child_token(),
+        ));
         let result = publisher.run(token).await;
         watch.abort();
+        halts.abort();
         result?;
         Ok(())
     }

@@ -114,6 +114,8 @@ impl Fixture {
             checkpoint_every: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_millis(20),
+            chunk_records: 1,
+            chunk_bytes: 1 << 20,
         };
         Fixture {
             _dir: dir,

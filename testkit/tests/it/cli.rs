@@ -393,7 +393,8 @@ async fn each_binary_validates_its_part_and_warns_about_dead_keys() {
     let path = dir.path().join("producer.toml");
     std::fs::write(
         &path,
-        "archive_dir = \"/var/lib/syncdata/archive\"\narchive_host = \"backup\"\n",
+        "archive_dir = \"/var/lib/syncdata/archive\"\narchive_host = \"backup\"\n\
+         [producer]\nallow_unsanitized = true\n",
     )
     .unwrap();
     let (status, stdout, stderr) = run("syncdata-producer", &["config", "check"], &path).await;

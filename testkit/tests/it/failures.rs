@@ -1710,3 +1710,105 @@ async fn a_failing_worker_is_restarted_and_shown_in_status() {
         c.log_tail(40)
     );
 }
+
+// ---------------------------------------------------------------------------
+// A poison record in the middle of a chunk of 1,000 (docs/design.md
+// "Delivery")
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_in_the_middle_of_a_1000_record_chunk_dead_letters_only_itself() {
+    let local = support::fresh_database("chunkpoison_local").await;
+    ddl(
+        &local,
+        "create table items (id bigint primary key, qty integer not null, name text)",
+    )
+    .await;
+    let (names, dir, config) = whitelisted(&local, "chunkpoison", "[consumer]\nbatch_size = 1000\nfetch_wait_ms = 500\nmax_attempts = 2\nmax_backoff_ms = 500\n", &["items"]).await;
+
+    // One signed message holding 1,000 records, the 501st of them poison.
+    let subject = subject_of(&names, "items");
+    let mut chunk = syncdata_core::chunk::ChunkBuilder::new();
+    let mut records = Vec::new();
+    for i in 1..=1000u64 {
+        let r = if i == 501 {
+            rec(
+                "items",
+                "INSERT",
+                Some(json!({"id": 100_000, "qty": "not a number", "name": "bad"})),
+                None,
+                10 + i,
+            )
+        } else {
+            rec(
+                "items",
+                "INSERT",
+                Some(json!({"id": i, "qty": i, "name": format!("n{i}")})),
+                None,
+                10 + i,
+            )
+        };
+        chunk.push(&r, i * 100..i * 100 + 99);
+        records.push(r);
+    }
+    let payload = chunk.finish();
+    let seqs = publish_payloads(&names, &[(subject.clone(), payload)]).await;
+    let seq = seqs[0];
+
+    let mut c = start_consumer(dir.path(), &config);
+    wait_settled(&names, &[("items", seq)], &mut c, Duration::from_secs(90)).await;
+
+    // The 999 good rows, exactly as sent; the bad one absent.
+    assert_eq!(count(&local, "select count(*) from items").await, 999);
+    assert_eq!(
+        count(&local, "select count(*) from items where qty = id and name = 'n' || id and id between 1 and 1000 and id <> 501").await,
+        999
+    );
+
+    // Exactly one dead letter: the bad record alone, with its place.
+    let dlq = dlq_messages(&names).await;
+    assert_eq!(dlq.len(), 1, "exactly one dead letter");
+    let m = &dlq[0];
+    assert_eq!(&m.payload[..], &records[500][..], "the poison record alone");
+    assert_eq!(
+        header(m, "Syncdata-Original-Chunk-Index").as_deref(),
+        Some("500")
+    );
+    assert_eq!(header(m, H_SQLSTATE).as_deref(), Some("22P02"));
+    assert_eq!(header(m, H_ATTEMPTS).as_deref(), Some("2"));
+    assert_eq!(header(m, H_SUBJECT).as_deref(), Some(subject.as_str()));
+    assert_eq!(header(m, H_SEQUENCE), Some(seq.to_string()));
+    let failed = failed_logs(&local).await;
+    assert_eq!(failed.len(), 1, "one FAILED row: {failed:?}");
+    assert_eq!(
+        failed[0].1.as_deref(),
+        Some(format!("seq {seq} record 500").as_str())
+    );
+
+    // `dlq list` shows it like any dead letter; `dlq replay` checks it
+    // against the signed chunk (still in the stream) and, the record being
+    // bad, keeps it.
+    let listed = dlq_list(&config).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["chunk_index"], json!(500), "{listed:?}");
+    let out = cli(&config, &["dlq", "replay", "--table", "items"]).await;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a still-bad record is kept");
+    assert!(
+        err.contains("kept") && !err.contains("signature") && !err.contains("signed chunk"),
+        "kept for its own fault, not its signature: {err}"
+    );
+    // Fixed locally, the replay applies it.
+    ddl(&local, "alter table items alter column qty type text").await;
+    let out = cli(&config, &["dlq", "replay", "--table", "items"]).await;
+    assert!(
+        out.status.success(),
+        "replayed after the fix: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(count(&local, "select count(*) from items").await, 1000);
+    assert_eq!(dlq_count(&names).await, 0);
+
+    // The chunk was acked: nothing pending, nothing awaiting an ack.
+    let d = durable(&names, "items").await;
+    assert_eq!((d.pending, d.ack_pending, d.ack_floor), (0, 0, seq));
+}

@@ -7,6 +7,7 @@
 mod apply;
 mod catalog;
 mod check;
+mod chunks;
 mod cli;
 mod cluster;
 mod compose;
@@ -15,8 +16,10 @@ mod failures;
 mod large_rows;
 mod operations;
 mod operator;
+mod outputs;
 mod pipeline;
 mod producer;
+mod readme;
 mod report;
 mod retention;
 mod sanitize;

@@ -596,6 +596,7 @@ fn assert_status_schema(s: &Value) {
         "eta_seconds",
         "source_commit_at",
         "freshness_seconds",
+        "producer_halt",
     ];
     per_table.sort();
     let mut stream = vec![
@@ -614,7 +615,9 @@ fn assert_status_schema(s: &Value) {
         assert!(t["last_applied_at"].is_null() || is_utc_timestamp(&t["last_applied_at"]));
         assert!(t["worker_restarts"].is_i64() && t["worker_restarts"].as_i64().unwrap() >= 0);
         assert!(t["worker_error"].is_null() || t["worker_error"].is_string());
+        assert!(t["producer_halt"].is_null() || t["producer_halt"].is_string());
         let states = [
+            "halted_at_producer",
             "dead_letters",
             "stopped",
             "unknown",

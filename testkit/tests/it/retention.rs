@@ -186,7 +186,9 @@ fn quarantine_usage(state: &Path) -> (usize, u64) {
 /// the tombstones, the logs, the dead letters, the daemon registry and the
 /// quarantine stay within their bounds; every record reaches the table; a
 /// replay of what the stream still holds after tombstones were collected
-/// changes nothing.
+/// changes nothing. One message per record (`chunk_records = 1`): the
+/// stream's byte bound must push the producer back, which a day's few
+/// chunks would not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_week_of_retention_stays_bounded_and_loses_nothing() {
     const MAX_BYTES: u64 = 40_000;
@@ -202,6 +204,7 @@ async fn a_week_of_retention_stays_bounded_and_loses_nothing() {
     let extra = format!(
         "max_age_secs = 4\nduplicate_window_secs = 1\nmax_bytes = {MAX_BYTES}\ndlq_max_msgs = {DLQ_MAX}\n\
          [producer]\nrescan_ms = 200\nallow_unsanitized = true\nquarantine_max_bytes = {Q_MAX}\nquarantine_keep_files = 2\n\
+         chunk_records = 1\n\
          [consumer]\nbatch_size = 50\nfetch_wait_ms = 100\nmax_attempts = 1\nmax_backoff_ms = 500\n\
          gc_interval_secs = 1\ntombstone_grace_secs = 1\nlog_retention_days = 1\ndaemon_retention_days = 1\n"
     );

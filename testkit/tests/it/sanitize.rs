@@ -349,6 +349,28 @@ async fn producer_status(s: &Setup) -> serde_json::Value {
     serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The consumer's `status --json --check`: (exit code, JSON).
+async fn consumer_status(s: &Setup) -> (Option<i32>, serde_json::Value) {
+    let out = support::run_cli("syncdata", &s.config, &["status", "--json", "--check"], &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json is not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// The state of `table` in the consumer's status.
+fn table_state(status: &serde_json::Value, table: &str) -> serde_json::Value {
+    status["tables"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["table"] == table))
+        .unwrap_or_else(|| panic!("{table} not in {status:#}"))
+        .clone()
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -635,6 +657,44 @@ async fn a_column_without_a_rule_halts_only_its_table_until_a_rule_is_added() {
     .await;
     assert_eq!(per_table(&s.names).await.get("users"), Some(&20));
 
+    // The consumer's side learns of the halt: `users` is "halted at the
+    // producer" with the reason, and `status --check` asks for attention.
+    add_tables(&s);
+    support::wait_until(
+        "the consumer sees users halted at the producer",
+        Duration::from_secs(30),
+        || async {
+            table_state(&consumer_status(&s).await.1, "users")["state"] == "halted_at_producer"
+        },
+    )
+    .await;
+    let (code, status) = consumer_status(&s).await;
+    assert_eq!(code, Some(2), "--check: attention: {status:#}");
+    let users = table_state(&status, "users");
+    assert!(
+        users["producer_halt"]
+            .as_str()
+            .is_some_and(|r| r.contains("ssn") && r.contains("has no rule")),
+        "{users:#}"
+    );
+    assert_ne!(
+        table_state(&status, "orders")["state"],
+        "halted_at_producer"
+    );
+    assert!(
+        status["attention"].as_array().unwrap().iter().any(|a| a
+            .as_str()
+            .unwrap()
+            .starts_with("users: halted at the producer")),
+        "{status:#}"
+    );
+    let text = support::run_cli("syncdata", &s.config, &["status"], &[]).await;
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("halted at the producer"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+
     // The rule arrives (and a decision for audit_log): users resume from
     // their first held record; audit_log stays out.
     let rules = std::fs::read_to_string(&s.rules)
@@ -651,6 +711,12 @@ async fn a_column_without_a_rule_halts_only_its_table_until_a_rule_is_added() {
             .as_array()
             .is_some_and(|a| a.is_empty())
     })
+    .await;
+    support::wait_until(
+        "the consumer sees the halt gone",
+        Duration::from_secs(30),
+        || async { table_state(&consumer_status(&s).await.1, "users")["producer_halt"].is_null() },
+    )
     .await;
 
     // Every record once, none lost; the new column is dropped.
@@ -680,7 +746,6 @@ async fn a_column_without_a_rule_halts_only_its_table_until_a_rule_is_added() {
     assert!(p.log().contains("halted table resumed"), "{}", p.log());
 
     // And they apply: the consumer gets everything.
-    add_tables(&s);
     let consumer = syncdata(&s, &["start"]);
     wait_applied(&s, &db, 35, 35, &[&p, &consumer]).await;
 }

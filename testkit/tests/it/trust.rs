@@ -91,12 +91,9 @@ impl World {
             .unwrap()
     }
 
+    /// Records in the stream (a chunk counts its records).
     async fn stream_messages(&self, stream: &str) -> u64 {
-        let js = jetstream::new(support::nats_connect(&support::nats_url()).await);
-        match js.get_stream(stream).await {
-            Ok(mut s) => s.info().await.expect("stream info").state.messages,
-            Err(_) => 0,
-        }
+        support::stream_record_count(&support::nats_url(), stream).await
     }
 }
 
