@@ -14,6 +14,10 @@
 # `cargo run --release -p syncdata-bench -- --help`), and stops the servers. The table
 # is printed and written to bench/results.md (or $SYNCDATA_BENCH_RESULTS).
 #
+# The pgbench section also times the same catch-up into a SQLite file
+# (`target = "sqlite://…"`, docs/sqlite.md) and reports it as a ratio to the
+# PostgreSQL target's one-consumer catch-up of the same run.
+#
 # A benchmark, not a test: it exits non-zero only when a measurement could
 # not be taken at all, never because a number is slow.
 set -euo pipefail

@@ -23,6 +23,7 @@ mod pgbench;
 mod producer;
 mod report;
 mod snapshot;
+mod sqlite;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -375,6 +375,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
 
     // --- 2c. Apply: stream → target, K consumers.
     let mut best: Option<(usize, Duration)> = None;
+    let mut one_consumer: Option<Duration> = None;
     for &k in &opts.consumers {
         let db = sd_db(k);
         let config = env.write_config(&ConfigSpec {
@@ -472,7 +473,42 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         if best.is_none_or(|(_, b)| elapsed < b) {
             best = Some((k, elapsed));
         }
+        if k == 1 {
+            one_consumer = Some(elapsed);
+        }
     }
+    // --- 2c'. The same catch-up into a SQLite file, one consumer, as a
+    // ratio to the PostgreSQL target's one-consumer catch-up above.
+    let sqlite_time =
+        crate::sqlite::catch_up(env, &js, &streams, &archive, &opts.consumer_toml).await?;
+    let sqlite_rate = report::rate(changes, sqlite_time);
+    let pg_one = one_consumer.or(best.map(|(_, b)| b));
+    let vs_pg = pg_one.map(|pg| pg.as_secs_f64() / sqlite_time.as_secs_f64().max(1e-9));
+    println!(
+        "syncdata into SQLite, 1 consumer: applied in {} ({}/s, {})",
+        report::secs(sqlite_time),
+        report::fmt_rate(sqlite_rate),
+        vs_pg
+            .map(|r| format!("{r:.2}× the PostgreSQL target"))
+            .unwrap_or_default()
+    );
+    report.target(
+        "2",
+        "syncdata catch-up into SQLite, 1 consumer (docs/sqlite.md; the file starts empty)",
+        format!(
+            "{} row changes/s ({} in {}){}",
+            report::fmt_rate(sqlite_rate),
+            report::thousands(changes),
+            report::secs(sqlite_time),
+            vs_pg
+                .map(|r| format!(
+                    ", {r:.2}× the PostgreSQL target's 1-consumer catch-up in this run"
+                ))
+                .unwrap_or_default()
+        ),
+        "measured (no goal)",
+        "—",
+    );
     // --- 2d. The broker path alone: what delivering and acking one
     // message per change costs, with nothing applied.
     let broker_time = broker_only(&js, &streams, records).await?;

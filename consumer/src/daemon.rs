@@ -232,7 +232,7 @@ pub async fn refuse_open_server(
     )
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
@@ -285,8 +285,15 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     let mut stop_requests = client.subscribe(control_subject(&instance)).await?;
 
     let ctx = Arc::new(
-        WorkerShared::new(config.clone(), applier, pool.clone(), js, !replica, signer)
-            .with_max_payload(client.server_info().max_payload),
+        WorkerShared::new(
+            config.clone(),
+            applier,
+            pool.clone().into(),
+            js,
+            !replica,
+            signer,
+        )
+        .with_max_payload(client.server_info().max_payload),
     );
     info!(
         bytes = ctx.budget_bytes(),
@@ -589,7 +596,7 @@ impl Summary {
     }
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -597,7 +604,7 @@ fn now_secs() -> i64 {
 }
 
 /// The next multiple of `period` seconds since the epoch, as an Instant.
-fn next_boundary(period: i64) -> tokio::time::Instant {
+pub(crate) fn next_boundary(period: i64) -> tokio::time::Instant {
     let now = now_secs();
     let next = (now / period + 1) * period;
     tokio::time::Instant::now() + Duration::from_secs((next - now).max(1) as u64)
@@ -605,14 +612,19 @@ fn next_boundary(period: i64) -> tokio::time::Instant {
 
 /// Adds the counts gathered since the last flush to the FREQ row of the
 /// period containing `at` (unix seconds).
-async fn flush_metrics<T: crate::apply::Target>(ctx: &WorkerShared<T>, period: i64, at: i64) {
+pub(crate) async fn flush_metrics<T: crate::apply::Target>(
+    ctx: &WorkerShared<T>,
+    period: i64,
+    at: i64,
+) {
     let start = at.div_euclid(period) * period;
     for (table, counts) in ctx.take_counts() {
         if counts.is_zero() {
             continue;
         }
         if let Err(e) =
-            store::add_freq_metrics(&ctx.store, &table.to_string(), start, period, counts).await
+            crate::local::add_freq_metrics(&ctx.store, &table.to_string(), start, period, counts)
+                .await
         {
             warn!(table = %table, error = %e, "writing data_sync_metrics failed");
         }

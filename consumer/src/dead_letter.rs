@@ -86,8 +86,32 @@ pub async fn publish(
 ) -> anyhow::Result<()> {
     // Dead letters are rare: read the id rather than carry it everywhere.
     let instance = store::instance_id(pool).await?;
+    let table = dl.table;
+    let at = failure_at(dl.sequence, dl.chunk_index);
+    let detail = publish_as(js, &instance, dlq_prefix, change_stream, dl).await?;
+    store::log_failure(pool, table, &at, &detail).await?;
+    Ok(())
+}
+
+/// Where a dead letter came from, for its FAILED row in `data_sync_logs`.
+pub(crate) fn failure_at(sequence: u64, chunk_index: Option<u32>) -> String {
+    match chunk_index {
+        None => format!("seq {sequence}"),
+        Some(i) => format!("seq {sequence} record {i}"),
+    }
+}
+
+/// Publishes the dead letter of destination `instance`; returns the detail
+/// for its FAILED row in `data_sync_logs` (written by the caller).
+pub(crate) async fn publish_as(
+    js: &jetstream::Context,
+    instance: &str,
+    dlq_prefix: &str,
+    change_stream: &str,
+    dl: DeadLetter<'_>,
+) -> anyhow::Result<String> {
     let mut headers = HeaderMap::new();
-    headers.insert(H_INSTANCE, instance.as_str());
+    headers.insert(H_INSTANCE, instance);
     headers.insert(H_ERROR, header_safe(&dl.error).as_str());
     if let Some(code) = &dl.sqlstate {
         headers.insert(H_SQLSTATE, code.as_str());
@@ -105,13 +129,13 @@ pub async fn publish(
     // The original stream sequence (and place in the chunk) identifies the
     // dead letter: a crash between this publish and the ack cannot file it
     // twice.
-    let mut id = dlq_message_id(&instance, &dl.subject, dl.sequence);
+    let mut id = dlq_message_id(instance, &dl.subject, dl.sequence);
     if let Some(i) = dl.chunk_index {
         headers.insert(H_CHUNK_INDEX, i.to_string().as_str());
         id.push_str(&format!(":{i}"));
     }
     headers.insert("Nats-Msg-Id", id.as_str());
-    let subject = dlq_subject(dlq_prefix, &instance, &dl.table.schema, &dl.table.table);
+    let subject = dlq_subject(dlq_prefix, instance, &dl.table.schema, &dl.table.table);
     // A dead letter always fits: a payload too large to go with its headers
     // stays where it is, in the change stream, and is filed by reference.
     let mut payload = dl.payload;
@@ -136,11 +160,6 @@ pub async fn publish(
             dl.error, dl.sequence, dl.attempts
         ),
     };
-    let at = match dl.chunk_index {
-        None => format!("seq {}", dl.sequence),
-        Some(i) => format!("seq {} record {i}", dl.sequence),
-    };
-    store::log_failure(pool, dl.table, &at, &detail).await?;
     metrics::counter!("syncdata_dead_lettered_total", "table" => dl.table.to_string()).increment(1);
-    Ok(())
+    Ok(detail)
 }

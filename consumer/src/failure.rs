@@ -36,6 +36,7 @@ fn transient_sqlstate(code: &str) -> bool {
             | "58030"
     ) || code.starts_with("08")
         || code.starts_with("53")
+        || crate::apply::sqlite::transient_code(code)
 }
 
 /// `fk_is_dependent`: true when applying without replica mode, where a

@@ -33,6 +33,11 @@ enum Command {
         /// as the stream carries it (docs/schema.md).
         #[arg(long)]
         create: bool,
+        /// SQLite target: create the tables first from this PostgreSQL DDL
+        /// file (e.g. `pg_dump --schema-only`), under the type mapping of
+        /// docs/sqlite.md.
+        #[arg(long, value_name = "FILE.sql")]
+        create_from: Option<std::path::PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -257,11 +262,19 @@ enum DlqCommand {
 
 async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let config = cli::load_config(global, Role::Consumer)?;
+    if let Some(target) = config.sqlite_target() {
+        return dispatch_sqlite(config, target, command).await;
+    }
     match command {
+        Command::AddTables {
+            create_from: Some(_),
+            ..
+        } => anyhow::bail!("--create-from is for a SQLite target (docs/sqlite.md)"),
         Command::AddTables {
             tables,
             create,
             json,
+            ..
         } => cmd::add_tables::run(&config, &tables, create, json).await,
         Command::Schema {
             command: SchemaCommand::Diff { tables, json },
@@ -375,6 +388,82 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
             daemon::run(config, token).await
         }
+    }
+}
+
+/// The commands against a SQLite target (`target = "sqlite:///…"`).
+async fn dispatch_sqlite(
+    config: syncdata_core::config::Config,
+    target: syncdata_core::target::SqliteTarget,
+    command: Command,
+) -> anyhow::Result<()> {
+    use syncdata_consumer::sqlite_cmd as sq;
+    match command {
+        Command::AddTables { json: true, .. }
+        | Command::RemoveTables { json: true, .. }
+        | Command::Stop { json: true, .. }
+        | Command::Clear { json: true, .. } => {
+            anyhow::bail!("--json of this command is not available for a SQLite target yet")
+        }
+        Command::AddTables { create: true, .. } => anyhow::bail!(
+            "--create is not available for a SQLite target yet: use --create-from FILE.sql \
+             (docs/sqlite.md)"
+        ),
+        Command::AddTables {
+            tables,
+            create_from,
+            ..
+        } => sq::add_tables(&target, &tables, create_from.as_deref()).await,
+        Command::ListTables { json } => sq::list_tables(&target, json).await,
+        Command::RemoveTables { tables, .. } => sq::remove_tables(&target, &tables).await,
+        Command::Migrate => sq::open(&target).await.map(|_| ()),
+        Command::Start => {
+            let token = CancellationToken::new();
+            cli::cancel_on_signals(token.clone())
+                .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
+            sq::start(config, target, token).await
+        }
+        Command::Stop { timeout, .. } => {
+            sq::stop(&config, &target, std::time::Duration::from_secs(timeout)).await
+        }
+        Command::Status { json, check } => match sq::status(&target, json, check).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code as u8).into()),
+        },
+        Command::Resync { table, yes, .. } => sq::resync(&config, &target, &table, yes).await,
+        Command::Clear { yes, .. } => sq::clear(&target, yes).await,
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
+        Command::Verify {
+            tables,
+            source,
+            exclude_columns,
+            max_rows,
+            json,
+            ..
+        } => {
+            sq::verify(
+                &config,
+                &target,
+                &tables,
+                source,
+                &exclude_columns,
+                max_rows,
+                json,
+            )
+            .await
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => cmd::config::check(&config),
+        Command::Dlq { .. }
+        | Command::Check { .. }
+        | Command::Report { .. }
+        | Command::Schema { .. } => anyhow::bail!(
+            "not available for a SQLite target yet: dlq, check, report and schema read the \
+             local PostgreSQL store (docs/sqlite.md)"
+        ),
     }
 }
 

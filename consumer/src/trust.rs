@@ -96,6 +96,17 @@ impl VersionMark {
         Ok(())
     }
 
+    /// Sets the marks read from a SQLite target (`crate::local`).
+    pub fn set_loaded(&mut self, table_high: Option<i64>, db_high: Option<i64>) {
+        self.table_high = table_high.map(|v| v as u64);
+        self.db_high = db_high.map(|v| v as u64);
+        self.loaded = true;
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
     fn baseline(&self) -> Option<u64> {
         self.table_high.or(self.db_high)
     }

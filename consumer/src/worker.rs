@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, BatchReport, Disposition, Engine, Incoming, Target};
-use crate::attempts;
 use crate::failure::{self, Kind};
 use crate::store::Counts;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::budget::Budget;
-use crate::dead_letter::{self, DeadLetter};
+use crate::dead_letter::DeadLetter;
 use crate::trust::{self, Rejection, VersionMark};
 use syncdata_core::signature::SigningKey;
 
@@ -40,8 +39,8 @@ use syncdata_core::signature::SigningKey;
 pub struct WorkerShared<T: Target> {
     pub config: Config,
     pub engine: Engine<T>,
-    /// The local store's pool.
-    pub store: sqlx::PgPool,
+    /// The local store (PostgreSQL, or the SQLite target's file).
+    pub store: crate::local::LocalStore,
     pub js: jetstream::Context,
     /// Without replica mode, an FK violation means "parent not here yet".
     pub fk_transient: bool,
@@ -61,7 +60,7 @@ impl<T: Target> WorkerShared<T> {
     pub fn new(
         config: Config,
         engine: Engine<T>,
-        store: sqlx::PgPool,
+        store: crate::local::LocalStore,
         js: jetstream::Context,
         fk_transient: bool,
         signer: Option<SigningKey>,
@@ -343,7 +342,7 @@ async fn process<T: Target>(
     mark: &mut VersionMark,
     msgs: Vec<Message>,
 ) -> bool {
-    if let Err(e) = mark.ensure_loaded(&ctx.store, table).await {
+    if let Err(e) = crate::local::ensure_mark(&ctx.store, mark, table).await {
         // Without the mark no change can be checked: retry the batch.
         warn!(table = %table, error = %e, "cannot read the table's applied versions; will retry");
         for m in &msgs {
@@ -465,10 +464,13 @@ async fn process<T: Target>(
     let started = Instant::now();
     // SCHEMA records cut the batch: what precedes one applies under the old
     // shape, then it is taken, then the rest (crate::schema).
-    let halted = crate::schema::halted_at(&ctx.store, table).await.unwrap_or_else(|e| {
-        warn!(table = %table, error = %e, "cannot read the table's schema halt; holding its schema changes");
-        None
-    });
+    let halted = match ctx.store.pg() {
+        Some(pool) => crate::schema::halted_at(pool, table).await.unwrap_or_else(|e| {
+            warn!(table = %table, error = %e, "cannot read the table's schema halt; holding its schema changes");
+            None
+        }),
+        None => None,
+    };
     let versioned: Vec<_> = good
         .iter()
         .map(|&i| {
@@ -641,7 +643,14 @@ async fn settle<'a, T: Target>(
                 let mut retry_in = None;
                 if rejection.is_none() {
                     // The record's own failures, not its deliveries.
-                    match attempts::record(&ctx.store, table, item.stream_seq, item.index).await {
+                    match crate::local::record_attempt(
+                        &ctx.store,
+                        table,
+                        item.stream_seq,
+                        item.index,
+                    )
+                    .await
+                    {
                         Ok(failures) => {
                             attempts = failures.attempts;
                             let retry = if dependent {
@@ -714,7 +723,7 @@ async fn settle<'a, T: Target>(
             continue;
         }
         let sequence = dl.sequence;
-        match dead_letter::publish(
+        match crate::local::dead_letter(
             &ctx.js,
             &ctx.store,
             &ctx.config.nats.dlq_subject_prefix,
@@ -751,7 +760,7 @@ async fn settle<'a, T: Target>(
         .filter(|i| i.delivered > 1)
         .map(|i| i.stream_sequence as i64)
         .collect();
-    if let Err(err) = attempts::clear(&ctx.store, &settled).await {
+    if let Err(err) = crate::local::clear_attempts(&ctx.store, &settled).await {
         debug!(table = %table, error = %err, "clearing failure counts failed; the housekeeping removes them");
     }
     // One after another: an ack only queues a publish on the connection.

@@ -111,6 +111,10 @@ pub struct Config {
     pub source: SourceConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// Where changes are applied: PostgreSQL (default) or a SQLite file
+    /// (`crate::target`, docs/sqlite.md).
+    #[serde(default)]
+    pub target: Option<crate::target::TargetConfig>,
 }
 
 /// `syncdata verify` (consumer side).
@@ -562,6 +566,7 @@ impl fmt::Debug for Config {
             .field("consumer", &self.consumer)
             .field("source", &self.source)
             .field("verify", &self.verify)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -703,8 +708,16 @@ impl Config {
             .or(self.producer.source_url.as_deref())
     }
 
+    /// The SQLite target, when `target` names one (None: PostgreSQL).
+    pub fn sqlite_target(&self) -> Option<crate::target::SqliteTarget> {
+        self.target.as_ref().and_then(|t| t.sqlite().ok().flatten())
+    }
+
     fn validate_consumer(&self) -> Result<(), ConfigError> {
-        if self.pg_database.as_deref().unwrap_or("").is_empty() {
+        if let Some(t) = &self.target {
+            t.sqlite().map_err(|e| invalid("target", e))?;
+        }
+        if self.sqlite_target().is_none() && self.pg_database.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
                 "pg_database",
                 "required (set it in the file or with PG_DB_NAME)",

@@ -19,5 +19,6 @@ pub mod signature;
 pub mod subject;
 pub mod table;
 pub mod tabledef;
+pub mod target;
 pub mod telemetry;
 pub mod version;

@@ -72,6 +72,10 @@ struct Args {
     /// Seconds to wait for the local copy to match.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Where the consumers apply: the local PostgreSQL database, or a
+    /// SQLite file in the work directory (docs/sqlite.md).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "sqlite"])]
+    target: String,
     /// NATS users (scripts/servers.sh makes them; see docs/trust.md). The
     /// passwords come from the environment only. Without them the demo runs
     /// against an open server (`nats.allow_open`).
@@ -260,6 +264,22 @@ async fn run(args: Args) -> Result<bool> {
         &archive,
         &rules_path,
     )?;
+    // A SQLite target: the consumers apply into <workdir>/local.db.
+    let sqlite_file = (args.target == "sqlite").then(|| workdir.join("local.db"));
+    let config_text = match &sqlite_file {
+        Some(file) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            let url = harness::toml_str(&format!("sqlite://{}", path_str(file)?));
+            config_text.replacen(
+                "\n[producer]\n",
+                &format!("\n[target]\nurl = {url}\n\n[producer]\n"),
+                1,
+            )
+        }
+        None => config_text,
+    };
     std::fs::write(&config_path, config_text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load_from(&config_path, |_| None)
@@ -279,10 +299,19 @@ async fn run(args: Args) -> Result<bool> {
     std::fs::create_dir_all(&archive)?;
 
     // 4. Processes.
+    let ddl_path = workdir.join("schema.sql");
+    std::fs::write(&ddl_path, DEMO_DDL)?;
+    let ddl_arg = path_str(&ddl_path)?.to_owned();
+    let mut add_args = vec!["add-tables"];
+    if sqlite_file.is_some() {
+        // The tables are created from production's DDL.
+        add_args.extend(["--create-from", ddl_arg.as_str()]);
+    }
+    add_args.extend(["customers", "orders", "order_lines"]);
     let mut add = start(
         &workdir,
         &consumer_bin,
-        &["add-tables", "customers", "orders", "order_lines"],
+        &add_args,
         "add-tables",
         &config_path,
     )?;
@@ -336,7 +365,22 @@ async fn run(args: Args) -> Result<bool> {
     let outcome = async {
         write_history(&archive, &records).await?;
         all_written = Some(Instant::now());
-        wait_for_match(&local, &tables, &truth, &mut procs, args.timeout_secs).await
+        match &sqlite_file {
+            Some(_) => {
+                let source = database_url(&args.pg_url, EXPECTED_DB);
+                wait_for_verify(
+                    &workdir,
+                    &consumer_bin,
+                    &config_path,
+                    &source,
+                    &truth,
+                    &mut procs,
+                    args.timeout_secs,
+                )
+                .await
+            }
+            None => wait_for_match(&local, &tables, &truth, &mut procs, args.timeout_secs).await,
+        }
     }
     .await;
     let elapsed = started.elapsed();
@@ -393,6 +437,9 @@ async fn run(args: Args) -> Result<bool> {
                 );
             }
             println!("OK: every table matches");
+            if let Some(file) = &sqlite_file {
+                show_sqlite_query(file);
+            }
             Ok(true)
         }
         Wait::Gave(reason, _) => {
@@ -738,6 +785,83 @@ async fn wait_for_match(
                 return Ok(Wait::Gave("interrupted".to_owned(), prints));
             }
         }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn database_url(url: &str, database: &str) -> String {
+    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let query = url[start..]
+        .find('?')
+        .map(|i| &url[start + i..])
+        .unwrap_or("");
+    let host_end = url[start..]
+        .find(['/', '?'])
+        .map(|i| start + i)
+        .unwrap_or(url.len());
+    format!("{}/{database}{query}", &url[..host_end])
+}
+
+/// SQLite target: until `syncdata verify` (the file against the in-order
+/// replay, value by value under the type mapping) says every table is equal.
+async fn wait_for_verify(
+    workdir: &Path,
+    bin: &Path,
+    config: &Path,
+    source: &str,
+    truth: &[(i64, String)],
+    procs: &mut [Proc],
+    timeout_secs: u64,
+) -> Result<Wait> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let none = vec![(0, String::new()); truth.len()];
+    let mut round = 0;
+    loop {
+        round += 1;
+        let mut v = start(
+            workdir,
+            bin,
+            &["verify", "--source", source],
+            &format!("verify-{round}"),
+            config,
+        )?;
+        if v.finish(Duration::from_secs(120)).await?.success() {
+            return Ok(Wait::Matched(truth.to_vec()));
+        }
+        if let Some((name, status)) = procs
+            .iter_mut()
+            .find_map(|p| Some((p.name().to_owned(), p.exit_status()?)))
+        {
+            return Ok(Wait::Gave(
+                format!("{name} exited early ({status}) before the local copy matched"),
+                none,
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Wait::Gave(
+                format!("no match within {timeout_secs} s"),
+                none,
+            ));
+        }
+        println!("waiting… `syncdata verify` still finds differences");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The demo's last word on a SQLite target: a query on the file.
+fn show_sqlite_query(file: &Path) {
+    let sql = "select id, amount, tags, json_extract(meta, '$.source') as source, created_at \
+               from orders order by id limit 5";
+    println!();
+    println!("$ sqlite3 -header -column {} \"{sql}\"", file.display());
+    match std::process::Command::new("sqlite3")
+        .args(["-header", "-column"])
+        .arg(file)
+        .arg(sql)
+        .output()
+    {
+        Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        _ => println!("(sqlite3 is not installed: run the query above with any SQLite client)"),
     }
 }
 

@@ -4,7 +4,7 @@
 //! The data flow (docs/design.md, "Apply engine"): [`prepare`] maps records
 //! onto the table's shape; the [`engine`] locks, probes and runs the pure
 //! [`merge`]; [`plan`] (pure) turns merged states into writes; a [`target`]
-//! runs them — [`postgres`] is the one target today. Invariants: the version
+//! runs them — [`postgres`] (the default) or [`sqlite`] (a local file). Invariants: the version
 //! guard and the data change commit together; a change is applied only where
 //! it is newer (per column); deletes leave tombstones; a TRUNCATE is a floor
 //! for the whole table. So apply is idempotent and order-free, and any
@@ -17,6 +17,7 @@ pub mod plan;
 pub mod postgres;
 pub mod prepare;
 pub mod shape;
+pub mod sqlite;
 pub mod target;
 
 use syncdata_core::record::Record;

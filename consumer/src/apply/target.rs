@@ -2,7 +2,7 @@
 //! to. The engine ([`super::engine`]) owns the order of the steps — lock,
 //! probe, merge, plan, write — and the retry of the merge when another
 //! process inserted a key's bookkeeping first; a target only runs each step
-//! against its storage. Adding a target (SQLite next) means implementing
+//! against its storage. Adding a target (`postgres/`, `sqlite/`) means implementing
 //! [`Target`] and [`TargetTx`], not copying the engine.
 //!
 //! # Contract

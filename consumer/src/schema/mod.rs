@@ -411,7 +411,13 @@ pub(crate) async fn worker_take<T: crate::apply::Target>(
     use crate::worker::Fate;
     let record = record.as_ref().expect("good records only");
     let version = record.version(fallback_seq);
-    match take(&ctx.store, &ctx.config, table, record, version).await {
+    let Some(pool) = ctx.store.pg() else {
+        // docs/sqlite.md: schema changes are taken on PostgreSQL targets only.
+        tracing::warn!(table = %table, version = %version,
+                       "schema change not applied: a SQLite target takes none (docs/sqlite.md)");
+        return Fate::Ack;
+    };
+    match take(pool, &ctx.config, table, record, version).await {
         Ok(Taken::Applied { statements }) => {
             if !statements.is_empty() {
                 ctx.engine.forget_shape(table).await;

@@ -26,6 +26,7 @@ mod sanitize;
 mod schema;
 mod snapshot;
 mod source;
+mod sqlite;
 mod streaming;
 mod support_smoke;
 mod trust;

@@ -110,7 +110,7 @@ pub(crate) async fn wait_converged(
     }
 }
 
-async fn stream_drained(names: &TestNames) -> bool {
+pub(crate) async fn stream_drained(names: &TestNames) -> bool {
     let client = support::nats_connect(&support::nats_url()).await;
     let js = jetstream::new(client);
     let Ok(mut stream) = js.get_stream(&names.stream).await else {

@@ -288,12 +288,9 @@ async fn stream_messages(names: &TestNames) -> Vec<(String, Vec<u8>)> {
     support::stream_messages(&support::nats_url(), &names.stream).await
 }
 
+/// Records in the stream (a chunk counts its records).
 async fn stream_count(names: &TestNames) -> u64 {
-    let js = jetstream::new(support::nats_connect(&support::nats_url()).await);
-    match js.get_stream(&names.stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
+    support::stream_record_count(&support::nats_url(), &names.stream).await
 }
 
 /// Records per table in the stream.

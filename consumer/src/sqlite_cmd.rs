@@ -1,0 +1,726 @@
+//! The commands of a SQLite target (docs/sqlite.md): `add-tables`
+//! (`--create-from FILE.sql` creates the tables from production's DDL),
+//! `list-tables`, `remove-tables`, `start`, `stop`, `status`, `resync`,
+//! `clear` and `verify`, against the one file that holds data and
+//! bookkeeping. The daemon is the PostgreSQL one's core: the same workers
+//! (`worker::run_table`) and the same engine, with the SQLite target.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use futures::StreamExt;
+use sqlx::{Connection, SqlitePool};
+use syncdata_core::config::Config;
+use syncdata_core::signature::{self, SigningKey};
+use syncdata_core::table::TableName;
+use syncdata_core::target::SqliteTarget as Settings;
+use syncdata_core::{errln, nats, outln};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::apply::sqlite::{self, ddl, values, SqliteTarget};
+use crate::apply::Engine;
+use crate::daemon;
+use crate::local::{self, LocalStore};
+use crate::store::uuid_like::Id;
+use crate::worker::{self, WorkerShared};
+
+/// A daemon whose heartbeat is older than this is taken for dead.
+const ALIVE_SECS: f64 = 20.0;
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Opens the target's file (created and migrated when new).
+pub async fn open(settings: &Settings) -> anyhow::Result<SqlitePool> {
+    if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory of {}", settings.path.display()))?;
+    }
+    sqlite::connect(&settings.path, &settings.synchronous)
+        .await
+        .with_context(|| format!("opening the SQLite target {}", settings.path.display()))
+}
+
+/// The whitelist, in the order tables were added.
+pub async fn whitelist(pool: &SqlitePool) -> anyhow::Result<Vec<TableName>> {
+    let rows: Vec<String> = sqlx::query_scalar("select table_name from tables_to_sync order by id")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|t| TableName::parse(t).map_err(|e| anyhow::anyhow!("whitelist entry {t:?}: {e}")))
+        .collect()
+}
+
+/// Creates the tables of `file` (a PostgreSQL DDL file) that `names`
+/// names, recording each column's PostgreSQL type for the mapping.
+pub async fn create_from(
+    pool: &SqlitePool,
+    file: &Path,
+    names: &[TableName],
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let tables = ddl::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for name in names {
+        let def = tables
+            .iter()
+            .find(|t| t.schema == name.schema && t.name == name.table)
+            .ok_or_else(|| anyhow::anyhow!("{} defines no table {name}", file.display()))?;
+        if def.primary_key.is_empty() {
+            bail!(
+                "table {name} in {} has no primary key: syncdata needs one",
+                file.display()
+            );
+        }
+        let local = sqlite::local_name(name);
+        sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
+            .execute(&mut *tx)
+            .await?;
+        for (column, pg_type) in &def.columns {
+            sqlx::query(
+                "insert or replace into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
+            )
+            .bind(&local)
+            .bind(column)
+            .bind(pg_type)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn add_tables(
+    settings: &Settings,
+    tables: &[String],
+    create_from_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let pool = open(settings).await?;
+    let names = tables
+        .iter()
+        .map(|t| TableName::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = create_from_file {
+        create_from(&pool, file, &names).await?;
+    }
+    let creator = std::env::var("USER").ok();
+    let mut failed = 0;
+    for name in &names {
+        if let Some(reason) = name.denied() {
+            errln!("error: cannot add {name}: {reason}");
+            failed += 1;
+            continue;
+        }
+        if let Err(e) = sqlite::load_shape(&pool, name).await {
+            errln!("error: cannot add {name}: {e} (or create it with --create-from FILE.sql)");
+            failed += 1;
+            continue;
+        }
+        let added =
+            sqlx::query("insert or ignore into tables_to_sync (table_name, creator) values (?, ?)")
+                .bind(name.to_string())
+                .bind(creator.as_deref())
+                .execute(&pool)
+                .await?
+                .rows_affected()
+                == 1;
+        if added {
+            outln!("added {name}")?;
+        } else {
+            outln!("{name} is already listed")?;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} tables could not be added", names.len());
+    }
+    Ok(())
+}
+
+pub async fn list_tables(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let pool = open(settings).await?;
+    let rows: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("select table_name, creator, created_at from tables_to_sync order by id")
+            .fetch_all(&pool)
+            .await?;
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(t, c, at)| serde_json::json!({"table": t, "creator": c, "created_at": at}))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&list)?)?;
+    } else if rows.is_empty() {
+        outln!("{}", daemon::NO_TABLES)?;
+    } else {
+        outln!("synced tables ({}):", rows.len())?;
+        for (t, _, _) in rows {
+            outln!("  - {t}")?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn remove_tables(settings: &Settings, tables: &[String]) -> anyhow::Result<()> {
+    let pool = open(settings).await?;
+    for t in tables {
+        let name = TableName::parse(t)?;
+        let removed = sqlx::query("delete from tables_to_sync where table_name = ?")
+            .bind(name.to_string())
+            .execute(&pool)
+            .await?
+            .rows_affected()
+            > 0;
+        if removed {
+            outln!("removed {name}")?;
+        } else {
+            outln!("{name} is not listed")?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties `table` locally and forgets its bookkeeping (one transaction).
+pub async fn reset_table(pool: &SqlitePool, table: &TableName) -> anyhow::Result<()> {
+    let local = sqlite::local_name(table);
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "delete from {}",
+        sqlite::quote(&local)
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "delete from syncdata_row_state where table_id in \
+         (select id from syncdata_table_state where table_name = ?)",
+    )
+    .bind(&local)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from syncdata_table_state where table_name = ?")
+        .bind(&local)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn clear(settings: &Settings, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        bail!("clear empties every synced table: add --yes to confirm");
+    }
+    let pool = open(settings).await?;
+    let tables = whitelist(&pool).await?;
+    if tables.is_empty() {
+        bail!(daemon::NO_TABLES);
+    }
+    for t in &tables {
+        reset_table(&pool, t).await?;
+        outln!("cleared {t}")?;
+    }
+    outln!(
+        "the tables stay empty until their rows change again at the source; \
+         `syncdata resync TABLE --yes` refills one from the stream's history"
+    )?;
+    Ok(())
+}
+
+async fn running_daemons(pool: &SqlitePool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from syncdata_daemons where stopped_at is null \
+         and last_seen > unixepoch('subsec') - ?",
+    )
+    .bind(ALIVE_SECS)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Empties the table and replays its history: the durable is deleted, so
+/// the next `start` creates it at the start of the stream. Refused while a
+/// daemon runs on the file (stop it first).
+pub async fn resync(
+    config: &Config,
+    settings: &Settings,
+    table: &str,
+    yes: bool,
+) -> anyhow::Result<()> {
+    if !yes {
+        bail!("resync empties {table} before its history is replayed: add --yes to confirm");
+    }
+    let pool = open(settings).await?;
+    let name = TableName::parse(table)?;
+    if !whitelist(&pool).await?.contains(&name) {
+        bail!("{name} is not whitelisted: add it with add-tables first");
+    }
+    if running_daemons(&pool).await? > 0 {
+        bail!("a daemon is running on this file: `syncdata stop`, then resync, then start again");
+    }
+    let instance = local::sqlite_instance_id(&pool).await?;
+    let client = nats::connect(&config.nats, "syncdata-resync").await?;
+    let js = jetstream::new(client);
+    let durable = syncdata_core::subject::durable_name(
+        &config.nats.stream,
+        &instance,
+        &name.schema,
+        &name.table,
+    );
+    reset_table(&pool, &name).await?;
+    let stream = js
+        .get_stream(&config.nats.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("change stream {}: {e}", config.nats.stream))?;
+    // Missing already: nothing to delete.
+    let _ = stream.delete_consumer(&durable).await;
+    outln!("emptied {name}; its history is replayed from the start of the stream on the next `syncdata start`")?;
+    Ok(())
+}
+
+pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> anyhow::Result<()> {
+    let pool = open(settings).await?;
+    let before = running_daemons(&pool).await?;
+    if before == 0 {
+        outln!("no running daemons")?;
+        return Ok(());
+    }
+    let instance = local::sqlite_instance_id(&pool).await?;
+    let client = nats::connect(&config.nats, "syncdata-stop").await?;
+    client
+        .publish(daemon::control_subject(&instance), "stop".into())
+        .await?;
+    client.flush().await?;
+    outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = running_daemons(&pool).await?;
+        if left == 0 {
+            outln!("stopped")?;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{left} daemons still running after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Status: the daemons on the file, and per table its rows, last batch and
+/// failures. Returns 2 under `--check` when no daemon runs or a table has
+/// failures, else 0.
+pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Result<i32> {
+    let pool = open(settings).await?;
+    let daemons = running_daemons(&pool).await?;
+    let mut tables = Vec::new();
+    for t in whitelist(&pool).await? {
+        let local = sqlite::local_name(&t);
+        let rows: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select count(*) from {}",
+            sqlite::quote(&local)
+        )))
+        .fetch_one(&pool)
+        .await
+        .ok();
+        let (last, synced, failed): (Option<String>, i64, i64) = sqlx::query_as(
+            "select max(case when status = 'SUCCESS' then sync_time end), \
+                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0), \
+                    count(case when status = 'FAILED' then 1 end) \
+             from data_sync_logs where table_name = ?",
+        )
+        .bind(t.to_string())
+        .fetch_one(&pool)
+        .await?;
+        tables.push(serde_json::json!({
+            "table": t.to_string(), "rows": rows, "last_batch_at": last,
+            "records_synced": synced, "errors": failed,
+        }));
+    }
+    let attention = daemons == 0 || tables.iter().any(|t| t["errors"].as_i64() > Some(0));
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "target": "sqlite", "file": settings.path.display().to_string(),
+                "daemons_running": daemons, "tables": tables,
+            }))?
+        )?;
+    } else {
+        outln!("target: SQLite file {}", settings.path.display())?;
+        outln!("daemons running: {daemons}")?;
+        for t in &tables {
+            outln!(
+                "  {}: {} rows, {} records synced, last batch {}, {} errors",
+                t["table"].as_str().unwrap_or(""),
+                t["rows"]
+                    .as_i64()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "missing".into()),
+                t["records_synced"],
+                t["last_batch_at"].as_str().unwrap_or("never"),
+                t["errors"],
+            )?;
+        }
+    }
+    Ok(if check && attention { 2 } else { 0 })
+}
+
+/// What `verify` found for one table.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TableDiff {
+    pub table: String,
+    pub source_rows: usize,
+    pub local_rows: usize,
+    /// Keys (text) whose row differs or exists on one side only.
+    pub differing: Vec<String>,
+    pub differing_count: usize,
+    /// Columns that differ in rows present on both sides (names only,
+    /// never values).
+    pub differing_columns: Vec<String>,
+}
+
+/// Compares `table` in the SQLite file with the source, value by value
+/// under the type mapping (docs/sqlite.md): each source value's text is
+/// mapped as the target maps it and compared with what the file holds
+/// (timestamps with an offset as instants, floats as numbers).
+pub async fn diff_table(
+    source: &mut sqlx::PgConnection,
+    pool: &SqlitePool,
+    table: &TableName,
+    exclude: &[String],
+    max_rows: usize,
+) -> anyhow::Result<TableDiff> {
+    let shape = sqlite::load_shape(pool, table).await?;
+    let cols: Vec<usize> = (0..shape.columns.len())
+        .filter(|&c| {
+            let n = &shape.columns[c].name;
+            shape.is_key(c)
+                || !exclude.iter().any(|e| {
+                    e == n || *e == format!("{}.{n}", table.table) || *e == format!("{table}.{n}")
+                })
+        })
+        .collect();
+    let kinds: Vec<values::Kind> = shape
+        .columns
+        .iter()
+        .map(|c| values::kind_of(&c.sql_type))
+        .collect();
+    let key_of = |row: &[String]| -> String {
+        shape
+            .key
+            .iter()
+            .map(|&k| {
+                row[cols
+                    .iter()
+                    .position(|&c| c == k)
+                    .expect("key column selected")]
+                .clone()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // Source: text of every value, mapped and canonicalized.
+    let select: Vec<String> = cols
+        .iter()
+        .map(|&c| {
+            format!(
+                "{}::text",
+                syncdata_core::table::quote_ident(&shape.columns[c].name)
+            )
+        })
+        .collect();
+    let sql = format!("select {} from {}", select.join(", "), table.quoted());
+    let mut src: HashMap<String, Vec<String>> = HashMap::new();
+    {
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *source);
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let mut vals = Vec::with_capacity(cols.len());
+            for (i, &c) in cols.iter().enumerate() {
+                let text: Option<String> = sqlx::Row::try_get(&row, i)?;
+                vals.push(canon(
+                    kinds[c],
+                    bound_to_stored(values::to_sqlite(kinds[c], text.as_deref())),
+                ));
+            }
+            src.insert(key_of(&vals), vals);
+        }
+    }
+    let select: Vec<String> = cols
+        .iter()
+        .map(|&c| sqlite::quote(&shape.columns[c].name))
+        .collect();
+    let sql = format!(
+        "select {} from {}",
+        select.join(", "),
+        sqlite::quote(&sqlite::local_name(table))
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?;
+    let mut diff = TableDiff {
+        table: table.to_string(),
+        source_rows: src.len(),
+        local_rows: rows.len(),
+        ..Default::default()
+    };
+    let mut bad = Vec::new();
+    for row in &rows {
+        let mut vals = Vec::with_capacity(cols.len());
+        for (i, &c) in cols.iter().enumerate() {
+            vals.push(canon(kinds[c], sqlite::stored_value(row, i)?));
+        }
+        let key = key_of(&vals);
+        match src.remove(&key) {
+            Some(s) if s == vals => {}
+            Some(s) => {
+                for (i, &c) in cols.iter().enumerate() {
+                    let name = &shape.columns[c].name;
+                    if s[i] != vals[i] && !diff.differing_columns.contains(name) {
+                        diff.differing_columns.push(name.clone());
+                    }
+                }
+                bad.push(key)
+            }
+            None => bad.push(key),
+        }
+    }
+    bad.extend(src.into_keys());
+    bad.sort();
+    diff.differing_count = bad.len();
+    bad.truncate(max_rows);
+    diff.differing = bad;
+    Ok(diff)
+}
+
+fn bound_to_stored(b: values::Bound) -> values::Stored {
+    match b {
+        values::Bound::Null => values::Stored::Null,
+        values::Bound::Int(i) => values::Stored::Int(i),
+        values::Bound::Real(f) => values::Stored::Real(f),
+        values::Bound::Text(t) => values::Stored::Text(t),
+        values::Bound::Blob(b) => values::Stored::Blob(b),
+    }
+}
+
+/// A value's comparable form under the mapping.
+fn canon(kind: values::Kind, v: values::Stored) -> String {
+    use time::format_description::well_known::Rfc3339;
+    use values::{Kind, Stored};
+    match (kind, v) {
+        (_, Stored::Null) => "null".to_owned(),
+        (Kind::Real, Stored::Text(t)) => match t.parse::<f64>() {
+            Ok(f) => format!("r{f:?}"),
+            Err(_) => format!("s{t}"),
+        },
+        (_, Stored::Real(f)) => format!("r{f:?}"),
+        (_, Stored::Int(i)) => format!("i{i}"),
+        (Kind::TimestampTz, Stored::Text(t)) => match time::OffsetDateTime::parse(&t, &Rfc3339) {
+            Ok(at) => format!("t{}", at.unix_timestamp_nanos()),
+            Err(_) => format!("s{t}"),
+        },
+        (Kind::Json, Stored::Text(t)) => match serde_json::from_str::<serde_json::Value>(&t) {
+            // Key order and spacing of json: the same document.
+            Ok(v) => format!("j{v}"),
+            Err(_) => format!("s{t}"),
+        },
+        (Kind::Numeric, Stored::Text(t)) if t.contains('.') && !t.contains(['e', 'E']) => {
+            // Trailing zeros of the scale: the same number.
+            format!("n{}", t.trim_end_matches('0').trim_end_matches('.'))
+        }
+        (Kind::Numeric, Stored::Text(t)) => format!("n{t}"),
+        (_, Stored::Text(t)) => format!("s{t}"),
+        (_, Stored::Blob(b)) => format!("b{}", values::hex(&b)),
+    }
+}
+
+pub async fn verify(
+    config: &Config,
+    settings: &Settings,
+    tables: &[String],
+    source: Option<String>,
+    exclude: &[String],
+    max_rows: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let pool = open(settings).await?;
+    let url = source
+        .or_else(|| config.verify_source_url().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("no source: give --source URL or set verify.source_url"))?;
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .context("cannot connect to the source database")?;
+    // The source's text forms as the stream carries them.
+    sqlx::raw_sql(
+        "set extra_float_digits = 3; set bytea_output = 'hex'; set intervalstyle = 'postgres'",
+    )
+    .execute(&mut conn)
+    .await?;
+    let names: Vec<TableName> = if tables.is_empty() {
+        whitelist(&pool).await?
+    } else {
+        tables
+            .iter()
+            .map(|t| TableName::parse(t))
+            .collect::<Result<_, _>>()?
+    };
+    if names.is_empty() {
+        bail!("no tables to compare: name them, or whitelist them with add-tables");
+    }
+    let mut reports = Vec::new();
+    for t in &names {
+        reports.push(diff_table(&mut conn, &pool, t, exclude, max_rows).await?);
+    }
+    let differ = reports.iter().filter(|r| r.differing_count > 0).count();
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&reports)?)?;
+    } else {
+        for r in &reports {
+            if r.differing_count == 0 {
+                outln!("{}: equal ({} rows)", r.table, r.local_rows)?;
+            } else {
+                outln!(
+                    "{}: {} keys differ (source {} rows, local {}; columns: {}): {}",
+                    r.table,
+                    r.differing_count,
+                    r.source_rows,
+                    r.local_rows,
+                    r.differing_columns.join(", "),
+                    r.differing.join(" ")
+                )?;
+            }
+        }
+    }
+    if differ > 0 {
+        return Err(syncdata_core::cli::Exit::silent(1).into());
+    }
+    Ok(())
+}
+
+/// `syncdata start` on a SQLite target: the same workers and engine as on
+/// PostgreSQL; the daemon registers in the file, heartbeats, obeys `stop`,
+/// and applies until stopped. Any number of processes may share the file
+/// (each batch holds the file's write lock, BEGIN IMMEDIATE; they wait for
+/// each other up to `busy_timeout`) and the table durables.
+pub async fn start(
+    config: Config,
+    settings: Settings,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = config.consumer.metrics_addr {
+        syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
+    }
+    let pool = open(&settings).await?;
+    let tables: Vec<TableName> = whitelist(&pool)
+        .await?
+        .into_iter()
+        .filter(|t| t.denied().is_none())
+        .collect();
+    if tables.is_empty() {
+        bail!(daemon::NO_TABLES);
+    }
+    let instance = local::sqlite_instance_id(&pool).await?;
+    let engine = Engine::with_target(SqliteTarget::new(pool.clone()));
+    for t in &tables {
+        if let Err(e) = engine.shape(t).await {
+            warn!(table = %t, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
+        }
+    }
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    if signer.is_none() {
+        warn!(
+            "no signing key (nats.signing_key_file or {}): messages are applied without checking \
+             that the producer sent them",
+            signature::KEY_ENV
+        );
+    }
+    let (client, mut server_errors) = nats::connect_with_errors(&config.nats, "syncdata").await?;
+    daemon::refuse_open_server(&client, &mut server_errors, &config, &tables).await?;
+    let js = jetstream::new(client.clone());
+    let stream =
+        nats::reconcile_stream(&js, nats::change_stream_config(&config.nats), false).await?;
+    nats::reconcile_stream(&js, nats::dlq_stream_config(&config.nats), false).await?;
+    let id = Id::random();
+    sqlx::query("insert into syncdata_daemons (id, host, pid) values (?, ?, ?)")
+        .bind(&id.0)
+        .bind(daemon::hostname())
+        .bind(std::process::id() as i64)
+        .execute(&pool)
+        .await?;
+    let mut stop_requests = client.subscribe(daemon::control_subject(&instance)).await?;
+    let ctx = Arc::new(
+        WorkerShared::new(
+            config.clone(),
+            engine,
+            LocalStore::Sqlite(pool.clone()),
+            js,
+            false,
+            signer,
+        )
+        .with_max_payload(client.server_info().max_payload),
+    );
+    let workers_token = token.child_token();
+    let mut workers = tokio::task::JoinSet::new();
+    for t in &tables {
+        let consumer = daemon::ensure_consumer(&stream, &config, &instance, t).await?;
+        workers.spawn(worker::run_table(
+            ctx.clone(),
+            t.clone(),
+            consumer,
+            workers_token.clone(),
+        ));
+    }
+    info!(tables = tables.len(), instance = %instance, file = %settings.path.display(), "syncdata started (SQLite target)");
+    let period = config.data_sync_freq as i64;
+    let mut metrics_tick = tokio::time::interval_at(
+        daemon::next_boundary(period),
+        Duration::from_secs(config.data_sync_freq),
+    );
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            Some(_) = stop_requests.next() => {
+                info!("stop requested through NATS");
+                break;
+            }
+            Some(joined) = workers.join_next() => {
+                if !workers_token.is_cancelled() {
+                    warn!(result = ?joined.map(|_| ()), "a table worker ended; the daemon stops");
+                    break;
+                }
+            }
+            _ = metrics_tick.tick() => {
+                daemon::flush_metrics(&ctx, period, daemon::now_secs() - period).await;
+            }
+            _ = heartbeat.tick() => {
+                let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = sqlx::query("update syncdata_daemons set last_seen = unixepoch('subsec'), records_applied = ?, errors = ? where id = ?")
+                    .bind(ctx.applied_total() as i64)
+                    .bind(errors as i64)
+                    .bind(&id.0)
+                    .execute(&pool)
+                    .await
+                {
+                    warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+    info!("stopping: finishing in-flight batches");
+    workers_token.cancel();
+    while workers.join_next().await.is_some() {}
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        _ => warn!("flushing acks failed or timed out; they will be redelivered"),
+    }
+    daemon::flush_metrics(&ctx, period, daemon::now_secs()).await;
+    sqlx::query("update syncdata_daemons set stopped_at = unixepoch('subsec'), last_seen = unixepoch('subsec') where id = ?")
+        .bind(&id.0)
+        .execute(&pool)
+        .await?;
+    info!("syncdata stopped");
+    Ok(())
+}
