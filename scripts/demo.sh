@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The one command that shows syncdata working on a fresh machine:
 #
-#   bash scripts/demo.sh                     # 20,000 changes, 2 consumers
+#   bash scripts/demo.sh                     # about 20,000 changes, 2 consumers
 #   bash scripts/demo.sh --changes 100000 --consumers 4
 #   bash scripts/demo.sh --keep              # leave PostgreSQL and NATS running,
 #                                            # print what to try next
 #
 # Installs what is missing (nats-server, PostgreSQL 15, wal2json), builds the
 # workspace, starts a throwaway PostgreSQL and JetStream nats-server on free
-# loopback ports, and runs `syncdata-demo` against them: a synthetic
-# production history goes through change files -> syncdata-producer ->
-# JetStream -> syncdata consumers -> a local database, which is then compared
-# table by table with an in-order replay of the same history. The producer
+# loopback ports, and runs `syncdata-demo` against them: a source database
+# with a wal2json slot (`syncdata-producer setup-source --create-slot`), the
+# archiver (`syncdata-producer archive`), a SQL workload of inserts, updates
+# and deletes, `syncdata-producer run` with the shipped sanitization rules,
+# `syncdata` consumers applying into a local database, and `syncdata verify`
+# until source and local copy are equal outside the sanitized columns
+# (`--synthetic`: a generated history as change files instead). The producer
 # and every consumer serve Prometheus metrics on free loopback ports; the
 # demo scrapes them at the end and prints a summary line. Extra arguments
 # go to syncdata-demo (see `cargo run -p syncdata-demo -- --help`). The

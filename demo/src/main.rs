@@ -1,5 +1,8 @@
 //! `syncdata-demo`: the whole pipeline on one machine, checked end to end.
 //!
+//! By default from a real source database (module `real`). With
+//! `--synthetic`:
+//!
 //! 1. Creates two databases, `syncdata_demo_expected` (stands in for
 //!    production) and `syncdata_demo_local` (the synced copy), with the demo
 //!    schema.
@@ -32,6 +35,8 @@ use syncdata_core::record::Record;
 use syncdata_testkit::harness::{self, ConfigFile, Proc, TestNames};
 use syncdata_testkit::workload::{self, WorkloadSpec, DEMO_DDL};
 
+mod real;
+
 const EXPECTED_DB: &str = "syncdata_demo_expected";
 const LOCAL_DB: &str = "syncdata_demo_local";
 const SCHEMA: &str = "public";
@@ -47,8 +52,8 @@ fn stream_names() -> TestNames {
 #[derive(Debug, Parser)]
 #[command(
     name = "syncdata-demo",
-    about = "Runs producer, NATS and consumers end to end on a synthetic history and checks \
-             the local copy against an in-order replay"
+    about = "Runs a source database, the archiver, the producer, NATS and consumers end to end \
+             and checks the local copy against the source"
 )]
 struct Args {
     /// PostgreSQL server (any database on it; the demo creates its own two).
@@ -60,12 +65,17 @@ struct Args {
     /// Working directory: config, archive and logs (created if missing).
     #[arg(long, value_name = "DIR")]
     workdir: PathBuf,
-    /// Number of changes in the history.
+    /// Number of changes: of the source's SQL workload (about), or of the
+    /// synthetic history.
     #[arg(long, default_value_t = 20_000)]
     changes: usize,
     /// Number of `syncdata start` processes.
     #[arg(long, default_value_t = 2)]
     consumers: usize,
+    /// Instead of a real source: a synthetic history written as change
+    /// files (no archiver), checked against an in-order replay.
+    #[arg(long)]
+    synthetic: bool,
     /// Seed of the synthetic history.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -146,7 +156,12 @@ fn write_secret(dir: &Path, name: &str, secret: &str) -> Result<PathBuf> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    harness::exit_code("syncdata-demo", run(args).await, 1)
+    let outcome = if args.synthetic {
+        run(args).await
+    } else {
+        real::run(args).await
+    };
+    harness::exit_code("syncdata-demo", outcome, 1)
 }
 
 async fn run(args: Args) -> Result<bool> {
