@@ -127,13 +127,10 @@ async fn stops_deaf(mut daemon: Deaf, signal: Signal) {
     );
 }
 
-/// Messages in `stream`; 0 while it does not exist.
+/// Records in `stream` (a chunk counts its records); 0 while it does not
+/// exist.
 async fn stream_messages(stream: &str) -> u64 {
-    let js = async_nats::jetstream::new(support::nats_connect(&support::nats_url()).await);
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
+    support::stream_record_count(&support::nats_url(), stream).await
 }
 
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "debug")];

@@ -101,7 +101,9 @@ async fn stream_leader_and_a_second_node_killed_mid_stream_lose_and_duplicate_no
     let files = workload::write_archive(&staging, &history, 500).unwrap();
     let extra =
         "replicas = 3\n\n[consumer]\nbatch_size = 200\nack_wait_secs = 5\nmax_backoff_ms = 1000\n\
-                 [producer]\nmax_in_flight = 256\n";
+                 [producer]\nmax_in_flight = 256\n\
+                 # one record per message: the waits below count messages\n\
+                 chunk_records = 1\n";
     // One configuration per process, each naming another node.
     let config_on = |i: usize, who: &str| {
         support::write_config(

@@ -713,6 +713,7 @@ fn every_syncdata_service_command_and_config_is_accepted_by_the_binaries() {
             "{expected} runs {SYNCDATA_IMAGE}"
         );
     }
+    let check_dir = tempfile::tempdir().unwrap();
     for name in services {
         let cmd = compose.command(name);
         let bin = support::bin(&cmd[0]);
@@ -733,8 +734,18 @@ fn every_syncdata_service_command_and_config_is_accepted_by_the_binaries() {
         );
 
         // The mounted config passes `config check` with the service's
-        // environment (DATA_SYNC_CONFIG pointing at the file here).
-        let config = compose.config_file(name);
+        // environment (DATA_SYNC_CONFIG pointing at the file here). The
+        // producer's check loads the rules file and signing key it names, as
+        // `run` does: their container paths (the ./config volume at
+        // /etc/syncdata) are read from the same files here.
+        let mounted = compose.config_file(name);
+        let host_dir = mounted.parent().unwrap().display().to_string();
+        let config = check_dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            read(&mounted).replace("/etc/syncdata/", &format!("{host_dir}/")),
+        )
+        .unwrap();
         let mut env = compose.env(name);
         env.insert("DATA_SYNC_CONFIG".to_owned(), config.display().to_string());
         let args = ["config".to_owned(), "check".to_owned()];
