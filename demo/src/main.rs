@@ -338,31 +338,15 @@ async fn run(args: Args) -> Result<bool> {
     println!("tables registered with `syncdata add-tables`");
     // Each process gets its own config file: the shared one plus the
     // address its Prometheus endpoint listens on.
-    let mut endpoints = Vec::new();
     let mut procs = Vec::new();
-    let producer_port = harness::free_port();
-    let producer_config = process_config(
-        &config_path,
-        "producer",
-        "producer",
-        producer_port,
-        Some((&consumer_auth, &producer_auth)),
-    )?;
-    procs.push(start(
+    let endpoints = start_publish_and_apply(
+        &mut procs,
         &workdir,
-        &producer_bin,
-        &["run"],
-        "producer",
-        &producer_config,
-    )?);
-    endpoints.push(("producer".to_owned(), producer_port));
-    for i in 1..=args.consumers {
-        let name = format!("consumer-{i}");
-        let port = harness::free_port();
-        let config = process_config(&config_path, &name, "consumer", port, None)?;
-        procs.push(start(&workdir, &consumer_bin, &["start"], &name, &config)?);
-        endpoints.push((name, port));
-    }
+        &config_path,
+        (&producer_bin, &consumer_bin),
+        (&consumer_auth, &producer_auth),
+        args.consumers,
+    )?;
     println!(
         "started syncdata-producer and {} syncdata consumer(s); logs in {}; metrics on {}",
         args.consumers,
@@ -658,6 +642,44 @@ async fn reset_streams(config: &Config) -> Result<()> {
 
 /// Starts `bin` with `config`, its output in `<workdir>/<name>.log`
 /// (`RUST_LOG=info` unless the caller set it).
+/// Starts `syncdata-producer run` (with the producer's NATS login in place
+/// of the consumer's) and `consumers` × `syncdata start`, each serving
+/// metrics on a port of its own; returns (name, port) of every endpoint.
+fn start_publish_and_apply(
+    procs: &mut Vec<Proc>,
+    workdir: &Path,
+    config_path: &Path,
+    (producer_bin, consumer_bin): (&Path, &Path),
+    (consumer_auth, producer_auth): (&str, &str),
+    consumers: usize,
+) -> Result<Vec<(String, u16)>> {
+    let mut endpoints = Vec::new();
+    let producer_port = harness::free_port();
+    let producer_config = process_config(
+        config_path,
+        "producer",
+        "producer",
+        producer_port,
+        Some((consumer_auth, producer_auth)),
+    )?;
+    procs.push(start(
+        workdir,
+        producer_bin,
+        &["run"],
+        "producer",
+        &producer_config,
+    )?);
+    endpoints.push(("producer".to_owned(), producer_port));
+    for i in 1..=consumers {
+        let name = format!("consumer-{i}");
+        let port = harness::free_port();
+        let config = process_config(config_path, &name, "consumer", port, None)?;
+        procs.push(start(workdir, consumer_bin, &["start"], &name, &config)?);
+        endpoints.push((name, port));
+    }
+    Ok(endpoints)
+}
+
 fn start(workdir: &Path, bin: &Path, args: &[&str], name: &str, config: &Path) -> Result<Proc> {
     let env: &[(&str, &str)] = if std::env::var_os("RUST_LOG").is_none() {
         &[("RUST_LOG", "info")]

@@ -15,8 +15,9 @@ use syncdata_testkit::harness::{self, Proc};
 use syncdata_testkit::workload::DEMO_DDL;
 
 use super::{
-    config_toml, metrics_summary, nats_auth_lines, path_str, pool, print_log_tail, process_config,
-    recreate_database, redact, reset_streams, start, write_secret, Args, LOCAL_DB, RULES,
+    config_toml, metrics_summary, nats_auth_lines, path_str, pool, print_log_tail,
+    recreate_database, redact, reset_streams, start, start_publish_and_apply, write_secret, Args,
+    LOCAL_DB, RULES,
 };
 
 /// The demo's source ("production") database on the same server.
@@ -192,29 +193,14 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         "archiver",
         &producer_config,
     )?);
-    let producer_port = harness::free_port();
-    let run_config = process_config(
-        &config_path,
-        "producer",
-        "producer",
-        producer_port,
-        Some((&consumer_auth, &producer_auth)),
-    )?;
-    procs.push(start(
+    endpoints.extend(start_publish_and_apply(
+        &mut procs,
         &workdir,
-        &producer_bin,
-        &["run"],
-        "producer",
-        &run_config,
+        &config_path,
+        (&producer_bin, &consumer_bin),
+        (&consumer_auth, &producer_auth),
+        args.consumers,
     )?);
-    endpoints.push(("producer".to_owned(), producer_port));
-    for i in 1..=args.consumers {
-        let name = format!("consumer-{i}");
-        let port = harness::free_port();
-        let cfg = process_config(&config_path, &name, "consumer", port, None)?;
-        procs.push(start(&workdir, &consumer_bin, &["start"], &name, &cfg)?);
-        endpoints.push((name, port));
-    }
     println!(
         "started syncdata-producer archive, syncdata-producer run and {} syncdata consumer(s); logs in {}",
         args.consumers,
