@@ -26,6 +26,7 @@ use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use syncdata_core::config::Config;
 use syncdata_core::outln;
+use syncdata_core::signature::SigningKey;
 use syncdata_core::table::TableName;
 use syncdata_core::{nats, subject};
 
@@ -33,6 +34,18 @@ use crate::backlog;
 use crate::daemon::ensure_consumer;
 
 pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Result<()> {
+    reset(pool, table, None).await.map(|_| ())
+}
+
+/// Empties `table` and its row versions; with `rewind`, in the same
+/// transaction, brings it back to the first definition of its history in
+/// the stream, so the replay rebuilds it through every version
+/// (crate::schema::rebuild). Returns the rewind's statements, if it ran.
+async fn reset(
+    pool: &sqlx::PgPool,
+    table: &TableName,
+    rewind: Option<(&Config, Option<&crate::schema::rebuild::History>)>,
+) -> anyhow::Result<Option<Vec<String>>> {
     let replica = store::may_set_replica_role(pool).await?;
     let mut tx = pool.begin().await?;
     if replica {
@@ -68,8 +81,14 @@ pub async fn reset_table(pool: &sqlx::PgPool, table: &TableName) -> anyhow::Resu
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    let rewound = match rewind {
+        Some((config, history)) => {
+            crate::schema::rebuild::rewind(&mut tx, config, table, history).await?
+        }
+        None => None,
+    };
     tx.commit().await?;
-    Ok(())
+    Ok(rewound)
 }
 
 /// Marks (or unmarks) a resync of `table` as in progress.
@@ -103,14 +122,24 @@ async fn perform(
     config: &Config,
     instance: &str,
     table: &TableName,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Vec<String>>> {
     let durable = subject::durable_name(&config.nats.stream, instance, &table.schema, &table.table);
     let old_created = match stream.consumer_info(&durable).await {
         Ok(info) => Some(info.created),
         Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => None,
         Err(e) => bail!("reading durable {durable} of {table}: {e}"),
     };
-    reset_table(pool, table).await?;
+    // A table that changed shape mid-stream is rebuilt through every
+    // version of its definition (docs/schema.md, "Resync").
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    let history = crate::schema::rebuild::history(stream, config, signer.as_ref(), table).await?;
+    let rewound = reset(pool, table, Some((config, history.as_ref()))).await?;
+    if let Some(statements) = &rewound {
+        tracing::info!(table = %table, statements = %statements.join("; "),
+                       "rewound to the first definition in the stream; the replay takes every later one");
+    }
     failpoint("resync-after-reset");
     // Delete and recreate back to back: a worker's pull that lands while the
     // durable is missing gets no answer and stalls the table until the
@@ -133,7 +162,7 @@ async fn perform(
         );
     }
     set_pending(pool, table, false).await?;
-    Ok(())
+    Ok(rewound)
 }
 
 fn is_not_found(e: &jetstream::stream::ConsumerError) -> bool {
@@ -205,8 +234,15 @@ pub async fn run(
     let dlq = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
 
     set_pending(&pool, &table, true).await?;
-    perform(&pool, &stream, config, &instance, &table).await?;
+    let rewound = perform(&pool, &stream, config, &instance, &table).await?;
     outln!("{table}: emptied; replaying its history from the start of the stream")?;
+    if let Some(statements) = rewound {
+        outln!(
+            "{table}: rewound to the first definition in the stream ({} statement(s)); \
+             the replay takes every later one in order",
+            statements.len()
+        )?;
+    }
     if !wait || daemons == 0 {
         if daemons == 0 {
             outln!("{table}: no daemon is running; `syncdata start` replays it")?;

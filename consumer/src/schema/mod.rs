@@ -11,6 +11,7 @@
 //! resumes by itself.
 
 pub mod diff;
+pub mod rebuild;
 
 use anyhow::Context;
 use async_nats::jetstream;
@@ -57,10 +58,19 @@ pub async fn local_definition(
     pool: &PgPool,
     table: &TableName,
 ) -> anyhow::Result<Option<TableDef>> {
+    local_definition_on(pool, table).await
+}
+
+/// [`local_definition`] through any connection (inside a transaction: as
+/// its own statements left the table).
+pub async fn local_definition_on<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    table: &TableName,
+) -> anyhow::Result<Option<TableDef>> {
     let sql = tabledef::local_definition_sql();
     let row: Option<Option<serde_json::Value>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(table.quoted())
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
         .with_context(|| format!("reading the local definition of {table}"))?;
     match row.flatten() {
@@ -83,11 +93,7 @@ pub async fn stream_definition(
         .get_stream(&config.nats.stream)
         .await
         .with_context(|| format!("opening stream {}", config.nats.stream))?;
-    let subject = format!(
-        "{}.{}",
-        table_subject(&config.nats.subject_prefix, &table.schema, &table.table),
-        tabledef::SCHEMA_SUBJECT_SUFFIX
-    );
+    let subject = schema_subject(config, table);
     let msg = match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(m) => m,
         Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
@@ -95,6 +101,25 @@ pub async fn stream_definition(
         }
         Err(e) => return Err(e).context(format!("reading {subject}")),
     };
+    definition_of(&msg, signer, table).map(Some)
+}
+
+/// The subject of the look-up copies of `table`'s SCHEMA records.
+pub fn schema_subject(config: &Config, table: &TableName) -> String {
+    format!(
+        "{}.{}",
+        table_subject(&config.nats.subject_prefix, &table.schema, &table.table),
+        tabledef::SCHEMA_SUBJECT_SUFFIX
+    )
+}
+
+/// The definition a look-up copy holds, its signature checked when a key
+/// is set.
+pub fn definition_of(
+    msg: &jetstream::message::StreamMessage,
+    signer: Option<&SigningKey>,
+    table: &TableName,
+) -> anyhow::Result<(TableDef, Version)> {
     if let Some(key) = signer {
         let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
         key.verify(
@@ -112,25 +137,31 @@ pub async fn stream_definition(
     let record = Record::parse(&msg.payload).map_err(|e| anyhow::anyhow!("{e}"))?;
     if record.schema != table.schema || record.table != table.table {
         anyhow::bail!(
-            "{subject} holds a definition of {}",
+            "{} holds a definition of {}",
+            msg.subject,
             record.qualified_name()
         );
     }
     let def = TableDef::from_record(&record).map_err(|e| anyhow::anyhow!(e))?;
     let version = record.version(0);
-    Ok(Some((def, version)))
+    Ok((def, version))
 }
 
 /// What taking a SCHEMA record came to.
 #[derive(Debug)]
 pub enum Taken {
     /// The local table follows (changes applied, or none needed): ack.
-    Applied { statements: Vec<String> },
+    /// `reshaped`: the local table may have changed shape (the engine's
+    /// cached shape is dropped).
+    Applied {
+        statements: Vec<String>,
+        reshaped: bool,
+    },
     /// The table halts at this record: hold it and everything newer.
     Halted { reason: String, newly: bool },
 }
 
-fn version_of(lsn: i64, seq: i64) -> Version {
+pub(crate) fn version_of(lsn: i64, seq: i64) -> Version {
     Version::new(Lsn(lsn as u64), seq as u64)
 }
 
@@ -173,25 +204,39 @@ pub async fn take(
     let lsn = version.lsn.0 as i64;
     let seq = version.seq as i64;
     let policy = Policy::of(config, table);
-    let prior: Option<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT lsn, seq, halted_lsn, halted_seq FROM syncdata.schema_state WHERE table_name = $1",
+    let prior: Option<StateRow> = sqlx::query_as(
+        "SELECT lsn, seq, halted_lsn, halted_seq, rebuild_lsn, rebuild_seq \
+         FROM syncdata.schema_state WHERE table_name = $1",
     )
     .bind(&name)
     .fetch_optional(pool)
     .await?;
     let halted = prior.as_ref().and_then(|p| Some(version_of(p.2?, p.3?)));
-    if let Some((l, s, _, _)) = &prior {
-        if version_of(*l, *s) >= version && halted.is_none() {
-            // Taken before (a redelivery, or an older definition).
-            return Ok(Taken::Applied { statements: vec![] });
+    let def_json = serde_json::to_value(&def).expect("a definition serializes");
+    if let Some(target) = prior.as_ref().and_then(|p| Some(version_of(p.4?, p.5?))) {
+        // A resync's rebuild (module rebuild): it decides, or hands the
+        // record back once the rebuild is over.
+        if let Some(taken) = rebuild::take(pool, table, &def, &def_json, version, target).await? {
+            return Ok(taken);
         }
     }
-    let def_json = serde_json::to_value(&def).expect("a definition serializes");
+    if let Some((l, s, ..)) = &prior {
+        if version_of(*l, *s) >= version && halted.is_none() {
+            // Taken before (a redelivery, or an older definition).
+            return Ok(Taken::Applied {
+                statements: vec![],
+                reshaped: false,
+            });
+        }
+    }
     if policy == Policy::Ignore {
         let mut tx = pool.begin().await?;
         record_taken(&mut tx, &name, lsn, seq, &def_json, "ignored", &[]).await?;
         tx.commit().await?;
-        return Ok(Taken::Applied { statements: vec![] });
+        return Ok(Taken::Applied {
+            statements: vec![],
+            reshaped: false,
+        });
     }
     let local = local_definition(pool, table)
         .await
@@ -202,7 +247,10 @@ pub async fn take(
         let mut tx = pool.begin().await?;
         record_taken(&mut tx, &name, lsn, seq, &def_json, "unchanged", &[]).await?;
         tx.commit().await?;
-        return Ok(Taken::Applied { statements: vec![] });
+        return Ok(Taken::Applied {
+            statements: vec![],
+            reshaped: false,
+        });
     };
     let diffs = diff::diff(&def, Some(&local));
     // The definition recorded when capture started is a baseline, not a
@@ -284,10 +332,18 @@ pub async fn take(
     };
     record_taken(&mut tx, &name, lsn, seq, &def_json, outcome, &statements).await?;
     tx.commit().await?;
-    Ok(Taken::Applied { statements })
+    let reshaped = !statements.is_empty();
+    Ok(Taken::Applied {
+        statements,
+        reshaped,
+    })
 }
 
-async fn record_taken(
+/// A table's row of `syncdata.schema_state` as [`take`] reads it: the
+/// version taken, the halt's version, the rebuild's target version.
+type StateRow = (i64, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
+pub(crate) async fn record_taken(
     db: &mut sqlx::PgConnection,
     name: &str,
     lsn: i64,
@@ -418,9 +474,14 @@ pub(crate) async fn worker_take<T: crate::apply::Target>(
         return Fate::Ack;
     };
     match take(pool, &ctx.config, table, record, version).await {
-        Ok(Taken::Applied { statements }) => {
-            if !statements.is_empty() {
+        Ok(Taken::Applied {
+            statements,
+            reshaped,
+        }) => {
+            if reshaped {
                 ctx.engine.forget_shape(table).await;
+            }
+            if !statements.is_empty() {
                 tracing::info!(table = %table, version = %version, statements = %statements.join("; "),
                                "schema change applied to the local table");
                 metrics::counter!("syncdata_schema_changes_total", "outcome" => "applied")

@@ -428,3 +428,193 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
     assert_eq!(production["columns"].as_array().unwrap().len(), 4);
     drop((archiver, publisher));
 }
+
+async fn local_definition(pool: &PgPool, table: &str) -> serde_json::Value {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(
+        syncdata_core::tabledef::local_definition_sql(),
+    ))
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Must hold 3: a table that changed shape mid-stream (columns added, with
+/// and without a default, types widened, a column dropped and one renamed
+/// after their halts were migrated) is rebuilt by `resync` through every
+/// version of its definition: equal to the source, with the definition it
+/// had before (a local index on a column added mid-stream included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source::source(d).await;
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, name varchar(20) NOT NULL, n int, gone text)";
+    src.exec(ddl).await;
+    let local = support::fresh_database("schema_resync_local").await;
+    local_exec(&local.pool, ddl).await;
+    let names = TestNames::new("schemaresync");
+    let cfg = config(d, &local, &names, &src, &["t"]);
+    let (ok, log) = source::finish(
+        source::producer(
+            d,
+            &cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    let archiver = source::producer(d, &cfg, &["archive"]);
+    let publisher = source::producer(d, &cfg, &["run"]);
+    source::add_tables(d, &cfg, &["t"]).await;
+    let consumer = source::syncdata(d, &cfg, &["start"]);
+    let logs = [&archiver, &publisher, &consumer];
+
+    // Version 1: rows with `gone`; version 2 and 3: `a`, then `b` with a
+    // default (rows before it hold 7 in production without a change of
+    // theirs in the stream); 4 and 5: wider types, values only they take.
+    src.exec(
+        "INSERT INTO t (id, name, n, gone) SELECT g, 'r' || g, g, 'g' || g FROM generate_series(1, 40) g",
+    )
+    .await;
+    src.exec("ALTER TABLE t ADD COLUMN a text").await;
+    src.exec("INSERT INTO t (id, name, n, gone, a) SELECT g, 'r' || g, g, 'g' || g, 'a' || g FROM generate_series(41, 80) g;
+              UPDATE t SET a = 'late ' || id WHERE id % 4 = 0")
+        .await;
+    src.exec("ALTER TABLE t ADD COLUMN b int NOT NULL DEFAULT 7")
+        .await;
+    src.exec("UPDATE t SET b = id WHERE id % 5 = 0").await;
+    src.exec("ALTER TABLE t ALTER COLUMN name TYPE varchar(60)")
+        .await;
+    src.exec("ALTER TABLE t ALTER COLUMN n TYPE bigint").await;
+    src.exec(
+        "INSERT INTO t (id, name, n, gone, a, b) SELECT g, 'a name longer than twenty characters ' || g, \
+         5000000000 + g, 'g' || g, 'a' || g, g FROM generate_series(81, 120) g;
+         UPDATE t SET n = n + 3000000000 WHERE id % 6 = 0",
+    )
+    .await;
+    source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
+    // Version 6 and 7 halt (auto policy); the operator runs the SQL.
+    for (alter, sql, after) in [
+        (
+            "ALTER TABLE t DROP COLUMN gone",
+            r#"ALTER TABLE "public"."t" DROP COLUMN "gone";"#,
+            "INSERT INTO t (id, name, n, a) SELECT g, 'r' || g, g, 'a' || g FROM generate_series(121, 140) g",
+        ),
+        (
+            "ALTER TABLE t RENAME COLUMN a TO a2",
+            r#"ALTER TABLE "public"."t" RENAME COLUMN "a" TO "a2";"#,
+            "UPDATE t SET a2 = 'renamed ' || id WHERE id % 3 = 0; DELETE FROM t WHERE id % 10 = 1",
+        ),
+    ] {
+        src.exec(alter).await;
+        src.exec(after).await;
+        wait_halted(d, &cfg, sql, &logs).await;
+        local_exec(&local.pool, sql).await;
+        source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs)
+            .await;
+    }
+    // A local index on a column that did not exist at first.
+    local_exec(&local.pool, "CREATE INDEX t_b_local ON t (b)").await;
+    let before = local_definition(&local.pool, "public.t").await;
+    assert_eq!(failed_rows(&local).await, 0);
+
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["resync", "t", "--yes"]),
+        Duration::from_secs(180),
+    )
+    .await;
+    assert!(ok, "resync:\n{out}");
+    source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
+    assert_eq!(
+        failed_rows(&local).await,
+        0,
+        "no record of an older shape failed or was dead-lettered:\n{}",
+        support::tail(&consumer.log(), 40)
+    );
+    assert_eq!(
+        local_definition(&local.pool, "public.t").await,
+        before,
+        "the local definition of the final version"
+    );
+    let index: Option<String> = sqlx::query_scalar("SELECT to_regclass('t_b_local')::text")
+        .fetch_one(&local.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        index.as_deref(),
+        Some("t_b_local"),
+        "the local index is back"
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM t WHERE b = 7 AND id <= 40 AND id % 5 <> 0")
+            .fetch_one(&local.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows, 28,
+        "rows from before `ADD COLUMN b … DEFAULT 7` hold 7"
+    );
+    // Through every version: the rebuild took each definition again, in
+    // order, and applied each change (destructive ones included: they had
+    // been accepted before).
+    let rebuilt: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, statements FROM syncdata.schema_changes WHERE table_name = 't' \
+         AND id > (SELECT max(id) FROM syncdata.schema_changes WHERE outcome = 'rewound') ORDER BY id",
+    )
+    .fetch_all(&local.pool)
+    .await
+    .unwrap();
+    let replayed: Vec<&(String, Option<String>)> =
+        rebuilt.iter().filter(|(o, _)| o == "replayed").collect();
+    assert_eq!(
+        replayed.len(),
+        7,
+        "the first definition and six changes: {rebuilt:?}"
+    );
+    let statements: Vec<&String> = replayed.iter().filter_map(|(_, s)| s.as_ref()).collect();
+    let expect = [
+        r#"ADD COLUMN "a" text"#,
+        r#"ADD COLUMN "b" integer DEFAULT 7 NOT NULL"#,
+        r#"ALTER COLUMN "name" TYPE character varying(60)"#,
+        r#"ALTER COLUMN "n" TYPE bigint"#,
+        r#"DROP COLUMN "gone""#,
+        r#"RENAME COLUMN "a" TO "a2""#,
+    ];
+    assert_eq!(statements.len(), expect.len(), "{rebuilt:?}");
+    for (s, e) in statements.iter().zip(expect) {
+        assert!(s.contains(e), "{e} in {s} ({rebuilt:?})");
+    }
+    // Then the table's own parts come back, and the rebuild is over.
+    let last = rebuilt.last().unwrap();
+    assert_eq!(last.0, "restored", "{rebuilt:?}");
+    assert!(
+        last.1.as_deref().unwrap_or_default().contains("t_b_local"),
+        "{rebuilt:?}"
+    );
+    assert_eq!(rebuilt.len(), 8, "{rebuilt:?}");
+    let rewound: Option<String> = sqlx::query_scalar(
+        "SELECT statements FROM syncdata.schema_changes WHERE outcome = 'rewound'",
+    )
+    .fetch_one(&local.pool)
+    .await
+    .unwrap();
+    let rewound = rewound.unwrap_or_default();
+    for undo in [
+        r#"ADD COLUMN "gone" text"#,
+        r#"DROP COLUMN "b""#,
+        r#"DROP COLUMN "a2""#,
+        r#"ALTER COLUMN "name" TYPE character varying(20)"#,
+        r#"ALTER COLUMN "n" TYPE integer"#,
+    ] {
+        assert!(rewound.contains(undo), "{undo} in the rewind:\n{rewound}");
+    }
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["schema", "diff", "t"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok && out.contains("t: matches"), "{out}");
+    drop((archiver, publisher, consumer));
+}
