@@ -10,6 +10,9 @@
 //! - `data_sync_metrics` (the periodic FREQ roll-up of seed 004): records
 //!   added/updated/deleted of the periods that start inside the window;
 //! - `syncdata.row_state`: rows parked now;
+//! - `syncdata.schema_changes`: the schema changes taken in the window
+//!   (applied, halted on, resumed, ignored, and a resync's rebuild), each
+//!   with its statements (docs/schema.md);
 //! - the dead-letter stream: dead letters waiting now (absent when NATS
 //!   cannot be reached);
 //! - with `--source`: row drift, the difference between the source's and the
@@ -90,6 +93,23 @@ pub struct TableReport {
     pub row_drift: Option<i64>,
     /// Records applied per chart bucket, oldest first (`BUCKETS` of them).
     pub applied_over_time: Vec<i64>,
+    /// Schema changes taken in the window (`syncdata.schema_changes`),
+    /// oldest first.
+    pub schema_changes: Vec<SchemaChange>,
+}
+
+/// One row of `syncdata.schema_changes`.
+#[derive(Debug, Serialize)]
+pub struct SchemaChange {
+    /// When it was taken, RFC 3339 UTC.
+    pub at: String,
+    /// The SCHEMA record's version in the stream.
+    pub version: String,
+    /// `applied`, `unchanged`, `halted`, `resumed`, `ignored`, or a
+    /// resync's `rewound`, `replayed`, `restored`.
+    pub outcome: String,
+    /// The SQL run (applied), or to run (halted); one statement a line.
+    pub statements: Option<String>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -154,6 +174,7 @@ pub async fn gather(config: &Config, args: &ReportArgs) -> anyhow::Result<Report
         let mut r = from_log(&pool, t, window, now_epoch).await?;
         r.metrics = metrics(&pool, t, window).await?;
         r.parked_now = parked_now(&pool, t).await?;
+        r.schema_changes = schema_changes(&pool, t, window).await?;
         r.dead_letters_waiting = dlq
             .as_ref()
             .map(|counts| counts.get(&t.to_string()).copied().unwrap_or(0));
@@ -284,6 +305,53 @@ async fn metrics(pool: &PgPool, t: &TableName, window: i64) -> anyhow::Result<Me
     })
 }
 
+/// The table's rows of `syncdata.schema_changes` in the window.
+async fn schema_changes(
+    pool: &PgPool,
+    t: &TableName,
+    window: i64,
+) -> anyhow::Result<Vec<SchemaChange>> {
+    let rows: Vec<(String, i64, i64, String, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select to_char(at at time zone 'UTC', {TS}), lsn, seq, outcome, statements \
+             from syncdata.schema_changes \
+             where table_name = $1 and at > now() - make_interval(secs => $2) order by id"
+        )))
+        .bind(t.to_string())
+        .bind(window as f64)
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("reading the schema changes of {t}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(at, lsn, seq, outcome, statements)| SchemaChange {
+            at,
+            version: crate::schema::version_of(lsn, seq).to_string(),
+            outcome,
+            statements,
+        })
+        .collect())
+}
+
+/// "2 applied, 1 halted" (in the order first seen); "none".
+fn outcomes(changes: &[SchemaChange]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for c in changes {
+        match counts.iter_mut().find(|(o, _)| *o == c.outcome) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&c.outcome, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(o, n)| format!("{n} {o}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn parked_now(pool: &PgPool, t: &TableName) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "select count(*) from syncdata.row_state r join syncdata.table_state s on s.id = r.table_id \
@@ -391,6 +459,13 @@ fn text(r: &Report) -> anyhow::Result<()> {
         if let Some(d) = t.row_drift {
             outln!("  row drift     {d} (source rows minus local rows)")?;
         }
+        outln!("  schema        {}", outcomes(&t.schema_changes))?;
+        for c in &t.schema_changes {
+            outln!("    {} {} {}", c.at, c.version, c.outcome)?;
+            for line in c.statements.iter().flat_map(|s| s.lines()) {
+                outln!("      {line}")?;
+            }
+        }
     }
     Ok(())
 }
@@ -447,7 +522,8 @@ fn html(r: &Report) -> String {
          <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          table{{border-collapse:collapse}}td,th{{padding:2px 10px;text-align:right}}\
          th:first-child,td:first-child{{text-align:left}}section{{margin-top:2em}}\
-         rect{{fill:#3b7dd8}}</style></head><body>\
+         rect{{fill:#3b7dd8}}table.schema td{{text-align:left;vertical-align:top}}\
+         pre{{margin:0}}</style></head><body>\
          <h1>syncdata report</h1><p>{from} .. {to}</p>",
         from = esc(&r.from),
         to = esc(&r.to),
@@ -457,7 +533,7 @@ fn html(r: &Report) -> String {
             || "-".to_owned(),
             |l| format!("{:.1} / {:.1} / {:.1}", l.median, l.p99, l.max),
         );
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 13] = [
             ("batches", t.batches.to_string()),
             ("applied", t.applied.to_string()),
             ("inserted", t.inserted.to_string()),
@@ -470,14 +546,34 @@ fn html(r: &Report) -> String {
             ("dead letters waiting", opt(&t.dead_letters_waiting)),
             ("lag median / p99 / max (s)", lag),
             ("row drift", opt(&t.row_drift)),
+            ("schema changes", outcomes(&t.schema_changes)),
         ];
         let _ = write!(h, "<section><h2>{}</h2><table>", esc(&t.table));
         for (k, v) in rows {
             let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
         }
+        let _ = write!(h, "</table>");
+        if !t.schema_changes.is_empty() {
+            let _ = write!(
+                h,
+                "<table class=\"schema\"><tr><th>schema change taken</th><th>version</th>\
+                 <th>outcome</th><th>statements</th></tr>"
+            );
+            for c in &t.schema_changes {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+                    esc(&c.at),
+                    esc(&c.version),
+                    esc(&c.outcome),
+                    esc(c.statements.as_deref().unwrap_or(""))
+                );
+            }
+            h.push_str("</table>");
+        }
         let _ = write!(
             h,
-            "</table><p>records applied over the window</p>{}</section>",
+            "<p>records applied over the window</p>{}</section>",
             chart(&t.applied_over_time)
         );
     }

@@ -158,9 +158,31 @@ pub async fn rewind(
         .execute(&mut *tx)
         .await?;
     }
-    let statements = follow_columns(tx, &history.first, table, &local_only)
-        .await
-        .map_err(|e| anyhow::anyhow!("rewinding {table} to its first definition: {e}"))?;
+    sqlx::query("SAVEPOINT rewind").execute(&mut *tx).await?;
+    let statements = match follow_columns(tx, &history.first, table, &local_only).await {
+        Ok(s) => s,
+        Err(e) => {
+            // A view on a dropped column, say. Failing here would fail
+            // every `start` that finishes this resync: the replay goes
+            // into the current shape instead, as without capture.
+            sqlx::query("ROLLBACK TO SAVEPOINT rewind")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE syncdata.schema_state SET rebuild_lsn = NULL, rebuild_seq = NULL, \
+                   rebuild_definition = NULL, rebuild_local_only = NULL, rebuild_indexes = NULL \
+                 WHERE table_name = $1",
+            )
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+            tracing::error!(table = %table, error = %e,
+                            "cannot rewind the table to its first definition in the stream: \
+                             the replay goes into its current shape, and records of older \
+                             shapes may fail");
+            return Ok(None);
+        }
+    };
     // Every definition is taken again, from the first.
     let first = serde_json::to_value(&history.first).expect("a definition serializes");
     sqlx::query(

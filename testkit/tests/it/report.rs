@@ -32,7 +32,7 @@ fn record(op: &str, id: u64, version: u64, data: Value) -> Vec<u8> {
 
 /// Tags must nest: every opened element closes, in order (void elements
 /// and `<!DOCTYPE>` aside). Returns the first problem.
-fn well_formed(html: &str) -> Result<(), String> {
+pub(crate) fn well_formed(html: &str) -> Result<(), String> {
     const VOID: [&str; 2] = ["meta", "br"];
     let mut stack: Vec<String> = Vec::new();
     let mut rest = html;

@@ -618,3 +618,128 @@ async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
     assert!(ok && out.contains("t: matches"), "{out}");
     drop((archiver, publisher, consumer));
 }
+
+/// `report` lists the schema changes of the period: in `--json`, exactly
+/// the table's rows of `syncdata.schema_changes` in the window (a row
+/// moved before it is left out); in the text and the HTML forms, each with
+/// its statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_lists_the_schema_changes_of_the_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source::source(d).await;
+    let ddl = "CREATE TABLE r (id int PRIMARY KEY, v text)";
+    src.exec(ddl).await;
+    let local = support::fresh_database("schema_report_local").await;
+    local_exec(&local.pool, ddl).await;
+    let names = TestNames::new("schemareport");
+    let cfg = config(d, &local, &names, &src, &["r"]);
+    let (ok, log) = source::finish(
+        source::producer(
+            d,
+            &cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    let archiver = source::producer(d, &cfg, &["archive"]);
+    let publisher = source::producer(d, &cfg, &["run"]);
+    source::add_tables(d, &cfg, &["r"]).await;
+    let consumer = source::syncdata(d, &cfg, &["start"]);
+    let logs = [&archiver, &publisher, &consumer];
+    src.exec("INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 20) g")
+        .await;
+    src.exec("ALTER TABLE r ADD COLUMN w int DEFAULT 1").await;
+    src.exec("INSERT INTO r SELECT g, 'v' || g, g FROM generate_series(21, 30) g")
+        .await;
+    src.exec("ALTER TABLE r DROP COLUMN v").await;
+    // A row after the halt: verify waits for the resume.
+    src.exec("INSERT INTO r (id, w) VALUES (31, 31)").await;
+    let sql = r#"ALTER TABLE "public"."r" DROP COLUMN "v";"#;
+    wait_halted(d, &cfg, sql, &logs).await;
+    local_exec(&local.pool, sql).await;
+    source::verify_until_equal(d, &cfg, &src.url, &["r"], Duration::from_secs(120), &logs).await;
+    // The first change taken (the capture's baseline) is moved out of the
+    // window.
+    local_exec(
+        &local.pool,
+        "UPDATE syncdata.schema_changes SET at = now() - interval '3 hours' \
+         WHERE id = (SELECT min(id) FROM syncdata.schema_changes WHERE table_name = 'r')",
+    )
+    .await;
+    type Row = (String, i64, i64, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), lsn, seq, outcome, statements \
+         FROM syncdata.schema_changes WHERE table_name = 'r' AND at > now() - interval '1 hour' ORDER BY id",
+    )
+    .fetch_all(&local.pool)
+    .await
+    .unwrap();
+    let all: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM syncdata.schema_changes WHERE table_name = 'r'")
+            .fetch_one(&local.pool)
+            .await
+            .unwrap();
+    assert_eq!(all, rows.len() as i64 + 1, "one row is out of the window");
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+    assert_eq!(outcomes, ["applied", "halted", "resumed"], "{rows:?}");
+    let expected: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(at, lsn, seq, outcome, statements)| {
+            serde_json::json!({
+                "at": at,
+                "version": syncdata_core::version::Version::new(
+                    syncdata_core::version::Lsn(*lsn as u64), *seq as u64).to_string(),
+                "outcome": outcome,
+                "statements": statements,
+            })
+        })
+        .collect();
+
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["report", "r", "--since", "1h", "--json"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out[out.find('{').unwrap()..=out.rfind('}').unwrap()]).unwrap();
+    assert_eq!(
+        json["tables"][0]["schema_changes"],
+        serde_json::Value::Array(expected),
+        "{out}"
+    );
+
+    let (ok, text) = source::finish(
+        source::syncdata(d, &cfg, &["report", "r", "--since", "1h"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("  schema        1 applied, 1 halted, 1 resumed"),
+        "{text}"
+    );
+    let (ok, html) = source::finish(
+        source::syncdata(d, &cfg, &["report", "r", "--since", "1h", "--html"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{html}");
+    let page = &html[html.find("<!DOCTYPE").unwrap()..=html.rfind('>').unwrap()];
+    crate::report::well_formed(page).unwrap();
+    for (_, _, _, outcome, statements) in &rows {
+        for line in statements.iter().flat_map(|s| s.lines()) {
+            assert!(
+                text.contains(&format!("      {line}")),
+                "{line} in:\n{text}"
+            );
+            let escaped = line.replace('&', "&amp;").replace('"', "&quot;");
+            assert!(page.contains(&escaped), "{escaped} in:\n{page}");
+        }
+        assert!(page.contains(&format!("<td>{outcome}</td>")), "{page}");
+    }
+    drop((archiver, publisher, consumer));
+}
