@@ -17,6 +17,17 @@ use support::{Proc, TestDb, TestNames};
 use crate::source::{self, Source};
 
 fn config(dir: &Path, local: &TestDb, names: &TestNames, src: &Source, tables: &[&str]) -> PathBuf {
+    config_with(dir, local, names, src, tables, "wal2json")
+}
+
+fn config_with(
+    dir: &Path,
+    local: &TestDb,
+    names: &TestNames,
+    src: &Source,
+    tables: &[&str],
+    plugin: &str,
+) -> PathBuf {
     let archive = dir.join("archive");
     std::fs::create_dir_all(&archive).unwrap();
     let list = tables
@@ -33,7 +44,7 @@ fn config(dir: &Path, local: &TestDb, names: &TestNames, src: &Source, tables: &
         &format!(
             "[producer]\nsource_url = \"{}\"\nrescan_ms = 200\n\n\
              [consumer]\nbatch_size = 500\nmax_backoff_ms = 500\n\n\
-             [source]\nplugin = \"wal2json\"\ntables = [{list}]\n",
+             [source]\nplugin = \"{plugin}\"\ntables = [{list}]\n",
             src.url
         ),
     )
@@ -741,5 +752,86 @@ async fn report_lists_the_schema_changes_of_the_period() {
         }
         assert!(page.contains(&format!("<td>{outcome}</td>")), "{page}");
     }
+    drop((archiver, publisher, consumer));
+}
+
+/// Schema capture through a pgoutput slot (what `source.plugin = "auto"`
+/// picks for a new slot with a table list): the capture table is in the
+/// publication, its rows become SCHEMA records; additive DDL under way
+/// follows without a dead letter, and a DROP COLUMN halts with its SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_flow_through_a_pgoutput_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = source::source(d).await;
+    let ddl = "CREATE TABLE p (id int PRIMARY KEY, name varchar(20) NOT NULL, n int)";
+    src.exec(ddl).await;
+    let local = support::fresh_database("schema_pgoutput_local").await;
+    local_exec(&local.pool, ddl).await;
+    let names = TestNames::new("schemapgo");
+    let cfg = config_with(d, &local, &names, &src, &["p"], "auto");
+    let (ok, log) = source::finish(
+        source::producer(
+            d,
+            &cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    assert!(log.contains("(pgoutput) at"), "auto picks pgoutput: {log}");
+    assert!(log.contains("ok: schema capture"), "{log}");
+    let archiver = source::producer(d, &cfg, &["archive"]);
+    let publisher = source::producer(d, &cfg, &["run"]);
+    source::add_tables(d, &cfg, &["p"]).await;
+    let consumer = source::syncdata(d, &cfg, &["start"]);
+    let logs = [&archiver, &publisher, &consumer];
+    src.exec("INSERT INTO p SELECT g, 'r' || g, g FROM generate_series(1, 30) g")
+        .await;
+    for alter in [
+        "ALTER TABLE p ADD COLUMN b int NOT NULL DEFAULT 7",
+        "ALTER TABLE p ALTER COLUMN name TYPE varchar(60)",
+        "ALTER TABLE p ALTER COLUMN n TYPE bigint",
+    ] {
+        src.exec(alter).await;
+    }
+    src.exec(
+        "INSERT INTO p SELECT g, 'a name longer than twenty characters ' || g, 5000000000 + g, g \
+         FROM generate_series(31, 60) g; UPDATE p SET b = 8 WHERE id % 4 = 0",
+    )
+    .await;
+    source::verify_until_equal(d, &cfg, &src.url, &["p"], Duration::from_secs(120), &logs).await;
+    assert_eq!(failed_rows(&local).await, 0, "no record failed");
+    let local_cols: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
+         WHERE attrelid = 'p'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .fetch_all(&local.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        local_cols,
+        vec![
+            ("id".into(), "integer".into(), true),
+            ("name".into(), "character varying(60)".into(), true),
+            ("n".into(), "bigint".into(), false),
+            ("b".into(), "integer".into(), true),
+        ]
+    );
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM syncdata.schema_changes WHERE table_name = 'p' AND outcome = 'applied'",
+    )
+    .fetch_one(&local.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 3, "each change taken from the pgoutput stream");
+    src.exec("ALTER TABLE p DROP COLUMN n").await;
+    src.exec("INSERT INTO p (id, name) VALUES (61, 'after')")
+        .await;
+    let sql = r#"ALTER TABLE "public"."p" DROP COLUMN "n";"#;
+    wait_halted(d, &cfg, sql, &logs).await;
+    local_exec(&local.pool, sql).await;
+    source::verify_until_equal(d, &cfg, &src.url, &["p"], Duration::from_secs(120), &logs).await;
     drop((archiver, publisher, consumer));
 }
