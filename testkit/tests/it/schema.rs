@@ -531,12 +531,33 @@ async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
     let before = local_definition(&local.pool, "public.t").await;
     assert_eq!(failed_rows(&local).await, 0);
 
+    // A resync that crashes right after the rewind, then one that
+    // finishes: the second keeps what the first saved (the definition,
+    // the index the rewind dropped with `b`).
+    let (ok, out) = source::finish(
+        Proc::spawn(
+            "syncdata",
+            &["resync", "t", "--yes", "--no-wait"],
+            &cfg,
+            &[("SYNCDATA_FAILPOINT", "resync-after-reset")],
+            d,
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!ok && out.contains("failpoint resync-after-reset"), "{out}");
+    let gone: Option<String> = sqlx::query_scalar("SELECT to_regclass('t_b_local')::text")
+        .fetch_one(&local.pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "rewound: `b` and its index are gone");
     let (ok, out) = source::finish(
         source::syncdata(d, &cfg, &["resync", "t", "--yes"]),
         Duration::from_secs(180),
     )
     .await;
     assert!(ok, "resync:\n{out}");
+    assert!(out.contains("t: rewound to the first definition"), "{out}");
     source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
     assert_eq!(
         failed_rows(&local).await,
@@ -606,7 +627,7 @@ async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
     );
     assert_eq!(rebuilt.len(), 8, "{rebuilt:?}");
     let rewound: Option<String> = sqlx::query_scalar(
-        "SELECT statements FROM syncdata.schema_changes WHERE outcome = 'rewound'",
+        "SELECT statements FROM syncdata.schema_changes WHERE outcome = 'rewound' ORDER BY id LIMIT 1",
     )
     .fetch_one(&local.pool)
     .await
