@@ -586,6 +586,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn schema_outcomes_count_in_the_order_first_seen() {
+        let change = |outcome: &str| SchemaChange {
+            at: "2026-12-04T09:00:00Z".into(),
+            version: "0/1#0".into(),
+            outcome: outcome.into(),
+            statements: None,
+        };
+        assert_eq!(outcomes(&[]), "none");
+        let changes = ["applied", "halted", "applied", "resumed"].map(change);
+        assert_eq!(outcomes(&changes), "2 applied, 1 halted, 1 resumed");
+    }
+
+    #[test]
     fn windows_parse_with_units_and_refuse_nonsense() {
         assert_eq!(parse_window("24h").unwrap(), 86_400);
         assert_eq!(parse_window("30m").unwrap(), 1800);

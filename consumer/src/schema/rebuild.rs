@@ -402,3 +402,72 @@ async fn restore(tx: &mut PgConnection, table: &TableName) -> Result<Vec<String>
     }
     Ok(run)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncdata_core::tabledef::{ColumnDef, UniqueDef};
+
+    fn col(name: &str, type_name: &str) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            type_name: type_name.into(),
+            not_null: false,
+            default: None,
+        }
+    }
+
+    fn def(columns: Vec<ColumnDef>, unique: Vec<&str>) -> TableDef {
+        TableDef {
+            schema: "public".into(),
+            table: "t".into(),
+            columns,
+            primary_key: vec!["id".into()],
+            primary_key_name: Some("t_pkey".into()),
+            unique: unique
+                .into_iter()
+                .map(|c| UniqueDef {
+                    name: format!("t_{c}_key"),
+                    columns: vec![c.into()],
+                })
+                .collect(),
+            foreign_keys: vec![],
+            command: None,
+        }
+    }
+
+    #[test]
+    fn only_production_columns_move_and_constraints_stay() {
+        // The first definition: id, gone (a later DROP), name varchar(20).
+        let first = def(
+            vec![
+                col("id", "integer"),
+                col("gone", "text"),
+                col("name", "character varying(20)"),
+            ],
+            vec![],
+        );
+        // The local table: `b` came later in production, `mine` is local
+        // only, `name` was widened, and a local unique constraint.
+        let local = def(
+            vec![
+                col("id", "integer"),
+                col("name", "character varying(60)"),
+                col("b", "integer"),
+                col("mine", "text"),
+            ],
+            vec!["name"],
+        );
+        let (target, local) = columns_only(&first, &local, &["mine".to_owned()]);
+        let diffs = diff::diff(&target, Some(&local));
+        let kinds: Vec<String> = diffs
+            .iter()
+            .map(|d| format!("{} {}", d.kind, d.column.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["add_column gone", "drop_column b", "narrow_type name"],
+            "{diffs:?}"
+        );
+    }
+}
