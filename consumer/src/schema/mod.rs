@@ -159,16 +159,24 @@ pub enum Taken {
     },
     /// The table halts at this record: hold it and everything newer.
     Halted { reason: String, newly: bool },
+    /// A resync's rebuild has not reached this record yet: hold it and
+    /// everything newer; the replay brings it again.
+    Wait,
 }
 
 pub(crate) fn version_of(lsn: i64, seq: i64) -> Version {
     Version::new(Lsn(lsn as u64), seq as u64)
 }
 
-/// The version a table is halted at, if it is.
+/// The version a table is halted at, if it is: data newer than it is
+/// held. While a resync rebuilds the table, the rebuild's target: data
+/// newer than the last accepted definition waits until the replay has
+/// taken it (data fetched from before the resync never meets an older
+/// shape; module rebuild).
 pub async fn halted_at(pool: &PgPool, table: &TableName) -> Result<Option<Version>, sqlx::Error> {
     let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT halted_lsn, halted_seq FROM syncdata.schema_state WHERE table_name = $1",
+        "SELECT coalesce(rebuild_lsn, halted_lsn), CASE WHEN rebuild_lsn IS NULL THEN halted_seq \
+           ELSE rebuild_seq END FROM syncdata.schema_state WHERE table_name = $1",
     )
     .bind(table.to_string())
     .fetch_optional(pool)
@@ -214,11 +222,8 @@ pub async fn take(
     let halted = prior.as_ref().and_then(|p| Some(version_of(p.2?, p.3?)));
     let def_json = serde_json::to_value(&def).expect("a definition serializes");
     if let Some(target) = prior.as_ref().and_then(|p| Some(version_of(p.4?, p.5?))) {
-        // A resync's rebuild (module rebuild): it decides, or hands the
-        // record back once the rebuild is over.
-        if let Some(taken) = rebuild::take(pool, table, &def, &def_json, version, target).await? {
-            return Ok(taken);
-        }
+        // A resync's rebuild (module rebuild) decides.
+        return rebuild::take(pool, table, &def, &def_json, version, target).await;
     }
     if let Some((l, s, ..)) = &prior {
         if version_of(*l, *s) >= version && halted.is_none() {
@@ -497,6 +502,11 @@ pub(crate) async fn worker_take<T: crate::apply::Target>(
             } else {
                 tracing::debug!(table = %table, version = %version, "still halted on a schema change");
             }
+            Fate::Retry
+        }
+        Ok(Taken::Wait) => {
+            tracing::debug!(table = %table, version = %version,
+                            "schema change ahead of the table's rebuild; held until the replay reaches it");
             Fate::Retry
         }
         Err(TakeError::Invalid(error)) => Fate::Poison {

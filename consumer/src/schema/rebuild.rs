@@ -37,6 +37,8 @@ pub struct History {
     /// The oldest: the shape of the oldest records of the table.
     pub first: TableDef,
     pub first_version: Version,
+    /// The versions of all of them, oldest first.
+    pub versions: Vec<Version>,
     /// Every column any definition names (production's columns; the local
     /// table's other columns are its own).
     pub columns: BTreeSet<String>,
@@ -68,12 +70,16 @@ pub async fn history(
         let (def, version) = super::definition_of(&msg, signer, table)?;
         let names = def.columns.iter().map(|c| c.name.clone());
         match &mut out {
-            Some(h) => h.columns.extend(names),
+            Some(h) => {
+                h.columns.extend(names);
+                h.versions.push(version);
+            }
             None => {
                 out = Some(History {
                     columns: names.collect(),
                     first: def,
                     first_version: version,
+                    versions: vec![version],
                 })
             }
         }
@@ -118,7 +124,13 @@ pub async fn rewind(
         return Ok(None);
     };
     let in_progress = rebuild_lsn.is_some();
-    if !in_progress && (Policy::of(config, table) == Policy::Ignore || (lsn, seq) == (0, 0)) {
+    // The rebuild's target: the newest definition taken before the resync
+    // that the stream still holds, so the replay is sure to reach it.
+    let taken = super::version_of(lsn, seq);
+    let target = history.versions.iter().rev().find(|v| **v <= taken);
+    if !in_progress
+        && (Policy::of(config, table) == Policy::Ignore || (lsn, seq) == (0, 0) || target.is_none())
+    {
         return Ok(None);
     }
     let local = super::local_definition_on(&mut *tx, table)
@@ -146,8 +158,9 @@ pub async fn rewind(
         .bind(table.quoted())
         .fetch_all(&mut *tx)
         .await?;
+        let target = target.expect("checked above");
         sqlx::query(
-            "UPDATE syncdata.schema_state SET rebuild_lsn = lsn, rebuild_seq = seq, \
+            "UPDATE syncdata.schema_state SET rebuild_lsn = $5, rebuild_seq = $6, \
                rebuild_definition = $2, rebuild_local_only = $3, rebuild_indexes = $4 \
              WHERE table_name = $1",
         )
@@ -155,6 +168,8 @@ pub async fn rewind(
         .bind(serde_json::to_value(&local).expect("a definition serializes"))
         .bind(&local_only)
         .bind(&indexes)
+        .bind(target.lsn.0 as i64)
+        .bind(target.seq as i64)
         .execute(&mut *tx)
         .await?;
     }
@@ -266,10 +281,12 @@ async fn follow_columns(
 }
 
 /// Takes a SCHEMA record of a table being rebuilt towards `target` (the
-/// newest definition taken before the resync). Up to it, the record's
-/// column changes are applied whatever their class; at it, the table gets
-/// back what was its own and the rebuild ends. None: the rebuild is over
-/// (the record is newer than `target`); take the record as usual.
+/// newest definition taken before the resync that the stream holds). Up to
+/// it, the record's column changes are applied whatever their class; at
+/// it, the table gets back what was its own and the rebuild ends. A newer
+/// record waits for the end ([`Taken::Wait`]): the replay has not reached
+/// it, so it is a delivery from before the resync (the old durable's
+/// batch in flight), or another process's, ahead of the replay.
 pub(super) async fn take(
     pool: &PgPool,
     table: &TableName,
@@ -277,49 +294,38 @@ pub(super) async fn take(
     def_json: &serde_json::Value,
     version: Version,
     target: Version,
-) -> Result<Option<Taken>, TakeError> {
+) -> Result<Taken, TakeError> {
+    if version > target {
+        return Ok(Taken::Wait);
+    }
     let name = table.to_string();
     let mut tx = pool.begin().await?;
-    let mut statements = Vec::new();
-    if version <= target {
-        let local_only: Option<Vec<String>> = sqlx::query_scalar(
-            "SELECT rebuild_local_only FROM syncdata.schema_state WHERE table_name = $1 FOR UPDATE",
-        )
-        .bind(&name)
-        .fetch_one(&mut *tx)
-        .await?;
-        statements = follow_columns(&mut tx, def, table, &local_only.unwrap_or_default()).await?;
-        super::record_taken(
-            &mut tx,
-            &name,
-            version.lsn.0 as i64,
-            version.seq as i64,
-            def_json,
-            "replayed",
-            &statements,
-        )
-        .await?;
-        if version < target {
-            tx.commit().await?;
-            return Ok(Some(Taken::Applied {
-                statements,
-                reshaped: true,
-            }));
-        }
-    }
-    statements.extend(restore(&mut tx, table).await?);
-    tx.commit().await?;
+    let local_only: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT rebuild_local_only FROM syncdata.schema_state WHERE table_name = $1 FOR UPDATE",
+    )
+    .bind(&name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut statements =
+        follow_columns(&mut tx, def, table, &local_only.unwrap_or_default()).await?;
+    super::record_taken(
+        &mut tx,
+        &name,
+        version.lsn.0 as i64,
+        version.seq as i64,
+        def_json,
+        "replayed",
+        &statements,
+    )
+    .await?;
     if version == target {
-        Ok(Some(Taken::Applied {
-            statements,
-            reshaped: true,
-        }))
-    } else {
-        // The target was not in the stream (gone with its retention): the
-        // rebuild ended at the first newer definition, which meets the
-        // table's policy now.
-        Ok(None)
+        statements.extend(restore(&mut tx, table).await?);
     }
+    tx.commit().await?;
+    Ok(Taken::Applied {
+        statements,
+        reshaped: true,
+    })
 }
 
 /// Ends a rebuild: the local table gets back the definition it had before

@@ -648,6 +648,67 @@ async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
     )
     .await;
     assert!(ok && out.contains("t: matches"), "{out}");
+
+    // A resync while the table is halted on a change not yet migrated: the
+    // rebuild ends at the last accepted definition, and the change newer
+    // than it halts again, with the same SQL; once it ran, the table
+    // converges.
+    let sql = r#"ALTER TABLE "public"."t" ALTER COLUMN "n" TYPE integer USING "n"::integer;"#;
+    src.exec("UPDATE t SET n = id; ALTER TABLE t ALTER COLUMN n TYPE int")
+        .await;
+    src.exec("UPDATE t SET n = n + 1 WHERE id % 2 = 0").await;
+    wait_halted(d, &cfg, sql, &logs).await;
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["resync", "t", "--yes", "--no-wait"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "resync:\n{out}");
+    support::wait_until(
+        "the rebuild over, halted again",
+        Duration::from_secs(90),
+        || {
+            let pool = local.pool.clone();
+            async move {
+                let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+                    "SELECT rebuild_lsn, halted_lsn FROM syncdata.schema_state WHERE table_name = 't'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                matches!(row, Some((None, Some(_))))
+            }
+        },
+    )
+    .await;
+    wait_halted(d, &cfg, sql, &logs).await;
+    assert_eq!(
+        local_definition(&local.pool, "public.t").await,
+        before,
+        "rebuilt up to the accepted definition"
+    );
+    // The records before the halted change (`SET n = id`) apply; then its
+    // SQL can run.
+    support::wait_until(
+        "the records before the halt applied",
+        Duration::from_secs(90),
+        || {
+            let pool = local.pool.clone();
+            async move {
+                let (rows, big): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), count(*) FILTER (WHERE n > 2147483647) FROM t",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                rows == 126 && big == 0
+            }
+        },
+    )
+    .await;
+    local_exec(&local.pool, sql).await;
+    source::verify_until_equal(d, &cfg, &src.url, &["t"], Duration::from_secs(120), &logs).await;
+    assert_eq!(failed_rows(&local).await, 0);
     drop((archiver, publisher, consumer));
 }
 
