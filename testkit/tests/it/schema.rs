@@ -840,7 +840,8 @@ async fn report_lists_the_schema_changes_of_the_period() {
 /// Schema capture through a pgoutput slot (what `source.plugin = "auto"`
 /// picks for a new slot with a table list): the capture table is in the
 /// publication, its rows become SCHEMA records; additive DDL under way
-/// follows without a dead letter, and a DROP COLUMN halts with its SQL.
+/// follows without a dead letter, a DROP COLUMN halts with its SQL, and a
+/// resync rebuilds the table through those versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_flow_through_a_pgoutput_slot() {
     let dir = tempfile::tempdir().unwrap();
@@ -915,5 +916,19 @@ async fn schema_changes_flow_through_a_pgoutput_slot() {
     wait_halted(d, &cfg, sql, &logs).await;
     local_exec(&local.pool, sql).await;
     source::verify_until_equal(d, &cfg, &src.url, &["p"], Duration::from_secs(120), &logs).await;
+    // And a resync rebuilds it through those versions.
+    let before = local_definition(&local.pool, "public.p").await;
+    let (ok, out) = source::finish(
+        source::syncdata(d, &cfg, &["resync", "p", "--yes"]),
+        Duration::from_secs(180),
+    )
+    .await;
+    assert!(
+        ok && out.contains("p: rewound to the first definition"),
+        "{out}"
+    );
+    source::verify_until_equal(d, &cfg, &src.url, &["p"], Duration::from_secs(120), &logs).await;
+    assert_eq!(local_definition(&local.pool, "public.p").await, before);
+    assert_eq!(failed_rows(&local).await, 0, "no record failed");
     drop((archiver, publisher, consumer));
 }
