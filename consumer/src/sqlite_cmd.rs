@@ -70,35 +70,111 @@ pub async fn create_from(
             .iter()
             .find(|t| t.schema == name.schema && t.name == name.table)
             .ok_or_else(|| anyhow::anyhow!("{} defines no table {name}", file.display()))?;
-        if def.primary_key.is_empty() {
-            bail!(
-                "table {name} in {} has no primary key: syncdata needs one",
-                file.display()
-            );
-        }
-        let local = sqlite::local_name(name);
-        sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
-            .execute(&mut *tx)
-            .await?;
-        for (column, pg_type) in &def.columns {
-            sqlx::query(
-                "insert or replace into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
-            )
-            .bind(&local)
-            .bind(column)
-            .bind(pg_type)
-            .execute(&mut *tx)
-            .await?;
-        }
+        create_table(&mut tx, def)
+            .await
+            .with_context(|| format!("table {name} in {}", file.display()))?;
     }
     tx.commit().await?;
     Ok(())
 }
 
+/// Creates one table (if missing) under the type mapping and records its
+/// columns' PostgreSQL types in `syncdata_columns`.
+async fn create_table(
+    tx: &mut sqlx::SqliteConnection,
+    def: &ddl::PgTable,
+) -> anyhow::Result<()> {
+    if def.primary_key.is_empty() {
+        bail!("no primary key: syncdata needs one");
+    }
+    let local = sqlite::local_name(&TableName::new(def.schema.clone(), def.name.clone()));
+    sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
+        .execute(&mut *tx)
+        .await?;
+    for (column, pg_type) in &def.columns {
+        sqlx::query(
+            "insert or replace into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
+        )
+        .bind(&local)
+        .bind(column)
+        .bind(pg_type)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `add-tables --create`: creates `table` when the file lacks it, from the
+/// newest definition the stream carries (schema capture, docs/schema.md),
+/// under the type mapping. Returns whether it created it.
+pub async fn create_from_stream(
+    config: &Config,
+    pool: &SqlitePool,
+    table: &TableName,
+) -> anyhow::Result<bool> {
+    if sqlite::load_shape(pool, table).await.is_ok() {
+        return Ok(false);
+    }
+    let def = stream_definition(config, table).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{table} does not exist in the file and the stream holds no definition of it \
+             (install schema capture with `syncdata-producer setup-source` on the source, \
+             or give --create-from FILE.sql)"
+        )
+    })?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    create_table(&mut tx, &pg_table(&def))
+        .await
+        .with_context(|| format!("creating {table}"))?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The stream's newest definition of `table` (its signature checked when a
+/// signing key is set).
+async fn stream_definition(
+    config: &Config,
+    table: &TableName,
+) -> anyhow::Result<Option<syncdata_core::tabledef::TableDef>> {
+    let client = nats::connect(&config.nats, "syncdata-schema").await?;
+    let js = jetstream::new(client);
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    Ok(
+        crate::schema::stream_definition(&js, config, signer.as_ref(), table)
+            .await?
+            .map(|(def, _)| def),
+    )
+}
+
+/// A definition from the stream as the DDL reader's table: column names
+/// and PostgreSQL types (`format_type`'s), and the primary key.
+fn pg_table(def: &syncdata_core::tabledef::TableDef) -> ddl::PgTable {
+    ddl::PgTable {
+        schema: def.schema.clone(),
+        name: def.table.clone(),
+        columns: def
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_name.clone()))
+            .collect(),
+        primary_key: def.primary_key.clone(),
+    }
+}
+
+/// Whitelists `tables`, creating them first from a DDL file
+/// (`create_from_file`) or from the definitions the stream carries
+/// (`create`, see [`create_from_stream`]). With `json`, prints the shape
+/// `add-tables --json` prints on PostgreSQL: `{"added", "already_listed",
+/// "failed": [{"table", "error"}]}`.
 pub async fn add_tables(
+    config: &Config,
     settings: &Settings,
     tables: &[String],
+    create: bool,
     create_from_file: Option<&Path>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let pool = open(settings).await?;
     let names = tables
@@ -109,31 +185,55 @@ pub async fn add_tables(
         create_from(&pool, file, &names).await?;
     }
     let creator = std::env::var("USER").ok();
+    let (mut added, mut listed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut failed = 0;
     for name in &names {
-        if let Some(reason) = name.denied() {
-            errln!("error: cannot add {name}: {reason}");
-            failed += 1;
-            continue;
-        }
-        if let Err(e) = sqlite::load_shape(&pool, name).await {
-            errln!("error: cannot add {name}: {e} (or create it with --create-from FILE.sql)");
-            failed += 1;
-            continue;
-        }
-        let added =
-            sqlx::query("insert or ignore into tables_to_sync (table_name, creator) values (?, ?)")
-                .bind(name.to_string())
-                .bind(creator.as_deref())
-                .execute(&pool)
-                .await?
-                .rows_affected()
+        let result = async {
+            if let Some(reason) = name.denied() {
+                bail!("cannot add {name}: {reason}");
+            }
+            if create && create_from_stream(config, &pool, name).await? {
+                match json {
+                    true => errln!("created {name} from production's definition"),
+                    false => outln!("created {name} from production's definition")?,
+                }
+            }
+            if let Err(e) = sqlite::load_shape(&pool, name).await {
+                bail!(
+                    "cannot add {name}: {e} (or create it with --create, or --create-from FILE.sql)"
+                );
+            }
+            let added = sqlx::query(
+                "insert or ignore into tables_to_sync (table_name, creator) values (?, ?)",
+            )
+            .bind(name.to_string())
+            .bind(creator.as_deref())
+            .execute(&pool)
+            .await?
+            .rows_affected()
                 == 1;
-        if added {
-            outln!("added {name}")?;
-        } else {
-            outln!("{name} is already listed")?;
+            anyhow::Ok(added)
         }
+        .await;
+        match result {
+            Ok(true) if json => added.push(name.to_string()),
+            Ok(false) if json => listed.push(name.to_string()),
+            Ok(true) => outln!("added {name}")?,
+            Ok(false) => outln!("{name} is already listed")?,
+            Err(e) => {
+                failed += 1;
+                match json {
+                    true => failures.push(
+                        serde_json::json!({"table": name.to_string(), "error": format!("{e:#}")}),
+                    ),
+                    false => errln!("error: {e:#}"),
+                }
+            }
+        }
+    }
+    if json {
+        let out = serde_json::json!({"added": added, "already_listed": listed, "failed": failures});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     if failed > 0 {
         bail!("{failed} of {} tables could not be added", names.len());
@@ -164,21 +264,29 @@ pub async fn list_tables(settings: &Settings, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn remove_tables(settings: &Settings, tables: &[String]) -> anyhow::Result<()> {
+/// With `json`, prints `{"removed": [..], "not_listed": [..]}` as on
+/// PostgreSQL.
+pub async fn remove_tables(settings: &Settings, tables: &[String], json: bool) -> anyhow::Result<()> {
     let pool = open(settings).await?;
+    let (mut removed, mut not_listed) = (Vec::new(), Vec::new());
     for t in tables {
         let name = TableName::parse(t)?;
-        let removed = sqlx::query("delete from tables_to_sync where table_name = ?")
+        let was = sqlx::query("delete from tables_to_sync where table_name = ?")
             .bind(name.to_string())
             .execute(&pool)
             .await?
             .rows_affected()
             > 0;
-        if removed {
-            outln!("removed {name}")?;
-        } else {
-            outln!("{name} is not listed")?;
+        match (json, was) {
+            (true, true) => removed.push(name.to_string()),
+            (true, false) => not_listed.push(name.to_string()),
+            (false, true) => outln!("removed {name}")?,
+            (false, false) => outln!("{name} is not listed")?,
         }
+    }
+    if json {
+        let out = serde_json::json!({"removed": removed, "not_listed": not_listed});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
 }
@@ -208,7 +316,8 @@ pub async fn reset_table(pool: &SqlitePool, table: &TableName) -> anyhow::Result
     Ok(())
 }
 
-pub async fn clear(settings: &Settings, yes: bool) -> anyhow::Result<()> {
+/// With `json`, prints `{"cleared": [..]}` as on PostgreSQL.
+pub async fn clear(settings: &Settings, yes: bool, json: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("clear empties every synced table: add --yes to confirm");
     }
@@ -219,7 +328,17 @@ pub async fn clear(settings: &Settings, yes: bool) -> anyhow::Result<()> {
     }
     for t in &tables {
         reset_table(&pool, t).await?;
-        outln!("cleared {t}")?;
+        if !json {
+            outln!("cleared {t}")?;
+        }
+    }
+    if json {
+        let cleared: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"cleared": cleared}))?
+        )?;
+        return Ok(());
     }
     outln!(
         "the tables stay empty until their rows change again at the source; \
@@ -278,11 +397,24 @@ pub async fn resync(
     Ok(())
 }
 
-pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> anyhow::Result<()> {
+/// With `json`, prints `{"daemons_asked": N, "stopped": true}` as on
+/// PostgreSQL once they have stopped.
+pub async fn stop(
+    config: &Config,
+    settings: &Settings,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = open(settings).await?;
     let before = running_daemons(&pool).await?;
+    let result = |asked: i64| {
+        serde_json::to_string_pretty(&serde_json::json!({"daemons_asked": asked, "stopped": true}))
+    };
     if before == 0 {
-        outln!("no running daemons")?;
+        match json {
+            true => outln!("{}", result(0)?)?,
+            false => outln!("no running daemons")?,
+        }
         return Ok(());
     }
     let instance = local::sqlite_instance_id(&pool).await?;
@@ -291,12 +423,17 @@ pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> an
         .publish(daemon::control_subject(&instance), "stop".into())
         .await?;
     client.flush().await?;
-    outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    if !json {
+        outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = running_daemons(&pool).await?;
         if left == 0 {
-            outln!("stopped")?;
+            match json {
+                true => outln!("{}", result(before)?)?,
+                false => outln!("stopped")?,
+            }
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
