@@ -453,8 +453,24 @@ async fn dispatch_sqlite(
             command: ConfigCommand::Check,
         } => cmd::config::check(&config),
         Command::Dlq { command } => dlq(&config, command).await,
-        Command::Check { .. } | Command::Report { .. } | Command::Schema { .. } => anyhow::bail!(
-            "not available for a SQLite target yet: check, report and schema (docs/sqlite.md)"
+        Command::Report {
+            tables,
+            since,
+            source,
+            json,
+            html,
+        } => {
+            let args = cmd::report::ReportArgs {
+                tables,
+                since,
+                json,
+                html,
+                source,
+            };
+            cmd::report::run(&config, args).await
+        }
+        Command::Check { .. } | Command::Schema { .. } => anyhow::bail!(
+            "not available for a SQLite target yet: check and schema (docs/sqlite.md)"
         ),
     }
 }
