@@ -408,7 +408,17 @@ async fn dispatch_sqlite(
             create,
             create_from,
             json,
-        } => sq::add_tables(&config, &target, &tables, create, create_from.as_deref(), json).await,
+        } => {
+            sq::add_tables(
+                &config,
+                &target,
+                &tables,
+                create,
+                create_from.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::ListTables { json } => sq::list_tables(&target, json).await,
         Command::RemoveTables { tables, json } => sq::remove_tables(&target, &tables, json).await,
         Command::Migrate => sq::open(&target).await.map(|_| ()),
@@ -419,7 +429,13 @@ async fn dispatch_sqlite(
             sq::start(config, target, token).await
         }
         Command::Stop { timeout, json } => {
-            sq::stop(&config, &target, std::time::Duration::from_secs(timeout), json).await
+            sq::stop(
+                &config,
+                &target,
+                std::time::Duration::from_secs(timeout),
+                json,
+            )
+            .await
         }
         Command::Status { json, check } => match sq::status(&target, json, check).await? {
             0 => Ok(()),
@@ -469,9 +485,32 @@ async fn dispatch_sqlite(
             };
             cmd::report::run(&config, args).await
         }
-        Command::Check { .. } | Command::Schema { .. } => anyhow::bail!(
-            "not available for a SQLite target yet: check and schema (docs/sqlite.md)"
-        ),
+        Command::Schema {
+            command: SchemaCommand::Diff { tables, json },
+        } => match syncdata_consumer::sqlite_schema::diff(&config, &target, &tables, json).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code).into()),
+        },
+        Command::Schema {
+            command:
+                SchemaCommand::Migrate {
+                    tables,
+                    dry_run,
+                    allow_destructive,
+                },
+        } => {
+            syncdata_consumer::sqlite_schema::migrate(
+                &config,
+                &target,
+                &tables,
+                dry_run,
+                allow_destructive,
+            )
+            .await
+        }
+        Command::Check { .. } => {
+            anyhow::bail!("not available for a SQLite target yet: check (docs/sqlite.md)")
+        }
     }
 }
 

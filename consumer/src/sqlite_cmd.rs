@@ -80,10 +80,7 @@ pub async fn create_from(
 
 /// Creates one table (if missing) under the type mapping and records its
 /// columns' PostgreSQL types in `syncdata_columns`.
-async fn create_table(
-    tx: &mut sqlx::SqliteConnection,
-    def: &ddl::PgTable,
-) -> anyhow::Result<()> {
+async fn create_table(tx: &mut sqlx::SqliteConnection, def: &ddl::PgTable) -> anyhow::Result<()> {
     if def.primary_key.is_empty() {
         bail!("no primary key: syncdata needs one");
     }
@@ -150,7 +147,7 @@ async fn stream_definition(
 
 /// A definition from the stream as the DDL reader's table: column names
 /// and PostgreSQL types (`format_type`'s), and the primary key.
-fn pg_table(def: &syncdata_core::tabledef::TableDef) -> ddl::PgTable {
+pub fn pg_table(def: &syncdata_core::tabledef::TableDef) -> ddl::PgTable {
     ddl::PgTable {
         schema: def.schema.clone(),
         name: def.table.clone(),
@@ -266,7 +263,11 @@ pub async fn list_tables(settings: &Settings, json: bool) -> anyhow::Result<()> 
 
 /// With `json`, prints `{"removed": [..], "not_listed": [..]}` as on
 /// PostgreSQL.
-pub async fn remove_tables(settings: &Settings, tables: &[String], json: bool) -> anyhow::Result<()> {
+pub async fn remove_tables(
+    settings: &Settings,
+    tables: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = open(settings).await?;
     let (mut removed, mut not_listed) = (Vec::new(), Vec::new());
     for t in tables {

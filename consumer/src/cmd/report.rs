@@ -132,7 +132,9 @@ const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 pub async fn gather(config: &Config, args: &ReportArgs) -> anyhow::Result<Report> {
     let window = parse_window(&args.since)?;
     let local = LocalStore::open(config).await?;
-    let tables = local.named_or_whitelisted(&args.tables, "report on").await?;
+    let tables = local
+        .named_or_whitelisted(&args.tables, "report on")
+        .await?;
     let (from, to, now_epoch): (String, String, f64) = match &local {
         LocalStore::Pg(pool) => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
