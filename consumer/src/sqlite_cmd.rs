@@ -24,10 +24,10 @@ use tracing::{info, warn};
 
 use crate::apply::sqlite::{self, ddl, values, SqliteTarget};
 use crate::apply::Engine;
-use crate::daemon;
 use crate::local::{self, LocalStore};
 use crate::store::uuid_like::Id;
 use crate::worker::{self, WorkerShared};
+use crate::{daemon, supervise};
 
 /// A daemon whose heartbeat is older than this is taken for dead.
 const ALIVE_SECS: f64 = 20.0;
@@ -462,9 +462,11 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
         .ok();
         let (last, synced, failed): (Option<String>, i64, i64) = sqlx::query_as(
             "select max(case when status = 'SUCCESS' then sync_time end), \
-                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0), \
+                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0) \
+                      + coalesce((select records_synced from syncdata_log_totals where table_name = ?1), 0), \
                     count(case when status = 'FAILED' then 1 end) \
-             from data_sync_logs where table_name = ?",
+                      + coalesce((select errors from syncdata_log_totals where table_name = ?1), 0) \
+             from data_sync_logs where table_name = ?1",
         )
         .bind(t.to_string())
         .fetch_one(&pool)
@@ -800,16 +802,51 @@ pub async fn start(
         .with_max_payload(client.server_info().max_payload),
     );
     let workers_token = token.child_token();
-    let mut workers = tokio::task::JoinSet::new();
-    for t in &tables {
-        let consumer = daemon::ensure_consumer(&stream, &config, &instance, t).await?;
-        workers.spawn(worker::run_table(
+    // Supervision as on PostgreSQL (crate::supervise): a worker that ends
+    // while the daemon runs is restarted with backoff; one that keeps
+    // failing quickly stops the daemon with an error.
+    let fault = Arc::new(supervise::FaultHook::from_env());
+    let restart_policy =
+        supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
+    let spawn = |workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+                 table: TableName,
+                 delay: Duration| {
+        let (ctx, stream, config, instance, fault, token) = (
             ctx.clone(),
-            t.clone(),
-            consumer,
+            stream.clone(),
+            config.clone(),
+            instance.clone(),
+            fault.clone(),
             workers_token.clone(),
-        ));
+        );
+        workers
+            .spawn(async move {
+                if !delay.is_zero() && !syncdata_core::retry::sleep(delay, &token).await {
+                    return Ok(());
+                }
+                let consumer = daemon::ensure_consumer(&stream, &config, &instance, &table).await?;
+                fault.check(&table);
+                worker::run_table(ctx, table, consumer, token).await;
+                Ok(())
+            })
+            .id()
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    let mut slots: HashMap<tokio::task::Id, supervise::Slot> = HashMap::new();
+    for t in &tables {
+        // Fails early on a durable that cannot be made.
+        daemon::ensure_consumer(&stream, &config, &instance, t).await?;
+        let id = spawn(&mut workers, t.clone(), Duration::ZERO);
+        slots.insert(id, supervise::Slot::new(t.clone()));
     }
+    // Retention of the file's bookkeeping (tombstones, logs, daemons).
+    tokio::spawn(crate::sqlite_gc::run(
+        pool.clone(),
+        stream.clone(),
+        config.clone(),
+        tables.clone(),
+        workers_token.clone(),
+    ));
     info!(tables = tables.len(), instance = %instance, file = %settings.path.display(), "syncdata started (SQLite target)");
     let period = config.data_sync_freq as i64;
     let mut metrics_tick = tokio::time::interval_at(
@@ -817,6 +854,7 @@ pub async fn start(
         Duration::from_secs(config.data_sync_freq),
     );
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut gave_up = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -824,10 +862,41 @@ pub async fn start(
                 info!("stop requested through NATS");
                 break;
             }
-            Some(joined) = workers.join_next() => {
-                if !workers_token.is_cancelled() {
-                    warn!(result = ?joined.map(|_| ()), "a table worker ended; the daemon stops");
+            Some(joined) = workers.join_next_with_id() => {
+                if workers_token.is_cancelled() {
                     break;
+                }
+                let (id, why) = match joined {
+                    Ok((id, Ok(()))) => (id, "the worker returned while the daemon runs".to_owned()),
+                    Ok((id, Err(e))) => (id, format!("{e:#}")),
+                    Err(e) => {
+                        let id = e.id();
+                        let why = if e.is_panic() {
+                            format!("panicked: {}", supervise::panic_message(&*e.into_panic()))
+                        } else {
+                            e.to_string()
+                        };
+                        (id, why)
+                    }
+                };
+                let Some(mut slot) = slots.remove(&id) else { continue };
+                let name = slot.table.to_string();
+                match slot.failed(&restart_policy) {
+                    supervise::Decision::GiveUp => {
+                        tracing::error!(table = %name, error = %why, failures = slot.failures, "table worker keeps failing; stopping the daemon");
+                        gave_up = Some(anyhow::anyhow!(
+                            "the worker of table {name} failed {} times in a row (last: {why}); the daemon stops rather than leave the table unsynced",
+                            slot.failures
+                        ));
+                        break;
+                    }
+                    supervise::Decision::Restart(delay) => {
+                        tracing::error!(table = %name, error = %why, restarts = slot.restarts, ?delay, "table worker ended unexpectedly; restarting it");
+                        metrics::counter!("syncdata_worker_restarts_total", "table" => name).increment(1);
+                        slot.started();
+                        let id = spawn(&mut workers, slot.table.clone(), delay);
+                        slots.insert(id, slot);
+                    }
                 }
             }
             _ = metrics_tick.tick() => {
@@ -860,5 +929,8 @@ pub async fn start(
         .execute(&pool)
         .await?;
     info!("syncdata stopped");
-    Ok(())
+    match gave_up {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
