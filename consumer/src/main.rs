@@ -508,8 +508,19 @@ async fn dispatch_sqlite(
             )
             .await
         }
-        Command::Check { .. } => {
-            anyhow::bail!("not available for a SQLite target yet: check (docs/sqlite.md)")
+        Command::Check {
+            tables,
+            source,
+            samples,
+            json,
+        } => {
+            let args = cmd::check::CheckArgs {
+                tables,
+                source,
+                samples,
+                json,
+            };
+            cmd::check::run(&config, args).await
         }
     }
 }

@@ -398,7 +398,7 @@ async fn sigkill_mid_batch_leaves_an_intact_file_and_converges_after_restart() {
 
 /// The table commands against the file: add-tables (refusing a table the
 /// DDL lacks), list-tables, status, stop without daemons, remove-tables,
-/// clear; dlq says it is not available.
+/// clear, and their --json forms with PostgreSQL's shapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_commands_work_against_the_file() {
     let reference = demo_db("sqlite_cmds").await;
@@ -454,12 +454,539 @@ async fn table_commands_work_against_the_file() {
     assert!(removed.contains("removed orders"), "{removed}");
     let list = run_ok(dir.path(), &config, &["list-tables", "--json"]).await;
     assert!(!list.contains("orders"), "{list}");
-    let mut p = syncdata(dir.path(), &config, &["dlq", "list"]);
+    // --json: the shapes of PostgreSQL's commands.
+    let added = json_ok(
+        &config,
+        &["add-tables", "--json", "orders", "customers", "nosuch"],
+    )
+    .await;
+    assert_eq!(added.0, Some(1), "one table failed");
+    assert_eq!(added.1["added"], serde_json::json!(["orders"]));
+    assert_eq!(added.1["already_listed"], serde_json::json!(["customers"]));
+    assert_eq!(added.1["failed"][0]["table"], "nosuch");
+    let removed = json_ok(&config, &["remove-tables", "--json", "orders", "nosuch"]).await;
+    assert_eq!(
+        removed.1,
+        serde_json::json!({"removed": ["orders"], "not_listed": ["nosuch"]})
+    );
+    let cleared = json_ok(&config, &["clear", "--yes", "--json"]).await;
+    assert_eq!(cleared.1, serde_json::json!({"cleared": ["customers"]}));
+    let stop = json_ok(&config, &["stop", "--json"]).await;
+    assert_eq!(
+        stop.1,
+        serde_json::json!({"daemons_asked": 0, "stopped": true})
+    );
+}
+
+/// Runs a command and reads its stdout as JSON: (exit code, document).
+async fn json_ok(config: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = support::run_cli("syncdata", config, args, &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doc = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "syncdata {args:?}: not JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), doc)
+}
+
+/// A record of `table` as published by the producer.
+fn record(table: &str, op: &str, data: serde_json::Value, lsn: u64) -> Record {
+    let line = serde_json::json!({
+        "schema": "public", "table": table, "op": op, "data": data,
+        "lsn": format!("0/{lsn:X}"), "seq": 0,
+    });
+    Record::parse(line.to_string().as_bytes()).expect("record parses")
+}
+
+/// `dlq` on the file: a record that cannot apply (a column the file lacks)
+/// is dead-lettered by the SQLite daemon; `dlq list --json` and `dlq show`
+/// show it, `dlq replay` applies it through the version guard once the
+/// column exists (an older replay changes nothing), `dlq purge` removes
+/// another; `report --json` counts what the daemon did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_report_work_on_the_file() {
+    let reference = demo_db("sqlite_dlq").await;
+    let names = TestNames::new("sqdlq");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(
+        dir.path(),
+        &reference,
+        &names,
+        &file,
+        "[consumer]\nmax_attempts = 1\n",
+    );
+    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
+    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
+    args.extend(workload::demo_tables());
+    run_ok(dir.path(), &config, &args).await;
+    publish_raw(
+        &names,
+        &[
+            record(
+                "customers",
+                "INSERT",
+                serde_json::json!({"id": 1, "email": "a@x"}),
+                0x100,
+            ),
+            record(
+                "customers",
+                "INSERT",
+                serde_json::json!({"id": 2, "email": "b@x", "extra": "e2"}),
+                0x200,
+            ),
+            record(
+                "customers",
+                "UPDATE",
+                serde_json::json!({"id": 1, "email": "a2@x"}),
+                0x300,
+            ),
+            record(
+                "orders",
+                "INSERT",
+                serde_json::json!({"id": 9, "vip": true}),
+                0x400,
+            ),
+        ],
+    )
+    .await;
+    let daemon = syncdata(dir.path(), &config, &["start"]);
+    let pool = open(&file).await;
+    support::wait_until(
+        "two dead letters filed",
+        Duration::from_secs(60),
+        || async { failed_logs(&pool).await == 2 },
+    )
+    .await;
+    support::wait_until(
+        "the good records applied",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, String>("select email from customers where id = 1")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+                .as_deref()
+                == Some("a2@x")
+        },
+    )
+    .await;
+    let (code, list) = json_ok(&config, &["dlq", "list", "--json"]).await;
+    assert_eq!(code, Some(0), "{list}");
+    let letters = list.as_array().unwrap();
+    assert_eq!(letters.len(), 2, "{list}");
+    let customers_id = letters.iter().find(|l| l["table"] == "customers").unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let orders_id = letters.iter().find(|l| l["table"] == "orders").unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let show = run_ok(
+        dir.path(),
+        &config,
+        &["dlq", "show", &customers_id.to_string()],
+    )
+    .await;
+    assert!(show.contains("\"extra\""), "{show}");
+    // Not applicable yet: kept.
+    let (code, kept) = json_ok(
+        &config,
+        &["dlq", "replay", "--json", "--table", "customers"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{kept}");
+    assert_eq!(kept["replayed"], 0);
+    sqlx::query("alter table customers add column extra text")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, replayed) = json_ok(
+        &config,
+        &["dlq", "replay", "--json", &customers_id.to_string()],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{replayed}");
+    assert_eq!(replayed["replayed"], 1);
+    let row: (String, Option<String>) =
+        sqlx::query_as("select email, extra from customers where id = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(row, ("b@x".to_owned(), Some("e2".to_owned())));
+    let (code, purged) = json_ok(&config, &["dlq", "purge", "--yes", "--json"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(purged, serde_json::json!({"purged": 1}));
+    let (_, left) = json_ok(&config, &["dlq", "list", "--json"]).await;
+    assert_eq!(left, serde_json::json!([]), "order {orders_id} purged");
+
+    let (code, report) = json_ok(
+        &config,
+        &[
+            "report",
+            "--json",
+            "--since",
+            "1h",
+            "--source",
+            &reference.url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{report}");
+    let customers = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "customers")
+        .unwrap();
+    // Daemon: insert 1, update 1; replay: insert 2.
+    assert_eq!(customers["applied"], 3, "{customers}");
+    assert_eq!(customers["inserted"], 2, "{customers}");
+    assert_eq!(customers["updated"], 1, "{customers}");
+    assert_eq!(customers["failed"], 1, "{customers}");
+    assert_eq!(customers["dead_letters_waiting"], 0, "{customers}");
+    // The reference database is empty: two rows here.
+    assert_eq!(customers["row_drift"], -2, "{customers}");
+    let html = run_ok(dir.path(), &config, &["report", "--html"]).await;
+    assert!(html.contains("<svg"), "{html}");
+    drop(daemon);
+}
+
+/// `check` on the file: production's constraints (foreign key, unique, NOT
+/// NULL, CHECK), read from the source, evaluated on the file's rows, which
+/// carry no constraints of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_what_breaks_productions_constraints_in_the_file() {
+    const DDL: &str = "
+        create table parents (id bigint primary key, code text not null unique);
+        create table kids (id bigint primary key, parent_id bigint references parents (id),
+            qty integer check (qty >= 0), note text);
+    ";
+    let source = support::fresh_database("sqlite_check").await;
+    sqlx::raw_sql(DDL).execute(&source.pool).await.unwrap();
+    let names = TestNames::new("sqcheck");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(dir.path(), &source, &names, &file, "");
+    let ddl = write_ddl(dir.path(), DDL);
+    run_ok(
+        dir.path(),
+        &config,
+        &[
+            "add-tables",
+            "--create-from",
+            ddl.to_str().unwrap(),
+            "parents",
+            "kids",
+        ],
+    )
+    .await;
+    let pool = open(&file).await;
+    sqlx::raw_sql(
+        "insert into parents values (1, 'a'), (2, 'a'), (3, null);
+         insert into kids values (10, 1, 5, null), (11, 7, 1, null), (12, null, -3, null);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, doc) = json_ok(&config, &["check", "--json", "--source", &source.url]).await;
+    assert_eq!(code, Some(1), "findings: {doc}");
+    assert_eq!(doc["source_checked"], true);
+    let findings = |table: &str| -> Vec<serde_json::Value> {
+        doc["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .unwrap()["findings"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let kinds = |table: &str| -> Vec<(String, i64, Vec<String>)> {
+        let mut v: Vec<_> = findings(table)
+            .iter()
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["rows"].as_i64().unwrap(),
+                    f["sample_keys"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| k.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        kinds("parents"),
+        vec![
+            (
+                "duplicate".to_owned(),
+                2,
+                vec!["id=1".to_owned(), "id=2".to_owned()]
+            ),
+            ("not_null".to_owned(), 1, vec!["id=3".to_owned()]),
+        ],
+        "{doc}"
+    );
+    assert_eq!(
+        kinds("kids"),
+        vec![
+            ("check".to_owned(), 1, vec!["id=12".to_owned()]),
+            ("orphan".to_owned(), 1, vec!["id=11".to_owned()]),
+        ],
+        "{doc}"
+    );
+    // Clean once fixed.
+    sqlx::raw_sql(
+        "update parents set code = 'b' where id = 2; update parents set code = 'c' where id = 3;
+         delete from kids where id in (11, 12);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, doc) = json_ok(&config, &["check", "--json", "--source", &source.url]).await;
+    assert_eq!(code, Some(0), "clean: {doc}");
+}
+
+/// Publishes production's definition of `table` as schema capture does.
+async fn publish_definition(names: &TestNames, def: serde_json::Value, lsn: u64) {
+    let def: syncdata_core::tabledef::TableDef = serde_json::from_value(def).unwrap();
+    let record = def.to_record(syncdata_core::version::Lsn(lsn), Some(0), None);
+    let client = support::nats_connect(&support::nats_url()).await;
+    let js = async_nats::jetstream::new(client);
+    support::ensure_change_stream(&js, names).await;
+    let subject = format!(
+        "{}.{}",
+        syncdata_core::subject::table_subject(&names.subject_prefix, &def.schema, &def.table),
+        syncdata_core::tabledef::SCHEMA_SUBJECT_SUFFIX
+    );
+    support::publish_signed(&js, subject, record.to_json())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn gadgets(extra: bool) -> serde_json::Value {
+    let mut columns = vec![
+        serde_json::json!({"name": "id", "type": "bigint", "not_null": true}),
+        serde_json::json!({"name": "price", "type": "numeric(30,9)", "not_null": false}),
+        serde_json::json!({"name": "tags", "type": "text[]", "not_null": false}),
+        serde_json::json!({"name": "seen_at", "type": "timestamp with time zone", "not_null": false}),
+        serde_json::json!({"name": "blob", "type": "bytea", "not_null": false}),
+        serde_json::json!({"name": "ok", "type": "boolean", "not_null": false}),
+    ];
+    if extra {
+        columns.push(serde_json::json!({"name": "meta", "type": "jsonb", "not_null": false}));
+    }
+    serde_json::json!({
+        "schema": "public", "table": "gadgets", "columns": columns, "primary_key": ["id"],
+    })
+}
+
+/// `add-tables --create` makes the table from the definition the stream
+/// carries, under the type mapping; `schema diff` shows the mapping and,
+/// after production adds a column, the difference; `schema migrate` adds
+/// it; the table then takes rows of the new shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_created_from_the_streams_definitions_and_the_mapping_is_shown() {
+    let reference = demo_db("sqlite_schema").await;
+    let names = TestNames::new("sqschema");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(dir.path(), &reference, &names, &file, "");
+    publish_definition(&names, gadgets(false), 0x100).await;
+    let mut p = syncdata(
+        dir.path(),
+        &config,
+        &["add-tables", "--create", "gadgets", "nodef"],
+    );
     let status = p.wait_exit(Duration::from_secs(60)).await.unwrap();
-    assert!(!status.success());
+    assert!(!status.success(), "nodef has no definition");
+    assert!(p.log().contains("created gadgets"), "{}", p.log());
+    assert!(p.log().contains("added gadgets"), "{}", p.log());
     assert!(
-        p.log().contains("not available for a SQLite target"),
+        p.log().contains("stream holds no definition"),
         "{}",
         p.log()
     );
+    let pool = open(&file).await;
+    let declared: Vec<(String, String)> =
+        sqlx::query_as("select name, type from pragma_table_info('gadgets') order by cid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let declared: Vec<(&str, &str)> = declared
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        declared,
+        vec![
+            ("id", "INTEGER"),
+            ("price", "TEXT"),
+            ("tags", "TEXT"),
+            ("seen_at", "TEXT"),
+            ("blob", "BLOB"),
+            ("ok", "INTEGER")
+        ]
+    );
+    let diff = run_ok(dir.path(), &config, &["schema", "diff"]).await;
+    assert!(
+        diff.contains("gadgets: matches the stream's definition"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("numeric(30,9)") && diff.contains("TEXT, the exact decimal"),
+        "{diff}"
+    );
+    assert!(diff.contains("TEXT, ISO-8601 with offset"), "{diff}");
+
+    publish_definition(&names, gadgets(true), 0x200).await;
+    let (code, doc) = json_ok(&config, &["schema", "diff", "--json"]).await;
+    assert_eq!(code, Some(1), "{doc}");
+    let d = &doc[0]["differences"][0];
+    assert_eq!(d["kind"], "add_column", "{doc}");
+    assert_eq!(doc[0]["mapping"][6]["pg_type"], "jsonb", "{doc}");
+    assert_eq!(
+        doc[0]["mapping"][6]["stored_as"], "TEXT, the JSON document",
+        "{doc}"
+    );
+    run_ok(dir.path(), &config, &["schema", "migrate"]).await;
+    let (code, doc) = json_ok(&config, &["schema", "diff", "--json"]).await;
+    assert_eq!(code, Some(0), "{doc}");
+    let engine = Engine::with_target(SqliteTarget::new(pool.clone()));
+    let r = record(
+        "gadgets",
+        "INSERT",
+        serde_json::json!({"id": 1, "price": "123456789012345678901.123456789",
+            "tags": "{a,\"b c\"}", "seen_at": "2026-01-02 03:04:05+01", "blob": "\\x00ff",
+            "ok": true, "meta": "{\"k\": 1}"}),
+        0x300,
+    );
+    apply_sqlite(&engine, &[r], 1).await;
+    let row: (String, String, String, Vec<u8>, i64, String) =
+        sqlx::query_as("select price, tags, seen_at, blob, ok, meta from gadgets")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(row.0, "123456789012345678901.123456789");
+    assert_eq!(row.1, r#"["a","b c"]"#);
+    assert_eq!(row.2, "2026-01-02T03:04:05+01:00");
+    assert_eq!(row.3, vec![0, 255]);
+    assert_eq!(row.4, 1);
+    assert_eq!(row.5, r#"{"k": 1}"#);
+}
+
+/// The SQLite daemon's housekeeping and supervision: tombstones below the
+/// replay horizon are collected (once the stream no longer holds the
+/// table's older messages), and a worker that panics at start is restarted
+/// rather than stopping the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
+    let reference = demo_db("sqlite_gc").await;
+    let names = TestNames::new("sqgc");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(
+        dir.path(),
+        &reference,
+        &names,
+        &file,
+        "[consumer]\ngc_interval_secs = 1\ntombstone_grace_secs = 1\nmax_backoff_ms = 500\n",
+    );
+    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
+    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
+    args.extend(workload::demo_tables());
+    run_ok(dir.path(), &config, &args).await;
+    let mut records = Vec::new();
+    for id in 0..50u64 {
+        records.push(record(
+            "customers",
+            "INSERT",
+            serde_json::json!({"id": id, "email": "x"}),
+            0x1000 + id * 16,
+        ));
+    }
+    for id in 0..40u64 {
+        records.push(record(
+            "customers",
+            "DELETE",
+            serde_json::json!({"id": id}),
+            0x2000 + id * 16,
+        ));
+    }
+    publish_raw(&names, &records).await;
+    let daemon = Proc::spawn(
+        "syncdata",
+        &["start"],
+        &config,
+        &[
+            ("RUST_LOG", "info"),
+            ("SYNCDATA_FAULT_WORKER_PANICS", "public.customers=2"),
+        ],
+        dir.path(),
+    );
+    let pool = open(&file).await;
+    let tombstones = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from syncdata_row_state where state = 'D'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    support::wait_until(
+        "the deletes applied after two restarts",
+        Duration::from_secs(60),
+        || async { tombstones().await == 40 },
+    )
+    .await;
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("table worker ended unexpectedly; restarting it")
+            .count(),
+        2,
+        "{log}"
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 10);
+    // While the stream holds the table's messages, its tombstones stay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(tombstones().await, 40, "horizon below the tombstones");
+    // The stream lets the messages go (retention): the horizon passes them.
+    let client = support::nats_connect(&support::nats_url()).await;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&names.stream).await.unwrap();
+    stream
+        .purge()
+        .filter(syncdata_core::subject::table_subject(
+            &names.subject_prefix,
+            "public",
+            "customers",
+        ))
+        .await
+        .unwrap();
+    support::wait_until("tombstones collected", Duration::from_secs(30), || async {
+        tombstones().await == 0
+    })
+    .await;
+    let collected: i64 = sqlx::query_scalar(
+        "select tombstones_collected from syncdata_gc_horizon where table_name = 'customers'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(collected, 40);
+    assert_eq!(rows, 10);
+    assert_eq!(integrity(&pool).await, "ok");
+    drop(daemon);
 }
