@@ -513,10 +513,13 @@ pub struct TableDiff {
     pub local_rows: usize,
     /// Keys (text) whose row differs or exists on one side only.
     pub differing: Vec<String>,
+    /// The first `max_rows` of them as `verify` lists them on PostgreSQL.
+    pub rows: Vec<crate::cmd::verify::RowDiff>,
     pub differing_count: usize,
     /// Columns that differ in rows present on both sides (names only,
     /// never values).
     pub differing_columns: Vec<String>,
+    pub columns_compared: Vec<String>,
 }
 
 /// Compares `table` in the SQLite file with the source, value by value
@@ -604,7 +607,26 @@ pub async fn diff_table(
         local_rows: rows.len(),
         ..Default::default()
     };
-    let mut bad = Vec::new();
+    use crate::cmd::verify::DiffKind;
+    let mut bad: Vec<(String, DiffKind, Vec<String>)> = Vec::new();
+    let key_parts = |vals: &[String]| -> Vec<String> {
+        shape
+            .key
+            .iter()
+            .map(|&k| {
+                let v = &vals[cols
+                    .iter()
+                    .position(|&c| c == k)
+                    .expect("key column selected")];
+                // The canonical form without its kind letter.
+                if v == "null" {
+                    "NULL".to_owned()
+                } else {
+                    v[1..].to_owned()
+                }
+            })
+            .collect()
+    };
     for row in &rows {
         let mut vals = Vec::with_capacity(cols.len());
         for (i, &c) in cols.iter().enumerate() {
@@ -620,16 +642,39 @@ pub async fn diff_table(
                         diff.differing_columns.push(name.clone());
                     }
                 }
-                bad.push(key)
+                bad.push((key, DiffKind::Different, key_parts(&vals)))
             }
-            None => bad.push(key),
+            None => bad.push((key, DiffKind::ExtraLocally, key_parts(&vals))),
         }
     }
-    bad.extend(src.into_keys());
-    bad.sort();
+    bad.extend(
+        src.into_iter()
+            .map(|(key, vals)| (key, DiffKind::MissingLocally, key_parts(&vals))),
+    );
+    bad.sort_by(|a, b| a.0.cmp(&b.0));
     diff.differing_count = bad.len();
     bad.truncate(max_rows);
-    diff.differing = bad;
+    let key_names: Vec<String> = shape
+        .key
+        .iter()
+        .map(|&k| shape.columns[k].name.clone())
+        .collect();
+    diff.rows = bad
+        .iter()
+        .map(|(_, kind, parts)| crate::cmd::verify::RowDiff {
+            kind: *kind,
+            key: key_names
+                .iter()
+                .cloned()
+                .zip(parts.iter().cloned())
+                .collect(),
+        })
+        .collect();
+    diff.differing = bad.into_iter().map(|(key, _, _)| key).collect();
+    diff.columns_compared = cols
+        .iter()
+        .map(|&c| shape.columns[c].name.clone())
+        .collect();
     Ok(diff)
 }
 
@@ -707,32 +752,51 @@ pub async fn verify(
     if names.is_empty() {
         bail!("no tables to compare: name them, or whitelist them with add-tables");
     }
+    // The reports of `verify` on PostgreSQL: the same text and JSON.
     let mut reports = Vec::new();
     for t in &names {
-        reports.push(diff_table(&mut conn, &pool, t, exclude, max_rows).await?);
+        let started = std::time::Instant::now();
+        let d = diff_table(&mut conn, &pool, t, exclude, max_rows).await?;
+        let mut hints = Vec::new();
+        if !d.differing_columns.is_empty() {
+            hints.push(format!(
+                "columns that differ: {}",
+                d.differing_columns.join(", ")
+            ));
+        }
+        let report = crate::cmd::verify::TableReport {
+            table: d.table,
+            equal: d.differing_count == 0,
+            source_rows: d.source_rows as i64,
+            local_rows: d.local_rows as i64,
+            differing_rows: d.differing_count as u64,
+            rows: d.rows,
+            problems: Vec::new(),
+            comparable: true,
+            hints,
+            columns_compared: d.columns_compared,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        if !json {
+            syncdata_core::out!("{}", crate::cmd::verify::render(&report, max_rows))?;
+        }
+        reports.push(report);
     }
-    let differ = reports.iter().filter(|r| r.differing_count > 0).count();
+    let differ = reports.iter().filter(|r| !r.equal).count();
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?)?;
-    } else {
-        for r in &reports {
-            if r.differing_count == 0 {
-                outln!("{}: equal ({} rows)", r.table, r.local_rows)?;
-            } else {
-                outln!(
-                    "{}: {} keys differ (source {} rows, local {}; columns: {}): {}",
-                    r.table,
-                    r.differing_count,
-                    r.source_rows,
-                    r.local_rows,
-                    r.differing_columns.join(", "),
-                    r.differing.join(" ")
-                )?;
-            }
-        }
+    } else if differ == 0 {
+        outln!("verify: all {} table(s) equal", reports.len())?;
     }
     if differ > 0 {
-        return Err(syncdata_core::cli::Exit::silent(1).into());
+        return Err(syncdata_core::cli::Exit {
+            code: 1,
+            message: format!(
+                "{differ} of {} table(s) differ from the source",
+                reports.len()
+            ),
+        }
+        .into());
     }
     Ok(())
 }

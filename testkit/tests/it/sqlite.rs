@@ -990,3 +990,84 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
     assert_eq!(integrity(&pool).await, "ok");
     drop(daemon);
 }
+
+/// `verify` on the file compares values under the type mapping (an exact
+/// numeric with other trailing zeros, an instant at another offset, JSON
+/// spaced otherwise are equal) and reports as on PostgreSQL: exit 1, and
+/// per table the rows missing, extra or different by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_compares_under_the_mapping_and_reports_as_on_postgresql() {
+    const DDL: &str = "create table prices (id bigint primary key, amount numeric(12,2), \
+        at timestamptz, doc jsonb, ok boolean, raw bytea);";
+    let source = support::fresh_database("sqlite_verify").await;
+    sqlx::raw_sql(DDL).execute(&source.pool).await.unwrap();
+    sqlx::raw_sql(
+        "insert into prices values \
+           (1, 12.50, '2024-01-02 03:04:05+00', '{\"a\": 2, \"b\": [1, 2]}', true, '\\x00ff'), \
+           (2, 1.00, null, null, false, null);",
+    )
+    .execute(&source.pool)
+    .await
+    .unwrap();
+    let names = TestNames::new("sqverify");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(dir.path(), &source, &names, &file, "");
+    let ddl = write_ddl(dir.path(), DDL);
+    run_ok(
+        dir.path(),
+        &config,
+        &[
+            "add-tables",
+            "--create-from",
+            ddl.to_str().unwrap(),
+            "prices",
+        ],
+    )
+    .await;
+    let pool = open(&file).await;
+    sqlx::query(
+        "insert into prices values (1, '12.5', '2024-01-02T04:04:05+01:00', '{\"a\":2,\"b\":[1,2]}', 1, x'00ff'), \
+                                   (2, '1', null, null, 0, null)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, doc) = json_ok(&config, &["verify", "--json", "--source", &source.url]).await;
+    assert_eq!(code, Some(0), "equal under the mapping: {doc}");
+    assert_eq!(doc[0]["equal"], true, "{doc}");
+    assert_eq!(doc[0]["source_rows"], 2, "{doc}");
+    sqlx::raw_sql(
+        "update prices set ok = 0 where id = 1; delete from prices where id = 2; \
+         insert into prices (id) values (3);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, doc) = json_ok(&config, &["verify", "--json", "--source", &source.url]).await;
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc[0]["equal"], false, "{doc}");
+    assert_eq!(doc[0]["differing_rows"], 3, "{doc}");
+    assert_eq!(
+        doc[0]["rows"],
+        serde_json::json!([
+            {"kind": "different", "key": [["id", "1"]]},
+            {"kind": "missing_locally", "key": [["id", "2"]]},
+            {"kind": "extra_locally", "key": [["id", "3"]]},
+        ]),
+        "{doc}"
+    );
+    let text = run_ok_code(dir.path(), &config, &["verify", "--source", &source.url], 1).await;
+    assert!(text.contains("prices: NOT EQUAL"), "{text}");
+    assert!(text.contains("columns that differ: ok"), "{text}");
+}
+
+async fn run_ok_code(dir: &Path, config: &Path, args: &[&str], code: i32) -> String {
+    let mut p = syncdata(dir, config, args);
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("syncdata {args:?} did not finish:\n{}", p.log()));
+    assert_eq!(status.code(), Some(code), "syncdata {args:?}:\n{}", p.log());
+    p.log()
+}
