@@ -145,6 +145,12 @@ pub async fn run(config: &Config, args: CheckArgs) -> anyhow::Result<()> {
         .source
         .clone()
         .or_else(|| config.verify_source_url().map(str::to_owned));
+    if source_url.is_none() && matches!(local, LocalStore::Sqlite(_)) {
+        bail!(
+            "a SQLite target's tables carry no constraints: check evaluates production's, \
+             so it needs the source (--source URL, verify.source_url or producer.source_url)"
+        );
+    }
     let mut source = match &source_url {
         Some(url) => Some(connect_source(url).await?),
         None => None,
