@@ -801,6 +801,20 @@ pub async fn verify(
     Ok(())
 }
 
+/// The whitelist less the entries put into `tables_to_sync` by hand that
+/// add-tables would refuse (logged).
+async fn accepted_whitelist(pool: &SqlitePool) -> anyhow::Result<Vec<TableName>> {
+    let mut tables = whitelist(pool).await?;
+    tables.retain(|t| match t.denied() {
+        Some(reason) => {
+            tracing::error!(table = %t, "whitelisted table refused: {reason}");
+            false
+        }
+        None => true,
+    });
+    Ok(tables)
+}
+
 /// `syncdata start` on a SQLite target: the same workers and engine as on
 /// PostgreSQL; the daemon registers in the file, heartbeats, obeys `stop`,
 /// and applies until stopped. Any number of processes may share the file
@@ -815,11 +829,7 @@ pub async fn start(
         syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
     }
     let pool = open(&settings).await?;
-    let tables: Vec<TableName> = whitelist(&pool)
-        .await?
-        .into_iter()
-        .filter(|t| t.denied().is_none())
-        .collect();
+    let mut tables = accepted_whitelist(&pool).await?;
     if tables.is_empty() {
         bail!(daemon::NO_TABLES);
     }
@@ -874,14 +884,14 @@ pub async fn start(
         supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
     let spawn = |workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
                  table: TableName,
-                 delay: Duration| {
-        let (ctx, stream, config, instance, fault, token) = (
+                 delay: Duration,
+                 token: CancellationToken| {
+        let (ctx, stream, config, instance, fault) = (
             ctx.clone(),
             stream.clone(),
             config.clone(),
             instance.clone(),
             fault.clone(),
-            workers_token.clone(),
         );
         workers
             .spawn(async move {
@@ -897,10 +907,14 @@ pub async fn start(
     };
     let mut workers = tokio::task::JoinSet::new();
     let mut slots: HashMap<tokio::task::Id, supervise::Slot> = HashMap::new();
+    // Each table's own stop, for when it leaves the whitelist.
+    let mut table_tokens: HashMap<TableName, CancellationToken> = HashMap::new();
     for t in &tables {
         // Fails early on a durable that cannot be made.
         daemon::ensure_consumer(&stream, &config, &instance, t).await?;
-        let id = spawn(&mut workers, t.clone(), Duration::ZERO);
+        let token = workers_token.child_token();
+        table_tokens.insert(t.clone(), token.clone());
+        let id = spawn(&mut workers, t.clone(), Duration::ZERO, token);
         slots.insert(id, supervise::Slot::new(t.clone()));
     }
     // Retention of the file's bookkeeping (tombstones, logs, daemons).
@@ -908,9 +922,12 @@ pub async fn start(
         pool.clone(),
         stream.clone(),
         config.clone(),
-        tables.clone(),
         workers_token.clone(),
     ));
+    // add-tables and remove-tables are picked up while running, as on
+    // PostgreSQL.
+    let mut whitelist_tick = tokio::time::interval(daemon::WHITELIST_POLL);
+    whitelist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(tables = tables.len(), instance = %instance, file = %settings.path.display(), "syncdata started (SQLite target)");
     let period = config.data_sync_freq as i64;
     let mut metrics_tick = tokio::time::interval_at(
@@ -944,6 +961,10 @@ pub async fn start(
                     }
                 };
                 let Some(mut slot) = slots.remove(&id) else { continue };
+                let Some(token) = table_tokens.get(&slot.table).cloned() else {
+                    info!(table = %slot.table, "worker of the removed table stopped");
+                    continue;
+                };
                 let name = slot.table.to_string();
                 match slot.failed(&restart_policy) {
                     supervise::Decision::GiveUp => {
@@ -958,13 +979,46 @@ pub async fn start(
                         tracing::error!(table = %name, error = %why, restarts = slot.restarts, ?delay, "table worker ended unexpectedly; restarting it");
                         metrics::counter!("syncdata_worker_restarts_total", "table" => name).increment(1);
                         slot.started();
-                        let id = spawn(&mut workers, slot.table.clone(), delay);
+                        let id = spawn(&mut workers, slot.table.clone(), delay, token);
                         slots.insert(id, slot);
                     }
                 }
             }
             _ = metrics_tick.tick() => {
                 daemon::flush_metrics(&ctx, period, daemon::now_secs() - period).await;
+            }
+            _ = whitelist_tick.tick() => {
+                let now = match accepted_whitelist(&pool).await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        warn!(error = %e, "reading the whitelist failed; will retry");
+                        continue;
+                    }
+                };
+                for gone in tables.iter().filter(|t| !now.contains(t)) {
+                    if let Some(t) = table_tokens.remove(gone) {
+                        info!(table = %gone, "table removed from the whitelist: stopping its worker");
+                        t.cancel();
+                    }
+                }
+                for added in now.iter().filter(|t| !tables.contains(t)) {
+                    ctx.engine.forget_shape(added).await;
+                    if let Err(e) = ctx.engine.shape(added).await {
+                        warn!(table = %added, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
+                    }
+                    match daemon::ensure_consumer(&stream, &config, &instance, added).await {
+                        Ok(_) => {
+                            info!(table = %added, "table added to the whitelist: syncing it");
+                            let token = workers_token.child_token();
+                            table_tokens.insert(added.clone(), token.clone());
+                            let id = spawn(&mut workers, added.clone(), Duration::ZERO, token);
+                            slots.insert(id, supervise::Slot::new(added.clone()));
+                        }
+                        // Not taken into `tables`: tried again next poll.
+                        Err(e) => tracing::error!(table = %added, error = %format!("{e:#}"), "cannot start syncing the added table"),
+                    }
+                }
+                tables = now.into_iter().filter(|t| table_tokens.contains_key(t)).collect();
             }
             _ = heartbeat.tick() => {
                 let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);

@@ -27,13 +27,7 @@ use crate::gc::{horizon, Round};
 const CHUNK: i64 = 5000;
 
 /// Runs a round every `gc_interval_secs` until `token` is cancelled.
-pub async fn run(
-    pool: SqlitePool,
-    stream: Stream,
-    config: Config,
-    tables: Vec<TableName>,
-    token: CancellationToken,
-) {
+pub async fn run(pool: SqlitePool, stream: Stream, config: Config, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(config.consumer.gc_interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,6 +35,14 @@ pub async fn run(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // The whitelist as it is now (add-tables while running).
+        let tables = match crate::sqlite_cmd::whitelist(&pool).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "housekeeping cannot read the whitelist; will retry next round");
+                continue;
+            }
+        };
         match round(&pool, &stream, &config, &tables).await {
             Ok(r) if r != Round::default() => info!(
                 tombstones = r.tombstones,

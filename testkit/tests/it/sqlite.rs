@@ -10,6 +10,7 @@ use syncdata_testkit::harness as support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sqlx::SqlitePool;
@@ -1070,4 +1071,99 @@ async fn run_ok_code(dir: &Path, config: &Path, args: &[&str], code: i32) -> Str
         .unwrap_or_else(|| panic!("syncdata {args:?} did not finish:\n{}", p.log()));
     assert_eq!(status.code(), Some(code), "syncdata {args:?}:\n{}", p.log());
     p.log()
+}
+
+/// The SQLite daemon picks up `add-tables` and `remove-tables` while it
+/// runs, as the PostgreSQL one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_picks_up_whitelist_changes_while_running() {
+    let reference = demo_db("sqlite_wl").await;
+    let names = TestNames::new("sqwl");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(dir.path(), &reference, &names, &file, "");
+    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
+    let ddl = ddl.to_str().unwrap();
+    run_ok(
+        dir.path(),
+        &config,
+        &["add-tables", "--create-from", ddl, "customers", "orders"],
+    )
+    .await;
+    run_ok(dir.path(), &config, &["remove-tables", "orders"]).await;
+    publish_raw(
+        &names,
+        &[
+            record(
+                "customers",
+                "INSERT",
+                serde_json::json!({"id": 1, "email": "a"}),
+                0x100,
+            ),
+            record(
+                "orders",
+                "INSERT",
+                serde_json::json!({"id": 7, "status": "new"}),
+                0x200,
+            ),
+        ],
+    )
+    .await;
+    let daemon = syncdata(dir.path(), &config, &["start"]);
+    let pool = open(&file).await;
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "select count(*) from {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    support::wait_until("customers applied", Duration::from_secs(60), || {
+        count("customers").map(|n| n == 1)
+    })
+    .await;
+    assert_eq!(count("orders").await, 0, "orders is not whitelisted yet");
+    run_ok(dir.path(), &config, &["add-tables", "orders"]).await;
+    support::wait_until(
+        "orders picked up while running",
+        Duration::from_secs(60),
+        || count("orders").map(|n| n == 1),
+    )
+    .await;
+    run_ok(dir.path(), &config, &["remove-tables", "customers"]).await;
+    support::wait_until("customers' worker stopped", Duration::from_secs(30), || {
+        let log = daemon.log();
+        async move { log.contains("table removed from the whitelist: stopping its worker") }
+    })
+    .await;
+    publish_raw(
+        &names,
+        &[record(
+            "customers",
+            "INSERT",
+            serde_json::json!({"id": 2, "email": "b"}),
+            0x300,
+        )],
+    )
+    .await;
+    publish_raw(
+        &names,
+        &[record(
+            "orders",
+            "INSERT",
+            serde_json::json!({"id": 8, "status": "new"}),
+            0x400,
+        )],
+    )
+    .await;
+    support::wait_until("orders still synced", Duration::from_secs(60), || {
+        count("orders").map(|n| n == 2)
+    })
+    .await;
+    assert_eq!(count("customers").await, 1, "customers no longer synced");
+    drop(daemon);
 }
