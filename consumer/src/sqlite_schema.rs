@@ -88,7 +88,6 @@ async fn table_diff(
 ) -> anyhow::Result<TableDiff> {
     let stream = crate::schema::stream_definition(js, config, signer, table).await?;
     let local = file_columns(pool, table).await?;
-    let quoted = sqlite::quote(&sqlite::local_name(table));
     let mut out = TableDiff {
         table: table.to_string(),
         version: stream.as_ref().map(|(_, v)| v.to_string()),
@@ -108,6 +107,24 @@ async fn table_diff(
         .iter()
         .map(|c| mapped(&c.name, &c.type_name))
         .collect();
+    out.differences = differences(table, &def, local.as_deref());
+    Ok(out)
+}
+
+/// What brings the file's table (`local`: its columns and their
+/// PostgreSQL types; None: missing) in line with production's definition.
+fn differences(
+    table: &TableName,
+    def: &syncdata_core::tabledef::TableDef,
+    local: Option<&[(String, String)]>,
+) -> Vec<Difference> {
+    let quoted = sqlite::quote(&sqlite::local_name(table));
+    let mut out = TableDiff {
+        table: table.to_string(),
+        version: None,
+        mapping: Vec::new(),
+        differences: Vec::new(),
+    };
     let Some(local) = local else {
         let pg = sqlite_cmd::pg_table(&def);
         out.differences.push(Difference {
@@ -116,7 +133,7 @@ async fn table_diff(
             detail: format!("{table} is missing in the file"),
             sql: pg.create_sql(&sqlite::local_name(table)),
         });
-        return Ok(out);
+        return out.differences;
     };
     for c in &def.columns {
         match local.iter().find(|(n, _)| *n == c.name) {
@@ -148,7 +165,7 @@ async fn table_diff(
             Some(_) => {}
         }
     }
-    for (name, _) in &local {
+    for (name, _) in local {
         if def.column(name).is_none() {
             out.differences.push(Difference {
                 kind: "drop_column",
@@ -158,7 +175,100 @@ async fn table_diff(
             });
         }
     }
-    Ok(out)
+    out.differences
+}
+
+/// A SCHEMA record reaching the SQLite daemon (docs/sqlite.md): under
+/// `schema_policy = "auto"` the columns production added are added to the
+/// file's table (with their PostgreSQL types, for the mapping), in the
+/// stream's order between the records before and after it; anything else
+/// (a dropped or retyped column, a table missing in the file) is logged
+/// and left to `schema diff` / `schema migrate`. Adding columns only makes
+/// the take idempotent and order-free: an older definition adds nothing a
+/// newer one took away. Returns the statements run.
+pub async fn take(
+    pool: &SqlitePool,
+    config: &Config,
+    table: &TableName,
+    record: &syncdata_core::record::Record,
+) -> Result<Vec<String>, crate::schema::TakeError> {
+    use crate::schema::TakeError;
+    let def = syncdata_core::tabledef::TableDef::from_record(record).map_err(TakeError::Invalid)?;
+    if def.schema != table.schema || def.table != table.table {
+        return Err(TakeError::Invalid(format!(
+            "definition of {}.{} on the subject of {table}",
+            def.schema, def.table
+        )));
+    }
+    take_def(pool, config, table, &def)
+        .await
+        .map_err(|e| TakeError::Db(format!("{e:#}")))
+}
+
+async fn take_def(
+    pool: &SqlitePool,
+    config: &Config,
+    table: &TableName,
+    def: &syncdata_core::tabledef::TableDef,
+) -> anyhow::Result<Vec<String>> {
+    let policy = crate::schema::Policy::of(config, table);
+    if policy != crate::schema::Policy::Auto {
+        tracing::warn!(table = %table, ?policy, "schema change not applied: on a SQLite target only schema_policy = \"auto\" adds columns (docs/sqlite.md)");
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let local = file_columns_in(&mut tx, table).await?;
+    let diffs = differences(table, def, local.as_deref());
+    let mut run = Vec::new();
+    for d in &diffs {
+        if d.kind != "add_column" {
+            tracing::warn!(table = %table, kind = d.kind, detail = %d.detail,
+                           "schema change not applied to the SQLite file: see `syncdata schema diff`");
+            continue;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(d.sql.clone()))
+            .execute(&mut *tx)
+            .await?;
+        run.push(d.sql.clone());
+    }
+    if !run.is_empty() {
+        let local = sqlite::local_name(table);
+        for c in &def.columns {
+            sqlx::query(
+                "insert or ignore into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
+            )
+            .bind(&local)
+            .bind(&c.name)
+            .bind(&c.type_name)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// [`file_columns`] inside a transaction (read under its lock).
+async fn file_columns_in(
+    tx: &mut sqlx::SqliteConnection,
+    table: &TableName,
+) -> anyhow::Result<Option<Vec<(String, String)>>> {
+    let name = sqlite::local_name(table);
+    let cols: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "select i.name, i.type, c.pg_type from pragma_table_info(?1) i \
+         left join syncdata_columns c on c.table_name = ?1 and c.column_name = i.name order by i.cid",
+    )
+    .bind(&name)
+    .fetch_all(&mut *tx)
+    .await?;
+    if cols.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        cols.into_iter()
+            .map(|(n, declared, pg)| (n, pg.unwrap_or(declared)))
+            .collect(),
+    ))
 }
 
 async fn diffs(

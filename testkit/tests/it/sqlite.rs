@@ -1167,3 +1167,66 @@ async fn the_daemon_picks_up_whitelist_changes_while_running() {
     assert_eq!(count("customers").await, 1, "customers no longer synced");
     drop(daemon);
 }
+
+/// The SQLite daemon takes a SCHEMA record in stream order: a column
+/// production added (schema_policy = "auto") is added to the file before
+/// the rows that carry it apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_adds_the_columns_production_added() {
+    let reference = demo_db("sqlite_schema_auto").await;
+    let names = TestNames::new("sqschauto");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let config = sqlite_config(dir.path(), &reference, &names, &file, "");
+    publish_definition(&names, gadgets(false), 0x100).await;
+    run_ok(dir.path(), &config, &["add-tables", "--create", "gadgets"]).await;
+    let before = record(
+        "gadgets",
+        "INSERT",
+        serde_json::json!({"id": 1, "price": "1.50"}),
+        0x150,
+    );
+    publish_raw(&names, &[before]).await;
+    // As the producer does: the look-up copy, then the record in the
+    // table's subject, in stream order with the rows.
+    publish_definition(&names, gadgets(true), 0x200).await;
+    let def: syncdata_core::tabledef::TableDef = serde_json::from_value(gadgets(true)).unwrap();
+    publish_raw(
+        &names,
+        &[def.to_record(syncdata_core::version::Lsn(0x200), Some(0), None)],
+    )
+    .await;
+    let after = record(
+        "gadgets",
+        "INSERT",
+        serde_json::json!({"id": 2, "price": "2.50", "meta": "{\"k\": [1]}"}),
+        0x300,
+    );
+    publish_raw(&names, &[after]).await;
+    let daemon = syncdata(dir.path(), &config, &["start"]);
+    let pool = open(&file).await;
+    support::wait_until("both rows applied", Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from gadgets")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 2
+    })
+    .await;
+    let meta: Option<String> = sqlx::query_scalar("select meta from gadgets where id = 2")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(meta.as_deref(), Some(r#"{"k": [1]}"#));
+    assert_eq!(failed_logs(&pool).await, 0, "{}", daemon.log());
+    let pg_type: String = sqlx::query_scalar(
+        "select pg_type from syncdata_columns where table_name = 'gadgets' and column_name = 'meta'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pg_type, "jsonb");
+    let (code, doc) = json_ok(&config, &["schema", "diff", "--json"]).await;
+    assert_eq!(code, Some(0), "{doc}");
+    drop(daemon);
+}
