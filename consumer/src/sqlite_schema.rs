@@ -126,7 +126,7 @@ fn differences(
         differences: Vec::new(),
     };
     let Some(local) = local else {
-        let pg = sqlite_cmd::pg_table(&def);
+        let pg = sqlite_cmd::pg_table(def);
         out.differences.push(Difference {
             kind: "create_table",
             safe: true,
