@@ -925,6 +925,18 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
         ));
     }
     publish_raw(&names, &records).await;
+    // Log rows older than log_retention_days (30 by default).
+    {
+        let pool = open(&file).await;
+        sqlx::raw_sql(
+            "insert into data_sync_logs (table_name, status, rows_synced, sync_time) values \
+               ('customers', 'SUCCESS', 5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days')), \
+               ('customers', 'FAILED', 0, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days'))",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
     let daemon = Proc::spawn(
         "syncdata",
         &["start"],
@@ -987,7 +999,32 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
     .await
     .unwrap();
     assert_eq!(collected, 40);
-    assert_eq!(rows, 10);
+    // The old log rows went, their totals kept for status.
+    let old_logs: i64 = sqlx::query_scalar(
+        "select count(*) from data_sync_logs where sync_time < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(old_logs, 0);
+    let totals: (i64, i64, i64) = sqlx::query_as(
+        "select records_synced, errors, rows_pruned from syncdata_log_totals where table_name = 'customers'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(totals, (5, 1, 2));
+    let status = run_ok(dir.path(), &config, &["status", "--json"]).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&status[status.find('{').unwrap()..]).unwrap();
+    let customers = status["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "customers")
+        .unwrap();
+    assert_eq!(customers["records_synced"], 90 + 5, "{customers}");
+    assert_eq!(customers["errors"], 1, "{customers}");
     assert_eq!(integrity(&pool).await, "ok");
     drop(daemon);
 }
