@@ -1174,7 +1174,7 @@ async fn the_daemon_picks_up_whitelist_changes_while_running() {
     run_ok(dir.path(), &config, &["remove-tables", "customers"]).await;
     support::wait_until("customers' worker stopped", Duration::from_secs(30), || {
         let log = daemon.log();
-        async move { log.contains("table removed from the whitelist: stopping its worker") }
+        async move { log.contains("worker of the removed table stopped") }
     })
     .await;
     publish_raw(
