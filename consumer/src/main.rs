@@ -437,7 +437,7 @@ async fn dispatch_sqlite(
             )
             .await
         }
-        Command::Status { json, check } => match sq::status(&target, json, check).await? {
+        Command::Status { json, check } => match sq::status(&config, &target, json, check).await? {
             0 => Ok(()),
             code => Err(cli::Exit::silent(code as u8).into()),
         },

@@ -444,12 +444,28 @@ pub async fn stop(
     }
 }
 
-/// Status: the daemons on the file, and per table its rows, last batch and
-/// failures. Returns 2 under `--check` when no daemon runs or a table has
-/// failures, else 0.
-pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Result<i32> {
+/// Status: the daemons on the file, and per table its rows, last batch,
+/// records synced, the stream's backlog and the dead letters waiting now
+/// (as on PostgreSQL: `errors` are the dead letters waiting, or without
+/// NATS the FAILED log rows of the last 24 hours; `errors_logged` all
+/// FAILED rows ever). Returns 2 under `--check` when no daemon runs or a
+/// table has dead letters waiting, else 0.
+pub async fn status(
+    config: &Config,
+    settings: &Settings,
+    json: bool,
+    check: bool,
+) -> anyhow::Result<i32> {
     let pool = open(settings).await?;
     let daemons = running_daemons(&pool).await?;
+    let instance = local::sqlite_instance_id(&pool).await?;
+    let streams = match crate::cmd::status::streams(config).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errln!("warning: NATS not reachable, no backlog or dead letters: {e:#}");
+            None
+        }
+    };
     let mut tables = Vec::new();
     for t in whitelist(&pool).await? {
         let local = sqlite::local_name(&t);
@@ -460,20 +476,33 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
         .fetch_one(&pool)
         .await
         .ok();
-        let (last, synced, failed): (Option<String>, i64, i64) = sqlx::query_as(
+        let (last, synced, logged, recent): (Option<String>, i64, i64, i64) = sqlx::query_as(
             "select max(case when status = 'SUCCESS' then sync_time end), \
                     coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0) \
                       + coalesce((select records_synced from syncdata_log_totals where table_name = ?1), 0), \
                     count(case when status = 'FAILED' then 1 end) \
-                      + coalesce((select errors from syncdata_log_totals where table_name = ?1), 0) \
+                      + coalesce((select errors from syncdata_log_totals where table_name = ?1), 0), \
+                    count(case when status = 'FAILED' \
+                               and unixepoch(sync_time, 'subsec') > unixepoch('subsec') - 86400 then 1 end) \
              from data_sync_logs where table_name = ?1",
         )
         .bind(t.to_string())
         .fetch_one(&pool)
         .await?;
+        let backlog = match &streams {
+            Some((changes, dlq, _)) => {
+                crate::backlog::table_backlog(changes, dlq, config, &instance, &t)
+                    .await
+                    .ok()
+            }
+            None => None,
+        };
+        let errors = backlog.as_ref().map_or(recent, |b| b.dlq as i64);
         tables.push(serde_json::json!({
             "table": t.to_string(), "rows": rows, "last_batch_at": last,
-            "records_synced": synced, "errors": failed,
+            "records_synced": synced, "errors": errors, "errors_logged": logged,
+            "backlog": backlog.as_ref().map(|b| b.pending + b.ack_pending),
+            "stream": backlog,
         }));
     }
     let attention = daemons == 0 || tables.iter().any(|t| t["errors"].as_i64() > Some(0));
@@ -490,7 +519,7 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
         outln!("daemons running: {daemons}")?;
         for t in &tables {
             outln!(
-                "  {}: {} rows, {} records synced, last batch {}, {} errors",
+                "  {}: {} rows, {} records synced, last batch {}, {} dead letters waiting ({} failures logged), backlog {}",
                 t["table"].as_str().unwrap_or(""),
                 t["rows"]
                     .as_i64()
@@ -499,6 +528,11 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
                 t["records_synced"],
                 t["last_batch_at"].as_str().unwrap_or("never"),
                 t["errors"],
+                t["errors_logged"],
+                t["backlog"]
+                    .as_u64()
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
             )?;
         }
     }

@@ -616,11 +616,25 @@ async fn dead_letters_and_report_work_on_the_file() {
             .await
             .unwrap();
     assert_eq!(row, ("b@x".to_owned(), Some("e2".to_owned())));
+    let (_, status) = json_ok(&config, &["status", "--json"]).await;
+    let orders = &status["tables"].as_array().unwrap()[1];
+    assert_eq!(orders["table"], "orders", "{status}");
+    assert_eq!(orders["errors"], 1, "a dead letter waits: {status}");
+    assert_eq!(status["tables"][0]["errors"], 0, "replayed: {status}");
+    assert_eq!(status["tables"][0]["errors_logged"], 1, "{status}");
+    assert_eq!(status["tables"][0]["backlog"], 0, "{status}");
     let (code, purged) = json_ok(&config, &["dlq", "purge", "--yes", "--json"]).await;
     assert_eq!(code, Some(0));
     assert_eq!(purged, serde_json::json!({"purged": 1}));
     let (_, left) = json_ok(&config, &["dlq", "list", "--json"]).await;
     assert_eq!(left, serde_json::json!([]), "order {orders_id} purged");
+    let mut p = syncdata(dir.path(), &config, &["status", "--check"]);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(60)).await.unwrap().code(),
+        Some(0),
+        "a daemon runs and no dead letter waits: {}",
+        p.log()
+    );
 
     let (code, report) = json_ok(
         &config,
@@ -1014,9 +1028,7 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
     .await
     .unwrap();
     assert_eq!(totals, (5, 1, 2));
-    let status = run_ok(dir.path(), &config, &["status", "--json"]).await;
-    let status: serde_json::Value =
-        serde_json::from_str(&status[status.find('{').unwrap()..]).unwrap();
+    let (_, status) = json_ok(&config, &["status", "--json"]).await;
     let customers = status["tables"]
         .as_array()
         .unwrap()
@@ -1024,7 +1036,8 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
         .find(|t| t["table"] == "customers")
         .unwrap();
     assert_eq!(customers["records_synced"], 90 + 5, "{customers}");
-    assert_eq!(customers["errors"], 1, "{customers}");
+    assert_eq!(customers["errors_logged"], 1, "{customers}");
+    assert_eq!(customers["errors"], 0, "no dead letter waits: {customers}");
     assert_eq!(integrity(&pool).await, "ok");
     drop(daemon);
 }
