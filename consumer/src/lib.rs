@@ -19,6 +19,8 @@ mod large;
 pub mod local;
 pub mod schema;
 pub mod sqlite_cmd;
+pub mod sqlite_gc;
+pub mod sqlite_schema;
 pub mod store;
 mod supervise;
 pub(crate) mod trust;

@@ -30,6 +30,54 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// The configured local store: the SQLite target's file (created and
+    /// migrated when new) or the local PostgreSQL database.
+    pub async fn open(config: &syncdata_core::config::Config) -> anyhow::Result<LocalStore> {
+        Ok(match config.sqlite_target() {
+            Some(target) => LocalStore::Sqlite(crate::sqlite_cmd::open(&target).await?),
+            None => LocalStore::Pg(store::connect(config).await?),
+        })
+    }
+
+    /// This destination's id (names its durables and dead letters).
+    pub async fn instance_id(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            LocalStore::Pg(pool) => store::instance_id(pool).await?,
+            LocalStore::Sqlite(pool) => sqlite_instance_id(pool).await?,
+        })
+    }
+
+    /// The whitelist, in the order tables were added.
+    pub async fn whitelist(&self) -> anyhow::Result<Vec<TableName>> {
+        Ok(match self {
+            LocalStore::Pg(pool) => store::whitelist(pool).await?,
+            LocalStore::Sqlite(pool) => crate::sqlite_cmd::whitelist(pool).await?,
+        })
+    }
+
+    /// The tables a command names, else every whitelisted table; an error
+    /// when that is none (`verb` says what the command would do with them).
+    pub async fn named_or_whitelisted(
+        &self,
+        named: &[String],
+        verb: &str,
+    ) -> anyhow::Result<Vec<TableName>> {
+        let tables = if named.is_empty() {
+            self.whitelist().await?
+        } else {
+            named
+                .iter()
+                .map(|t| TableName::parse(t))
+                .collect::<Result<_, _>>()?
+        };
+        if tables.is_empty() {
+            anyhow::bail!("no tables to {verb}: name them, or whitelist them with add-tables");
+        }
+        Ok(tables)
+    }
+}
+
 impl From<PgPool> for LocalStore {
     fn from(pool: PgPool) -> Self {
         LocalStore::Pg(pool)

@@ -295,25 +295,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::RemoveTables { tables, json } => {
             cmd::remove_tables::run(&config, &tables, json).await
         }
-        Command::Dlq { command } => {
-            use cmd::dlq::{self, Selection};
-            match command {
-                DlqCommand::List { table, json } => {
-                    dlq::list(&config, Selection::from_args(table, None)?, json).await
-                }
-                DlqCommand::Show { id } => dlq::show(&config, id).await,
-                DlqCommand::Replay { table, id, json } => {
-                    dlq::replay(&config, Selection::from_args(table, id)?, json).await
-                }
-                DlqCommand::Purge {
-                    table,
-                    id,
-                    yes,
-                    json,
-                } => dlq::purge(&config, Selection::from_args(table, id)?, yes, json).await,
-                DlqCommand::Migrate { remove_old } => dlq::migrate(&config, remove_old).await,
-            }
-        }
+        Command::Dlq { command } => dlq(&config, command).await,
         Command::Stop { timeout, json } => {
             cmd::stop::run(&config, std::time::Duration::from_secs(timeout), json).await
         }
@@ -391,6 +373,28 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// `dlq …`, on either target: the dead letters are NATS's, the local store
+/// (whitelist, instance, the engine a replay applies through) the target's.
+async fn dlq(config: &syncdata_core::config::Config, command: DlqCommand) -> anyhow::Result<()> {
+    use cmd::dlq::{self, Selection};
+    match command {
+        DlqCommand::List { table, json } => {
+            dlq::list(config, Selection::from_args(table, None)?, json).await
+        }
+        DlqCommand::Show { id } => dlq::show(config, id).await,
+        DlqCommand::Replay { table, id, json } => {
+            dlq::replay(config, Selection::from_args(table, id)?, json).await
+        }
+        DlqCommand::Purge {
+            table,
+            id,
+            yes,
+            json,
+        } => dlq::purge(config, Selection::from_args(table, id)?, yes, json).await,
+        DlqCommand::Migrate { remove_old } => dlq::migrate(config, remove_old).await,
+    }
+}
+
 /// The commands against a SQLite target (`target = "sqlite:///…"`).
 async fn dispatch_sqlite(
     config: syncdata_core::config::Config,
@@ -399,23 +403,24 @@ async fn dispatch_sqlite(
 ) -> anyhow::Result<()> {
     use syncdata_consumer::sqlite_cmd as sq;
     match command {
-        Command::AddTables { json: true, .. }
-        | Command::RemoveTables { json: true, .. }
-        | Command::Stop { json: true, .. }
-        | Command::Clear { json: true, .. } => {
-            anyhow::bail!("--json of this command is not available for a SQLite target yet")
-        }
-        Command::AddTables { create: true, .. } => anyhow::bail!(
-            "--create is not available for a SQLite target yet: use --create-from FILE.sql \
-             (docs/sqlite.md)"
-        ),
         Command::AddTables {
             tables,
+            create,
             create_from,
-            ..
-        } => sq::add_tables(&target, &tables, create_from.as_deref()).await,
+            json,
+        } => {
+            sq::add_tables(
+                &config,
+                &target,
+                &tables,
+                create,
+                create_from.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::ListTables { json } => sq::list_tables(&target, json).await,
-        Command::RemoveTables { tables, .. } => sq::remove_tables(&target, &tables).await,
+        Command::RemoveTables { tables, json } => sq::remove_tables(&target, &tables, json).await,
         Command::Migrate => sq::open(&target).await.map(|_| ()),
         Command::Start => {
             let token = CancellationToken::new();
@@ -423,15 +428,21 @@ async fn dispatch_sqlite(
                 .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
             sq::start(config, target, token).await
         }
-        Command::Stop { timeout, .. } => {
-            sq::stop(&config, &target, std::time::Duration::from_secs(timeout)).await
+        Command::Stop { timeout, json } => {
+            sq::stop(
+                &config,
+                &target,
+                std::time::Duration::from_secs(timeout),
+                json,
+            )
+            .await
         }
-        Command::Status { json, check } => match sq::status(&target, json, check).await? {
+        Command::Status { json, check } => match sq::status(&config, &target, json, check).await? {
             0 => Ok(()),
             code => Err(cli::Exit::silent(code as u8).into()),
         },
         Command::Resync { table, yes, .. } => sq::resync(&config, &target, &table, yes).await,
-        Command::Clear { yes, .. } => sq::clear(&target, yes).await,
+        Command::Clear { yes, json } => sq::clear(&target, yes, json).await,
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
@@ -457,13 +468,60 @@ async fn dispatch_sqlite(
         Command::Config {
             command: ConfigCommand::Check,
         } => cmd::config::check(&config),
-        Command::Dlq { .. }
-        | Command::Check { .. }
-        | Command::Report { .. }
-        | Command::Schema { .. } => anyhow::bail!(
-            "not available for a SQLite target yet: dlq, check, report and schema read the \
-             local PostgreSQL store (docs/sqlite.md)"
-        ),
+        Command::Dlq { command } => dlq(&config, command).await,
+        Command::Report {
+            tables,
+            since,
+            source,
+            json,
+            html,
+        } => {
+            let args = cmd::report::ReportArgs {
+                tables,
+                since,
+                json,
+                html,
+                source,
+            };
+            cmd::report::run(&config, args).await
+        }
+        Command::Schema {
+            command: SchemaCommand::Diff { tables, json },
+        } => match syncdata_consumer::sqlite_schema::diff(&config, &target, &tables, json).await? {
+            0 => Ok(()),
+            code => Err(cli::Exit::silent(code).into()),
+        },
+        Command::Schema {
+            command:
+                SchemaCommand::Migrate {
+                    tables,
+                    dry_run,
+                    allow_destructive,
+                },
+        } => {
+            syncdata_consumer::sqlite_schema::migrate(
+                &config,
+                &target,
+                &tables,
+                dry_run,
+                allow_destructive,
+            )
+            .await
+        }
+        Command::Check {
+            tables,
+            source,
+            samples,
+            json,
+        } => {
+            let args = cmd::check::CheckArgs {
+                tables,
+                source,
+                samples,
+                json,
+            };
+            cmd::check::run(&config, args).await
+        }
     }
 }
 

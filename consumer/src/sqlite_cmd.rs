@@ -24,10 +24,10 @@ use tracing::{info, warn};
 
 use crate::apply::sqlite::{self, ddl, values, SqliteTarget};
 use crate::apply::Engine;
-use crate::daemon;
 use crate::local::{self, LocalStore};
 use crate::store::uuid_like::Id;
 use crate::worker::{self, WorkerShared};
+use crate::{daemon, supervise};
 
 /// A daemon whose heartbeat is older than this is taken for dead.
 const ALIVE_SECS: f64 = 20.0;
@@ -70,35 +70,108 @@ pub async fn create_from(
             .iter()
             .find(|t| t.schema == name.schema && t.name == name.table)
             .ok_or_else(|| anyhow::anyhow!("{} defines no table {name}", file.display()))?;
-        if def.primary_key.is_empty() {
-            bail!(
-                "table {name} in {} has no primary key: syncdata needs one",
-                file.display()
-            );
-        }
-        let local = sqlite::local_name(name);
-        sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
-            .execute(&mut *tx)
-            .await?;
-        for (column, pg_type) in &def.columns {
-            sqlx::query(
-                "insert or replace into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
-            )
-            .bind(&local)
-            .bind(column)
-            .bind(pg_type)
-            .execute(&mut *tx)
-            .await?;
-        }
+        create_table(&mut tx, def)
+            .await
+            .with_context(|| format!("table {name} in {}", file.display()))?;
     }
     tx.commit().await?;
     Ok(())
 }
 
+/// Creates one table (if missing) under the type mapping and records its
+/// columns' PostgreSQL types in `syncdata_columns`.
+async fn create_table(tx: &mut sqlx::SqliteConnection, def: &ddl::PgTable) -> anyhow::Result<()> {
+    if def.primary_key.is_empty() {
+        bail!("no primary key: syncdata needs one");
+    }
+    let local = sqlite::local_name(&TableName::new(def.schema.clone(), def.name.clone()));
+    sqlx::query(sqlx::AssertSqlSafe(def.create_sql(&local)))
+        .execute(&mut *tx)
+        .await?;
+    for (column, pg_type) in &def.columns {
+        sqlx::query(
+            "insert or replace into syncdata_columns (table_name, column_name, pg_type) values (?, ?, ?)",
+        )
+        .bind(&local)
+        .bind(column)
+        .bind(pg_type)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `add-tables --create`: creates `table` when the file lacks it, from the
+/// newest definition the stream carries (schema capture, docs/schema.md),
+/// under the type mapping. Returns whether it created it.
+pub async fn create_from_stream(
+    config: &Config,
+    pool: &SqlitePool,
+    table: &TableName,
+) -> anyhow::Result<bool> {
+    if sqlite::load_shape(pool, table).await.is_ok() {
+        return Ok(false);
+    }
+    let def = stream_definition(config, table).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{table} does not exist in the file and the stream holds no definition of it \
+             (install schema capture with `syncdata-producer setup-source` on the source, \
+             or give --create-from FILE.sql)"
+        )
+    })?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    create_table(&mut tx, &pg_table(&def))
+        .await
+        .with_context(|| format!("creating {table}"))?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The stream's newest definition of `table` (its signature checked when a
+/// signing key is set).
+async fn stream_definition(
+    config: &Config,
+    table: &TableName,
+) -> anyhow::Result<Option<syncdata_core::tabledef::TableDef>> {
+    let client = nats::connect(&config.nats, "syncdata-schema").await?;
+    let js = jetstream::new(client);
+    let signer = SigningKey::load(config.nats.signing_key_file.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    Ok(
+        crate::schema::stream_definition(&js, config, signer.as_ref(), table)
+            .await?
+            .map(|(def, _)| def),
+    )
+}
+
+/// A definition from the stream as the DDL reader's table: column names
+/// and PostgreSQL types (`format_type`'s), and the primary key.
+pub fn pg_table(def: &syncdata_core::tabledef::TableDef) -> ddl::PgTable {
+    ddl::PgTable {
+        schema: def.schema.clone(),
+        name: def.table.clone(),
+        columns: def
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_name.clone()))
+            .collect(),
+        primary_key: def.primary_key.clone(),
+    }
+}
+
+/// Whitelists `tables`, creating them first from a DDL file
+/// (`create_from_file`) or from the definitions the stream carries
+/// (`create`, see [`create_from_stream`]). With `json`, prints the shape
+/// `add-tables --json` prints on PostgreSQL: `{"added", "already_listed",
+/// "failed": [{"table", "error"}]}`.
 pub async fn add_tables(
+    config: &Config,
     settings: &Settings,
     tables: &[String],
+    create: bool,
     create_from_file: Option<&Path>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let pool = open(settings).await?;
     let names = tables
@@ -109,31 +182,55 @@ pub async fn add_tables(
         create_from(&pool, file, &names).await?;
     }
     let creator = std::env::var("USER").ok();
+    let (mut added, mut listed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut failed = 0;
     for name in &names {
-        if let Some(reason) = name.denied() {
-            errln!("error: cannot add {name}: {reason}");
-            failed += 1;
-            continue;
-        }
-        if let Err(e) = sqlite::load_shape(&pool, name).await {
-            errln!("error: cannot add {name}: {e} (or create it with --create-from FILE.sql)");
-            failed += 1;
-            continue;
-        }
-        let added =
-            sqlx::query("insert or ignore into tables_to_sync (table_name, creator) values (?, ?)")
-                .bind(name.to_string())
-                .bind(creator.as_deref())
-                .execute(&pool)
-                .await?
-                .rows_affected()
+        let result = async {
+            if let Some(reason) = name.denied() {
+                bail!("cannot add {name}: {reason}");
+            }
+            if create && create_from_stream(config, &pool, name).await? {
+                match json {
+                    true => errln!("created {name} from production's definition"),
+                    false => outln!("created {name} from production's definition")?,
+                }
+            }
+            if let Err(e) = sqlite::load_shape(&pool, name).await {
+                bail!(
+                    "cannot add {name}: {e} (or create it with --create, or --create-from FILE.sql)"
+                );
+            }
+            let added = sqlx::query(
+                "insert or ignore into tables_to_sync (table_name, creator) values (?, ?)",
+            )
+            .bind(name.to_string())
+            .bind(creator.as_deref())
+            .execute(&pool)
+            .await?
+            .rows_affected()
                 == 1;
-        if added {
-            outln!("added {name}")?;
-        } else {
-            outln!("{name} is already listed")?;
+            anyhow::Ok(added)
         }
+        .await;
+        match result {
+            Ok(true) if json => added.push(name.to_string()),
+            Ok(false) if json => listed.push(name.to_string()),
+            Ok(true) => outln!("added {name}")?,
+            Ok(false) => outln!("{name} is already listed")?,
+            Err(e) => {
+                failed += 1;
+                match json {
+                    true => failures.push(
+                        serde_json::json!({"table": name.to_string(), "error": format!("{e:#}")}),
+                    ),
+                    false => errln!("error: {e:#}"),
+                }
+            }
+        }
+    }
+    if json {
+        let out = serde_json::json!({"added": added, "already_listed": listed, "failed": failures});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     if failed > 0 {
         bail!("{failed} of {} tables could not be added", names.len());
@@ -164,21 +261,33 @@ pub async fn list_tables(settings: &Settings, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn remove_tables(settings: &Settings, tables: &[String]) -> anyhow::Result<()> {
+/// With `json`, prints `{"removed": [..], "not_listed": [..]}` as on
+/// PostgreSQL.
+pub async fn remove_tables(
+    settings: &Settings,
+    tables: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = open(settings).await?;
+    let (mut removed, mut not_listed) = (Vec::new(), Vec::new());
     for t in tables {
         let name = TableName::parse(t)?;
-        let removed = sqlx::query("delete from tables_to_sync where table_name = ?")
+        let was = sqlx::query("delete from tables_to_sync where table_name = ?")
             .bind(name.to_string())
             .execute(&pool)
             .await?
             .rows_affected()
             > 0;
-        if removed {
-            outln!("removed {name}")?;
-        } else {
-            outln!("{name} is not listed")?;
+        match (json, was) {
+            (true, true) => removed.push(name.to_string()),
+            (true, false) => not_listed.push(name.to_string()),
+            (false, true) => outln!("removed {name}")?,
+            (false, false) => outln!("{name} is not listed")?,
         }
+    }
+    if json {
+        let out = serde_json::json!({"removed": removed, "not_listed": not_listed});
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
 }
@@ -208,7 +317,8 @@ pub async fn reset_table(pool: &SqlitePool, table: &TableName) -> anyhow::Result
     Ok(())
 }
 
-pub async fn clear(settings: &Settings, yes: bool) -> anyhow::Result<()> {
+/// With `json`, prints `{"cleared": [..]}` as on PostgreSQL.
+pub async fn clear(settings: &Settings, yes: bool, json: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("clear empties every synced table: add --yes to confirm");
     }
@@ -219,7 +329,17 @@ pub async fn clear(settings: &Settings, yes: bool) -> anyhow::Result<()> {
     }
     for t in &tables {
         reset_table(&pool, t).await?;
-        outln!("cleared {t}")?;
+        if !json {
+            outln!("cleared {t}")?;
+        }
+    }
+    if json {
+        let cleared: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"cleared": cleared}))?
+        )?;
+        return Ok(());
     }
     outln!(
         "the tables stay empty until their rows change again at the source; \
@@ -278,11 +398,24 @@ pub async fn resync(
     Ok(())
 }
 
-pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> anyhow::Result<()> {
+/// With `json`, prints `{"daemons_asked": N, "stopped": true}` as on
+/// PostgreSQL once they have stopped.
+pub async fn stop(
+    config: &Config,
+    settings: &Settings,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = open(settings).await?;
     let before = running_daemons(&pool).await?;
+    let result = |asked: i64| {
+        serde_json::to_string_pretty(&serde_json::json!({"daemons_asked": asked, "stopped": true}))
+    };
     if before == 0 {
-        outln!("no running daemons")?;
+        match json {
+            true => outln!("{}", result(0)?)?,
+            false => outln!("no running daemons")?,
+        }
         return Ok(());
     }
     let instance = local::sqlite_instance_id(&pool).await?;
@@ -291,12 +424,17 @@ pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> an
         .publish(daemon::control_subject(&instance), "stop".into())
         .await?;
     client.flush().await?;
-    outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    if !json {
+        outln!("asked {before} daemons to stop; waiting for in-flight batches")?;
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = running_daemons(&pool).await?;
         if left == 0 {
-            outln!("stopped")?;
+            match json {
+                true => outln!("{}", result(before)?)?,
+                false => outln!("stopped")?,
+            }
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -306,12 +444,28 @@ pub async fn stop(config: &Config, settings: &Settings, timeout: Duration) -> an
     }
 }
 
-/// Status: the daemons on the file, and per table its rows, last batch and
-/// failures. Returns 2 under `--check` when no daemon runs or a table has
-/// failures, else 0.
-pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Result<i32> {
+/// Status: the daemons on the file, and per table its rows, last batch,
+/// records synced, the stream's backlog and the dead letters waiting now
+/// (as on PostgreSQL: `errors` are the dead letters waiting, or without
+/// NATS the FAILED log rows of the last 24 hours; `errors_logged` all
+/// FAILED rows ever). Returns 2 under `--check` when no daemon runs or a
+/// table has dead letters waiting, else 0.
+pub async fn status(
+    config: &Config,
+    settings: &Settings,
+    json: bool,
+    check: bool,
+) -> anyhow::Result<i32> {
     let pool = open(settings).await?;
     let daemons = running_daemons(&pool).await?;
+    let instance = local::sqlite_instance_id(&pool).await?;
+    let streams = match crate::cmd::status::streams(config).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errln!("warning: NATS not reachable, no backlog or dead letters: {e:#}");
+            None
+        }
+    };
     let mut tables = Vec::new();
     for t in whitelist(&pool).await? {
         let local = sqlite::local_name(&t);
@@ -322,18 +476,33 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
         .fetch_one(&pool)
         .await
         .ok();
-        let (last, synced, failed): (Option<String>, i64, i64) = sqlx::query_as(
+        let (last, synced, logged, recent): (Option<String>, i64, i64, i64) = sqlx::query_as(
             "select max(case when status = 'SUCCESS' then sync_time end), \
-                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0), \
+                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0) \
+                      + coalesce((select records_synced from syncdata_log_totals where table_name = ?1), 0), \
                     count(case when status = 'FAILED' then 1 end) \
-             from data_sync_logs where table_name = ?",
+                      + coalesce((select errors from syncdata_log_totals where table_name = ?1), 0), \
+                    count(case when status = 'FAILED' \
+                               and unixepoch(sync_time, 'subsec') > unixepoch('subsec') - 86400 then 1 end) \
+             from data_sync_logs where table_name = ?1",
         )
         .bind(t.to_string())
         .fetch_one(&pool)
         .await?;
+        let backlog = match &streams {
+            Some((changes, dlq, _)) => {
+                crate::backlog::table_backlog(changes, dlq, config, &instance, &t)
+                    .await
+                    .ok()
+            }
+            None => None,
+        };
+        let errors = backlog.as_ref().map_or(recent, |b| b.dlq as i64);
         tables.push(serde_json::json!({
             "table": t.to_string(), "rows": rows, "last_batch_at": last,
-            "records_synced": synced, "errors": failed,
+            "records_synced": synced, "errors": errors, "errors_logged": logged,
+            "backlog": backlog.as_ref().map(|b| b.pending + b.ack_pending),
+            "stream": backlog,
         }));
     }
     let attention = daemons == 0 || tables.iter().any(|t| t["errors"].as_i64() > Some(0));
@@ -350,7 +519,7 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
         outln!("daemons running: {daemons}")?;
         for t in &tables {
             outln!(
-                "  {}: {} rows, {} records synced, last batch {}, {} errors",
+                "  {}: {} rows, {} records synced, last batch {}, {} dead letters waiting ({} failures logged), backlog {}",
                 t["table"].as_str().unwrap_or(""),
                 t["rows"]
                     .as_i64()
@@ -359,6 +528,11 @@ pub async fn status(settings: &Settings, json: bool, check: bool) -> anyhow::Res
                 t["records_synced"],
                 t["last_batch_at"].as_str().unwrap_or("never"),
                 t["errors"],
+                t["errors_logged"],
+                t["backlog"]
+                    .as_u64()
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
             )?;
         }
     }
@@ -373,10 +547,13 @@ pub struct TableDiff {
     pub local_rows: usize,
     /// Keys (text) whose row differs or exists on one side only.
     pub differing: Vec<String>,
+    /// The first `max_rows` of them as `verify` lists them on PostgreSQL.
+    pub rows: Vec<crate::cmd::verify::RowDiff>,
     pub differing_count: usize,
     /// Columns that differ in rows present on both sides (names only,
     /// never values).
     pub differing_columns: Vec<String>,
+    pub columns_compared: Vec<String>,
 }
 
 /// Compares `table` in the SQLite file with the source, value by value
@@ -464,7 +641,26 @@ pub async fn diff_table(
         local_rows: rows.len(),
         ..Default::default()
     };
-    let mut bad = Vec::new();
+    use crate::cmd::verify::DiffKind;
+    let mut bad: Vec<(String, DiffKind, Vec<String>)> = Vec::new();
+    let key_parts = |vals: &[String]| -> Vec<String> {
+        shape
+            .key
+            .iter()
+            .map(|&k| {
+                let v = &vals[cols
+                    .iter()
+                    .position(|&c| c == k)
+                    .expect("key column selected")];
+                // The canonical form without its kind letter.
+                if v == "null" {
+                    "NULL".to_owned()
+                } else {
+                    v[1..].to_owned()
+                }
+            })
+            .collect()
+    };
     for row in &rows {
         let mut vals = Vec::with_capacity(cols.len());
         for (i, &c) in cols.iter().enumerate() {
@@ -480,16 +676,39 @@ pub async fn diff_table(
                         diff.differing_columns.push(name.clone());
                     }
                 }
-                bad.push(key)
+                bad.push((key, DiffKind::Different, key_parts(&vals)))
             }
-            None => bad.push(key),
+            None => bad.push((key, DiffKind::ExtraLocally, key_parts(&vals))),
         }
     }
-    bad.extend(src.into_keys());
-    bad.sort();
+    bad.extend(
+        src.into_iter()
+            .map(|(key, vals)| (key, DiffKind::MissingLocally, key_parts(&vals))),
+    );
+    bad.sort_by(|a, b| a.0.cmp(&b.0));
     diff.differing_count = bad.len();
     bad.truncate(max_rows);
-    diff.differing = bad;
+    let key_names: Vec<String> = shape
+        .key
+        .iter()
+        .map(|&k| shape.columns[k].name.clone())
+        .collect();
+    diff.rows = bad
+        .iter()
+        .map(|(_, kind, parts)| crate::cmd::verify::RowDiff {
+            kind: *kind,
+            key: key_names
+                .iter()
+                .cloned()
+                .zip(parts.iter().cloned())
+                .collect(),
+        })
+        .collect();
+    diff.differing = bad.into_iter().map(|(key, _, _)| key).collect();
+    diff.columns_compared = cols
+        .iter()
+        .map(|&c| shape.columns[c].name.clone())
+        .collect();
     Ok(diff)
 }
 
@@ -567,34 +786,67 @@ pub async fn verify(
     if names.is_empty() {
         bail!("no tables to compare: name them, or whitelist them with add-tables");
     }
+    // The reports of `verify` on PostgreSQL: the same text and JSON.
     let mut reports = Vec::new();
     for t in &names {
-        reports.push(diff_table(&mut conn, &pool, t, exclude, max_rows).await?);
+        let started = std::time::Instant::now();
+        let d = diff_table(&mut conn, &pool, t, exclude, max_rows).await?;
+        let mut hints = Vec::new();
+        if !d.differing_columns.is_empty() {
+            hints.push(format!(
+                "columns that differ: {}",
+                d.differing_columns.join(", ")
+            ));
+        }
+        let report = crate::cmd::verify::TableReport {
+            table: d.table,
+            equal: d.differing_count == 0,
+            source_rows: d.source_rows as i64,
+            local_rows: d.local_rows as i64,
+            differing_rows: d.differing_count as u64,
+            rows: d.rows,
+            problems: Vec::new(),
+            comparable: true,
+            hints,
+            columns_compared: d.columns_compared,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        if !json {
+            syncdata_core::out!("{}", crate::cmd::verify::render(&report, max_rows))?;
+        }
+        reports.push(report);
     }
-    let differ = reports.iter().filter(|r| r.differing_count > 0).count();
+    let differ = reports.iter().filter(|r| !r.equal).count();
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?)?;
-    } else {
-        for r in &reports {
-            if r.differing_count == 0 {
-                outln!("{}: equal ({} rows)", r.table, r.local_rows)?;
-            } else {
-                outln!(
-                    "{}: {} keys differ (source {} rows, local {}; columns: {}): {}",
-                    r.table,
-                    r.differing_count,
-                    r.source_rows,
-                    r.local_rows,
-                    r.differing_columns.join(", "),
-                    r.differing.join(" ")
-                )?;
-            }
-        }
+    } else if differ == 0 {
+        outln!("verify: all {} table(s) equal", reports.len())?;
     }
     if differ > 0 {
-        return Err(syncdata_core::cli::Exit::silent(1).into());
+        return Err(syncdata_core::cli::Exit {
+            code: 1,
+            message: format!(
+                "{differ} of {} table(s) differ from the source",
+                reports.len()
+            ),
+        }
+        .into());
     }
     Ok(())
+}
+
+/// The whitelist less the entries put into `tables_to_sync` by hand that
+/// add-tables would refuse (logged).
+async fn accepted_whitelist(pool: &SqlitePool) -> anyhow::Result<Vec<TableName>> {
+    let mut tables = whitelist(pool).await?;
+    tables.retain(|t| match t.denied() {
+        Some(reason) => {
+            tracing::error!(table = %t, "whitelisted table refused: {reason}");
+            false
+        }
+        None => true,
+    });
+    Ok(tables)
 }
 
 /// `syncdata start` on a SQLite target: the same workers and engine as on
@@ -611,11 +863,7 @@ pub async fn start(
         syncdata_core::telemetry::init_metrics(addr).map_err(anyhow::Error::msg)?;
     }
     let pool = open(&settings).await?;
-    let tables: Vec<TableName> = whitelist(&pool)
-        .await?
-        .into_iter()
-        .filter(|t| t.denied().is_none())
-        .collect();
+    let mut tables = accepted_whitelist(&pool).await?;
     if tables.is_empty() {
         bail!(daemon::NO_TABLES);
     }
@@ -662,16 +910,58 @@ pub async fn start(
         .with_max_payload(client.server_info().max_payload),
     );
     let workers_token = token.child_token();
-    let mut workers = tokio::task::JoinSet::new();
-    for t in &tables {
-        let consumer = daemon::ensure_consumer(&stream, &config, &instance, t).await?;
-        workers.spawn(worker::run_table(
+    // Supervision as on PostgreSQL (crate::supervise): a worker that ends
+    // while the daemon runs is restarted with backoff; one that keeps
+    // failing quickly stops the daemon with an error.
+    let fault = Arc::new(supervise::FaultHook::from_env());
+    let restart_policy =
+        supervise::restart_policy(Duration::from_millis(config.consumer.max_backoff_ms));
+    let spawn = |workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+                 table: TableName,
+                 delay: Duration,
+                 token: CancellationToken| {
+        let (ctx, stream, config, instance, fault) = (
             ctx.clone(),
-            t.clone(),
-            consumer,
-            workers_token.clone(),
-        ));
+            stream.clone(),
+            config.clone(),
+            instance.clone(),
+            fault.clone(),
+        );
+        workers
+            .spawn(async move {
+                if !delay.is_zero() && !syncdata_core::retry::sleep(delay, &token).await {
+                    return Ok(());
+                }
+                let consumer = daemon::ensure_consumer(&stream, &config, &instance, &table).await?;
+                fault.check(&table);
+                worker::run_table(ctx, table, consumer, token).await;
+                Ok(())
+            })
+            .id()
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    let mut slots: HashMap<tokio::task::Id, supervise::Slot> = HashMap::new();
+    // Each table's own stop, for when it leaves the whitelist.
+    let mut table_tokens: HashMap<TableName, CancellationToken> = HashMap::new();
+    for t in &tables {
+        // Fails early on a durable that cannot be made.
+        daemon::ensure_consumer(&stream, &config, &instance, t).await?;
+        let token = workers_token.child_token();
+        table_tokens.insert(t.clone(), token.clone());
+        let id = spawn(&mut workers, t.clone(), Duration::ZERO, token);
+        slots.insert(id, supervise::Slot::new(t.clone()));
     }
+    // Retention of the file's bookkeeping (tombstones, logs, daemons).
+    tokio::spawn(crate::sqlite_gc::run(
+        pool.clone(),
+        stream.clone(),
+        config.clone(),
+        workers_token.clone(),
+    ));
+    // add-tables and remove-tables are picked up while running, as on
+    // PostgreSQL.
+    let mut whitelist_tick = tokio::time::interval(daemon::WHITELIST_POLL);
+    whitelist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(tables = tables.len(), instance = %instance, file = %settings.path.display(), "syncdata started (SQLite target)");
     let period = config.data_sync_freq as i64;
     let mut metrics_tick = tokio::time::interval_at(
@@ -679,6 +969,7 @@ pub async fn start(
         Duration::from_secs(config.data_sync_freq),
     );
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut gave_up = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -686,14 +977,82 @@ pub async fn start(
                 info!("stop requested through NATS");
                 break;
             }
-            Some(joined) = workers.join_next() => {
-                if !workers_token.is_cancelled() {
-                    warn!(result = ?joined.map(|_| ()), "a table worker ended; the daemon stops");
+            Some(joined) = workers.join_next_with_id() => {
+                if workers_token.is_cancelled() {
                     break;
+                }
+                let (id, why) = match joined {
+                    Ok((id, Ok(()))) => (id, "the worker returned while the daemon runs".to_owned()),
+                    Ok((id, Err(e))) => (id, format!("{e:#}")),
+                    Err(e) => {
+                        let id = e.id();
+                        let why = if e.is_panic() {
+                            format!("panicked: {}", supervise::panic_message(&*e.into_panic()))
+                        } else {
+                            e.to_string()
+                        };
+                        (id, why)
+                    }
+                };
+                let Some(mut slot) = slots.remove(&id) else { continue };
+                let Some(token) = table_tokens.get(&slot.table).cloned() else {
+                    info!(table = %slot.table, "worker of the removed table stopped");
+                    continue;
+                };
+                let name = slot.table.to_string();
+                match slot.failed(&restart_policy) {
+                    supervise::Decision::GiveUp => {
+                        tracing::error!(table = %name, error = %why, failures = slot.failures, "table worker keeps failing; stopping the daemon");
+                        gave_up = Some(anyhow::anyhow!(
+                            "the worker of table {name} failed {} times in a row (last: {why}); the daemon stops rather than leave the table unsynced",
+                            slot.failures
+                        ));
+                        break;
+                    }
+                    supervise::Decision::Restart(delay) => {
+                        tracing::error!(table = %name, error = %why, restarts = slot.restarts, ?delay, "table worker ended unexpectedly; restarting it");
+                        metrics::counter!("syncdata_worker_restarts_total", "table" => name).increment(1);
+                        slot.started();
+                        let id = spawn(&mut workers, slot.table.clone(), delay, token);
+                        slots.insert(id, slot);
+                    }
                 }
             }
             _ = metrics_tick.tick() => {
                 daemon::flush_metrics(&ctx, period, daemon::now_secs() - period).await;
+            }
+            _ = whitelist_tick.tick() => {
+                let now = match accepted_whitelist(&pool).await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        warn!(error = %e, "reading the whitelist failed; will retry");
+                        continue;
+                    }
+                };
+                for gone in tables.iter().filter(|t| !now.contains(t)) {
+                    if let Some(t) = table_tokens.remove(gone) {
+                        info!(table = %gone, "table removed from the whitelist: stopping its worker");
+                        t.cancel();
+                    }
+                }
+                for added in now.iter().filter(|t| !tables.contains(t)) {
+                    ctx.engine.forget_shape(added).await;
+                    if let Err(e) = ctx.engine.shape(added).await {
+                        warn!(table = %added, error = %e, "whitelisted table cannot be applied to; its records will be dead-lettered");
+                    }
+                    match daemon::ensure_consumer(&stream, &config, &instance, added).await {
+                        Ok(_) => {
+                            info!(table = %added, "table added to the whitelist: syncing it");
+                            let token = workers_token.child_token();
+                            table_tokens.insert(added.clone(), token.clone());
+                            let id = spawn(&mut workers, added.clone(), Duration::ZERO, token);
+                            slots.insert(id, supervise::Slot::new(added.clone()));
+                        }
+                        // Not taken into `tables`: tried again next poll.
+                        Err(e) => tracing::error!(table = %added, error = %format!("{e:#}"), "cannot start syncing the added table"),
+                    }
+                }
+                tables = now.into_iter().filter(|t| table_tokens.contains_key(t)).collect();
             }
             _ = heartbeat.tick() => {
                 let errors = ctx.errors.load(std::sync::atomic::Ordering::Relaxed);
@@ -722,5 +1081,8 @@ pub async fn start(
         .execute(&pool)
         .await?;
     info!("syncdata stopped");
-    Ok(())
+    match gave_up {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

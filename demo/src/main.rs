@@ -437,7 +437,11 @@ async fn run(args: Args) -> Result<bool> {
             }
             println!("OK: every table matches");
             if let Some(file) = &sqlite_file {
-                show_sqlite_query(file);
+                show_sqlite_query(
+                    file,
+                    "select id, amount, tags, json_extract(meta, '$.source') as source, \
+                     created_at from orders order by id limit 5",
+                );
             }
             Ok(true)
         }
@@ -886,9 +890,7 @@ async fn wait_for_verify(
 }
 
 /// The demo's last word on a SQLite target: a query on the file.
-fn show_sqlite_query(file: &Path) {
-    let sql = "select id, amount, tags, json_extract(meta, '$.source') as source, created_at \
-               from orders order by id limit 5";
+fn show_sqlite_query(file: &Path, sql: &str) {
     println!();
     println!("$ sqlite3 -header -column {} \"{sql}\"", file.display());
     match std::process::Command::new("sqlite3")

@@ -119,6 +119,33 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         "\n[source]\nplugin = \"wal2json\"\nslot = \"{SLOT}\"\n\
          tables = [\"customers\", \"orders\", \"order_lines\"]\nsegment_max_age_ms = 500\n"
     );
+    // A SQLite target: the consumers apply into <workdir>/local.db, its
+    // tables created from the demo's DDL (docs/sqlite.md).
+    let sqlite_file = (args.target == "sqlite").then(|| workdir.join("local.db"));
+    if let Some(file) = &sqlite_file {
+        for f in [
+            file.clone(),
+            file.with_extension("db-wal"),
+            file.with_extension("db-shm"),
+        ] {
+            if f.exists() {
+                std::fs::remove_file(&f)
+                    .with_context(|| format!("cannot remove {}", f.display()))?;
+            }
+        }
+        text += &format!(
+            "\n[target]\nurl = {}\n",
+            harness::toml_str(&format!("sqlite://{}", path_str(file)?))
+        );
+    }
+    let ddl_path = workdir.join("schema.sql");
+    std::fs::write(&ddl_path, DEMO_DDL)?;
+    let ddl_arg = path_str(&ddl_path)?.to_owned();
+    let mut add_args = vec!["add-tables"];
+    if sqlite_file.is_some() {
+        add_args.extend(["--create-from", ddl_arg.as_str()]);
+    }
+    add_args.extend(["customers", "orders", "order_lines"]);
     let config_path = workdir.join("config.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -158,12 +185,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
             vec!["setup-source", "--create-slot", "--tables", tables],
             &producer_config,
         ),
-        (
-            "add-tables",
-            &consumer_bin,
-            vec!["add-tables", "customers", "orders", "order_lines"],
-            &config_path,
-        ),
+        ("add-tables", &consumer_bin, add_args.clone(), &config_path),
     ] {
         let mut p = start(&workdir, bin, &argv, name, cfg)?;
         let status = p.finish(Duration::from_secs(60)).await?;
@@ -252,7 +274,9 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         Ok(line) => println!("{line}"),
         Err(e) => println!("warning: {e}"),
     }
-    show_sanitized(&source, &local).await?;
+    if sqlite_file.is_none() {
+        show_sanitized(&source, &local).await?;
+    }
     println!(
         "{changes} changes synced in {:.2} s from a real source through wal2json, the archiver, \
          the producer (sanitized) and {} consumer(s)",
@@ -260,6 +284,13 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         args.consumers
     );
     println!("OK: every table matches the source (sanitized columns excluded: {SANITIZED})");
+    if let Some(file) = &sqlite_file {
+        super::show_sqlite_query(
+            file,
+            "select c.id, c.email, c.name, c.balance, o.amount, o.tags, o.created_at \
+             from customers c join orders o on o.customer_id = c.id order by o.id limit 5",
+        );
+    }
     Ok(true)
 }
 

@@ -17,6 +17,12 @@
 //! - **CHECK** violations of constraints added `NOT VALID` locally, or
 //!   declared only in production.
 //!
+//! On a SQLite target (docs/sqlite.md) the file's tables carry no
+//! constraints (the rows come from production, which enforced them): the
+//! rules are production's, evaluated with SQLite's SQL on the file. A
+//! production CHECK whose expression SQLite cannot run is reported as not
+//! evaluated.
+//!
 //! Local constraints are always read; production's too when a source URL is
 //! known (`--source`, `verify.source_url`, `producer.source_url`), so a local
 //! table created without constraints is still checked against them. Each
@@ -29,13 +35,14 @@ use std::str::FromStr;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection};
 use syncdata_core::catalog::{self, TableDef};
 use syncdata_core::config::Config;
 use syncdata_core::table::{quote_ident, TableName};
 use syncdata_core::{out, outln};
 
-use crate::store;
+use crate::apply::sqlite;
+use crate::local::LocalStore;
 
 pub struct CheckArgs {
     pub tables: Vec<String>,
@@ -132,21 +139,27 @@ struct Constraints {
 }
 
 pub async fn run(config: &Config, args: CheckArgs) -> anyhow::Result<()> {
-    let pool = store::connect(config).await?;
-    let tables = super::named_or_whitelisted(&pool, &args.tables, "check").await?;
+    let local = LocalStore::open(config).await?;
+    let tables = local.named_or_whitelisted(&args.tables, "check").await?;
     let source_url = args
         .source
         .clone()
         .or_else(|| config.verify_source_url().map(str::to_owned));
+    if source_url.is_none() && matches!(local, LocalStore::Sqlite(_)) {
+        bail!(
+            "a SQLite target's tables carry no constraints: check evaluates production's, \
+             so it needs the source (--source URL, verify.source_url or producer.source_url)"
+        );
+    }
     let mut source = match &source_url {
         Some(url) => Some(connect_source(url).await?),
         None => None,
     };
-    let whitelist: BTreeSet<TableName> = store::whitelist(&pool).await?.into_iter().collect();
+    let whitelist: BTreeSet<TableName> = local.whitelist().await?.into_iter().collect();
 
     let mut reports = Vec::new();
     for table in &tables {
-        let report = check_table(&pool, source.as_mut(), table, &whitelist, args.samples).await?;
+        let report = check_table(&local, source.as_mut(), table, &whitelist, args.samples).await?;
         if !args.json {
             out!("{}", render(&report))?;
         }
@@ -192,16 +205,20 @@ async fn connect_source(url: &str) -> anyhow::Result<PgConnection> {
 }
 
 async fn check_table(
-    pool: &PgPool,
+    store: &LocalStore,
     source: Option<&mut PgConnection>,
     table: &TableName,
     whitelist: &BTreeSet<TableName>,
     samples: usize,
 ) -> anyhow::Result<TableReport> {
-    let def = catalog::table(pool, table)
-        .await?
-        .with_context(|| format!("{table} does not exist in the local database"))?;
-    let local = constraints(pool, table).await?;
+    let (def, local) = match store {
+        LocalStore::Pg(pool) => (
+            catalog::table(pool, table).await?,
+            constraints(pool, table).await?,
+        ),
+        LocalStore::Sqlite(pool) => (sqlite_def(pool, table).await?, Constraints::default()),
+    };
+    let def = def.with_context(|| format!("{table} does not exist in the local database"))?;
 
     // What to evaluate, each with its origin: local constraints that the
     // database does not enforce (foreign keys under replica mode, invalid
@@ -273,7 +290,7 @@ async fn check_table(
 
     let mut findings = Vec::new();
     for (rule, origin) in &rules {
-        if let Some(f) = evaluate(pool, &def, rule, *origin, whitelist, samples).await? {
+        if let Some(f) = evaluate(store, &def, rule, *origin, whitelist, samples).await? {
             findings.push(f);
         }
     }
@@ -387,15 +404,15 @@ async fn constraints(
 
 /// Counts the local rows that break `rule` and samples their keys.
 async fn evaluate(
-    pool: &PgPool,
+    store: &LocalStore,
     def: &TableDef,
     rule: &Rule,
     origin: Origin,
     whitelist: &BTreeSet<TableName>,
     samples: usize,
 ) -> anyhow::Result<Option<Finding>> {
-    let t = def.name.quoted();
-    let key_text = key_text_sql(def, "c");
+    let t = table_sql(store, &def.name);
+    let key_text = key_text_sql(store, def, "c");
     let order = key_order_sql(def, "c");
     let (kind, constraint, rule_text, filter, fix) = match rule {
         Rule::ForeignKey {
@@ -404,7 +421,10 @@ async fn evaluate(
             parent,
             parent_columns,
         } => {
-            let parent_exists = catalog::table(pool, parent).await?.is_some();
+            let parent_exists = match store {
+                LocalStore::Pg(pool) => catalog::table(pool, parent).await?.is_some(),
+                LocalStore::Sqlite(pool) => sqlite_def(pool, parent).await?.is_some(),
+            };
             let not_null = columns
                 .iter()
                 .map(|c| format!("c.{} is not null", quote_ident(c)))
@@ -419,7 +439,7 @@ async fn evaluate(
                     .join(" and ");
                 format!(
                     "{not_null} and not exists (select 1 from {} p where {join})",
-                    parent.quoted()
+                    table_sql(store, parent)
                 )
             } else {
                 not_null
@@ -530,10 +550,19 @@ async fn evaluate(
     // The expression of a production CHECK may name a function the local
     // database lacks: that is reported, not fatal.
     let count_sql = format!("select count(*) from {t} c where {filter}");
-    let rows: i64 = match sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
-        .fetch_one(pool)
-        .await
-    {
+    let counted = match store {
+        LocalStore::Pg(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
+                .fetch_one(pool)
+                .await
+        }
+        LocalStore::Sqlite(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
+                .fetch_one(pool)
+                .await
+        }
+    };
+    let rows: i64 = match counted {
         Ok(n) => n,
         Err(e) if origin == Origin::Source => {
             return Ok(Some(Finding {
@@ -558,9 +587,18 @@ async fn evaluate(
         "select {key_text} from {t} c where {filter} order by {order} limit {}",
         samples.max(1)
     );
-    let sample_keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sample_sql))
-        .fetch_all(pool)
-        .await?;
+    let sample_keys: Vec<String> = match store {
+        LocalStore::Pg(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sample_sql))
+                .fetch_all(pool)
+                .await?
+        }
+        LocalStore::Sqlite(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sample_sql))
+                .fetch_all(pool)
+                .await?
+        }
+    };
     Ok(Some(Finding {
         kind,
         origin,
@@ -572,8 +610,80 @@ async fn evaluate(
     }))
 }
 
+/// A table's name in the local store's SQL.
+fn table_sql(store: &LocalStore, table: &TableName) -> String {
+    match store {
+        LocalStore::Pg(_) => table.quoted(),
+        LocalStore::Sqlite(_) => sqlite::quote(&sqlite::local_name(table)),
+    }
+}
+
+/// A table of a SQLite target's file as the catalog describes a
+/// PostgreSQL one (None: no such table): its columns, NOT NULL, primary
+/// key. The types are those recorded when it was created, else declared.
+async fn sqlite_def(
+    pool: &sqlx::SqlitePool,
+    table: &TableName,
+) -> anyhow::Result<Option<TableDef>> {
+    let local = sqlite::local_name(table);
+    let cols: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "select i.name, coalesce(c.pg_type, i.type), i.\"notnull\", i.pk \
+         from pragma_table_info(?1) i \
+         left join syncdata_columns c on c.table_name = ?1 and c.column_name = i.name \
+         order by i.cid",
+    )
+    .bind(&local)
+    .fetch_all(pool)
+    .await?;
+    if cols.is_empty() {
+        return Ok(None);
+    }
+    let mut pk: Vec<(i64, String)> = cols
+        .iter()
+        .filter(|c| c.3 > 0)
+        .map(|c| (c.3, c.0.clone()))
+        .collect();
+    pk.sort();
+    Ok(Some(TableDef {
+        name: table.clone(),
+        primary_key: pk.into_iter().map(|(_, n)| n).collect(),
+        estimated_rows: None,
+        columns: cols
+            .into_iter()
+            .map(|(name, sql_type, not_null, _)| catalog::ColumnDef {
+                name,
+                unlimited_type: sql_type.clone(),
+                base_type: sql_type.clone(),
+                sql_type,
+                category: 'X',
+                is_bytea: false,
+                generated: false,
+                not_null: not_null != 0,
+                has_default: false,
+                typmod: -1,
+                collation: None,
+            })
+            .collect(),
+    }))
+}
+
 /// `id=1, region=eu` of a row (`ctid` for a table without a primary key).
-fn key_text_sql(def: &TableDef, alias: &str) -> String {
+fn key_text_sql(store: &LocalStore, def: &TableDef, alias: &str) -> String {
+    if let LocalStore::Sqlite(_) = store {
+        // Every table of the file has a primary key (add-tables requires one).
+        return def
+            .primary_key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} || '=' || coalesce(cast({alias}.{} as text), 'NULL')",
+                    sql_literal(k),
+                    quote_ident(k)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" || ', ' || ");
+    }
     if def.primary_key.is_empty() {
         return format!("'ctid=' || {alias}.ctid::text");
     }

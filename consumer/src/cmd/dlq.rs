@@ -14,7 +14,6 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::{self, message::StreamMessage};
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use sqlx::PgPool;
 use syncdata_core::config::Config;
 use syncdata_core::signature::SigningKey;
 
@@ -27,11 +26,12 @@ use syncdata_core::subject::{
 use syncdata_core::table::TableName;
 use syncdata_core::{errln, outln};
 
-use crate::apply::{Applier, Disposition, Incoming};
+use crate::apply::{Applier, Disposition, Engine, Incoming, Target};
 use crate::dead_letter::{
     H_ATTEMPTS, H_CHUNK_INDEX, H_ERROR, H_INSTANCE, H_MSG_ID, H_PAYLOAD_REF, H_SEQUENCE,
     H_SIGNATURE, H_SQLSTATE, H_SUBJECT, H_TABLE,
 };
+use crate::local::{self, LocalStore};
 use crate::{failure, store};
 
 /// Which dead letters a command acts on.
@@ -56,22 +56,23 @@ impl Selection {
 struct Dlq {
     stream: jetstream::stream::Stream,
     js: jetstream::Context,
-    pool: PgPool,
+    /// The local store: PostgreSQL, or a SQLite target's file.
+    local: LocalStore,
     instance: String,
     prefix: String,
 }
 
 impl Dlq {
     async fn open(config: &Config) -> anyhow::Result<Dlq> {
-        let pool = store::connect(config).await?;
-        let instance = store::instance_id(&pool).await?;
+        let local = LocalStore::open(config).await?;
+        let instance = local.instance_id().await?;
         let client = nats::connect(&config.nats, "syncdata-dlq").await?;
         let js = jetstream::new(client);
         let stream = nats::ensure_stream(&js, nats::dlq_stream_config(&config.nats)).await?;
         let dlq = Dlq {
             stream,
             js,
-            pool,
+            local,
             instance,
             prefix: config.nats.dlq_subject_prefix.clone(),
         };
@@ -163,7 +164,7 @@ impl Dlq {
         // whitelisted nor has dead letters here is an error (a removed
         // table's dead letters can still be listed, replayed and purged).
         if let Selection::Table(t) = sel {
-            if msgs.is_empty() && !store::whitelist(&self.pool).await?.contains(t) {
+            if msgs.is_empty() && !self.local.whitelist().await?.contains(t) {
                 bail!("{t} is not in the whitelist and has no dead letters in this database");
             }
         }
@@ -275,9 +276,29 @@ pub async fn show(config: &Config, id: u64) -> anyhow::Result<()> {
 pub async fn replay(config: &Config, sel: Selection, json: bool) -> anyhow::Result<()> {
     let dlq = Dlq::open(config).await?;
     let msgs = dlq.select(&sel).await?;
-    let whitelist: HashSet<TableName> = store::whitelist(&dlq.pool).await?.into_iter().collect();
-    let replica = store::may_set_replica_role(&dlq.pool).await?;
-    let applier = Applier::new(dlq.pool.clone(), replica);
+    // Through the engine of the local store's target: the version guard
+    // and the mapping of a SQLite file included.
+    match &dlq.local {
+        LocalStore::Pg(pool) => {
+            let replica = store::may_set_replica_role(pool).await?;
+            let applier = Applier::new(pool.clone(), replica);
+            replay_all(config, &dlq, &applier, msgs, json).await
+        }
+        LocalStore::Sqlite(pool) => {
+            let engine = Engine::with_target(crate::apply::sqlite::SqliteTarget::new(pool.clone()));
+            replay_all(config, &dlq, &engine, msgs, json).await
+        }
+    }
+}
+
+async fn replay_all<T: Target>(
+    config: &Config,
+    dlq: &Dlq,
+    applier: &Engine<T>,
+    msgs: Vec<StreamMessage>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let whitelist: HashSet<TableName> = dlq.local.whitelist().await?.into_iter().collect();
     // A dead letter is trusted no more than the message it came from: with a
     // signing key, its original signature is checked again, and a change far
     // ahead of what the table has applied is held, as the worker does.
@@ -335,7 +356,7 @@ pub async fn replay(config: &Config, sel: Selection, json: bool) -> anyhow::Resu
                 .map_err(|e| e.to_string())?;
             let record = Record::parse(&payload).map_err(|e| e.to_string())?;
             let mark = marks.entry(table.clone()).or_default();
-            mark.ensure_loaded(&dlq.pool, &table)
+            local::ensure_mark(&dlq.local, mark, &table)
                 .await
                 .map_err(|e| format!("cannot read the table's applied versions: {e}"))?;
             mark.check(&table, record.lsn, config.consumer.max_version_jump)

@@ -9,10 +9,11 @@
 //!   (apply time minus source commit time) and freshness;
 //! - `data_sync_metrics` (the periodic FREQ roll-up of seed 004): records
 //!   added/updated/deleted of the periods that start inside the window;
-//! - `syncdata.row_state`: rows parked now;
-//! - `syncdata.schema_changes`: the schema changes taken in the window
-//!   (applied, halted on, resumed, ignored, and a resync's rebuild), each
-//!   with its statements (docs/schema.md);
+//! - `syncdata.row_state` (`syncdata_row_state` in a SQLite target's file):
+//!   rows parked now;
+//! - `syncdata.schema_changes` (PostgreSQL targets): the schema changes
+//!   taken in the window (applied, halted on, resumed, ignored, and a
+//!   resync's rebuild), each with its statements (docs/schema.md);
 //! - the dead-letter stream: dead letters waiting now (absent when NATS
 //!   cannot be reached);
 //! - with `--source`: row drift, the difference between the source's and the
@@ -25,12 +26,12 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use syncdata_core::config::Config;
 use syncdata_core::outln;
 use syncdata_core::table::TableName;
 
-use crate::store;
+use crate::local::LocalStore;
 
 /// Buckets of the chart (the window is cut into this many).
 const BUCKETS: i64 = 24;
@@ -150,17 +151,31 @@ const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 pub async fn gather(config: &Config, args: &ReportArgs) -> anyhow::Result<Report> {
     let window = parse_window(&args.since)?;
-    let pool = store::connect(config).await?;
-    let tables = super::named_or_whitelisted(&pool, &args.tables, "report on").await?;
-    let (from, to, now_epoch): (String, String, f64) =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select to_char((now() - make_interval(secs => $1)) at time zone 'UTC', {TS}), \
-                to_char(now() at time zone 'UTC', {TS}), extract(epoch from now())::float8"
-        )))
-        .bind(window as f64)
-        .fetch_one(&pool)
+    let local = LocalStore::open(config).await?;
+    let tables = local
+        .named_or_whitelisted(&args.tables, "report on")
         .await?;
-    let dlq = dead_letters(config, &pool, &tables).await;
+    let (from, to, now_epoch): (String, String, f64) = match &local {
+        LocalStore::Pg(pool) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select to_char((now() - make_interval(secs => $1)) at time zone 'UTC', {TS}), \
+                    to_char(now() at time zone 'UTC', {TS}), extract(epoch from now())::float8"
+            )))
+            .bind(window as f64)
+            .fetch_one(pool)
+            .await?
+        }
+        LocalStore::Sqlite(pool) => {
+            sqlx::query_as(
+                "select strftime('%Y-%m-%dT%H:%M:%SZ', unixepoch() - ?, 'unixepoch'), \
+                    strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), unixepoch('subsec')",
+            )
+            .bind(window)
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    let dlq = dead_letters(config, &local, &tables).await;
     let mut source = match &args.source {
         Some(url) => Some(
             crate::cmd::verify::connect_source(url)
@@ -171,15 +186,24 @@ pub async fn gather(config: &Config, args: &ReportArgs) -> anyhow::Result<Report
     };
     let mut out = Vec::new();
     for t in &tables {
-        let mut r = from_log(&pool, t, window, now_epoch).await?;
-        r.metrics = metrics(&pool, t, window).await?;
-        r.parked_now = parked_now(&pool, t).await?;
-        r.schema_changes = schema_changes(&pool, t, window).await?;
+        let mut r = match &local {
+            LocalStore::Pg(pool) => {
+                let mut r = from_log(pool, t, window, now_epoch).await?;
+                r.metrics = metrics(pool, t, window).await?;
+                r.parked_now = parked_now(pool, t).await?;
+                r.schema_changes = schema_changes(pool, t, window).await?;
+                r
+            }
+            LocalStore::Sqlite(pool) => sqlite::table_report(pool, t, window, now_epoch).await?,
+        };
         r.dead_letters_waiting = dlq
             .as_ref()
             .map(|counts| counts.get(&t.to_string()).copied().unwrap_or(0));
         if let Some(src) = source.as_mut() {
-            let here = count_rows(&pool, t).await?;
+            let here = match &local {
+                LocalStore::Pg(pool) => count_rows(pool, t).await?,
+                LocalStore::Sqlite(pool) => sqlite::count_rows(pool, t).await?,
+            };
             let there = count_rows(&mut *src, t)
                 .await
                 .with_context(|| format!("--source: counting {t}"))?;
@@ -193,6 +217,140 @@ pub async fn gather(config: &Config, args: &ReportArgs) -> anyhow::Result<Report
         window_seconds: window,
         tables: out,
     })
+}
+
+/// Records applied per chart bucket, oldest first, from (bucket, records)
+/// rows.
+fn over_time(buckets: Vec<(i64, i64)>) -> Vec<i64> {
+    let mut applied_over_time = vec![0i64; BUCKETS as usize];
+    for (i, n) in buckets {
+        if let Some(slot) = usize::try_from(i)
+            .ok()
+            .and_then(|i| applied_over_time.get_mut(i))
+        {
+            *slot += n;
+        }
+    }
+    applied_over_time
+}
+
+/// The same figures from a SQLite target's file: the same tables
+/// (`data_sync_logs`, `data_sync_metrics`), SQLite's SQL; the lag
+/// percentiles are computed here (SQLite has no percentile function).
+mod sqlite {
+    use super::*;
+
+    pub async fn table_report(
+        pool: &SqlitePool,
+        t: &TableName,
+        window: i64,
+        now_epoch: f64,
+    ) -> anyhow::Result<TableReport> {
+        let since = now_epoch - window as f64;
+        type Row = (i64, i64, i64, i64, i64, i64, i64, i64, i64, Option<String>);
+        let row: Row = sqlx::query_as(
+            "select count(case when status = 'SUCCESS' then 1 end), \
+                    coalesce(sum(case when status = 'SUCCESS' then rows_synced end), 0), \
+                    coalesce(sum(inserted), 0), coalesce(sum(updated), 0), \
+                    coalesce(sum(deleted), 0), coalesce(sum(superseded), 0), \
+                    coalesce(sum(parked), 0), coalesce(sum(deletes_of_missing), 0), \
+                    count(case when status = 'FAILED' then 1 end), \
+                    strftime('%Y-%m-%dT%H:%M:%SZ', max(unixepoch(source_commit_at, 'subsec')), 'unixepoch') \
+             from data_sync_logs where table_name = ? and unixepoch(sync_time, 'subsec') > ?",
+        )
+        .bind(t.to_string())
+        .bind(since)
+        .fetch_one(pool)
+        .await?;
+        let mut lags: Vec<f64> = sqlx::query_scalar(
+            "select unixepoch(sync_time, 'subsec') - unixepoch(source_commit_at, 'subsec') \
+             from data_sync_logs where table_name = ? and status = 'SUCCESS' \
+               and source_commit_at is not null and unixepoch(sync_time, 'subsec') > ?",
+        )
+        .bind(t.to_string())
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        lags.sort_by(f64::total_cmp);
+        let bucket = (window as f64 / BUCKETS as f64).max(1.0);
+        let buckets: Vec<(i64, i64)> = sqlx::query_as(
+            "select min(cast((unixepoch(sync_time, 'subsec') - ?) / ? as integer), ? - 1), \
+                    sum(rows_synced) \
+             from data_sync_logs where table_name = ? and status = 'SUCCESS' \
+               and unixepoch(sync_time, 'subsec') > ? group by 1",
+        )
+        .bind(since)
+        .bind(bucket)
+        .bind(BUCKETS)
+        .bind(t.to_string())
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        let (a, u, d): (i64, i64, i64) = sqlx::query_as(
+            "select coalesce(sum(records_added), 0), coalesce(sum(records_updated), 0), \
+                    coalesce(sum(records_deleted), 0) \
+             from data_sync_metrics where table_name = ? and period_type = 'FREQ' \
+               and unixepoch(period_start) > ?",
+        )
+        .bind(t.to_string())
+        .bind(since)
+        .fetch_one(pool)
+        .await?;
+        let parked_now: i64 = sqlx::query_scalar(
+            "select count(*) from syncdata_row_state r join syncdata_table_state s on s.id = r.table_id \
+             where s.table_name = ? and r.state = 'P'",
+        )
+        .bind(crate::apply::sqlite::local_name(t))
+        .fetch_one(pool)
+        .await?;
+        Ok(TableReport {
+            table: t.to_string(),
+            batches: row.0,
+            applied: row.1,
+            inserted: row.2,
+            updated: row.3,
+            deleted: row.4,
+            superseded: row.5,
+            parked: row.6,
+            deletes_of_missing: row.7,
+            failed: row.8,
+            freshest_source_commit_at: row.9,
+            lag_seconds: percentiles(&lags),
+            applied_over_time: over_time(buckets),
+            metrics: MetricsSums {
+                records_added: a,
+                records_updated: u,
+                records_deleted: d,
+            },
+            parked_now,
+            ..TableReport::default()
+        })
+    }
+
+    /// Median, p99 (interpolated, as PostgreSQL's percentile_cont) and
+    /// max of sorted lags; None when there are none.
+    fn percentiles(sorted: &[f64]) -> Option<LagFigures> {
+        let at = |p: f64| {
+            let pos = p * (sorted.len() - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        };
+        (!sorted.is_empty()).then(|| LagFigures {
+            median: at(0.5).max(0.0),
+            p99: at(0.99).max(0.0),
+            max: sorted[sorted.len() - 1].max(0.0),
+        })
+    }
+
+    pub async fn count_rows(pool: &SqlitePool, t: &TableName) -> anyhow::Result<i64> {
+        let local = crate::apply::sqlite::local_name(t);
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select count(*) from {}",
+            crate::apply::sqlite::quote(&local)
+        )))
+        .fetch_one(pool)
+        .await?)
+    }
 }
 
 /// Everything `data_sync_logs` says about the table in the window.
@@ -251,15 +409,7 @@ async fn from_log(
     .bind(BUCKETS)
     .fetch_all(pool)
     .await?;
-    let mut applied_over_time = vec![0i64; BUCKETS as usize];
-    for (i, n) in buckets {
-        if let Some(slot) = usize::try_from(i)
-            .ok()
-            .and_then(|i| applied_over_time.get_mut(i))
-        {
-            *slot += n;
-        }
-    }
+    let applied_over_time = over_time(buckets);
     let lag_seconds = match (row.10, row.11, row.12) {
         (Some(median), Some(p99), Some(max)) => Some(LagFigures {
             median: median.max(0.0),
@@ -377,12 +527,12 @@ where
 /// Dead letters waiting per table, or None when NATS cannot be reached.
 async fn dead_letters(
     config: &Config,
-    pool: &PgPool,
+    local: &LocalStore,
     tables: &[TableName],
 ) -> Option<std::collections::HashMap<String, u64>> {
     let counts = async {
         let (_, dlq, _) = crate::cmd::status::streams(config).await?;
-        let instance = store::instance_id(pool).await?;
+        let instance = local.instance_id().await?;
         let mut counts = std::collections::HashMap::new();
         for t in tables {
             let n = crate::backlog::dlq_count(&dlq, config, &instance, t).await?;

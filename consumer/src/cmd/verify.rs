@@ -635,7 +635,7 @@ fn natural_key_order(a: &[String], b: &[String]) -> std::cmp::Ordering {
     a.len().cmp(&b.len())
 }
 
-fn render(r: &TableReport, max_rows: usize) -> String {
+pub(crate) fn render(r: &TableReport, max_rows: usize) -> String {
     let mut out = String::new();
     if !r.comparable {
         let _ = writeln!(out, "{}: CANNOT COMPARE", r.table);

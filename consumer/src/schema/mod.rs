@@ -472,11 +472,30 @@ pub(crate) async fn worker_take<T: crate::apply::Target>(
     use crate::worker::Fate;
     let record = record.as_ref().expect("good records only");
     let version = record.version(fallback_seq);
-    let Some(pool) = ctx.store.pg() else {
-        // docs/sqlite.md: schema changes are taken on PostgreSQL targets only.
-        tracing::warn!(table = %table, version = %version,
-                       "schema change not applied: a SQLite target takes none (docs/sqlite.md)");
-        return Fate::Ack;
+    let pool = match &ctx.store {
+        crate::local::LocalStore::Pg(pool) => pool,
+        crate::local::LocalStore::Sqlite(pool) => {
+            // docs/sqlite.md: added columns only.
+            return match crate::sqlite_schema::take(pool, &ctx.config, table, record).await {
+                Ok(statements) => {
+                    if !statements.is_empty() {
+                        ctx.engine.forget_shape(table).await;
+                        tracing::info!(table = %table, version = %version, statements = %statements.join("; "),
+                                       "schema change applied to the SQLite file");
+                    }
+                    Fate::Ack
+                }
+                Err(TakeError::Invalid(error)) => Fate::Poison {
+                    error,
+                    sqlstate: None,
+                },
+                Err(e) => {
+                    tracing::warn!(table = %table, version = %version, error = %e,
+                                   "schema change not taken; will retry");
+                    Fate::Retry
+                }
+            };
+        }
     };
     match take(pool, &ctx.config, table, record, version).await {
         Ok(Taken::Applied {

@@ -644,13 +644,20 @@ impl TargetTx for SqliteTx {
 
     async fn commit(mut self, log: BatchLog) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "insert into data_sync_logs (table_name, status, rows_synced, archive_ref, source_commit_at) \
-             values (?, 'SUCCESS', ?, ?, ?)",
+            "insert into data_sync_logs (table_name, status, rows_synced, archive_ref, source_commit_at, \
+                 inserted, updated, deleted, superseded, parked, deletes_of_missing) \
+             values (?, 'SUCCESS', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(self.shape.name.to_string())
         .bind(log.rows_synced as i64)
         .bind(&log.archive_ref)
         .bind(&log.source_commit_at)
+        .bind(log.counts.inserted as i64)
+        .bind(log.counts.updated as i64)
+        .bind(log.counts.deleted as i64)
+        .bind(log.counts.superseded as i64)
+        .bind(log.counts.parked as i64)
+        .bind(log.counts.deletes_of_missing as i64)
         .execute(&mut *self.tx)
         .await?;
         self.tx.commit().await

@@ -147,6 +147,25 @@ pub fn sqlite_type(kind: Kind) -> &'static str {
     }
 }
 
+/// How a kind's values are stored, in words (`schema diff`, docs/sqlite.md).
+pub fn stored_as(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Integer => "INTEGER",
+        Kind::Real => "REAL (NaN and infinities as text)",
+        Kind::Bool => "INTEGER 0/1",
+        Kind::Bytea => "BLOB",
+        Kind::Numeric => "TEXT, the exact decimal",
+        Kind::Json => "TEXT, the JSON document",
+        Kind::TimestampTz => "TEXT, ISO-8601 with offset",
+        Kind::Timestamp => "TEXT, ISO-8601",
+        Kind::Date => "TEXT, ISO-8601 date",
+        Kind::TimeTz => "TEXT, ISO-8601 time with offset",
+        Kind::Time => "TEXT, ISO-8601 time",
+        Kind::Text => "TEXT",
+        Kind::Array(_) => "TEXT, a JSON array",
+    }
+}
+
 /// A PostgreSQL text value (None: NULL) as the value to store.
 pub fn to_sqlite(kind: Kind, text: Option<&str>) -> Bound {
     let Some(t) = text else {
