@@ -1,11 +1,13 @@
 //! The PostgreSQL target: the local database the consumer writes to. Data
-//! statements are set-based (one `unnest` statement per kind of write, see
-//! [`statements`]); the bookkeeping lives in the `syncdata` schema (see
-//! [`bookkeeping`]); both commit in the batch's one transaction.
+//! statements are set-based (one statement per kind of write, see
+//! [`statements`]; the rows of a large write are copied into a staging
+//! table first, see [`stage`]); the bookkeeping lives in the `syncdata`
+//! schema (see [`bookkeeping`]); both commit in the batch's one transaction.
 
 mod bookkeeping;
 mod load;
 mod shape;
+mod stage;
 mod statements;
 
 use std::collections::{HashMap, HashSet};
@@ -25,14 +27,32 @@ use super::target::{BatchLog, Target, TargetTx};
 pub struct PgTarget {
     pool: PgPool,
     replica_role: bool,
+    /// Writes of at least this many rows go through `COPY` into a staging
+    /// table (see [`stage`]); smaller ones bind arrays for `unnest`.
+    copy_from: usize,
 }
+
+/// The default of [`PgTarget::with_copy_from`] (docs/benchmarks.md,
+/// "Apply path: COPY vs unnest").
+pub const COPY_FROM: usize = 1000;
 
 impl PgTarget {
     /// `replica_role`: apply with `session_replication_role = replica` so
     /// triggers and FK checks do not fire on replicated rows (needs a
     /// superuser; see [`PgTarget::detect_replica_role`]).
     pub fn new(pool: PgPool, replica_role: bool) -> PgTarget {
-        PgTarget { pool, replica_role }
+        PgTarget {
+            pool,
+            replica_role,
+            copy_from: COPY_FROM,
+        }
+    }
+
+    /// Writes of at least `rows` rows go through `COPY` into a staging
+    /// table; `usize::MAX` keeps every write on `unnest`.
+    pub fn with_copy_from(mut self, rows: usize) -> PgTarget {
+        self.copy_from = rows.max(1);
+        self
     }
 
     /// Whether the connected role may use replica mode (is a superuser).
@@ -55,6 +75,8 @@ pub struct PgTx {
     table_id: Option<i32>,
     /// Temporary tables made for bulk loads in this transaction.
     stages: u32,
+    /// See [`PgTarget::with_copy_from`].
+    copy_from: usize,
 }
 
 impl PgTx {
@@ -83,6 +105,7 @@ impl Target for PgTarget {
             shape,
             table_id: None,
             stages: 0,
+            copy_from: self.copy_from,
         })
     }
 }
@@ -127,7 +150,7 @@ impl TargetTx for PgTx {
         rows: &[(KeyId, BookRow)],
     ) -> Result<HashSet<KeyId>, sqlx::Error> {
         let id = self.table_id();
-        bookkeeping::insert(&mut self.tx, id, keys, rows).await
+        bookkeeping::insert(&mut self.tx, self.copy_from, id, keys, rows).await
     }
 
     async fn write(&mut self, keys: &Keys, plan: WritePlan) -> Result<(), sqlx::Error> {
@@ -142,9 +165,10 @@ impl TargetTx for PgTx {
             parked: _,
         } = plan;
         statements::delete(&mut self.tx, &self.shape, keys, &deletes).await?;
-        statements::update_or_upsert(&mut self.tx, &self.shape, updates, upserts).await?;
+        statements::update_or_upsert(&mut self.tx, self.copy_from, &self.shape, updates, upserts)
+            .await?;
         statements::update_partial(&mut self.tx, &self.shape, keys, partial).await?;
-        bookkeeping::update(&mut self.tx, id, keys, book).await?;
+        bookkeeping::update(&mut self.tx, self.copy_from, id, keys, book).await?;
         bookkeeping::remove(&mut self.tx, id, keys, &book_removals).await
     }
 
