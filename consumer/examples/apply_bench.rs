@@ -9,10 +9,11 @@
 //! ```
 //!
 //! It creates a database of its own per run (`apply_bench_<pid>_<n>`) and
-//! drops it afterwards. Each batch size runs twice, once with every write
-//! through `unnest` and once with every write through a staging table
-//! (`COPY`), in alternating order, each on a fresh copy of one template
-//! database.
+//! drops it afterwards. Each batch size runs three times, each on a fresh
+//! copy of one template database, in alternating order: `before` (every
+//! write through `unnest`, the planner free to choose its joins), `unnest`
+//! (hash and merge joins off) and `copy` (every write through a staging
+//! table, hash and merge joins off).
 //!
 //! Phases, each over `rows` keys in batches of the given size:
 //! - `insert`: INSERTs of new keys (bookkeeping rows inserted, rows upserted);
@@ -157,11 +158,17 @@ async fn main() {
     let mut run = 0;
     for &batch in &batches {
         // Alternate which variant runs first from one batch size to the next.
-        let mut order = [("unnest", usize::MAX), ("copy", 1)];
+        // (name, copy_from, index_joins_from): the path before this
+        // benchmark, unnest with index joins, COPY with index joins.
+        let mut order = [
+            ("before", usize::MAX, usize::MAX),
+            ("unnest", usize::MAX, 1),
+            ("copy", 1, 1),
+        ];
         if batches.iter().position(|&b| b == batch).unwrap() % 2 == 1 {
             order.reverse();
         }
-        for (variant, copy_from) in order {
+        for (variant, copy_from, index_joins_from) in order {
             run += 1;
             let name = format!("apply_bench_{}_{run}", std::process::id());
             sqlx::query(AssertSqlSafe(format!(
@@ -175,8 +182,11 @@ async fn main() {
                 .connect(&url_of(&name))
                 .await
                 .expect("connect to the bench database");
-            let engine =
-                Engine::with_target(PgTarget::new(pool.clone(), true).with_copy_from(copy_from));
+            let engine = Engine::with_target(
+                PgTarget::new(pool.clone(), true)
+                    .with_copy_from(copy_from)
+                    .with_index_joins_from(index_joins_from),
+            );
             for (op, lsn_base) in [
                 ("INSERT", 0x100_0000),
                 ("UPDATE", 0x1000_0000),
