@@ -268,3 +268,46 @@ async fn staged_writes_fail_with_the_sqlstate_unnest_writes_fail_with() {
         );
     }
 }
+
+/// Batches of 1,000 keys or more apply with hash and merge joins off; the
+/// result is the one small batches give.
+#[tokio::test]
+async fn batches_of_thousands_of_keys_give_what_small_batches_give() {
+    let mut records = Vec::new();
+    for (n, op) in ["INSERT", "UPDATE", "DELETE"].into_iter().enumerate() {
+        for id in 1..=1500 {
+            // DELETE every third key only: the others stay.
+            if op == "DELETE" && id % 3 != 0 {
+                continue;
+            }
+            let lsn = format!("0/{:X}", 0x10000 * (n + 1) + id);
+            let line = if op == "DELETE" {
+                format!(
+                    r#"{{"table":"g","op":"DELETE","old_keys":{{"id":{id}}},"lsn":"{lsn}","seq":0}}"#
+                )
+            } else {
+                format!(
+                    r#"{{"table":"g","op":"{op}","data":{{"id":{id},"a":"{op} {id}","b":{n},"c":"00","d":"x"}},"lsn":"{lsn}","seq":0}}"#
+                )
+            };
+            records.push(Record::parse(line.as_bytes()).expect("record parses"));
+        }
+    }
+    let (small_db, small) = setup("cp_big_small", GEN_DDL, usize::MAX).await;
+    apply(&small, &records, 100).await;
+    let expected = state(&small_db, &["g"]).await;
+    assert_eq!(expected[0].len(), 1000);
+    let target_db = support::fresh_database("cp_big").await;
+    store::MIGRATOR
+        .run(&target_db.pool)
+        .await
+        .expect("migrations");
+    sqlx::raw_sql(GEN_DDL)
+        .execute(&target_db.pool)
+        .await
+        .expect("ddl");
+    // The default target: index joins from 1,000 keys on.
+    let big = Applier::new(target_db.pool.clone(), true);
+    apply(&big, &records, 1500).await;
+    assert_eq!(state(&target_db, &["g"]).await, expected);
+}

@@ -1,7 +1,7 @@
 //! The PostgreSQL target: the local database the consumer writes to. Data
 //! statements are set-based (one statement per kind of write, see
-//! [`statements`]; the rows of a large write are copied into a staging
-//! table first, see [`stage`]); the bookkeeping lives in the `syncdata`
+//! [`statements`]; the rows are bound as arrays for `unnest`, or, when
+//! configured, copied into a staging table first, see [`stage`]); the bookkeeping lives in the `syncdata`
 //! schema (see [`bookkeeping`]); both commit in the batch's one transaction.
 
 mod bookkeeping;
@@ -29,14 +29,19 @@ pub struct PgTarget {
     replica_role: bool,
     /// Writes of at least this many rows go through `COPY` into a staging
     /// table (see [`stage`]); smaller ones bind arrays for `unnest`.
+    /// [`COPY_FROM`] unless set.
     copy_from: usize,
     /// See [`PgTarget::with_index_joins_from`].
     index_joins_from: usize,
 }
 
-/// The default of [`PgTarget::with_copy_from`] (docs/benchmarks.md,
-/// "Apply path: COPY vs unnest").
-pub const COPY_FROM: usize = 1000;
+/// The default of [`PgTarget::with_copy_from`]: never. Measured against
+/// `unnest` on batches of 1,000 and 10,000 records (docs/benchmarks.md,
+/// "Apply path: COPY vs unnest"), the statements that merge from a staging
+/// table cost the server what the `unnest` ones cost, so the `COPY` itself
+/// is extra work; and over TCP, where the client leaves Nagle's algorithm
+/// on, a `COPY` often waits ~40 ms for a delayed ACK before it completes.
+pub const COPY_FROM: usize = usize::MAX;
 
 impl PgTarget {
     /// `replica_role`: apply with `session_replication_role = replica` so

@@ -1,11 +1,11 @@
 //! Staging tables for large writes: the rows go to the server in one
 //! binary `COPY` into a temporary table, and one set-based statement merges
 //! them from there (`INSERT … SELECT … ON CONFLICT`, `UPDATE … FROM`). The
-//! alternative, one array parameter per column for `unnest`, costs the
-//! client a transposition and an array encoding and the server an array
-//! decoding per column; below [`super::COPY_FROM`] rows the staging table's
-//! extra round trips cost more than that (docs/benchmarks.md, "Apply path:
-//! COPY vs unnest").
+//! alternative, one array parameter per column for `unnest`, is the
+//! default: measured, the merge statements cost the same either way and
+//! the `COPY` is extra work (see [`super::COPY_FROM`] and docs/benchmarks.md,
+//! "Apply path: COPY vs unnest"). This path stays for
+//! [`super::PgTarget::with_copy_from`] and the benchmark that compares them.
 //!
 //! A staging table is made once per connection (`ON COMMIT DELETE ROWS`:
 //! emptied at every commit, gone with a rollback of the transaction that
