@@ -205,12 +205,12 @@ async fn book_source(
     tx: &mut Tx,
     copy_from: usize,
     keys: &Keys,
-    rows: &[(KeyId, BookRow)],
+    rows: Vec<(KeyId, BookRow)>,
 ) -> Result<(&'static str, Option<Columns>), sqlx::Error> {
     if rows.len() < copy_from {
         let mut book = Columns::default();
         for (id, row) in rows {
-            book.push(keys.texts[*id].clone(), row.clone());
+            book.push(keys.texts[id].clone(), row);
         }
         return Ok((
             "unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
@@ -219,7 +219,7 @@ async fn book_source(
         ));
     }
     let mut copy = stage::CopyRows::with_capacity(rows.len() * 96);
-    for (id, row) in rows {
+    for (id, row) in &rows {
         copy.row(8);
         copy.text(Some(&keys.texts[*id]));
         copy.text(Some(row.state));
@@ -268,7 +268,7 @@ pub(super) async fn insert(
     keys: &Keys,
     rows: &[(KeyId, BookRow)],
 ) -> Result<HashSet<KeyId>, sqlx::Error> {
-    let (source, book) = book_source(tx, copy_from, keys, rows).await?;
+    let (source, book) = book_source(tx, copy_from, keys, rows.to_vec()).await?;
     let sql = format!(
         "insert into syncdata.row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
          select $1, u.key, u.state::\"char\", u.lsn, u.seq, u.fl, u.fs, u.cv::jsonb, u.pk::jsonb \
@@ -296,8 +296,7 @@ pub(super) async fn update(
     if rows.is_empty() {
         return Ok(());
     }
-    let (source, book) = book_source(tx, copy_from, keys, &rows).await?;
-    drop(rows);
+    let (source, book) = book_source(tx, copy_from, keys, rows).await?;
     let sql = format!(
         "update syncdata.row_state s set state = u.state::\"char\", lsn = u.lsn, seq = u.seq, \
                 floor_lsn = u.fl, floor_seq = u.fs, col_versions = u.cv::jsonb, parked = u.pk::jsonb \
