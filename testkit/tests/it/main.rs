@@ -5,6 +5,7 @@
 //! Run one area with `cargo test -p syncdata-testkit --test it -- apply::`.
 
 mod apply;
+mod apply_copy;
 mod catalog;
 mod check;
 mod chunks;

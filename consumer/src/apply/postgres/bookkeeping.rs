@@ -16,6 +16,8 @@ use crate::apply::prepare::Keys;
 use crate::apply::shape::TableShape;
 use crate::apply::target::BatchLog;
 
+use super::stage;
+
 type Tx = Transaction<'static, Postgres>;
 
 /// Locks the table's row in table_state — KEY SHARE for ordinary batches
@@ -196,41 +198,89 @@ impl Columns {
     }
 }
 
+/// The bookkeeping columns of `u`, the rows to write: bound as arrays for
+/// `unnest` ($2 … $9, after the table id) below `copy_from` rows, else
+/// copied into a staging table.
+async fn book_source(
+    tx: &mut Tx,
+    copy_from: usize,
+    keys: &Keys,
+    rows: Vec<(KeyId, BookRow)>,
+) -> Result<(&'static str, Option<Columns>), sqlx::Error> {
+    if rows.len() < copy_from {
+        let mut book = Columns::default();
+        for (id, row) in rows {
+            book.push(keys.texts[id].clone(), row);
+        }
+        return Ok((
+            "unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
+             as u(key, state, lsn, seq, fl, fs, cv, pk)",
+            Some(book),
+        ));
+    }
+    let mut copy = stage::CopyRows::with_capacity(rows.len() * 96);
+    for (id, row) in &rows {
+        copy.row(8);
+        copy.text(Some(&keys.texts[*id]));
+        copy.text(Some(row.state));
+        copy.int8(Some(row.lsn));
+        copy.int8(Some(row.seq));
+        copy.int8(row.floor.map(|f| f.0));
+        copy.int8(row.floor.map(|f| f.1));
+        copy.text(row.col_versions.as_deref());
+        copy.text(row.parked.as_deref());
+    }
+    stage::load(
+        tx,
+        "syncdata_stage_book",
+        "key text collate \"C\", state text, lsn int8, seq int8, fl int8, fs int8, cv text, pk text",
+        copy,
+    )
+    .await?;
+    Ok(("pg_temp.syncdata_stage_book u", None))
+}
+
+/// Binds the columns of [`book_source`]'s arrays, if any, to query `q`.
+macro_rules! bind_book {
+    ($q:expr, $book:expr) => {
+        match $book {
+            None => $q,
+            Some(book) => $q
+                .bind(book.keys)
+                .bind(book.states)
+                .bind(book.lsns)
+                .bind(book.seqs)
+                .bind(book.floor_lsns)
+                .bind(book.floor_seqs)
+                .bind(book.col_versions)
+                .bind(book.parked),
+        }
+    };
+}
+
 /// Inserts the bookkeeping rows of keys that had none, in key order.
 /// Returns the key ids inserted; the others were inserted by another
 /// transaction meanwhile.
 pub(super) async fn insert(
     tx: &mut Tx,
+    copy_from: usize,
     table_id: i32,
     keys: &Keys,
     rows: &[(KeyId, BookRow)],
 ) -> Result<HashSet<KeyId>, sqlx::Error> {
-    let mut book = Columns::default();
-    for (id, row) in rows {
-        book.push(keys.texts[*id].clone(), row.clone());
-    }
-    let done: Vec<String> = sqlx::query_scalar(
+    let (source, book) = book_source(tx, copy_from, keys, rows.to_vec()).await?;
+    let sql = format!(
         "insert into syncdata.row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
          select $1, u.key, u.state::\"char\", u.lsn, u.seq, u.fl, u.fs, u.cv::jsonb, u.pk::jsonb \
-         from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
-              as u(key, state, lsn, seq, fl, fs, cv, pk) \
+         from {source} \
          order by u.key collate \"C\" \
-         on conflict do nothing returning key",
-    )
-    .bind(table_id)
-    .bind(book.keys)
-    .bind(book.states)
-    .bind(book.lsns)
-    .bind(book.seqs)
-    .bind(book.floor_lsns)
-    .bind(book.floor_seqs)
-    .bind(book.col_versions)
-    .bind(book.parked)
-    .fetch_all(&mut **tx)
-    .await?;
+         on conflict do nothing returning key"
+    );
+    let q = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql)).bind(table_id);
+    let done = bind_book!(q, book).fetch_all(&mut **tx).await?;
     Ok(done
         .iter()
-        .filter_map(|k| keys.ids.get(k).copied())
+        .filter_map(|(k,)| keys.ids.get(k).copied())
         .collect())
 }
 
@@ -238,6 +288,7 @@ pub(super) async fn insert(
 /// inserted by [`insert`] in this transaction).
 pub(super) async fn update(
     tx: &mut Tx,
+    copy_from: usize,
     table_id: i32,
     keys: &Keys,
     rows: Vec<(KeyId, BookRow)>,
@@ -245,28 +296,15 @@ pub(super) async fn update(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut book = Columns::default();
-    for (id, row) in rows {
-        book.push(keys.texts[id].clone(), row);
-    }
-    sqlx::query(
+    let (source, book) = book_source(tx, copy_from, keys, rows).await?;
+    let sql = format!(
         "update syncdata.row_state s set state = u.state::\"char\", lsn = u.lsn, seq = u.seq, \
                 floor_lsn = u.fl, floor_seq = u.fs, col_versions = u.cv::jsonb, parked = u.pk::jsonb \
-         from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
-              as u(key, state, lsn, seq, fl, fs, cv, pk) \
-         where s.table_id = $1 and s.key = u.key",
-    )
-    .bind(table_id)
-    .bind(book.keys)
-    .bind(book.states)
-    .bind(book.lsns)
-    .bind(book.seqs)
-    .bind(book.floor_lsns)
-    .bind(book.floor_seqs)
-    .bind(book.col_versions)
-    .bind(book.parked)
-    .execute(&mut **tx)
-    .await?;
+         from {source} \
+         where s.table_id = $1 and s.key = u.key"
+    );
+    let q = sqlx::query(AssertSqlSafe(sql)).bind(table_id);
+    bind_book!(q, book).execute(&mut **tx).await?;
     Ok(())
 }
 

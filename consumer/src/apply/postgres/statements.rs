@@ -10,6 +10,8 @@ use crate::apply::merge::KeyId;
 use crate::apply::prepare::Keys;
 use crate::apply::shape::TableShape;
 
+use super::stage;
+
 type Tx = Transaction<'static, Postgres>;
 
 /// The key values of `ids`, one vector per key column (for `unnest`).
@@ -27,12 +29,13 @@ fn key_columns<'a>(
     columns
 }
 
-/// Whole rows as one vector per column (for `unnest`), moved out of `rows`.
-fn row_columns(rows: Vec<(KeyId, Vec<Option<String>>)>, width: usize) -> Vec<Vec<Option<String>>> {
+/// Whole rows as one vector per column (for `unnest`), borrowed from
+/// `rows`.
+fn row_columns(rows: &[(KeyId, Vec<Option<String>>)], width: usize) -> Vec<Vec<Option<&str>>> {
     let mut columns = vec![Vec::with_capacity(rows.len()); width];
     for (_, row) in rows {
         for (column, value) in columns.iter_mut().zip(row) {
-            column.push(value);
+            column.push(value.as_deref());
         }
     }
     columns
@@ -121,19 +124,27 @@ pub(super) async fn delete(
 }
 
 /// Writes whole rows: `updates` by an UPDATE by key (those it finds absent
-/// join the upserts), then `upserts` by INSERT … ON CONFLICT.
+/// join the upserts), then `upserts` by INSERT … ON CONFLICT. Each through
+/// a staging table when it has `copy_from` rows or more, else through
+/// `unnest`.
 pub(super) async fn update_or_upsert(
     tx: &mut Tx,
+    copy_from: usize,
     shape: &TableShape,
     updates: Vec<(KeyId, Vec<Option<String>>)>,
-    upserts: Vec<(KeyId, Vec<Option<String>>)>,
+    mut upserts: Vec<(KeyId, Vec<Option<String>>)>,
 ) -> Result<(), sqlx::Error> {
     let n = shape.columns.len();
-    let update_count = updates.len();
-    let mut upserts = row_columns(upserts, n);
-    if update_count > 0 {
-        let mut updates = row_columns(updates, n);
-        let (params, aliases) = whole_row_params(n);
+    if !updates.is_empty() {
+        let staged = updates.len() >= copy_from;
+        let source = if staged {
+            let (name, defs) = stage::rows_table(n);
+            stage::load(tx, &name, &defs, copy_rows(&updates, n)).await?;
+            format!("pg_temp.{name} u")
+        } else {
+            let (params, aliases) = whole_row_params(n);
+            format!("unnest({params}) with ordinality as u({aliases}, i)")
+        };
         let sets: Vec<String> = (0..n)
             .filter(|&c| !shape.is_key(c))
             .map(|c| {
@@ -156,28 +167,45 @@ pub(super) async fn update_or_upsert(
             })
             .collect();
         let sql = format!(
-            "update {} t set {} from unnest({params}) with ordinality as u({aliases}, i) where {} returning u.i",
+            "update {} t set {} from {source} where {} returning u.i",
             shape.name.quoted(),
             sets.join(", "),
             join.join(" and "),
         );
-        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
-        for col in &updates {
-            q = q.bind(col);
+        let found: HashSet<i64> = if staged {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .fetch_all(&mut **tx)
+                .await?
+        } else {
+            let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+            for col in row_columns(&updates, n) {
+                q = q.bind(col);
+            }
+            q.fetch_all(&mut **tx).await?
         }
-        let found: HashSet<i64> = q.fetch_all(&mut **tx).await?.into_iter().collect();
-        let absent: Vec<usize> = (0..update_count)
-            .filter(|&row| !found.contains(&(row as i64 + 1)))
-            .collect();
-        for (column, upsert) in updates.iter_mut().zip(upserts.iter_mut()) {
-            upsert.extend(absent.iter().map(|&row| column[row].take()));
-        }
+        .into_iter()
+        .collect();
+        upserts.extend(
+            updates
+                .into_iter()
+                .enumerate()
+                .filter(|(row, _)| !found.contains(&(*row as i64 + 1)))
+                .map(|(_, r)| r),
+        );
     }
-    if upserts.first().is_none_or(Vec::is_empty) {
+    if upserts.is_empty() {
         return Ok(());
     }
+    let staged = upserts.len() >= copy_from;
+    let source = if staged {
+        let (name, defs) = stage::rows_table(n);
+        stage::load(tx, &name, &defs, copy_rows(&upserts, n)).await?;
+        format!("pg_temp.{name} u")
+    } else {
+        let (params, aliases) = whole_row_params(n);
+        format!("unnest({params}) as u({aliases})")
+    };
     let cols: Vec<String> = (0..n).map(|c| shape.quoted_column(c)).collect();
-    let (params, aliases) = whole_row_params(n);
     let casts: Vec<String> = (0..n).map(|c| shape.cast(c, &format!("u.c{c}"))).collect();
     let key_cols: Vec<String> = shape.key.iter().map(|&c| shape.quoted_column(c)).collect();
     let sets: Vec<String> = (0..n)
@@ -190,18 +218,37 @@ pub(super) async fn update_or_upsert(
         format!("do update set {}", sets.join(", "))
     };
     let sql = format!(
-        "insert into {} ({}) overriding system value select {} from unnest({params}) as u({aliases}) on conflict ({}) {conflict}",
+        "insert into {} ({}) overriding system value select {} from {source} on conflict ({}) {conflict}",
         shape.name.quoted(),
         cols.join(", "),
         casts.join(", "),
         key_cols.join(", "),
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
-    for col in upserts {
-        q = q.bind(col);
+    if !staged {
+        for col in row_columns(&upserts, n) {
+            q = q.bind(col);
+        }
     }
     q.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// Whole rows as the binary COPY payload of [`stage::rows_table`].
+fn copy_rows(rows: &[(KeyId, Vec<Option<String>>)], n: usize) -> stage::CopyRows {
+    let bytes: usize = rows
+        .iter()
+        .map(|(_, r)| 14 + 4 * n + r.iter().flatten().map(String::len).sum::<usize>())
+        .sum();
+    let mut copy = stage::CopyRows::with_capacity(bytes);
+    for (i, (_, row)) in rows.iter().enumerate() {
+        copy.row(n + 1);
+        copy.int8(Some(i as i64 + 1));
+        for value in row {
+            copy.text(value.as_deref());
+        }
+    }
+    copy
 }
 
 /// Writes some columns of present rows: per row and column, `Some(text)`
