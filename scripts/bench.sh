@@ -34,7 +34,10 @@ step() {
 # The target PostgreSQL runs in a network namespace behind a veth pair with
 # `tc netem delay 1ms` on each end (2 ms round trip, as a database on
 # another machine); nats-server stays on loopback. ROWS (default 200000)
-# INSERTs of one table are published once; then the catch-up of that table
+# INSERTs of one table are published once (until the producer's counter of
+# records published and acknowledged, `syncdata_producer_records_total` on
+# its metrics port, reaches ROWS: a message is a chunk of many records);
+# then the catch-up of that table
 # into a fresh database is timed with 1, 2 and 4 `syncdata start` processes
 # sharing its durable. Prints the rates and the 4-vs-1 ratio (target >= 3x).
 # Needs root (ip netns, tc).
@@ -103,7 +106,7 @@ scaling() {
     chmod 600 "$dir/nats-consumer.password" "$dir/signing.key"
 
     local stream=SCALING_$$ prefix=scaling$$.changes
-    config() { # config FILE DATABASE
+    config() { # config FILE DATABASE [PRODUCER SETTING]
         cat >"$1" <<EOF
 pg_host = "${net}2"
 pg_port = 5432
@@ -123,6 +126,7 @@ signing_key_file = "$dir/signing.key"
 
 [producer]
 allow_unsanitized = true
+${3:-}
 EOF
     }
 
@@ -132,15 +136,20 @@ EOF
         printf "{\"table\":\"big\",\"op\":\"INSERT\",\"data\":{\"id\":%d,\"a\":%d,\"b\":\"row %d of the scaling benchmark\",\"c\":\"2026-01-01 00:00:00+00\"},\"lsn\":\"0/%X\",\"seq\":0}\n", i, i * 7, i, 4096 + i }' \
         >"$dir/archive/.changes-000001.jsonl.tmp"
     mv "$dir/archive/.changes-000001.jsonl.tmp" "$dir/archive/changes-000001.jsonl"
-    config "$dir/producer.toml" postgres
+    local mport i
+    for i in $(seq 1 200); do
+        mport=$((20000 + RANDOM % 12000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null || break
+    done
+    config "$dir/producer.toml" postgres "metrics_addr = \"127.0.0.1:$mport\""
     NATS_USER=$SYNCDATA_TEST_NATS_PRODUCER_USER NATS_PASSWORD=$SYNCDATA_TEST_NATS_PRODUCER_PASSWORD \
         DATA_SYNC_CONFIG="$dir/producer.toml" RUST_LOG=warn "$bin/syncdata-producer" run >"$dir/producer.log" 2>&1 &
     pids+=($!)
-    local stored=0 i
+    local stored=0
     for i in $(seq 1 1200); do
-        stored=$(curl -fsS "$SYNCDATA_TEST_NATS_MONITOR/jsz?accounts=true&streams=true" \
-            | jq --arg s "$stream" '[.account_details[]?.stream_detail[]? | select(.name == $s) | .state.messages] | add // 0')
-        [ "$stored" -ge "$rows" ] && break
+        stored=$(curl -fsS "http://127.0.0.1:$mport/metrics" 2>/dev/null \
+            | awk '$1 == "syncdata_producer_records_total" { n = $2 } END { printf "%d", n }') || stored=0
+        [ "${stored:-0}" -ge "$rows" ] && break
         sleep 0.5
     done
     [ "$stored" -ge "$rows" ] || { echo "bench.sh scaling: only $stored of $rows published" >&2; return 1; }
@@ -192,8 +201,8 @@ fi
 step "dependencies"
 SYNCDATA_SKIP_LINT=1 bash scripts/deps.sh
 
-step "cargo build --release --workspace --bins"
-cargo build --release --workspace --bins
+step "cargo build --release (syncdata-bench, syncdata, syncdata-producer)"
+cargo build --release -p syncdata-bench -p syncdata-consumer -p syncdata-producer --bins
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-bench.XXXXXX")
 # The clusters live in subdirectories: PostgreSQL (run as user postgres

@@ -443,7 +443,9 @@ impl Streams {
         Ok(())
     }
 
-    /// Messages in the change stream (None while it does not exist).
+    /// Messages in the change stream (None while it does not exist). A
+    /// message is a chunk of up to `producer.chunk_records` records: count
+    /// records with [`PublishedRecords`], never with this.
     pub async fn messages(&self, js: &jetstream::Context) -> Option<u64> {
         let mut s = js.get_stream(&self.stream).await.ok()?;
         Some(s.info().await.ok()?.state.messages)
@@ -519,6 +521,46 @@ impl Streams {
             found.push(n);
         }
         durables.iter().all(|d| found.contains(d))
+    }
+}
+
+/// How many records a `syncdata-producer run` has published: its
+/// Prometheus counter `syncdata_producer_records_total`, read from the
+/// `producer.metrics_addr` the harness gives it ([`PublishedRecords::toml`]).
+/// The counter grows once every message of a run of chunks is acknowledged
+/// by JetStream, so a count of N means N records are in the stream. The
+/// stream's message count does not tell: one message is a chunk of up to
+/// `producer.chunk_records` records (`syncdata_core::chunk`).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishedRecords {
+    port: u16,
+}
+
+impl Default for PublishedRecords {
+    fn default() -> PublishedRecords {
+        PublishedRecords::new()
+    }
+}
+
+impl PublishedRecords {
+    /// A free loopback port for one producer process.
+    pub fn new() -> PublishedRecords {
+        PublishedRecords {
+            port: harness::free_port(),
+        }
+    }
+
+    /// The line of the `[producer]` table that serves the metrics.
+    pub fn toml(&self) -> String {
+        format!("metrics_addr = \"127.0.0.1:{}\"\n", self.port)
+    }
+
+    /// Records published and acknowledged so far; None while the producer
+    /// does not answer (not started yet).
+    pub async fn count(&self) -> Option<u64> {
+        let body = harness::scrape(self.port).await.ok()?;
+        let n = harness::sample_sum(&body, "syncdata_producer_records_total", &[]).unwrap_or(0.0);
+        Some(n as u64)
     }
 }
 

@@ -165,7 +165,7 @@ async fn run(args: Args) -> Result<bool> {
             .map_or("200 (default)".to_owned(), |b| b.to_string()),
         args.log_level
     ));
-    report.setting("producer settings: project defaults (max_in_flight 1024); archiver: project defaults (segment_max_age_ms 500, poll_ms 200)");
+    report.setting("producer settings: project defaults (chunks of at most 1,000 records / 512 KiB, max_in_flight 1024); archiver: project defaults (streaming replication, segment_max_age_ms 500)");
     let machine_at_start = machine(&env).await;
     let started = Instant::now();
     let mut failed = Vec::new();
