@@ -243,10 +243,13 @@ fi
 
 RESULTS=${SYNCDATA_BENCH_RESULTS:-bench/results.md}
 step "syncdata-bench $*"
+# The binary built above, in cargo's target directory (CARGO_TARGET_DIR
+# honoured). Not `cargo run -p syncdata-bench`: resolving the features of
+# that one package alone would build the shared dependencies a second time.
+BIN=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release
 set +e
-# `cargo run` finds the binary in cargo's target directory (CARGO_TARGET_DIR
-# honoured); everything is already built, so it only runs it.
-cargo run --release --quiet -p syncdata-bench -- \
+"$BIN/syncdata-bench" \
+    --bin-dir "$BIN" \
     --source-url "$SOURCE_URL" \
     --target-url "$TARGET_URL" \
     --nats-url "$NATS_URL" \

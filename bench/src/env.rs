@@ -41,7 +41,7 @@ fn role_env(binary: &str) -> Vec<(String, String)> {
 /// Which PostgreSQL cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// Production stand-in: wal_level=logical, wal2json, publications.
+    /// Production stand-in: wal_level=logical, pgoutput and wal2json, publications.
     Source,
     /// The local copy: native subscriber and syncdata consumers.
     Target,

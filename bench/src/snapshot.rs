@@ -258,7 +258,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             report::secs(files),
             report::secs(published)
         ),
-        "faster than pg_dump | psql",
+        "≥ 1.0× `pg_dump | psql`",
         report::verdict_ratio(sd_rate / dump_rate, 1.0),
     );
     js.delete_stream(&streams.stream).await.ok();
