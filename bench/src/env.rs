@@ -621,14 +621,43 @@ pub fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-/// Waits until the consumers applied everything and returns how long after
-/// `started_us` (wall clock, µs) the last batch committed.
+/// When a catch-up ended, counted from the consumers' launch.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// The commit of the last batch that applied anything: from then on
+    /// the target holds its final state (later batches changed nothing).
+    pub data: Duration,
+    /// The commit of the last batch of all, after which every durable was
+    /// drained. Later than `data` when messages already applied came back
+    /// (a redelivery after `consumer.ack_wait_secs`) and applied nothing.
+    pub drained: Duration,
+}
+
+impl Applied {
+    /// A note for the report when the durables drained well after the data
+    /// was complete.
+    pub fn note(&self, what: &str) -> Option<String> {
+        (self.drained >= self.data + Duration::from_secs(2)).then(|| {
+            format!(
+                "{what}: the target held every change after {:.2} s, but the durables were \
+                 drained only after {:.2} s: batches that applied nothing came later (messages \
+                 already applied, delivered again after `consumer.ack_wait_secs`); the figure \
+                 counts until the data was complete",
+                self.data.as_secs_f64(),
+                self.drained.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// Waits until the consumers applied everything; returns when (after
+/// `started_us`, wall clock, µs) the last batch that applied anything and
+/// the last batch of all committed.
 ///
 /// Polls only the target database (every 100 ms) until no batch has
 /// committed for `quiet`; then asks JetStream whether every durable has
 /// nothing pending or unacknowledged (acks follow commits). If not, it
-/// waits for the next quiet period. `extra` may add a check of its own
-/// (e.g. a row count).
+/// waits for the next quiet period.
 pub async fn wait_applied(
     js: &jetstream::Context,
     streams: &Streams,
@@ -637,15 +666,17 @@ pub async fn wait_applied(
     started_us: i64,
     children: &mut [Proc],
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<Applied> {
     let quiet = Duration::from_millis(1000);
     let deadline = Instant::now() + timeout;
     let mut last_count = -1i64;
     let mut changed = Instant::now();
     let mut checked_at_count = -1i64;
     loop {
-        let (count, last_us): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), (extract(epoch FROM max(at)) * 1e6)::bigint FROM bench_batch_end",
+        let (count, last_us, data_us): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM max(at)) * 1e6)::bigint, \
+             (extract(epoch FROM max(at) FILTER (WHERE rows > 0)) * 1e6)::bigint \
+             FROM bench_batch_end",
         )
         .fetch_one(target)
         .await?;
@@ -656,8 +687,13 @@ pub async fn wait_applied(
         if count > 0 && changed.elapsed() >= quiet && checked_at_count != count {
             checked_at_count = count;
             if streams.drained(js, durables).await {
-                let last_us = last_us.unwrap_or(started_us);
-                return Ok(Duration::from_micros((last_us - started_us).max(0) as u64));
+                let since = |us: Option<i64>| {
+                    Duration::from_micros((us.unwrap_or(started_us) - started_us).max(0) as u64)
+                };
+                return Ok(Applied {
+                    data: since(data_us),
+                    drained: since(last_us),
+                });
             }
         }
         for c in children.iter_mut() {

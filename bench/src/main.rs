@@ -17,6 +17,7 @@
 //!
 //! A benchmark, not a test: nothing here fails on a slow number.
 
+mod delay;
 mod env;
 mod latency;
 mod pgbench;
@@ -122,6 +123,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A helper of `scripts/bench.sh scaling`, not a measurement.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("delay-proxy") {
+        return syncdata_testkit::harness::exit_code(
+            "syncdata-bench delay-proxy",
+            delay::run(&argv[2..]).await.map(|()| true),
+            2,
+        );
+    }
     let args = Args::parse();
     syncdata_testkit::harness::exit_code("syncdata-bench", run(args).await, 2)
 }

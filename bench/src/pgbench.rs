@@ -427,7 +427,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
                 &[],
             )?);
         }
-        let elapsed = env::wait_applied(
+        let applied = env::wait_applied(
             &js,
             &streams,
             &durables,
@@ -437,6 +437,10 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             Duration::from_secs(3600),
         )
         .await?;
+        report
+            .notes
+            .extend(applied.note(&format!("catch-up with {k} consumer(s)")));
+        let elapsed = applied.data;
         let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
         env::stop_all(children).await;
         let (gap, batches) = env::longest_gap(&target).await?;
@@ -489,8 +493,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     }
     // --- 2c'. The same catch-up into a SQLite file, one consumer, as a
     // ratio to the PostgreSQL target's one-consumer catch-up above.
-    let sqlite_time =
-        crate::sqlite::catch_up(env, &js, &streams, &archive, &opts.consumer_toml).await?;
+    let sqlite = crate::sqlite::catch_up(env, &js, &streams, &archive, &opts.consumer_toml).await?;
+    report.notes.extend(sqlite.note("catch-up into SQLite"));
+    let sqlite_time = sqlite.data;
     let sqlite_rate = report::rate(changes, sqlite_time);
     let pg_one = one_consumer.or(best.map(|(_, b)| b));
     let vs_pg = pg_one.map(|pg| pg.as_secs_f64() / sqlite_time.as_secs_f64().max(1e-9));
@@ -689,8 +694,14 @@ impl E2e {
         })?;
         let mut add = vec!["add-tables"];
         add.extend(TABLES);
-        env.run_bin(&env.consumer_bin, &add, &config, "pgbench-e2e-add-tables", &[])
-            .await?;
+        env.run_bin(
+            &env.consumer_bin,
+            &add,
+            &config,
+            "pgbench-e2e-add-tables",
+            &[],
+        )
+        .await?;
         let target = self.target(env).await?;
         let instance = syncdata_consumer::store::instance_id(&target).await?;
         let durables = self.streams.durables(&instance, &TABLES);
@@ -730,7 +741,7 @@ impl E2e {
             || async move { Ok(published.count().await.unwrap_or(0) >= records) },
         )
         .await?;
-        let elapsed = env::wait_applied(
+        let applied = env::wait_applied(
             js,
             &self.streams,
             &durables,
@@ -740,6 +751,10 @@ impl E2e {
             Duration::from_secs(3600),
         )
         .await?;
+        report
+            .notes
+            .extend(applied.note("end to end, stages at once"));
+        let elapsed = applied.data;
         env::stop_all(children).await;
         let (gap, batches) = env::longest_gap(&target).await?;
         if gap >= STALL {

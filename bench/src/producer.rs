@@ -82,8 +82,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             published.toml()
         ),
     })?;
-    let (t_plain, rss_plain) =
-        publish(env, published, &config, n, "demo-producer", &[]).await?;
+    let (t_plain, rss_plain) = publish(env, published, &config, n, "demo-producer", &[]).await?;
     let r_plain = report::rate(n, t_plain);
     println!(
         "producer: {}/s, {:.1} MB/s, peak RSS {}",
@@ -198,7 +197,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let t0 = env::now_us();
         let mut children =
             vec![env.spawn(&env.consumer_bin, &["start"], &config, "demo-consumer", &[])?];
-        let elapsed = env::wait_applied(
+        let applied = env::wait_applied(
             &js,
             &plain,
             &durables,
@@ -208,6 +207,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             Duration::from_secs(7200),
         )
         .await?;
+        report.notes.extend(applied.note("demo backlog apply"));
+        let elapsed = applied.data;
         let rss = children[0].peak_rss().unwrap_or(0);
         env::stop_all(children).await;
         let (gap, batches) = env::longest_gap(&target).await?;

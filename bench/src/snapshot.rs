@@ -190,7 +190,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             }
         }
         let (applied, last_us): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT coalesce(sum(rows), 0)::bigint, (extract(epoch FROM max(at)) * 1e6)::bigint \
+            "SELECT coalesce(sum(rows), 0)::bigint, \
+             (extract(epoch FROM max(at) FILTER (WHERE rows > 0)) * 1e6)::bigint \
              FROM bench_batch_end",
         )
         .fetch_one(&dst)
