@@ -31,10 +31,11 @@ step() {
 # ---------------------------------------------------------------------------
 # Scaling section: `bash scripts/bench.sh scaling [ROWS]` (alone).
 #
-# The target PostgreSQL answers as a database a 2 ms round trip away: the
-# consumers reach it through `syncdata-bench delay-proxy`, a TCP proxy that
-# holds every byte 1 ms in each direction (the round trip it gives is
-# measured and printed). Not `tc netem` in a network namespace: kernels
+# The target PostgreSQL answers as a database about a 2 ms round trip away:
+# the consumers reach it through `syncdata-bench delay-proxy`, a TCP proxy
+# that holds every byte in each direction (500 µs asked, which tokio's
+# millisecond timer makes about 1 ms; SYNCDATA_SCALING_DELAY_US changes it;
+# the round trip it gives is measured and printed). Not `tc netem` in a network namespace: kernels
 # without `sch_netem` (as the one this was first run on) refuse that qdisc,
 # and the proxy needs no root. nats-server stays on loopback. ROWS (default
 # 200000) INSERTs of one table are published once (until the producer's
@@ -90,7 +91,8 @@ scaling() {
     source "$dir/srv/env"
     local pport i
     pport=$(free_port)
-    "$bin/syncdata-bench" delay-proxy "127.0.0.1:$pport" "127.0.0.1:$SYNCDATA_TEST_PG_PORT" 1 \
+    "$bin/syncdata-bench" delay-proxy "127.0.0.1:$pport" "127.0.0.1:$SYNCDATA_TEST_PG_PORT" \
+        "${SYNCDATA_SCALING_DELAY_US:-500}" \
         >"$dir/delay-proxy.log" 2>&1 &
     SCALING_PROXY=$!
     for i in $(seq 1 100); do

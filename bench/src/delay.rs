@@ -1,14 +1,14 @@
-//! `syncdata-bench delay-proxy LISTEN TARGET DELAY_MS`: a TCP proxy that
-//! holds every byte DELAY_MS in each direction, so a database on this
-//! machine answers as one a network round trip away (2 × DELAY_MS). Used by
+//! `syncdata-bench delay-proxy LISTEN TARGET DELAY_US`: a TCP proxy that
+//! holds every byte DELAY_US microseconds in each direction, so a database
+//! on this machine answers as one a network round trip away. Used by
 //! `scripts/bench.sh scaling` where the kernel has no `sch_netem` (`tc
 //! qdisc … netem` fails with "Specified qdisc kind is unknown").
 //!
 //! Each direction of a connection is a reader that stamps what it read with
 //! its due time and a writer that sends it no earlier: bytes keep their
-//! order and throughput is not capped, only delayed (tokio's timer rounds up
-//! to the millisecond, so a hop takes DELAY_MS to DELAY_MS + 1 ms; the
-//! script measures and prints the real round trip).
+//! order and throughput is not capped, only delayed. tokio's timer rounds
+//! up to the next millisecond tick, so a hop takes DELAY_US to DELAY_US +
+//! 1 ms: the script measures and prints the real round trip.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,12 +22,12 @@ use tokio::time::Instant;
 
 /// Runs the proxy for ever (until killed).
 pub async fn run(args: &[String]) -> Result<()> {
-    let [listen, target, delay_ms] = args else {
-        anyhow::bail!("usage: syncdata-bench delay-proxy LISTEN_ADDR TARGET_ADDR DELAY_MS");
+    let [listen, target, delay_us] = args else {
+        anyhow::bail!("usage: syncdata-bench delay-proxy LISTEN_ADDR TARGET_ADDR DELAY_US");
     };
     let listen: SocketAddr = listen.parse().context("LISTEN_ADDR")?;
     let target: SocketAddr = target.parse().context("TARGET_ADDR")?;
-    let delay = Duration::from_millis(delay_ms.parse().context("DELAY_MS")?);
+    let delay = Duration::from_micros(delay_us.parse().context("DELAY_US")?);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

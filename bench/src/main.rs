@@ -2,14 +2,15 @@
 //! replication, on the same machine, in one run. Prints a markdown table
 //! (and writes it to `--results`).
 //!
-//! Needs two PostgreSQL clusters (a source with wal_level=logical and
-//! wal2json, a target), a JetStream nats-server, the project's release
+//! Needs two PostgreSQL clusters (a source with wal_level=logical, a
+//! target), a JetStream nats-server, the project's release
 //! binaries and PostgreSQL's client tools. `scripts/bench.sh` provides all
 //! of it on throwaway servers.
 //!
 //! 1. native logical replication catch-up of a pgbench run (the anchor);
 //! 2. syncdata catch-up of the same changes (archiver, producer, then 1 and
-//!    2 consumers, each stage timed alone);
+//!    2 consumers, each stage timed alone; into SQLite; the broker alone;
+//!    end to end with every stage at once);
 //! 3. producer records/s and MB/s, with and without sanitization;
 //! 4. latency at a steady 5,000 changes/s;
 //! 5. peak RSS of producer and consumer with an N-record backlog;
