@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const CONFIG_ENV: &str = "DATA_SYNC_CONFIG";
 
@@ -76,7 +76,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     // The first format's archive keys. The producer reads the archive from
@@ -93,6 +93,7 @@ pub struct Config {
     pub pg_port: u16,
     #[serde(default = "default_pg_user")]
     pub pg_user: String,
+    #[serde(serialize_with = "serialize_redacted")]
     pub pg_password: Option<String>,
     pub pg_database: Option<String>,
 
@@ -118,7 +119,7 @@ pub struct Config {
 }
 
 /// `syncdata verify` (consumer side).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
     /// The source (production) database `verify` compares with (`--source`
@@ -131,13 +132,27 @@ pub struct VerifyConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// A password kept in the file: shown as set, never shown.
+fn serialize_redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated. Env: `NATS_URL`.
@@ -151,12 +166,12 @@ pub struct NatsConfig {
     /// Env: `NATS_PASSWORD`.
     pub password_file: Option<PathBuf>,
     /// Password from `NATS_PASSWORD` (never read from the file's text).
-    #[serde(skip)]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
     /// File holding an authentication token. Env: `NATS_TOKEN`.
     pub token_file: Option<PathBuf>,
     /// Token from `NATS_TOKEN`.
-    #[serde(skip)]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
     /// File holding an nkey seed (`SU...`) for nkey authentication.
     pub nkey_seed_file: Option<PathBuf>,
@@ -236,7 +251,7 @@ impl Default for NatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
     /// Checkpoint and quarantine live here. Default: `<archive_dir>/.syncdata`.
@@ -296,7 +311,7 @@ impl Default for ProducerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerConfig {
     /// Messages fetched and applied per batch and table.
@@ -384,7 +399,7 @@ impl Default for ConsumerConfig {
 /// The production side's logical decoding: `syncdata-producer setup-source`,
 /// `archive` and `snapshot`. The source database's URL is
 /// `producer.source_url` (or `--source`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     /// Logical replication slot the archiver reads (`[a-z0-9_]`, as
@@ -676,6 +691,43 @@ impl Config {
             Role::Producer => self.validate_producer(),
             Role::Consumer => self.validate_consumer(),
         }
+    }
+
+    /// The keys `role` reads, with their effective values (file, then
+    /// environment, then defaults), as TOML, secrets shown as `<redacted>`
+    /// and credentials in URLs removed: what `config check` prints. The
+    /// other role's sections are left out.
+    pub fn effective_toml(&self, role: Role) -> String {
+        let keys: &[&str] = match role {
+            Role::Producer => &["archive_dir", "nats", "producer", "source"],
+            Role::Consumer => &[
+                "target",
+                "pg_host",
+                "pg_port",
+                "pg_user",
+                "pg_password",
+                "pg_database",
+                "data_sync_freq",
+                "metric_freq",
+                "nats",
+                "consumer",
+                "verify",
+            ],
+        };
+        let mut all = match toml::Table::try_from(self) {
+            Ok(t) => t,
+            // Every field is a plain value: serialising cannot fail.
+            Err(e) => return format!("# cannot show the configuration: {e}\n"),
+        };
+        let mut shown = toml::Table::new();
+        for key in keys {
+            if let Some(v) = all.remove(*key) {
+                shown.insert((*key).to_owned(), v);
+            }
+        }
+        let text = toml::to_string(&shown)
+            .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"));
+        crate::redact::redact(&text)
     }
 
     /// Keys that are accepted but do nothing, each with what to do.
@@ -1073,6 +1125,39 @@ metric_freq = 24
             c.producer.source_url.as_deref(),
             Some("postgres://reader@db:5432/app?sslmode=require")
         );
+    }
+
+    #[test]
+    fn effective_toml_shows_the_roles_keys_redacted_and_reads_back() {
+        let mut c = Config::from_toml(
+            "pg_database = \"app\"\npg_password = \"pw-file-secret\"\narchive_dir = \"/a\"\n\
+             [producer]\nmax_in_flight = 7\n\
+             source_url = \"postgres://reader:pw-url-secret@db/app\"\n\
+             [consumer]\nbatch_size = 321\n[source]\nslot = \"s1\"\n",
+        )
+        .unwrap();
+        c.nats.token = Some(Secret("tok-env-secret".into()));
+
+        let consumer = Config::effective_toml(&c, Role::Consumer);
+        let shown: toml::Table = toml::from_str(&consumer).unwrap();
+        assert_eq!(shown["pg_database"].as_str(), Some("app"));
+        assert_eq!(shown["pg_password"].as_str(), Some("<redacted>"));
+        assert_eq!(shown["consumer"]["batch_size"].as_integer(), Some(321));
+        assert_eq!(shown["nats"]["token"].as_str(), Some("<redacted>"));
+        for other in ["producer", "source", "archive_dir"] {
+            assert!(!shown.contains_key(other), "{other} shown: {consumer}");
+        }
+
+        let producer = Config::effective_toml(&c, Role::Producer);
+        let shown: toml::Table = toml::from_str(&producer).unwrap();
+        assert_eq!(shown["producer"]["max_in_flight"].as_integer(), Some(7));
+        assert_eq!(shown["source"]["slot"].as_str(), Some("s1"));
+        for other in ["consumer", "pg_password", "pg_database", "verify"] {
+            assert!(!shown.contains_key(other), "{other} shown: {producer}");
+        }
+        for text in [&consumer, &producer] {
+            assert!(!text.contains("secret"), "a secret shown: {text}");
+        }
     }
 
     #[test]

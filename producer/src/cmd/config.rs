@@ -3,7 +3,7 @@
 //! key as `run` loads them: a missing rules file or key is an error here
 //! too), secrets redacted.
 
-use syncdata_core::config::Config;
+use syncdata_core::config::{Config, Role};
 use syncdata_core::outln;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
@@ -11,9 +11,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     // Fails as `run` would: no rules without the opt-out, a rules file that
     // is missing or invalid, a key its keyed transforms need.
     super::run::load_sanitizer(config)?;
-    outln!(
-        "{}",
-        syncdata_core::redact::redact(&format!("configuration OK\n{config:#?}"))
-    )?;
+    outln!("configuration OK (the keys syncdata-producer reads, with their effective values)")?;
+    outln!("{}", config.effective_toml(Role::Producer).trim_end())?;
     Ok(())
 }

@@ -414,9 +414,15 @@ async fn each_binary_validates_its_part_and_warns_about_dead_keys() {
         "pg_database = \"app\"\n[producer]\nmax_in_flight = 0\n",
     )
     .unwrap();
-    let (status, _, stderr) = run("syncdata", &["config", "check"], &path).await;
+    let (status, stdout, stderr) = run("syncdata", &["config", "check"], &path).await;
     assert!(status.success(), "{stderr}");
     assert!(stderr.is_empty(), "quiet by default: {stderr}");
+    // It shows its own keys as TOML, not the producer's section.
+    assert!(
+        stdout.contains("pg_database = \"app\"") && stdout.contains("[consumer]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[producer]"), "{stdout}");
     let (status, _, stderr) = run("syncdata-producer", &["config", "check"], &path).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("producer.max_in_flight"), "{stderr}");
