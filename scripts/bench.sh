@@ -5,7 +5,7 @@
 #   bash scripts/bench.sh            # full sizes (about 15-30 minutes on 2 cores)
 #   bash scripts/bench.sh --quick    # small sizes, a few minutes
 #   bash scripts/bench.sh --only latency --latency-secs 60
-#   bash scripts/bench.sh scaling [ROWS]   # 1, 2, 4 consumers, target at 2 ms (root)
+#   bash scripts/bench.sh scaling [ROWS]   # 1, 2, 4 consumers, target at 2 ms
 #
 # Installs what is missing (scripts/deps.sh), builds the release binaries,
 # starts two throwaway PostgreSQL 15 clusters (a source with
@@ -31,83 +31,90 @@ step() {
 # ---------------------------------------------------------------------------
 # Scaling section: `bash scripts/bench.sh scaling [ROWS]` (alone).
 #
-# The target PostgreSQL runs in a network namespace behind a veth pair with
-# `tc netem delay 1ms` on each end (2 ms round trip, as a database on
-# another machine); nats-server stays on loopback. ROWS (default 200000)
-# INSERTs of one table are published once; then the catch-up of that table
-# into a fresh database is timed with 1, 2 and 4 `syncdata start` processes
-# sharing its durable. Prints the rates and the 4-vs-1 ratio (target >= 3x).
-# Needs root (ip netns, tc).
+# The target PostgreSQL answers as a database about a 2 ms round trip away:
+# the consumers reach it through `syncdata-bench delay-proxy`, a TCP proxy
+# that holds every byte in each direction (500 µs asked, which tokio's
+# millisecond timer makes about 1 ms; SYNCDATA_SCALING_DELAY_US changes it;
+# the round trip it gives is measured and printed). Not `tc netem` in a network namespace: kernels
+# without `sch_netem` (as the one this was first run on) refuse that qdisc,
+# and the proxy needs no root. nats-server stays on loopback. ROWS (default
+# 200000) INSERTs of one table are published once (until the producer's
+# counter of records published and acknowledged,
+# `syncdata_producer_records_total` on its metrics port, reaches ROWS: a
+# message is a chunk of many records); then the catch-up of that table into
+# a fresh database is timed with 1, 2 and 4 `syncdata start` processes
+# sharing its durable, from launch until `count(*)` reaches ROWS. Prints the
+# rates and the 4-vs-1 ratio (target >= 3x).
+SCALING_DIR=
+SCALING_PROXY=
+SCALING_PIDS=()
+scaling_cleanup() {
+    local p
+    for p in "${SCALING_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    if [ -n "$SCALING_PROXY" ]; then kill -TERM "$SCALING_PROXY" 2>/dev/null || true; fi
+    if [ -n "$SCALING_DIR" ]; then
+        bash scripts/servers.sh stop "$SCALING_DIR/srv" >/dev/null 2>&1 || true
+        rm -rf "$SCALING_DIR"
+    fi
+}
+
+free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
 scaling() {
     local rows=${1:-200000}
-    [ "$(id -u)" -eq 0 ] || { echo "bench.sh scaling: needs root (ip netns, tc)" >&2; return 1; }
-    command -v tc >/dev/null && command -v ip >/dev/null && command -v jq >/dev/null \
-        || { echo "bench.sh scaling: needs ip, tc and jq (scripts/deps.sh)" >&2; return 1; }
-    step "cargo build --release (syncdata, syncdata-producer)"
-    cargo build --release -p syncdata-consumer -p syncdata-producer --bins
-    local bin
+    command -v jq >/dev/null && command -v curl >/dev/null \
+        || { echo "bench.sh scaling: needs jq and curl (scripts/deps.sh)" >&2; return 1; }
+    # The same three packages as the main run builds (the same features,
+    # so nothing is compiled twice).
+    step "cargo build --release (syncdata-bench, syncdata, syncdata-producer)"
+    cargo build --release -p syncdata-bench -p syncdata-consumer -p syncdata-producer --bins
+    local bin pgbin=/usr/lib/postgresql/15/bin
     bin=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release
-    local dir ns veth net pgbin=/usr/lib/postgresql/15/bin
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-scaling.XXXXXX")
+    SCALING_DIR=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-scaling.XXXXXX")
+    local dir=$SCALING_DIR
     chmod 755 "$dir"
-    ns=sdscale$$
-    veth=sds$$
-    net=10.213.$((RANDOM % 250)).
-    local pids=()
-    scaling_cleanup() {
-        local p
-        for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-        ip netns exec "$ns" runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/tpg" -m immediate stop \
-            >/dev/null 2>&1 || true
-        ip link del "${veth}a" 2>/dev/null || true
-        ip netns del "$ns" 2>/dev/null || true
-        bash scripts/servers.sh stop "$dir/srv" >/dev/null 2>&1 || true
-        rm -rf "$dir"
-    }
     trap scaling_cleanup EXIT
 
-    step "network namespace $ns: target PostgreSQL at ${net}2, netem 1 ms each way"
-    ip netns add "$ns"
-    ip link add "${veth}a" type veth peer name "${veth}b"
-    ip link set "${veth}b" netns "$ns"
-    ip addr add "${net}1/30" dev "${veth}a"
-    ip link set "${veth}a" up
-    ip netns exec "$ns" ip addr add "${net}2/30" dev "${veth}b"
-    ip netns exec "$ns" ip link set "${veth}b" up
-    ip netns exec "$ns" ip link set lo up
-    tc qdisc add dev "${veth}a" root netem delay 1ms
-    ip netns exec "$ns" tc qdisc add dev "${veth}b" root netem delay 1ms
-
-    mkdir -p "$dir/tpg" "$dir/tpgsock"
-    chown postgres:postgres "$dir/tpg" "$dir/tpgsock"
-    runuser -u postgres -- "$pgbin/initdb" -D "$dir/tpg" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-    {
-        printf "listen_addresses = '%s2'\nport = 5432\nunix_socket_directories = '%s'\n" "$net" "$dir/tpgsock"
-        cat scripts/postgresql-test.conf
-    } | runuser -u postgres -- tee -a "$dir/tpg/postgresql.conf" >/dev/null
-    echo "host all all ${net}0/30 trust" | runuser -u postgres -- tee -a "$dir/tpg/pg_hba.conf" >/dev/null
-    ip netns exec "$ns" runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/tpg" -l "$dir/tpg.log" -w start >/dev/null
-    local pg="postgres://postgres@${net}2:5432"
+    step "throwaway PostgreSQL and nats-server"
+    bash scripts/servers.sh start "$dir/srv" >/dev/null
+    # shellcheck source=/dev/null
+    source "$dir/srv/env"
+    local pport i
+    pport=$(free_port)
+    "$bin/syncdata-bench" delay-proxy "127.0.0.1:$pport" "127.0.0.1:$SYNCDATA_TEST_PG_PORT" \
+        "${SYNCDATA_SCALING_DELAY_US:-500}" \
+        >"$dir/delay-proxy.log" 2>&1 &
+    SCALING_PROXY=$!
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break
+        sleep 0.1
+    done
+    local pg="postgres://$SYNCDATA_TEST_PG_USER@127.0.0.1:$pport"
     echo 'select 1;' >"$dir/select1.sql"
     local rtt
     rtt=$("$pgbin/pgbench" -n -t 200 -f "$dir/select1.sql" "$pg/postgres" 2>/dev/null \
         | awk '/latency average/ {print $4}')
-    echo "round trip of one query to the target: ${rtt} ms (pgbench, select 1)"
-
-    step "nats-server"
-    bash scripts/servers.sh start "$dir/srv" >/dev/null
-    # shellcheck source=/dev/null
-    source "$dir/srv/env"
+    echo "round trip of one query to the target through the delay proxy: ${rtt} ms (pgbench, select 1)"
     printf '%s' "$SYNCDATA_TEST_NATS_CONSUMER_PASSWORD" >"$dir/nats-consumer.password"
     printf '%s' "$SYNCDATA_TEST_SIGNING_KEY" >"$dir/signing.key"
     chmod 600 "$dir/nats-consumer.password" "$dir/signing.key"
 
     local stream=SCALING_$$ prefix=scaling$$.changes
-    config() { # config FILE DATABASE
+    config() { # config FILE DATABASE [PRODUCER SETTING]
         cat >"$1" <<EOF
-pg_host = "${net}2"
-pg_port = 5432
-pg_user = "postgres"
+pg_host = "127.0.0.1"
+pg_port = $pport
+pg_user = "$SYNCDATA_TEST_PG_USER"
 pg_database = "$2"
 archive_dir = "$dir/archive"
 
@@ -123,6 +130,7 @@ signing_key_file = "$dir/signing.key"
 
 [producer]
 allow_unsanitized = true
+${3:-}
 EOF
     }
 
@@ -132,22 +140,29 @@ EOF
         printf "{\"table\":\"big\",\"op\":\"INSERT\",\"data\":{\"id\":%d,\"a\":%d,\"b\":\"row %d of the scaling benchmark\",\"c\":\"2026-01-01 00:00:00+00\"},\"lsn\":\"0/%X\",\"seq\":0}\n", i, i * 7, i, 4096 + i }' \
         >"$dir/archive/.changes-000001.jsonl.tmp"
     mv "$dir/archive/.changes-000001.jsonl.tmp" "$dir/archive/changes-000001.jsonl"
-    config "$dir/producer.toml" postgres
+    local mport
+    mport=$(free_port)
+    config "$dir/producer.toml" postgres "metrics_addr = \"127.0.0.1:$mport\""
     NATS_USER=$SYNCDATA_TEST_NATS_PRODUCER_USER NATS_PASSWORD=$SYNCDATA_TEST_NATS_PRODUCER_PASSWORD \
         DATA_SYNC_CONFIG="$dir/producer.toml" RUST_LOG=warn "$bin/syncdata-producer" run >"$dir/producer.log" 2>&1 &
-    pids+=($!)
-    local stored=0 i
+    SCALING_PIDS+=($!)
+    local stored=0
     for i in $(seq 1 1200); do
-        stored=$(curl -fsS "$SYNCDATA_TEST_NATS_MONITOR/jsz?accounts=true&streams=true" \
-            | jq --arg s "$stream" '[.account_details[]?.stream_detail[]? | select(.name == $s) | .state.messages] | add // 0')
-        [ "$stored" -ge "$rows" ] && break
+        stored=$(curl -fsS "http://127.0.0.1:$mport/metrics" 2>/dev/null \
+            | awk '$1 == "syncdata_producer_records_total" { n = $2 } END { printf "%d", n }') || stored=0
+        [ "${stored:-0}" -ge "$rows" ] && break
         sleep 0.5
     done
-    [ "$stored" -ge "$rows" ] || { echo "bench.sh scaling: only $stored of $rows published" >&2; return 1; }
-    kill -TERM "${pids[0]}" 2>/dev/null || true
-    pids=()
+    [ "${stored:-0}" -ge "$rows" ] || {
+        echo "bench.sh scaling: only $stored of $rows published" >&2
+        tail -20 "$dir/producer.log" >&2
+        return 1
+    }
+    kill -TERM "${SCALING_PIDS[0]}" 2>/dev/null || true
+    wait "${SCALING_PIDS[0]}" 2>/dev/null || true
+    SCALING_PIDS=()
 
-    local k rate1="" results=()
+    local k rate="" rate1="" results=()
     for k in 1 2 4; do
         local db=scale_$k
         "$pgbin/psql" -q "$pg/postgres" -c "create database $db" >/dev/null
@@ -159,19 +174,22 @@ EOF
         for p in $(seq 1 "$k"); do
             DATA_SYNC_CONFIG="$dir/consumer$k.toml" RUST_LOG=warn "$bin/syncdata" start \
                 >"$dir/consumer$k-$p.log" 2>&1 &
-            pids+=($!)
+            SCALING_PIDS+=($!)
         done
         for i in $(seq 1 6000); do
-            n=$("$pgbin/psql" -qtA "$pg/$db" -c "select count(*) from big")
-            [ "$n" -ge "$rows" ] && break
+            n=$("$pgbin/psql" -qtA "$pg/$db" -c "select count(*) from big") || n=0
+            [ "${n:-0}" -ge "$rows" ] && break
             sleep 0.1
         done
         t1=$(date +%s.%N)
-        for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-        for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-        pids=()
-        [ "$n" -ge "$rows" ] || { echo "bench.sh scaling: $k consumers applied only $n of $rows" >&2; return 1; }
-        local rate
+        for p in "${SCALING_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+        for p in "${SCALING_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+        SCALING_PIDS=()
+        [ "${n:-0}" -ge "$rows" ] || {
+            echo "bench.sh scaling: $k consumers applied only $n of $rows" >&2
+            tail -20 "$dir/consumer$k-1.log" >&2
+            return 1
+        }
         rate=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
         [ -n "$rate1" ] || rate1=$rate
         results+=("$k consumers: $rate records/s ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s)")
@@ -192,8 +210,8 @@ fi
 step "dependencies"
 SYNCDATA_SKIP_LINT=1 bash scripts/deps.sh
 
-step "cargo build --release --workspace --bins"
-cargo build --release --workspace --bins
+step "cargo build --release (syncdata-bench, syncdata, syncdata-producer)"
+cargo build --release -p syncdata-bench -p syncdata-consumer -p syncdata-producer --bins
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/syncdata-bench.XXXXXX")
 # The clusters live in subdirectories: PostgreSQL (run as user postgres
@@ -234,10 +252,13 @@ fi
 
 RESULTS=${SYNCDATA_BENCH_RESULTS:-bench/results.md}
 step "syncdata-bench $*"
+# The binary built above, in cargo's target directory (CARGO_TARGET_DIR
+# honoured). Not `cargo run -p syncdata-bench`: resolving the features of
+# that one package alone would build the shared dependencies a second time.
+BIN=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release
 set +e
-# `cargo run` finds the binary in cargo's target directory (CARGO_TARGET_DIR
-# honoured); everything is already built, so it only runs it.
-cargo run --release --quiet -p syncdata-bench -- \
+"$BIN/syncdata-bench" \
+    --bin-dir "$BIN" \
     --source-url "$SOURCE_URL" \
     --target-url "$TARGET_URL" \
     --nats-url "$NATS_URL" \

@@ -41,7 +41,7 @@ fn role_env(binary: &str) -> Vec<(String, String)> {
 /// Which PostgreSQL cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// Production stand-in: wal_level=logical, wal2json, publications.
+    /// Production stand-in: wal_level=logical, pgoutput and wal2json, publications.
     Source,
     /// The local copy: native subscriber and syncdata consumers.
     Target,
@@ -443,7 +443,9 @@ impl Streams {
         Ok(())
     }
 
-    /// Messages in the change stream (None while it does not exist).
+    /// Messages in the change stream (None while it does not exist). A
+    /// message is a chunk of up to `producer.chunk_records` records: count
+    /// records with [`PublishedRecords`], never with this.
     pub async fn messages(&self, js: &jetstream::Context) -> Option<u64> {
         let mut s = js.get_stream(&self.stream).await.ok()?;
         Some(s.info().await.ok()?.state.messages)
@@ -522,6 +524,46 @@ impl Streams {
     }
 }
 
+/// How many records a `syncdata-producer run` has published: its
+/// Prometheus counter `syncdata_producer_records_total`, read from the
+/// `producer.metrics_addr` the harness gives it ([`PublishedRecords::toml`]).
+/// The counter grows once every message of a run of chunks is acknowledged
+/// by JetStream, so a count of N means N records are in the stream. The
+/// stream's message count does not tell: one message is a chunk of up to
+/// `producer.chunk_records` records (`syncdata_core::chunk`).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishedRecords {
+    port: u16,
+}
+
+impl Default for PublishedRecords {
+    fn default() -> PublishedRecords {
+        PublishedRecords::new()
+    }
+}
+
+impl PublishedRecords {
+    /// A free loopback port for one producer process.
+    pub fn new() -> PublishedRecords {
+        PublishedRecords {
+            port: harness::free_port(),
+        }
+    }
+
+    /// The line of the `[producer]` table that serves the metrics.
+    pub fn toml(&self) -> String {
+        format!("metrics_addr = \"127.0.0.1:{}\"\n", self.port)
+    }
+
+    /// Records published and acknowledged so far; None while the producer
+    /// does not answer (not started yet).
+    pub async fn count(&self) -> Option<u64> {
+        let body = harness::scrape(self.port).await.ok()?;
+        let n = harness::sample_sum(&body, "syncdata_producer_records_total", &[]).unwrap_or(0.0);
+        Some(n as u64)
+    }
+}
+
 /// Installs, in a syncdata target database, a clock of committed batches:
 /// an ALWAYS trigger (the consumer applies as `session_replication_role =
 /// replica`) after each insert into `data_sync_logs`, which is the last
@@ -579,14 +621,43 @@ pub fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-/// Waits until the consumers applied everything and returns how long after
-/// `started_us` (wall clock, µs) the last batch committed.
+/// When a catch-up ended, counted from the consumers' launch.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// The commit of the last batch that applied anything: from then on
+    /// the target holds its final state (later batches changed nothing).
+    pub data: Duration,
+    /// The commit of the last batch of all, after which every durable was
+    /// drained. Later than `data` when messages already applied came back
+    /// (a redelivery after `consumer.ack_wait_secs`) and applied nothing.
+    pub drained: Duration,
+}
+
+impl Applied {
+    /// A note for the report when the durables drained well after the data
+    /// was complete.
+    pub fn note(&self, what: &str) -> Option<String> {
+        (self.drained >= self.data + Duration::from_secs(2)).then(|| {
+            format!(
+                "{what}: the target held every change after {:.2} s, but the durables were \
+                 drained only after {:.2} s: batches that applied nothing came later (messages \
+                 already applied, delivered again after `consumer.ack_wait_secs`); the figure \
+                 counts until the data was complete",
+                self.data.as_secs_f64(),
+                self.drained.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// Waits until the consumers applied everything; returns when (after
+/// `started_us`, wall clock, µs) the last batch that applied anything and
+/// the last batch of all committed.
 ///
 /// Polls only the target database (every 100 ms) until no batch has
 /// committed for `quiet`; then asks JetStream whether every durable has
 /// nothing pending or unacknowledged (acks follow commits). If not, it
-/// waits for the next quiet period. `extra` may add a check of its own
-/// (e.g. a row count).
+/// waits for the next quiet period.
 pub async fn wait_applied(
     js: &jetstream::Context,
     streams: &Streams,
@@ -595,15 +666,17 @@ pub async fn wait_applied(
     started_us: i64,
     children: &mut [Proc],
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<Applied> {
     let quiet = Duration::from_millis(1000);
     let deadline = Instant::now() + timeout;
     let mut last_count = -1i64;
     let mut changed = Instant::now();
     let mut checked_at_count = -1i64;
     loop {
-        let (count, last_us): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), (extract(epoch FROM max(at)) * 1e6)::bigint FROM bench_batch_end",
+        let (count, last_us, data_us): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM max(at)) * 1e6)::bigint, \
+             (extract(epoch FROM max(at) FILTER (WHERE rows > 0)) * 1e6)::bigint \
+             FROM bench_batch_end",
         )
         .fetch_one(target)
         .await?;
@@ -614,8 +687,13 @@ pub async fn wait_applied(
         if count > 0 && changed.elapsed() >= quiet && checked_at_count != count {
             checked_at_count = count;
             if streams.drained(js, durables).await {
-                let last_us = last_us.unwrap_or(started_us);
-                return Ok(Duration::from_micros((last_us - started_us).max(0) as u64));
+                let since = |us: Option<i64>| {
+                    Duration::from_micros((us.unwrap_or(started_us) - started_us).max(0) as u64)
+                };
+                return Ok(Applied {
+                    data: since(data_us),
+                    drained: since(last_us),
+                });
             }
         }
         for c in children.iter_mut() {

@@ -2,14 +2,15 @@
 //! replication, on the same machine, in one run. Prints a markdown table
 //! (and writes it to `--results`).
 //!
-//! Needs two PostgreSQL clusters (a source with wal_level=logical and
-//! wal2json, a target), a JetStream nats-server, the project's release
+//! Needs two PostgreSQL clusters (a source with wal_level=logical, a
+//! target), a JetStream nats-server, the project's release
 //! binaries and PostgreSQL's client tools. `scripts/bench.sh` provides all
 //! of it on throwaway servers.
 //!
 //! 1. native logical replication catch-up of a pgbench run (the anchor);
 //! 2. syncdata catch-up of the same changes (archiver, producer, then 1 and
-//!    2 consumers, each stage timed alone);
+//!    2 consumers, each stage timed alone; into SQLite; the broker alone;
+//!    end to end with every stage at once);
 //! 3. producer records/s and MB/s, with and without sanitization;
 //! 4. latency at a steady 5,000 changes/s;
 //! 5. peak RSS of producer and consumer with an N-record backlog;
@@ -17,6 +18,7 @@
 //!
 //! A benchmark, not a test: nothing here fails on a slow number.
 
+mod delay;
 mod env;
 mod latency;
 mod pgbench;
@@ -122,6 +124,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A helper of `scripts/bench.sh scaling`, not a measurement.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("delay-proxy") {
+        return syncdata_testkit::harness::exit_code(
+            "syncdata-bench delay-proxy",
+            delay::run(&argv[2..]).await.map(|()| true),
+            2,
+        );
+    }
     let args = Args::parse();
     syncdata_testkit::harness::exit_code("syncdata-bench", run(args).await, 2)
 }
@@ -165,7 +176,7 @@ async fn run(args: Args) -> Result<bool> {
             .map_or("200 (default)".to_owned(), |b| b.to_string()),
         args.log_level
     ));
-    report.setting("producer settings: project defaults (max_in_flight 1024); archiver: project defaults (segment_max_age_ms 500, poll_ms 200)");
+    report.setting("producer settings: project defaults (chunks of at most 1,000 records / 512 KiB, max_in_flight 1024); archiver: project defaults (streaming replication, segment_max_age_ms 500)");
     let machine_at_start = machine(&env).await;
     let started = Instant::now();
     let mut failed = Vec::new();

@@ -7,13 +7,15 @@
 //! large TOAST-able texts, jsonb, arrays, 30-digit numerics), written as
 //! files of 100,000 records before anything is timed.
 //!
-//! - Producer: from launching `syncdata-producer run` until the stream holds
-//!   N messages (stream info polled every 20 ms; a message is in the stream
-//!   once its PubAck is sent). records/s = N / t, MB/s = file bytes / t.
+//! - Producer: from launching `syncdata-producer run` until its counter of
+//!   records published and acknowledged (`syncdata_producer_records_total`,
+//!   scraped every 20 ms) reaches N: a message is a chunk of many records,
+//!   so the stream's message count does not tell. records/s = N / t,
+//!   MB/s = file bytes / t.
 //!   The sanitized run reads the same files (its own checkpoint directory)
 //!   with a rules file covering every column of the three tables.
 //! - Memory: VmHWM of the producer when it has published all N, and of one
-//!   `syncdata start` that applied the N-message backlog of the unsanitized
+//!   `syncdata start` that applied the N-record backlog of the unsanitized
 //!   stream into an empty demo database (launch → last batch committed, with
 //!   every durable drained).
 
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use syncdata_testkit::workload::{self, WorkloadSpec};
 
-use crate::env::{self, ConfigSpec, Env, Side, Streams};
+use crate::env::{self, ConfigSpec, Env, PublishedRecords, Side, Streams};
 use crate::report::{self, Report};
 use syncdata_testkit::harness;
 
@@ -67,6 +69,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     let plain = Streams::new("demo");
     plain.reset(&js).await?;
     let state = env.fresh_dir("demo/state-plain")?;
+    let published = PublishedRecords::new();
     let config = env.write_config(&ConfigSpec {
         name: "demo-producer",
         side: Side::Source,
@@ -74,11 +77,12 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         archive_dir: &archive,
         streams: &plain,
         extra: format!(
-            "[producer]\nallow_unsanitized = true\nstate_dir = {}\n",
-            harness::toml_str(&state.to_string_lossy())
+            "[producer]\nallow_unsanitized = true\nstate_dir = {}\n{}",
+            harness::toml_str(&state.to_string_lossy()),
+            published.toml()
         ),
     })?;
-    let (t_plain, rss_plain) = publish(env, &js, &plain, &config, n, "demo-producer", &[]).await?;
+    let (t_plain, rss_plain) = publish(env, published, &config, n, "demo-producer", &[]).await?;
     let r_plain = report::rate(n, t_plain);
     println!(
         "producer: {}/s, {:.1} MB/s, peak RSS {}",
@@ -97,8 +101,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             report::mb(bytes),
             report::secs(t_plain)
         ),
-        "≥ 100,000 records/s",
-        report::verdict_ratio(r_plain / 100_000.0, 1.0),
+        "≥ 300,000 records/s",
+        report::verdict_ratio(r_plain / 300_000.0, 1.0),
     );
 
     // --- With sanitization.
@@ -110,6 +114,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let rules = env.workdir.join("config/demo-rules.toml");
         std::fs::create_dir_all(rules.parent().expect("has a parent"))?;
         std::fs::write(&rules, RULES)?;
+        let published = PublishedRecords::new();
         let config = env.write_config(&ConfigSpec {
             name: "demo-producer-sanitized",
             side: Side::Source,
@@ -117,15 +122,15 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             archive_dir: &archive,
             streams: &sanitized,
             extra: format!(
-                "[producer]\nstate_dir = {}\nrules_file = {}\n",
+                "[producer]\nstate_dir = {}\nrules_file = {}\n{}",
                 harness::toml_str(&state.to_string_lossy()),
-                harness::toml_str(&rules.to_string_lossy())
+                harness::toml_str(&rules.to_string_lossy()),
+                published.toml()
             ),
         })?;
         let (t_san, rss) = publish(
             env,
-            &js,
-            &sanitized,
+            published,
             &config,
             n,
             "demo-producer-sanitized",
@@ -148,8 +153,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
                 bytes as f64 / 1e6 / t_san.as_secs_f64(),
                 report::secs(t_san)
             ),
-            "≥ 100,000 records/s",
-            report::verdict_ratio(r_san / 100_000.0, 1.0),
+            "≥ 200,000 records/s",
+            report::verdict_ratio(r_san / 200_000.0, 1.0),
         );
         js.delete_stream(&sanitized.stream).await.ok();
     }
@@ -192,7 +197,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let t0 = env::now_us();
         let mut children =
             vec![env.spawn(&env.consumer_bin, &["start"], &config, "demo-consumer", &[])?];
-        let elapsed = env::wait_applied(
+        let applied = env::wait_applied(
             &js,
             &plain,
             &durables,
@@ -202,6 +207,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             Duration::from_secs(7200),
         )
         .await?;
+        report.notes.extend(applied.note("demo backlog apply"));
+        let elapsed = applied.data;
         let rss = children[0].peak_rss().unwrap_or(0);
         env::stop_all(children).await;
         let (gap, batches) = env::longest_gap(&target).await?;
@@ -246,12 +253,12 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Launches the producer and waits for the stream to hold `n` messages.
-/// Returns the time from launch and the producer's peak RSS then.
+/// Launches the producer and waits until it has published `n` records
+/// (each acknowledged by JetStream). Returns the time from launch and the
+/// producer's peak RSS then.
 async fn publish(
     env: &Env,
-    js: &async_nats::jetstream::Context,
-    streams: &Streams,
+    published: PublishedRecords,
     config: &std::path::Path,
     n: u64,
     name: &str,
@@ -264,11 +271,7 @@ async fn publish(
         Duration::from_millis(20),
         Duration::from_secs(3600),
         &mut children,
-        || {
-            let js = js.clone();
-            let streams = streams.clone();
-            async move { Ok(streams.messages(&js).await.unwrap_or(0) >= n) }
-        },
+        || async move { Ok(published.count().await.unwrap_or(0) >= n) },
     )
     .await?;
     let rss = children[0].peak_rss().unwrap_or(0);

@@ -22,15 +22,15 @@ CREATE TABLE pgbench_history (tid integer, bid integer, aid integer, delta integ
     mtime timestamp without time zone, filler character(22), hid bigserial PRIMARY KEY);
 ";
 
-/// Catches the SQLite file up on the stream; returns the time from launch
-/// to the last batch committed.
+/// Catches the SQLite file up on the stream; returns the times from launch
+/// to the last batch that applied anything and to the last batch of all.
 pub async fn catch_up(
     env: &Env,
     js: &jetstream::Context,
     streams: &Streams,
     archive: &Path,
     consumer_toml: &str,
-) -> Result<Duration> {
+) -> Result<env::Applied> {
     let file = env.workdir.join("pgbench-sqlite.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
@@ -77,9 +77,10 @@ pub async fn catch_up(
     let mut last_count = -1i64;
     let mut changed = Instant::now();
     let elapsed = loop {
-        let (count, last_us): (i64, Option<i64>) = sqlx::query_as(
-            "select count(*), cast((julianday(max(sync_time)) - 2440587.5) * 86400000000.0 as integer) \
-             from data_sync_logs",
+        let (count, last_us, data_us): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "select count(*), cast((julianday(max(sync_time)) - 2440587.5) * 86400000000.0 as integer), \
+             cast((julianday(max(sync_time) filter (where rows_synced > 0)) - 2440587.5) * 86400000000.0 \
+             as integer) from data_sync_logs",
         )
         .fetch_one(&pool)
         .await?;
@@ -91,7 +92,12 @@ pub async fn catch_up(
             && changed.elapsed() >= Duration::from_secs(1)
             && streams.drained(js, &durables).await
         {
-            break Duration::from_micros((last_us.unwrap_or(t0) - t0).max(0) as u64);
+            let since =
+                |us: Option<i64>| Duration::from_micros((us.unwrap_or(t0) - t0).max(0) as u64);
+            break env::Applied {
+                data: since(data_us),
+                drained: since(last_us),
+            };
         }
         for c in children.iter_mut() {
             c.check_running()?;
