@@ -54,17 +54,23 @@ pub async fn run(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match round(&pool, &stream, &config, &tables).await {
-            Ok(Some(r)) if r != Round::default() => info!(
-                tombstones = r.tombstones,
-                log_rows = r.log_rows,
-                daemons = r.daemons,
-                failure_counts = r.failure_counts,
-                "housekeeping removed old bookkeeping"
-            ),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "housekeeping failed; will retry next round"),
-        }
+        log_round(round(&pool, &stream, &config, &tables).await);
+    }
+}
+
+/// Logs what a round removed (nothing when it removed nothing or another
+/// daemon ran it), or why it failed.
+pub(crate) fn log_round(outcome: anyhow::Result<Option<Round>>) {
+    match outcome {
+        Ok(Some(r)) if r != Round::default() => info!(
+            tombstones = r.tombstones,
+            log_rows = r.log_rows,
+            daemons = r.daemons,
+            failure_counts = r.failure_counts,
+            "housekeeping removed old bookkeeping"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "housekeeping failed; will retry next round"),
     }
 }
 

@@ -262,6 +262,10 @@ enum DlqCommand {
 
 async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let config = cli::load_config(global, Role::Consumer)?;
+    let command = match dispatch_either(&config, command).await {
+        Ok(done) => return done,
+        Err(command) => command,
+    };
     if let Some(target) = config.sqlite_target() {
         return dispatch_sqlite(config, target, command).await;
     }
@@ -295,7 +299,6 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::RemoveTables { tables, json } => {
             cmd::remove_tables::run(&config, &tables, json).await
         }
-        Command::Dlq { command } => dlq(&config, command).await,
         Command::Stop { timeout, json } => {
             cmd::stop::run(&config, std::time::Duration::from_secs(timeout), json).await
         }
@@ -327,43 +330,16 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             };
             cmd::verify::run(&config, args).await
         }
-        Command::Check {
-            tables,
-            source,
-            samples,
-            json,
-        } => {
-            let args = cmd::check::CheckArgs {
-                tables,
-                source,
-                samples,
-                json,
-            };
-            cmd::check::run(&config, args).await
-        }
-        Command::Report {
-            tables,
-            since,
-            source,
-            json,
-            html,
-        } => {
-            let args = cmd::report::ReportArgs {
-                tables,
-                since,
-                json,
-                html,
-                source,
-            };
-            cmd::report::run(&config, args).await
-        }
         Command::Clear { yes, json } => cmd::clear::run(&config, yes, json).await,
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => cmd::config::check(&config),
+        Command::Config { .. }
+        | Command::Dlq { .. }
+        | Command::Report { .. }
+        | Command::Check { .. } => {
+            unreachable!("handled by dispatch_either")
+        }
         Command::Start => {
             let token = CancellationToken::new();
             cli::cancel_on_signals(token.clone())
@@ -393,6 +369,51 @@ async fn dlq(config: &syncdata_core::config::Config, command: DlqCommand) -> any
         } => dlq::purge(config, Selection::from_args(table, id)?, yes, json).await,
         DlqCommand::Migrate { remove_old } => dlq::migrate(config, remove_old).await,
     }
+}
+
+/// The commands that read and write the local store through `LocalStore`
+/// and so work alike on either target; any other command is handed back.
+async fn dispatch_either(
+    config: &syncdata_core::config::Config,
+    command: Command,
+) -> Result<anyhow::Result<()>, Command> {
+    Ok(match command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => cmd::config::check(config),
+        Command::Dlq { command } => dlq(config, command).await,
+        Command::Report {
+            tables,
+            since,
+            source,
+            json,
+            html,
+        } => {
+            let args = cmd::report::ReportArgs {
+                tables,
+                since,
+                json,
+                html,
+                source,
+            };
+            cmd::report::run(config, args).await
+        }
+        Command::Check {
+            tables,
+            source,
+            samples,
+            json,
+        } => {
+            let args = cmd::check::CheckArgs {
+                tables,
+                source,
+                samples,
+                json,
+            };
+            cmd::check::run(config, args).await
+        }
+        other => return Err(other),
+    })
 }
 
 /// The commands against a SQLite target (`target = "sqlite:///…"`).
@@ -446,6 +467,12 @@ async fn dispatch_sqlite(
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
+        Command::Config { .. }
+        | Command::Dlq { .. }
+        | Command::Report { .. }
+        | Command::Check { .. } => {
+            unreachable!("handled by dispatch_either")
+        }
         Command::Verify {
             tables,
             source,
@@ -464,26 +491,6 @@ async fn dispatch_sqlite(
                 json,
             )
             .await
-        }
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => cmd::config::check(&config),
-        Command::Dlq { command } => dlq(&config, command).await,
-        Command::Report {
-            tables,
-            since,
-            source,
-            json,
-            html,
-        } => {
-            let args = cmd::report::ReportArgs {
-                tables,
-                since,
-                json,
-                html,
-                source,
-            };
-            cmd::report::run(&config, args).await
         }
         Command::Schema {
             command: SchemaCommand::Diff { tables, json },
@@ -507,20 +514,6 @@ async fn dispatch_sqlite(
                 allow_destructive,
             )
             .await
-        }
-        Command::Check {
-            tables,
-            source,
-            samples,
-            json,
-        } => {
-            let args = cmd::check::CheckArgs {
-                tables,
-                source,
-                samples,
-                json,
-            };
-            cmd::check::run(&config, args).await
         }
     }
 }

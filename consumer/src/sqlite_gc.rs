@@ -18,10 +18,10 @@ use syncdata_core::config::Config;
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::apply::sqlite;
-use crate::gc::{horizon, Round};
+use crate::gc::{horizon, log_round, Round};
 
 /// Rows removed per transaction, so a batch never waits long for the lock.
 const CHUNK: i64 = 5000;
@@ -43,17 +43,7 @@ pub async fn run(pool: SqlitePool, stream: Stream, config: Config, token: Cancel
                 continue;
             }
         };
-        match round(&pool, &stream, &config, &tables).await {
-            Ok(r) if r != Round::default() => info!(
-                tombstones = r.tombstones,
-                log_rows = r.log_rows,
-                daemons = r.daemons,
-                failure_counts = r.failure_counts,
-                "housekeeping removed old bookkeeping"
-            ),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "housekeeping failed; will retry next round"),
-        }
+        log_round(round(&pool, &stream, &config, &tables).await.map(Some));
     }
 }
 

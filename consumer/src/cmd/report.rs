@@ -304,17 +304,6 @@ mod sqlite {
         .fetch_one(pool)
         .await?;
         Ok(TableReport {
-            table: t.to_string(),
-            batches: row.0,
-            applied: row.1,
-            inserted: row.2,
-            updated: row.3,
-            deleted: row.4,
-            superseded: row.5,
-            parked: row.6,
-            deletes_of_missing: row.7,
-            failed: row.8,
-            freshest_source_commit_at: row.9,
             lag_seconds: percentiles(&lags),
             applied_over_time: over_time(buckets),
             metrics: MetricsSums {
@@ -323,7 +312,13 @@ mod sqlite {
                 records_deleted: d,
             },
             parked_now,
-            ..TableReport::default()
+            ..from_log_counts(
+                t,
+                [
+                    row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8,
+                ],
+                row.9,
+            )
         })
     }
 
@@ -419,21 +414,42 @@ async fn from_log(
         _ => None,
     };
     Ok(TableReport {
-        table: t.to_string(),
-        batches: row.0,
-        applied: row.1,
-        inserted: row.2,
-        updated: row.3,
-        deleted: row.4,
-        superseded: row.5,
-        parked: row.6,
-        deletes_of_missing: row.7,
-        failed: row.8,
-        freshest_source_commit_at: row.9,
         lag_seconds,
         applied_over_time,
-        ..TableReport::default()
+        ..from_log_counts(
+            t,
+            [
+                row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8,
+            ],
+            row.9,
+        )
     })
+}
+
+/// A table's figures from its `data_sync_logs` sums, which both targets
+/// select in this order: batches, applied, inserted, updated, deleted,
+/// superseded, parked, deletes of missing rows, failed.
+fn from_log_counts(
+    t: &TableName,
+    n: [i64; 9],
+    freshest_source_commit_at: Option<String>,
+) -> TableReport {
+    let [batches, applied, inserted, updated, deleted, superseded, parked, deletes_of_missing, failed] =
+        n;
+    TableReport {
+        table: t.to_string(),
+        batches,
+        applied,
+        inserted,
+        updated,
+        deleted,
+        superseded,
+        parked,
+        deletes_of_missing,
+        failed,
+        freshest_source_commit_at,
+        ..TableReport::default()
+    }
 }
 
 async fn metrics(pool: &PgPool, t: &TableName, window: i64) -> anyhow::Result<MetricsSums> {
