@@ -85,6 +85,24 @@ async fn wait_halted(d: &Path, cfg: &Path, sql: &str, logs: &[&Proc]) -> String 
     }
 }
 
+/// `setup-source --create-slot --schema-capture` (must succeed), then the
+/// archiver and the producer: the setup's log, for the test's own checks.
+async fn capture_and_publish(d: &Path, cfg: &Path) -> (String, Proc, Proc) {
+    let (ok, log) = source::finish(
+        source::producer(
+            d,
+            cfg,
+            &["setup-source", "--create-slot", "--schema-capture"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ok, "{log}");
+    let archiver = source::producer(d, cfg, &["archive"]);
+    let publisher = source::producer(d, cfg, &["run"]);
+    (log, archiver, publisher)
+}
+
 async fn failed_rows(local: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM data_sync_logs WHERE status <> 'SUCCESS'")
         .fetch_one(&local.pool)
@@ -106,19 +124,8 @@ async fn additive_ddl_follows_and_destructive_ddl_halts_until_migrated() {
     local_exec(&local.pool, ddl).await;
     let names = TestNames::new("schemaflow");
     let cfg = config(d, &local, &names, &src, &["t"]);
-    let (ok, log) = source::finish(
-        source::producer(
-            d,
-            &cfg,
-            &["setup-source", "--create-slot", "--schema-capture"],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "{log}");
+    let (log, archiver, publisher) = capture_and_publish(d, &cfg).await;
     assert!(log.contains("ok: schema capture"), "{log}");
-    let archiver = source::producer(d, &cfg, &["archive"]);
-    let publisher = source::producer(d, &cfg, &["run"]);
     source::add_tables(d, &cfg, &["t"]).await;
     let consumer = source::syncdata(d, &cfg, &["start"]);
 
@@ -279,19 +286,8 @@ async fn diff_and_migrate_list_every_difference_and_create_matches_production() 
     let names = TestNames::new("schemadiff");
     let tables = ["parent", "fx", "rn", "newt"];
     let cfg = config(d, &local, &names, &src, &tables);
-    let (ok, log) = source::finish(
-        source::producer(
-            d,
-            &cfg,
-            &["setup-source", "--create-slot", "--schema-capture"],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "{log}");
+    let (log, archiver, publisher) = capture_and_publish(d, &cfg).await;
     assert!(log.contains("definitions of 4 table(s) recorded"), "{log}");
-    let archiver = source::producer(d, &cfg, &["archive"]);
-    let publisher = source::producer(d, &cfg, &["run"]);
 
     // Before the first row: the definitions are in the stream.
     let mut json = String::new();
@@ -466,18 +462,7 @@ async fn resync_rebuilds_a_table_through_every_version_of_its_schema() {
     local_exec(&local.pool, ddl).await;
     let names = TestNames::new("schemaresync");
     let cfg = config(d, &local, &names, &src, &["t"]);
-    let (ok, log) = source::finish(
-        source::producer(
-            d,
-            &cfg,
-            &["setup-source", "--create-slot", "--schema-capture"],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "{log}");
-    let archiver = source::producer(d, &cfg, &["archive"]);
-    let publisher = source::producer(d, &cfg, &["run"]);
+    let (_log, archiver, publisher) = capture_and_publish(d, &cfg).await;
     source::add_tables(d, &cfg, &["t"]).await;
     let consumer = source::syncdata(d, &cfg, &["start"]);
     let logs = [&archiver, &publisher, &consumer];
@@ -727,18 +712,7 @@ async fn report_lists_the_schema_changes_of_the_period() {
     local_exec(&local.pool, ddl).await;
     let names = TestNames::new("schemareport");
     let cfg = config(d, &local, &names, &src, &["r"]);
-    let (ok, log) = source::finish(
-        source::producer(
-            d,
-            &cfg,
-            &["setup-source", "--create-slot", "--schema-capture"],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "{log}");
-    let archiver = source::producer(d, &cfg, &["archive"]);
-    let publisher = source::producer(d, &cfg, &["run"]);
+    let (_log, archiver, publisher) = capture_and_publish(d, &cfg).await;
     source::add_tables(d, &cfg, &["r"]).await;
     let consumer = source::syncdata(d, &cfg, &["start"]);
     let logs = [&archiver, &publisher, &consumer];
@@ -853,20 +827,9 @@ async fn schema_changes_flow_through_a_pgoutput_slot() {
     local_exec(&local.pool, ddl).await;
     let names = TestNames::new("schemapgo");
     let cfg = config_with(d, &local, &names, &src, &["p"], "auto");
-    let (ok, log) = source::finish(
-        source::producer(
-            d,
-            &cfg,
-            &["setup-source", "--create-slot", "--schema-capture"],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "{log}");
+    let (log, archiver, publisher) = capture_and_publish(d, &cfg).await;
     assert!(log.contains("(pgoutput) at"), "auto picks pgoutput: {log}");
     assert!(log.contains("ok: schema capture"), "{log}");
-    let archiver = source::producer(d, &cfg, &["archive"]);
-    let publisher = source::producer(d, &cfg, &["run"]);
     source::add_tables(d, &cfg, &["p"]).await;
     let consumer = source::syncdata(d, &cfg, &["start"]);
     let logs = [&archiver, &publisher, &consumer];

@@ -42,6 +42,14 @@ fn write_ddl(dir: &Path, ddl: &str) -> PathBuf {
     path
 }
 
+/// `add-tables --create-from` the demo schema, for every demo table.
+async fn add_demo_tables(dir: &Path, config: &Path) -> String {
+    let ddl = write_ddl(dir, workload::DEMO_DDL);
+    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
+    args.extend(workload::demo_tables());
+    run_ok(dir, config, &args).await
+}
+
 async fn run_ok(dir: &Path, config: &Path, args: &[&str]) -> String {
     let mut p = syncdata(dir, config, args);
     let status = p
@@ -127,10 +135,7 @@ async fn shuffled_duplicated_history_by_three_processes_equals_the_in_order_refe
         &file,
         "[consumer]\nbatch_size = 300\n",
     );
-    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
-    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
-    args.extend(workload::demo_tables());
-    let out = run_ok(dir.path(), &config, &args).await;
+    let out = add_demo_tables(dir.path(), &config).await;
     assert!(out.contains("added customers"), "{out}");
 
     let mut published = history.clone();
@@ -362,10 +367,7 @@ async fn sigkill_mid_batch_leaves_an_intact_file_and_converges_after_restart() {
         &file,
         "[consumer]\nbatch_size = 200\nack_wait_secs = 2\n",
     );
-    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
-    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
-    args.extend(workload::demo_tables());
-    run_ok(dir.path(), &config, &args).await;
+    add_demo_tables(dir.path(), &config).await;
     publish_raw(&names, &history).await;
     let pool = open(&file).await;
     for round in 0..3 {
@@ -519,10 +521,7 @@ async fn dead_letters_and_report_work_on_the_file() {
         &file,
         "[consumer]\nmax_attempts = 1\n",
     );
-    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
-    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
-    args.extend(workload::demo_tables());
-    run_ok(dir.path(), &config, &args).await;
+    add_demo_tables(dir.path(), &config).await;
     publish_raw(
         &names,
         &[
@@ -917,10 +916,7 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
         &file,
         "[consumer]\ngc_interval_secs = 1\ntombstone_grace_secs = 1\nmax_backoff_ms = 500\n",
     );
-    let ddl = write_ddl(dir.path(), workload::DEMO_DDL);
-    let mut args = vec!["add-tables", "--create-from", ddl.to_str().unwrap()];
-    args.extend(workload::demo_tables());
-    run_ok(dir.path(), &config, &args).await;
+    add_demo_tables(dir.path(), &config).await;
     let mut records = Vec::new();
     for id in 0..50u64 {
         records.push(record(
