@@ -314,12 +314,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     report.target(
         "1",
         "Native logical replication catch-up (publication → subscription, enabled after pgbench)",
-        format!(
-            "{} row changes/s ({} in {})",
-            report::fmt_rate(native_rate),
-            report::thousands(changes),
-            report::secs(native_time)
-        ),
+        report::changes_line(native_rate, changes, native_time),
         "anchor (measured elsewhere: 45k–50k/s)",
         "",
     );
@@ -511,10 +506,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         "2",
         "syncdata catch-up into SQLite, 1 consumer (docs/sqlite.md; the file starts empty)",
         format!(
-            "{} row changes/s ({} in {}){}",
-            report::fmt_rate(sqlite_rate),
-            report::thousands(changes),
-            report::secs(sqlite_time),
+            "{}{}",
+            report::changes_line(sqlite_rate, changes, sqlite_time),
             vs_pg
                 .map(|r| format!(
                     ", {r:.2}× the PostgreSQL target's 1-consumer catch-up in this run"
@@ -524,8 +517,8 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         "measured (no goal)",
         "—",
     );
-    // --- 2d. The broker path alone: what delivering and acking one
-    // message per change costs, with nothing applied.
+    // --- 2d. The broker path alone: what delivering and acking the
+    // published chunks costs, with nothing applied.
     let broker = broker_only(&js, &streams, records).await?;
     let broker_rate = report::rate(broker.records, broker.elapsed);
     println!(
@@ -607,12 +600,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     report.target(
         "2",
         "syncdata end to end from the slot, stages at once (`archive`, `run` and 1 × `syncdata start` launched together on the pgbench backlog → last batch committed)",
-        format!(
-            "{} row changes/s ({} in {})",
-            report::fmt_rate(r),
-            report::thousands(changes),
-            report::secs(e2e_time)
-        ),
+        report::changes_line(r, changes, e2e_time),
         "≥ 1.0× native",
         report::verdict_ratio(r / native_rate, 1.0),
     );
