@@ -16,6 +16,7 @@ use syncdata_core::record::Op;
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 use tokio::sync::RwLock;
+use tracing::warn;
 
 use super::merge::{self, Change, Outcome, RowState, Versioned};
 use super::plan::{self, BookRow, Merged, Stored};
@@ -83,14 +84,50 @@ impl<T: Target> Engine<T> {
             shape = self.shape(table).await?;
             prepared = prepare::prepare(&shape, batch);
         }
-        let mut tx = self.target.begin(shape.clone()).await.map_err(db)?;
-        let (report, mut log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref)
-            .await
-            .map_err(db)?;
-        log.source_commit_at = newest_commit_time(batch);
-        tx.commit(log).await.map_err(db)?;
-        Ok(report)
+        let mut retries = 0;
+        loop {
+            let attempt = async {
+                let mut tx = self.target.begin(shape.clone()).await?;
+                let (report, mut log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref).await?;
+                log.source_commit_at = newest_commit_time(batch);
+                tx.commit(log).await?;
+                Ok::<_, sqlx::Error>(report)
+            };
+            match attempt.await {
+                Ok(report) => return Ok(report),
+                Err(e) if retries < IMMEDIATE_RETRIES && conflict_lost(&e) => {
+                    retries += 1;
+                    warn!(table = %table, sqlstate = ?sqlstate(&e), retry = retries,
+                          "the batch lost a lock conflict (deadlock or serialization failure); applying it again at once");
+                    prepared = prepare::prepare(&shape, batch);
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
     }
+}
+
+/// How many times a batch that lost a lock conflict (a deadlock, 40P01, or
+/// a serialization failure, 40001) is applied again at once, in a new
+/// transaction, before its failure goes to the caller (which retries it
+/// later, as any transient failure). The other transaction of the conflict
+/// went on, so the retry usually succeeds: this spares the batch's
+/// messages the wait for a redelivery. A conflict between consumers is
+/// ruled out by the lock order; one with the application's own writers of
+/// the table is not.
+const IMMEDIATE_RETRIES: u32 = 3;
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Lost a deadlock or a serialization conflict: the transaction was rolled
+/// back by the server, and applying it again may succeed now.
+fn conflict_lost(e: &sqlx::Error) -> bool {
+    matches!(sqlstate(e).as_deref(), Some("40P01" | "40001"))
 }
 
 /// The newest valid commit timestamp (`ts`) of the batch's records, in UTC
@@ -141,11 +178,17 @@ async fn apply_in_tx<X: TargetTx>(
     // Bookkeeping rows this batch inserted for keys that had none.
     let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
     let mut pending: Vec<usize> = (0..key_count).filter(|id| !loaded.contains(id)).collect();
+    let every_key = pending.clone();
+    let restartable = !pending.is_empty() && tx.mark().await?;
     let probes = Probes::of(&p, &live_changes);
     // Keys without a bookkeeping row get theirs inserted with its final
     // state (no placeholder written and rewritten). A key another batch
-    // inserted meanwhile conflicts: it is then locked and read like any
-    // other and the merge runs again (rare: two processes, one new key).
+    // inserted meanwhile conflicts: the transaction then goes back to its
+    // mark (the row locks it took are released, its inserts undone) and
+    // locks and reads every key again, the new one with them, and the merge
+    // runs again (rare: two processes, one new key). Locking only the new
+    // key while holding the others would take a lock out of key order: a
+    // batch holding it may wait for one of ours (a deadlock, 40P01).
     let (initial, states, outcomes, fetched) = loop {
         if !pending.is_empty() {
             for (id, s) in tx.lock_rows(&p.keys, &pending).await? {
@@ -205,6 +248,13 @@ async fn apply_in_tx<X: TargetTx>(
         }
         if pending.is_empty() {
             break (initial, states, outcomes, fetched);
+        }
+        if restartable {
+            tx.restart().await?;
+            stored.iter_mut().for_each(|s| *s = None);
+            exists.iter_mut().for_each(|e| *e = false);
+            inserted.iter_mut().for_each(|i| *i = None);
+            pending.clone_from(&every_key);
         }
     };
 

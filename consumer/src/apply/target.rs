@@ -32,8 +32,14 @@
 //!     newest committed state.
 //!   - [`TargetTx::insert_bookkeeping`]: inserts only keys that still have
 //!     no bookkeeping row, in key order; a key another transaction inserted
-//!     meanwhile is reported as not inserted, and the engine then locks and
-//!     reads it like any other.
+//!     meanwhile is reported as not inserted. The engine then goes back to
+//!     [`TargetTx::mark`] (releasing every row lock taken since) and locks
+//!     the batch's keys again, in one statement, in key order: a lock taken
+//!     after others, out of key order, could wait in a cycle with a batch
+//!     that holds it and waits for one of ours (SQLSTATE 40P01, seen with
+//!     two consumers on one table). So each batch takes its bookkeeping
+//!     row locks in one ordered statement, and its inserts in another, and
+//!     waits for nothing else but its table's state.
 //!   - Reads of the target table ([`TargetTx::present`],
 //!     [`TargetTx::read_rows`]) run only while the rows' bookkeeping is
 //!     locked, as statements of their own (under READ COMMITTED a statement
@@ -104,6 +110,22 @@ pub trait TargetTx: Send {
         keys: &Keys,
         ids: &[KeyId],
     ) -> impl Future<Output = Result<Vec<(KeyId, Stored)>, sqlx::Error>> + Send;
+
+    /// Marks the point [`TargetTx::restart`] goes back to: everything the
+    /// transaction did after it (bookkeeping locked and inserted) is undone
+    /// and its row locks released. Returns false when the target cannot;
+    /// the engine then locks a key another transaction inserted first in a
+    /// step of its own, which is only safe where one writer at a time holds
+    /// the table (SQLite). The default cannot.
+    fn mark(&mut self) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        async { Ok(false) }
+    }
+
+    /// Goes back to the point [`TargetTx::mark`] set (only called after it
+    /// returned true).
+    fn restart(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async { Ok(()) }
+    }
 
     /// Which of the keys `ids` have a row in the target table.
     fn present(

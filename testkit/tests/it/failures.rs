@@ -1812,3 +1812,162 @@ async fn a_poison_record_in_the_middle_of_a_1000_record_chunk_dead_letters_only_
     let d = durable(&names, "items").await;
     assert_eq!((d.pending, d.ack_pending, d.ack_floor), (0, 0, seq));
 }
+
+// Consumers on one table's durable lock its bookkeeping rows in one order
+// (docs/design.md "Apply invariants"; consumer/src/apply/target.rs)
+
+/// A pgbench-like history on one table: a few hot keys updated over and
+/// over, and new keys inserted, updated a few times and sometimes deleted,
+/// their changes spread over the history. Whole rows, versions 1.., in
+/// order.
+fn hot_key_history(seed: u64, changes: u64) -> Vec<Vec<u8>> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let row = |aid: u64, v: u64| json!({"aid": aid, "bid": aid % 7, "abalance": v as i64 - 5000, "filler": format!("f{v}")});
+    let mut out = Vec::new();
+    let mut live: Vec<u64> = Vec::new();
+    let mut next_new = 1000;
+    let mut v = 0;
+    while v < changes {
+        v += 1;
+        let r = match rng.random_range(0..10) {
+            // Hot keys: 40 of them.
+            0..=4 => {
+                let aid = rng.random_range(1..=40);
+                rec(
+                    "accounts",
+                    "UPDATE",
+                    Some(row(aid, v)),
+                    Some(json!({"aid": aid})),
+                    v,
+                )
+            }
+            5..=6 => {
+                next_new += 1;
+                live.push(next_new);
+                rec("accounts", "INSERT", Some(row(next_new, v)), None, v)
+            }
+            7..=8 if !live.is_empty() => {
+                // A recent new key: its bookkeeping is often still being
+                // inserted by another consumer's batch.
+                let from = live.len().saturating_sub(30);
+                let aid = live[rng.random_range(from..live.len())];
+                rec(
+                    "accounts",
+                    "UPDATE",
+                    Some(row(aid, v)),
+                    Some(json!({"aid": aid})),
+                    v,
+                )
+            }
+            _ if !live.is_empty() => {
+                let from = live.len().saturating_sub(30);
+                let aid = live.remove(rng.random_range(from..live.len()));
+                rec("accounts", "DELETE", None, Some(json!({"aid": aid})), v)
+            }
+            _ => {
+                let aid = rng.random_range(1..=40);
+                rec("accounts", "INSERT", Some(row(aid, v)), None, v)
+            }
+        };
+        out.push(r);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumers_on_hot_keys_never_deadlock_and_converge() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    const DDL: &str = "create table accounts (aid bigint primary key, bid integer not null, abalance bigint not null, filler text)";
+    let history = hot_key_history(16, 40_000);
+
+    let expected_db = support::fresh_database("hotkeys_expected").await;
+    ddl(&expected_db, DDL).await;
+    let records: Vec<Record> = history.iter().map(|b| parse(b)).collect();
+    workload::apply_in_order(&expected_db.pool, &records)
+        .await
+        .expect("reference apply");
+    let expected = fingerprints_of(&expected_db, &["accounts"]).await.unwrap();
+    assert!(expected[0].0 > 500, "non-trivial end state: {expected:?}");
+
+    let local = support::fresh_database("hotkeys_local").await;
+    ddl(&local, DDL).await;
+    let (names, dir, config) = whitelisted(
+        &local,
+        "hotkeys",
+        "[consumer]\nbatch_size = 8\nfetch_wait_ms = 50\n",
+        &["accounts"],
+    )
+    .await;
+
+    // Chunks of 40 records, in shuffled order (apply is order-free), some
+    // twice: every consumer's batches touch the hot keys and each other's
+    // new keys.
+    let subject = subject_of(&names, "accounts");
+    let mut chunks: Vec<(String, Vec<u8>)> = history
+        .chunks(40)
+        .enumerate()
+        .map(|(n, part)| {
+            let mut chunk = syncdata_core::chunk::ChunkBuilder::new();
+            for (i, r) in part.iter().enumerate() {
+                let at = (n * 40 + i) as u64 * 1000;
+                chunk.push(r, at..at + 999);
+            }
+            (subject.clone(), chunk.finish())
+        })
+        .collect();
+    let again: Vec<_> = chunks.iter().step_by(9).cloned().collect();
+    chunks.extend(again);
+    chunks.shuffle(&mut rand::rngs::StdRng::seed_from_u64(17));
+    let mut consumers: Vec<Proc> = (0..3)
+        .map(|_| start_consumer(dir.path(), &config))
+        .collect();
+    publish_payloads(&names, &chunks).await;
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        assert_running(&mut consumers.iter_mut().collect::<Vec<_>>());
+        let got = fingerprints_of(&local, &["accounts"]).await.unwrap();
+        if got == expected && drained(&names, &["accounts"]).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = consumers.iter().map(|c| c.log_tail(30)).collect();
+            panic!(
+                "no convergence: expected {expected:?}, got {got:?}, durables {:?}\n{}",
+                durables(&names).await,
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing dead-lettered or failed, and no batch ever lost a deadlock.
+    assert_eq!(dlq_count(&names).await, 0);
+    assert_eq!(failed_logs(&local).await, vec![]);
+    for c in &consumers {
+        let log = c.log();
+        assert!(
+            !log.contains("40P01") && !log.contains("deadlock"),
+            "a consumer lost a deadlock:\n{}",
+            c.log_tail(40)
+        );
+    }
+    // Applied in many batches, side by side.
+    let batches = count(
+        &local,
+        "select count(*) from data_sync_logs where status = 'SUCCESS'",
+    )
+    .await;
+    assert!(batches >= 20, "only {batches} batches");
+    for c in &consumers {
+        c.sigterm();
+    }
+    for mut c in consumers {
+        let status = c
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("consumer stops on SIGTERM");
+        assert!(status.success(), "graceful stop exits 0:\n{}", c.log());
+    }
+}

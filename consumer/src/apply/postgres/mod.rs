@@ -172,6 +172,22 @@ impl TargetTx for PgTx {
         bookkeeping::lock_rows(&mut self.tx, id, keys, ids).await
     }
 
+    async fn mark(&mut self) -> Result<bool, sqlx::Error> {
+        sqlx::query("savepoint syncdata_locks")
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(true)
+    }
+
+    async fn restart(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("rollback to savepoint syncdata_locks")
+            .execute(&mut *self.tx)
+            .await?;
+        // A `set_config(…, true)` made after the savepoint is undone too.
+        self.index_joins = false;
+        Ok(())
+    }
+
     async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<HashSet<KeyId>, sqlx::Error> {
         statements::present(&mut self.tx, &self.shape, keys, ids).await
     }
