@@ -1831,9 +1831,9 @@ fn hot_key_history(seed: u64, changes: u64) -> Vec<Vec<u8>> {
     while v < changes {
         v += 1;
         let r = match rng.random_range(0..10) {
-            // Hot keys: 40 of them.
+            // Hot keys: 10 of them.
             0..=4 => {
-                let aid = rng.random_range(1..=40);
+                let aid = rng.random_range(1..=10);
                 rec(
                     "accounts",
                     "UPDATE",
@@ -1850,7 +1850,7 @@ fn hot_key_history(seed: u64, changes: u64) -> Vec<Vec<u8>> {
             7..=8 if !live.is_empty() => {
                 // A recent new key: its bookkeeping is often still being
                 // inserted by another consumer's batch.
-                let from = live.len().saturating_sub(30);
+                let from = live.len().saturating_sub(8);
                 let aid = live[rng.random_range(from..live.len())];
                 rec(
                     "accounts",
@@ -1861,12 +1861,12 @@ fn hot_key_history(seed: u64, changes: u64) -> Vec<Vec<u8>> {
                 )
             }
             _ if !live.is_empty() => {
-                let from = live.len().saturating_sub(30);
+                let from = live.len().saturating_sub(8);
                 let aid = live.remove(rng.random_range(from..live.len()));
                 rec("accounts", "DELETE", None, Some(json!({"aid": aid})), v)
             }
             _ => {
-                let aid = rng.random_range(1..=40);
+                let aid = rng.random_range(1..=10);
                 rec("accounts", "INSERT", Some(row(aid, v)), None, v)
             }
         };
