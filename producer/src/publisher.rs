@@ -761,12 +761,6 @@ impl<S: Sink> Publisher<S> {
             .is_none()
             .then(|| format!("{file}:{}", line.number));
         record.seq.get_or_insert(line.number);
-        let id = message_id(
-            &record.schema,
-            &record.table,
-            record.version(line.number),
-            origin.as_deref(),
-        );
         if let Some(sanitizer) = &self.sanitizer {
             let verdict = if record.op == Op::Schema {
                 crate::schema::sanitize(&mut record, sanitizer)
@@ -825,6 +819,14 @@ impl<S: Sink> Publisher<S> {
                 chunks::Added::Alone(p) => payload = p,
             }
         }
+        // Only a record sent alone needs its own id (a chunk has the
+        // chunk's); sanitization changes neither its table nor its version.
+        let id = message_id(
+            &record.schema,
+            &record.table,
+            record.version(line.number),
+            origin.as_deref(),
+        );
         let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
         if payload.len() > syncdata_core::large::inline_limit(max_payload) {
             // Too large for a message: into the object store, a pointer in
