@@ -412,7 +412,79 @@ impl Record {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record always serializes")
     }
+
+    /// Parses and validates one line exactly like [`Record::parse`], and
+    /// says whether the line itself may stand for the record: decoding it
+    /// again gives this very record, and it carries nothing else. That
+    /// holds when its top-level keys are all fields of a record, written
+    /// without escapes, and it gives `seq` (a record without one gets its
+    /// line number, which only re-serializing can add). A producer can then
+    /// publish the line as it is instead of [`Record::to_json`]'s bytes.
+    pub fn parse_forwardable(line: &[u8]) -> Result<(Record, bool), RecordError> {
+        let record = Record::parse(line)?;
+        let forward = record.seq.is_some() && only_record_fields(line);
+        Ok((record, forward))
+    }
 }
+
+/// Whether the top-level keys of `line`, a JSON object that decoded as a
+/// [`Record`], are all fields of a record written without escapes (serde
+/// itself refuses a field given twice). Strings are skipped by their
+/// escapes, so no value can pass for a key; nested objects' keys (column
+/// names) are not looked at.
+fn only_record_fields(line: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(off) = memchr::memchr3(b'"', b'{', b'}', &line[i..]) {
+        let at = i + off;
+        match line[at] {
+            b'{' => {
+                depth += 1;
+                i = at + 1;
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                i = at + 1;
+            }
+            _ => {
+                // A string from `at`: its closing quote is the first one
+                // not escaped.
+                let start = at + 1;
+                let mut j = start;
+                let mut escaped = false;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &line[j..]) {
+                        Some(k) if line[j + k] == b'\\' => {
+                            escaped = true;
+                            j += k + 2;
+                        }
+                        Some(k) => {
+                            j += k;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+                if depth == 1 {
+                    let after = line[j + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                    if after == Some(&b':') {
+                        let key = &line[start..j];
+                        if escaped || !FORWARDED_FIELDS.iter().any(|f| f.as_bytes() == key) {
+                            return false;
+                        }
+                    }
+                }
+                i = j + 1;
+            }
+        }
+    }
+    true
+}
+
+/// Every field a [`Record`] reads.
+const FORWARDED_FIELDS: &[&str] = &[
+    "schema", "table", "op", "data", "old_keys", "lsn", "seq", "ts", "snapshot",
+];
 
 /// A JSON error told structurally: its category, line and column, and for
 /// a data error the kind of fault (`invalid type: a string, expected u64`,

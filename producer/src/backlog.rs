@@ -91,11 +91,19 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "syncdata_producer_published_total",
-        "Records published and acknowledged by JetStream"
+        "Messages published and acknowledged by JetStream (a chunk of many records, or one record sent alone, is one message)"
+    );
+    describe_counter!(
+        "syncdata_producer_records_total",
+        "Records published and acknowledged by JetStream (every record of an acknowledged chunk, in every mode)"
+    );
+    describe_counter!(
+        "syncdata_producer_chunks_total",
+        "Chunks handed to JetStream (counted when sent, before their acknowledgement)"
     );
     describe_counter!(
         "syncdata_producer_duplicates_total",
-        "Publishes JetStream recognised as duplicates (re-read after a restart)"
+        "Messages JetStream recognised as duplicates (re-read after a restart)"
     );
     describe_counter!(
         "syncdata_producer_failures_total",

@@ -35,7 +35,7 @@ use crate::checkpoint::{
 };
 use crate::quarantine::{self, Quarantine, QuarantineError};
 use crate::sanitize::{Sanitizer, Verdict};
-use crate::sink::{Acked, Sink, SinkError};
+use crate::sink::{Sink, SinkError};
 use crate::tail::{self, ArchiveError, Line, LineKind, Next, Tail};
 
 /// What the publisher needs from the configuration, plus the timings the
@@ -178,7 +178,32 @@ enum Mark {
 /// resolves to its mark once the server acknowledged it (or at once, for a
 /// line that needs no publish). FuturesOrdered yields them in order, so the
 /// latest settled position is always contiguous.
-type Window = FuturesOrdered<BoxFuture<'static, (Mark, Result<Option<Acked>, SinkError>)>>;
+type Window = FuturesOrdered<BoxFuture<'static, (Mark, Result<Option<Settled>, SinkError>)>>;
+
+/// What a window entry that published something delivered, once every
+/// message of it is acknowledged: counted into the producer's metrics when
+/// it settles (`syncdata_producer_published_total` counts messages,
+/// `syncdata_producer_records_total` records, in every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Settled {
+    /// Messages acknowledged (a chunk or a record sent alone is one).
+    messages: u64,
+    /// Records they carry.
+    records: u64,
+    /// Messages the server already held (re-read after a restart).
+    duplicates: u64,
+}
+
+impl Settled {
+    /// One message holding one record.
+    fn one(ack: crate::sink::Acked) -> Settled {
+        Settled {
+            messages: 1,
+            records: 1,
+            duplicates: u64::from(ack.duplicate),
+        }
+    }
+}
 
 /// Where a halted table stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -654,12 +679,12 @@ impl<S: Sink> Publisher<S> {
                 self.quarantine.add(&reject(&reason, prefix))?;
             }
             LineKind::Text(_) if line.is_blank() => {}
-            LineKind::Text(bytes) => match crate::schema::parse_line(bytes) {
+            LineKind::Text(bytes) => match crate::schema::parse_line_forwardable(bytes) {
                 Err(err) => {
                     self.quarantine.add(&reject(&err, bytes))?;
                 }
                 Ok(None) => {}
-                Ok(Some(record)) => {
+                Ok(Some((record, forward))) => {
                     let start = Position {
                         file: file.clone(),
                         offset: line.start,
@@ -669,7 +694,16 @@ impl<S: Sink> Publisher<S> {
                         metrics::counter!("syncdata_producer_held_total").increment(1);
                     } else {
                         match self
-                            .send(record, file, &line, bytes, max_payload, token, false)
+                            .send(
+                                record,
+                                forward,
+                                file,
+                                &line,
+                                bytes,
+                                max_payload,
+                                token,
+                                false,
+                            )
                             .await?
                         {
                             Dispatch::Sent(ack) if self.chunking() => {
@@ -683,8 +717,10 @@ impl<S: Sink> Publisher<S> {
                             }
                             Dispatch::Sent(ack) => {
                                 let mark = Mark::Main(pos);
-                                window
-                                    .push_back(async move { (mark, ack.await.map(Some)) }.boxed());
+                                window.push_back(
+                                    async move { (mark, ack.await.map(|a| Some(Settled::one(a)))) }
+                                        .boxed(),
+                                );
                                 return Ok(());
                             }
                             // Not sent: the position is not advanced, so the
@@ -702,10 +738,15 @@ impl<S: Sink> Publisher<S> {
     }
 
     /// Sanitizes and publishes one record read at `line` of `file`.
+    /// `forward`: the line `raw` may stand for the record
+    /// (`Record::parse_forwardable`); it is then published as it is when
+    /// sanitization leaves the record unchanged (no rules, or `keep` for
+    /// every column of its table), instead of being serialized again.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         mut record: Record,
+        forward: bool,
         file: &Arc<str>,
         line: &Line,
         raw: &[u8],
@@ -720,12 +761,6 @@ impl<S: Sink> Publisher<S> {
             .is_none()
             .then(|| format!("{file}:{}", line.number));
         record.seq.get_or_insert(line.number);
-        let id = message_id(
-            &record.schema,
-            &record.table,
-            record.version(line.number),
-            origin.as_deref(),
-        );
         if let Some(sanitizer) = &self.sanitizer {
             let verdict = if record.op == Op::Schema {
                 crate::schema::sanitize(&mut record, sanitizer)
@@ -765,7 +800,15 @@ impl<S: Sink> Publisher<S> {
                 }
             }
         }
-        let mut payload = record.to_json();
+        let unchanged = self
+            .sanitizer
+            .as_ref()
+            .is_none_or(|s| s.keeps_every_column(&record.schema, &record.table));
+        let mut payload = if forward && unchanged && record.op != Op::Schema {
+            raw.to_vec()
+        } else {
+            record.to_json()
+        };
         if !replaying && self.chunking() {
             match self
                 .add_to_chunk(&record, payload, file, line, max_payload, token)
@@ -776,6 +819,14 @@ impl<S: Sink> Publisher<S> {
                 chunks::Added::Alone(p) => payload = p,
             }
         }
+        // Only a record sent alone needs its own id (a chunk has the
+        // chunk's); sanitization changes neither its table nor its version.
+        let id = message_id(
+            &record.schema,
+            &record.table,
+            record.version(line.number),
+            origin.as_deref(),
+        );
         let subject = table_subject(&self.settings.subject_prefix, &record.schema, &record.table);
         if payload.len() > syncdata_core::large::inline_limit(max_payload) {
             // Too large for a message: into the object store, a pointer in
@@ -1081,7 +1132,7 @@ impl<S: Sink> Publisher<S> {
                 .filter(|rec| rec.schema == table.schema && rec.table == table.table);
             if let Some(record) = record {
                 match self
-                    .send(record, &file, &line, bytes, max_payload, token, true)
+                    .send(record, false, &file, &line, bytes, max_payload, token, true)
                     .await?
                 {
                     Dispatch::Sent(a) => ack = Some(a),
@@ -1097,7 +1148,8 @@ impl<S: Sink> Publisher<S> {
         }
         let mark = Mark::Replay { table, pos };
         match ack {
-            Some(a) => window.push_back(async move { (mark, a.await.map(Some)) }.boxed()),
+            Some(a) => window
+                .push_back(async move { (mark, a.await.map(|a| Some(Settled::one(a)))) }.boxed()),
             None => self.mark(mark, window),
         }
         Ok(())
@@ -1156,12 +1208,13 @@ impl<S: Sink> Publisher<S> {
 
     fn settle(
         &mut self,
-        (mark, result): (Mark, Result<Option<Acked>, SinkError>),
+        (mark, result): (Mark, Result<Option<Settled>, SinkError>),
     ) -> Result<(), PublisherError> {
-        if let Some(ack) = result? {
-            metrics::counter!("syncdata_producer_published_total").increment(1);
-            if ack.duplicate {
-                metrics::counter!("syncdata_producer_duplicates_total").increment(1);
+        if let Some(done) = result? {
+            metrics::counter!("syncdata_producer_published_total").increment(done.messages);
+            metrics::counter!("syncdata_producer_records_total").increment(done.records);
+            if done.duplicates > 0 {
+                metrics::counter!("syncdata_producer_duplicates_total").increment(done.duplicates);
             }
             self.progressed = true;
         }

@@ -86,6 +86,17 @@ pub fn is_log_record(record: &Record) -> bool {
     record.schema == tabledef::LOG_SCHEMA && record.table == tabledef::LOG_TABLE
 }
 
+/// [`parse_line`], and whether the line itself may be published in the
+/// record's place (`Record::parse_forwardable`; never for a capture-table
+/// row, which becomes another record).
+pub fn parse_line_forwardable(bytes: &[u8]) -> Result<Option<(Record, bool)>, String> {
+    let (record, forward) = Record::parse_forwardable(bytes).map_err(|e| e.to_string())?;
+    if !is_log_record(&record) {
+        return Ok(Some((record, forward)));
+    }
+    Ok(parse_line(bytes)?.map(|r| (r, false)))
+}
+
 /// Parses one archive line; a capture-table row becomes the SCHEMA record
 /// of its table (its full definition; [`sanitize`] trims it at publish
 /// time). `Ok(None)`: a capture-table row that is not a definition to

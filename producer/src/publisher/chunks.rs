@@ -27,8 +27,8 @@ use syncdata_core::subject::table_subject;
 use syncdata_core::table::TableName;
 use tokio_util::sync::CancellationToken;
 
-use super::{Mark, Position, Publisher, PublisherError, Window};
-use crate::sink::{AckFuture, Acked, Sink};
+use super::{Mark, Position, Publisher, PublisherError, Settled, Window};
+use crate::sink::{AckFuture, Sink};
 use crate::tail::Line;
 
 /// A run is flushed once it holds this many chunks' worth of records.
@@ -202,15 +202,21 @@ impl<S: Sink> Publisher<S> {
         // The chunk builders are kept for the next run (their buffers).
         self.run.open = run.open;
         let entry = async move {
-            let mut duplicate = true;
+            let mut done = Settled {
+                messages: 0,
+                records,
+                duplicates: 0,
+            };
             for ack in acks {
                 match ack.await {
-                    Ok(a) => duplicate &= a.duplicate,
+                    Ok(a) => {
+                        done.messages += 1;
+                        done.duplicates += u64::from(a.duplicate);
+                    }
                     Err(e) => return (Mark::Main(pos), Err(e)),
                 }
             }
-            metrics::counter!("syncdata_producer_records_total").increment(records);
-            (Mark::Main(pos), Ok(Some(Acked { duplicate })))
+            (Mark::Main(pos), Ok(Some(done)))
         };
         window.push_back(entry.boxed());
         Ok(())

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::sanitize::SecretKey;
+use crate::sink::Acked;
 
 #[derive(Default)]
 struct Stored {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::sink::Acked;
 
 #[derive(Default)]
 struct State {
@@ -479,4 +480,100 @@ fn own_reads_do_not_wake_the_producer() {
         EventKind::Modify(ModifyKind::Any),
         "/a/.syncdata"
     )));
+}
+
+/// The records a chunk payload holds, decoded as a consumer decodes them.
+fn chunk_records(payload: &[u8]) -> Vec<Record> {
+    syncdata_core::chunk::split(payload)
+        .unwrap()
+        .into_iter()
+        .map(|r| Record::parse(&payload[r]).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn forwarded_lines_decode_to_the_records_the_serializing_path_publishes() {
+    use syncdata_testkit::workload::{self, WorkloadSpec};
+    // The demo workload (inserts, full, partial and key-changing UPDATEs,
+    // deletes, a TRUNCATE, large texts, jsonb, arrays, 30-digit numerics)
+    // as the archive holds it, plus odd lines: escapes, huge numbers, no
+    // `seq`, no `schema`, spaces, an unknown field, an escaped field name.
+    let mut lines: Vec<String> = workload::generate(&WorkloadSpec::full(7, 3000))
+        .iter()
+        .map(|r| String::from_utf8(r.to_json()).unwrap())
+        .collect();
+    let odd = [
+        r#"{"schema":"public","table":"odd","op":"INSERT","data":{"id":1,"name":"J\u00f6rg \ud83d\ude00 \"q\" \\ \/","n":123456789012345678901234567890.123456789,"f":-1.5E+300},"lsn":"0/10","seq":0}"#,
+        r#"{"table":"odd","op":"UPDATE","data":{"id":2,"name":"x"},"old_keys":{"id":1},"lsn":"0/11","seq":0,"ts":"2026-02-05T10:31:00Z"}"#,
+        r#" { "table" : "odd" , "op" : "DELETE" , "old_keys" : { "id" : 2 } , "lsn" : "0/12" , "seq" : 1 } "#,
+        r#"{"table":"odd","op":"TRUNCATE","lsn":"0/13","seq":0}"#,
+        r#"{"table":"odd","op":"INSERT","data":{"id":3,"n\u0061me":"y"},"lsn":"0/14","seq":0}"#,
+        r#"{"table":"odd","op":"INSERT","data":{"id":4},"lsn":"0/15"}"#,
+        r#"{"table":"odd","op":"INSERT","data":{"id":5},"lsn":"0/16","seq":null}"#,
+        r#"{"table":"odd","op":"INSERT","data":{"id":6},"lsn":"0/17","seq":0,"xid":7}"#,
+        r#"{"t\u0061ble":"odd","op":"INSERT","data":{"id":7},"lsn":"0/18","seq":0}"#,
+        r#"{"table":"odd","op":"INSERT","data":{"id":8,"a":{"table":"{}"}},"lsn":"0/19","seq":0,"snapshot":false}"#,
+    ];
+    let forwardable = [
+        true, true, true, true, true, false, false, false, false, true,
+    ];
+    for (line, expected) in odd.iter().zip(forwardable) {
+        let (_, forward) = Record::parse_forwardable(line.as_bytes()).unwrap();
+        assert_eq!(forward, expected, "{line}");
+    }
+    lines.extend(odd.iter().map(|l| l.to_string()));
+    // What the serializing path publishes for each line: the record with
+    // its line number as `seq` when it has none, serialized again.
+    let expected: Vec<Record> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut r = crate::schema::parse_line(l.as_bytes()).unwrap().unwrap();
+            r.seq.get_or_insert(i as u64 + 1);
+            Record::parse(&r.to_json()).unwrap()
+        })
+        .collect();
+    assert!(lines
+        .iter()
+        .take(3000)
+        .all(|l| Record::parse_forwardable(l.as_bytes()).unwrap().1));
+
+    let mut f = Fixture::new();
+    f.settings.max_record_bytes = 1 << 20;
+    f.settings.chunk_records = 100;
+    f.settings.max_in_flight = 64;
+    f.write("0001.jsonl", &(lines.join("\n") + "\n"));
+    let sink = MemorySink::new();
+    let running = f.start(&sink);
+    let total = lines.len();
+    until("every record", || {
+        sink.stored()
+            .iter()
+            .map(|(_, _, p)| chunk_records(p).len())
+            .sum::<usize>()
+            >= total
+    })
+    .await;
+    running.stop().await;
+    // Chunks are per table: compare each table's records in archive order.
+    let mut published: HashMap<(String, String), Vec<Record>> = HashMap::new();
+    for (_, _, payload) in sink.stored() {
+        for r in chunk_records(&payload) {
+            published
+                .entry((r.schema.clone(), r.table.clone()))
+                .or_default()
+                .push(r);
+        }
+    }
+    let mut want: HashMap<(String, String), Vec<Record>> = HashMap::new();
+    for r in expected {
+        want.entry((r.schema.clone(), r.table.clone()))
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(published.len(), want.len());
+    for (table, records) in &want {
+        assert_eq!(published[table].len(), records.len(), "{table:?}");
+        assert!(published[table] == *records, "{table:?} differs");
+    }
 }

@@ -147,6 +147,11 @@ impl Sanitizer {
         self.compiled.apply(record)
     }
 
+    /// See [`CompiledRules::keeps_every_column`].
+    pub fn keeps_every_column(&self, schema: &str, table: &str) -> bool {
+        self.compiled.keeps_every_column(schema, table)
+    }
+
     /// When the file is due to be checked again.
     pub fn next_check(&self) -> Instant {
         self.next_check

@@ -151,6 +151,16 @@ impl CompiledRules {
         })
     }
 
+    /// Whether `schema.table` is replicated with `keep` for every column it
+    /// has a rule for: a record of it that passed [`CompiledRules::apply`]
+    /// is unchanged by it.
+    pub fn keeps_every_column(&self, schema: &str, table: &str) -> bool {
+        self.tables
+            .get(schema)
+            .and_then(|t| t.get(table))
+            .is_some_and(|t| !t.exclude && t.columns.values().all(|c| matches!(c, Compiled::Keep)))
+    }
+
     /// Transforms `record` in place, or says why it must wait. On error the
     /// record may be half transformed: it must not be published.
     pub fn apply(&self, record: &mut Record) -> Result<Verdict, HaltReason> {

@@ -861,7 +861,7 @@ fn dashboard_and_rules_parse_and_cover_throughput_lag_dlq_and_errors() {
         "syncdata_lag_seconds",
         "syncdata_dlq_messages",
         "syncdata_errors_total",
-        "syncdata_producer_published_total",
+        "syncdata_producer_records_total",
         "up",
         "syncdata_archiver_wal_retained_bytes",
         "syncdata_producer_halted_tables",
