@@ -22,6 +22,24 @@ pub fn expand(payload: &Bytes) -> Option<Result<Vec<Bytes>, String>> {
     Some(chunk::split(payload).map(|ranges| ranges.into_iter().map(|r| payload.slice(r)).collect()))
 }
 
+/// How many records a message carries: a chunk's header count, else one.
+/// Read from the header line only (nothing is parsed or checked here).
+pub fn record_count(payload: &[u8]) -> usize {
+    if !chunk::is_chunk(payload) {
+        return 1;
+    }
+    let head = &payload[chunk::CHUNK_PREFIX.len()..payload.len().min(chunk::HEADER_MAX)];
+    let digits = head
+        .iter()
+        .skip_while(|b| !b.is_ascii_digit())
+        .take_while(|b| b.is_ascii_digit());
+    digits
+        .fold(0usize, |n, &d| {
+            n.saturating_mul(10).saturating_add((d - b'0') as usize)
+        })
+        .max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +55,11 @@ mod tests {
         assert!(expand(&Bytes::from_static(br#"{"schema":"s"}"#)).is_none());
         let bad = Bytes::from_static(b"{\"syncdata_chunk\":{\"records\":3}}\n{}");
         assert!(expand(&bad).unwrap().is_err());
+        assert_eq!(record_count(&payload), 2);
+        assert_eq!(record_count(br#"{"schema":"s"}"#), 1);
+        assert_eq!(
+            record_count(b"{\"syncdata_chunk\":{\"records\":1000}}\n"),
+            1000
+        );
     }
 }

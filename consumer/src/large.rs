@@ -112,12 +112,22 @@ pub async fn resolve_all(
     out
 }
 
-/// Splits a pull into parts of at most `budget` resolved bytes each (a
-/// message counts its payload, a pointer the record it names), keeping
-/// their order. A part always holds at least one message.
-pub fn parts(msgs: Vec<Message>, budget: u64) -> Vec<Vec<Message>> {
+/// Splits a pull into parts of at most `budget` resolved bytes (a message
+/// counts its payload, a pointer the record it names) and at most
+/// `max_records` records (a chunk counts its records) each, keeping their
+/// order: the unit the engine decodes and applies at once. A part always
+/// holds at least one message.
+pub fn parts(msgs: Vec<Message>, budget: u64, max_records: usize) -> Vec<Vec<Message>> {
     let sizes: Vec<u64> = msgs.iter().map(|m| size_of(&m.payload)).collect();
-    split_by(msgs, &sizes, budget)
+    let mut out = Vec::new();
+    for part in split_by(msgs, &sizes, budget) {
+        let records: Vec<u64> = part
+            .iter()
+            .map(|m| crate::chunk::record_count(&m.payload) as u64)
+            .collect();
+        out.extend(split_by(part, &records, max_records as u64));
+    }
+    out
 }
 
 fn size_of(payload: &[u8]) -> u64 {

@@ -244,9 +244,11 @@ pub async fn run_table<T: Target>(
             let age = time::OffsetDateTime::now_utc() - i.published;
             (i.pending, age.as_seconds_f64().max(0.0))
         });
-        // Applied in parts bounded by resolved bytes (large records).
+        // Applied in parts bounded by resolved bytes (large records) and by
+        // records (`consumer.batch_max_records`: what is decoded at once).
         let mut retry = false;
-        for part in crate::large::parts(msgs, crate::large::PART_BYTES) {
+        let max_records = ctx.config.consumer.batch_max_records;
+        for part in crate::large::parts(msgs, crate::large::PART_BYTES, max_records) {
             retry |= process(&ctx, &table, &mut mark, part).await;
         }
         drop(reserved);

@@ -316,6 +316,10 @@ impl Default for ProducerConfig {
 pub struct ConsumerConfig {
     /// Messages fetched and applied per batch and table.
     pub batch_size: usize,
+    /// Records (a chunk counts its records) one apply batch holds at most:
+    /// bounds the records decoded at once and the statements built from
+    /// them. A pull's messages are applied in as many batches as this asks.
+    pub batch_max_records: usize,
     /// How long one fetch waits for messages before applying what it has.
     pub fetch_wait_ms: u64,
     /// Unacknowledged messages a table's durable allows across all processes.
@@ -372,6 +376,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             batch_size: 1000,
+            batch_max_records: 5000,
             fetch_wait_ms: 200,
             max_ack_pending: 20_000,
             ack_wait_secs: 60,
@@ -796,6 +801,9 @@ impl Config {
         let c = &self.consumer;
         if !(1..=100_000).contains(&c.batch_size) {
             return Err(invalid("consumer.batch_size", "must be 1 to 100000"));
+        }
+        if c.batch_max_records == 0 {
+            return Err(invalid("consumer.batch_max_records", "must be positive"));
         }
         if c.max_ack_pending < c.batch_size as i64 {
             return Err(invalid(
