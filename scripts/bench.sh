@@ -44,7 +44,10 @@ step() {
 # message is a chunk of many records); then the catch-up of that table into
 # a fresh database is timed with 1, 2 and 4 `syncdata start` processes
 # sharing its durable, from launch until `count(*)` reaches ROWS. Prints the
-# rates and the 4-vs-1 ratio (target >= 3x).
+# rates, how many cores the target PostgreSQL and the consumers used during
+# each run, and
+# the 4-vs-1 ratio (target >= 3x). SYNCDATA_SCALING_CONSUMER adds [consumer]
+# settings to the consumers' configuration (e.g. "batch_size = 10").
 SCALING_DIR=
 SCALING_PROXY=
 SCALING_PIDS=()
@@ -68,6 +71,21 @@ free_port() {
         fi
     done
     return 1
+}
+
+# CPU seconds (user + system, in clock ticks) used so far by process PID
+# and its children: those alive (their own time) and those already reaped
+# (PID's cumulative children's time). For the PostgreSQL postmaster that is
+# every backend's time; read before and after a run, it says how many cores
+# the database used, i.e. whether its CPU and not the round trip was the
+# limit.
+tree_ticks() { # tree_ticks PID
+    local pid=$1 total c
+    total=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
 }
 
 scaling() {
@@ -168,8 +186,14 @@ EOF
         "$pgbin/psql" -q "$pg/postgres" -c "create database $db" >/dev/null
         "$pgbin/psql" -q "$pg/$db" -c "create table big (id bigint primary key, a int, b text, c timestamptz)" >/dev/null
         config "$dir/consumer$k.toml" "$db"
+        if [ -n "${SYNCDATA_SCALING_CONSUMER:-}" ]; then
+            printf '\n[consumer]\n%s\n' "$SYNCDATA_SCALING_CONSUMER" >>"$dir/consumer$k.toml"
+        fi
         DATA_SYNC_CONFIG="$dir/consumer$k.toml" RUST_LOG=warn "$bin/syncdata" add-tables big >/dev/null
-        local t0 t1 n=0 p
+        local t0 t1 n=0 p c0 c1 postmaster hz
+        postmaster=$(head -1 "$dir/srv/pg/postmaster.pid")
+        hz=$(getconf CLK_TCK)
+        c0=$(tree_ticks "$postmaster")
         t0=$(date +%s.%N)
         for p in $(seq 1 "$k"); do
             DATA_SYNC_CONFIG="$dir/consumer$k.toml" RUST_LOG=warn "$bin/syncdata" start \
@@ -182,6 +206,9 @@ EOF
             sleep 0.1
         done
         t1=$(date +%s.%N)
+        c1=$(tree_ticks "$postmaster")
+        local cc=0
+        for p in "${SCALING_PIDS[@]}"; do cc=$((cc + $(tree_ticks "$p"))); done
         for p in "${SCALING_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
         for p in "${SCALING_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
         SCALING_PIDS=()
@@ -192,7 +219,7 @@ EOF
         }
         rate=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
         [ -n "$rate1" ] || rate1=$rate
-        results+=("$k consumers: $rate records/s ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s)")
+        results+=("$k consumers: $rate records/s ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, PostgreSQL used $(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }') cores, the consumers $(awk -v c="$cc" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", c / hz / (e - s) }'), of $(nproc))")
         echo "${results[-1]}"
     done
     echo
