@@ -87,15 +87,32 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         report::fmt_rate(dump_rate)
     );
 
-    // --- syncdata.
-    env.recreate_db(Side::Target, SD_DB).await?;
-    let dst = env.pool(Side::Target, SD_DB, 2).await?;
-    sqlx::raw_sql(DDL).execute(&dst).await?;
-    let streams = Streams::new("snap");
-    streams.reset(&js).await?;
-    let archive = env.fresh_dir("snapshot/archive")?;
-    let published = PublishedRecords::new();
-    let producer_config = env.write_config(&ConfigSpec {
+    // --- syncdata: with SYNCDATA_BENCH_BASELINE_BIN (a directory holding
+    // other builds of syncdata-producer and syncdata), those first, on a
+    // line of their own: a before/after within one run.
+    let mut passes: Vec<(String, std::path::PathBuf, std::path::PathBuf)> = Vec::new();
+    if let Some(dir) = std::env::var_os("SYNCDATA_BENCH_BASELINE_BIN") {
+        let dir = std::path::PathBuf::from(dir);
+        passes.push((
+            format!("baseline binaries ({})", dir.display()),
+            dir.join("syncdata-producer"),
+            dir.join("syncdata"),
+        ));
+    }
+    passes.push((
+        String::new(),
+        env.producer_bin.clone(),
+        env.consumer_bin.clone(),
+    ));
+    for (label, producer_bin, consumer_bin) in passes {
+        env.recreate_db(Side::Target, SD_DB).await?;
+        let dst = env.pool(Side::Target, SD_DB, 2).await?;
+        sqlx::raw_sql(DDL).execute(&dst).await?;
+        let streams = Streams::new("snap");
+        streams.reset(&js).await?;
+        let archive = env.fresh_dir("snapshot/archive")?;
+        let published = PublishedRecords::new();
+        let producer_config = env.write_config(&ConfigSpec {
         name: "snapshot-producer",
         side: Side::Source,
         database: SOURCE_DB,
@@ -108,127 +125,152 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             harness::toml_str(SLOT)
         ),
     })?;
-    env.run_bin(
-        &env.producer_bin,
-        &["setup-source", "--create-slot", "--tables", "snap"],
-        &producer_config,
-        "snapshot-setup-source",
-        &[],
-    )
-    .await?;
-    let consumer_config = env.write_config(&ConfigSpec {
-        name: "snapshot-consumer",
-        side: Side::Target,
-        database: SD_DB,
-        archive_dir: &archive,
-        streams: &streams,
-        extra: opts.consumer_toml.clone(),
-    })?;
-    env.run_bin(
-        &env.consumer_bin,
-        &["add-tables", "snap"],
-        &consumer_config,
-        "snapshot-add-tables",
-        &[],
-    )
-    .await?;
-    let instance = syncdata_consumer::store::instance_id(&dst).await?;
-    let durables = streams.durables(&instance, &["snap"]);
-    let mut children = vec![
-        env.spawn(
-            &env.producer_bin,
-            &["run"],
+        env.run_bin(
+            &producer_bin,
+            &["setup-source", "--create-slot", "--tables", "snap"],
             &producer_config,
-            "snapshot-producer",
+            "snapshot-setup-source",
             &[],
-        )?,
-        env.spawn(
-            &env.consumer_bin,
-            &["start"],
-            &consumer_config,
-            "snapshot-consumer",
-            &[],
-        )?,
-    ];
-    streams
-        .wait_for_durables(&js, &durables, &mut children)
+        )
         .await?;
+        let consumer_config = env.write_config(&ConfigSpec {
+            name: "snapshot-consumer",
+            side: Side::Target,
+            database: SD_DB,
+            archive_dir: &archive,
+            streams: &streams,
+            extra: opts.consumer_toml.clone(),
+        })?;
+        env.run_bin(
+            &consumer_bin,
+            &["add-tables", "snap"],
+            &consumer_config,
+            "snapshot-add-tables",
+            &[],
+        )
+        .await?;
+        let instance = syncdata_consumer::store::instance_id(&dst).await?;
+        let durables = streams.durables(&instance, &["snap"]);
+        let mut children = vec![
+            env.spawn(
+                &producer_bin,
+                &["run"],
+                &producer_config,
+                "snapshot-producer",
+                &[],
+            )?,
+            env.spawn(
+                &consumer_bin,
+                &["start"],
+                &consumer_config,
+                "snapshot-consumer",
+                &[],
+            )?,
+        ];
+        streams
+            .wait_for_durables(&js, &durables, &mut children)
+            .await?;
 
-    env::install_batch_clock(&dst).await?;
-    let t0 = Instant::now();
-    let t0_us = env::now_us();
-    let mut snapshot = env.spawn(
-        &env.producer_bin,
-        &["snapshot", "snap"],
-        &producer_config,
-        "snapshot-command",
-        &[],
-    )?;
-    let mut files_at = None;
-    let mut published_at = None;
-    let mut asked = Instant::now();
-    let deadline = t0 + Duration::from_secs(7200);
-    // The producer's counter of records published is read every 100 ms;
-    // JetStream (the durable) only once the target holds every row (see
-    // env::install_batch_clock).
-    let applied = loop {
-        if files_at.is_none() {
-            if let Some(status) = snapshot.exit_status() {
-                if !status.success() {
-                    bail!(
-                        "syncdata-producer snapshot failed ({status}):\n{}",
-                        snapshot.log_tail(20)
-                    );
+        env::install_batch_clock(&dst).await?;
+        let t0 = Instant::now();
+        let t0_us = env::now_us();
+        let mut snapshot = env.spawn(
+            &producer_bin,
+            &["snapshot", "snap"],
+            &producer_config,
+            "snapshot-command",
+            &[],
+        )?;
+        let mut files_at = None;
+        let mut published_at = None;
+        let mut asked = Instant::now();
+        let deadline = t0 + Duration::from_secs(7200);
+        // The producer's counter of records published is read every 100 ms;
+        // JetStream (the durable) only once the target holds every row (see
+        // env::install_batch_clock).
+        let applied = loop {
+            if files_at.is_none() {
+                if let Some(status) = snapshot.exit_status() {
+                    if !status.success() {
+                        bail!(
+                            "syncdata-producer snapshot failed ({status}):\n{}",
+                            snapshot.log_tail(20)
+                        );
+                    }
+                    files_at = Some(t0.elapsed());
                 }
-                files_at = Some(t0.elapsed());
             }
-        }
-        if published_at.is_none() && asked.elapsed() >= Duration::from_millis(100) {
-            asked = Instant::now();
-            if published.count().await.unwrap_or(0) >= rows {
-                published_at = Some(t0.elapsed());
+            if published_at.is_none() && asked.elapsed() >= Duration::from_millis(100) {
+                asked = Instant::now();
+                if published.count().await.unwrap_or(0) >= rows {
+                    published_at = Some(t0.elapsed());
+                }
             }
-        }
-        let (applied, last_us): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT coalesce(sum(rows), 0)::bigint, \
+            let (applied, last_us): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT coalesce(sum(rows), 0)::bigint, \
              (extract(epoch FROM max(at) FILTER (WHERE rows > 0)) * 1e6)::bigint \
              FROM bench_batch_end",
-        )
-        .fetch_one(&dst)
-        .await?;
-        if applied as u64 >= rows && streams.drained(&js, &durables).await {
-            let last_us = last_us.unwrap_or(t0_us);
-            break Duration::from_micros((last_us - t0_us).max(0) as u64);
-        }
-        for c in children.iter_mut() {
-            c.check_running()?;
-        }
-        if Instant::now() > deadline {
-            bail!("the snapshot was not applied within 2 hours ({applied} rows applied)");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
-    env::stop_all(children).await;
-    env::stop_all(vec![snapshot]).await;
-    let (gap, batches) = env::longest_gap(&dst).await?;
-    if gap >= crate::pgbench::STALL {
-        report.note(format!(
-            "snapshot apply: {:.1} s passed between two of the {batches} batch commits \
+            )
+            .fetch_one(&dst)
+            .await?;
+            if applied as u64 >= rows && streams.drained(&js, &durables).await {
+                let last_us = last_us.unwrap_or(t0_us);
+                break Duration::from_micros((last_us - t0_us).max(0) as u64);
+            }
+            for c in children.iter_mut() {
+                c.check_running()?;
+            }
+            if Instant::now() > deadline {
+                bail!("the snapshot was not applied within 2 hours ({applied} rows applied)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
+        env::stop_all(children).await;
+        env::stop_all(vec![snapshot]).await;
+        let (gap, batches) = env::longest_gap(&dst).await?;
+        if gap >= crate::pgbench::STALL {
+            report.note(format!(
+                "snapshot apply: {:.1} s passed between two of the {batches} batch commits \
              (a stall, or the consumer waiting for the snapshot's files)",
-            gap.as_secs_f64()
-        ));
-    }
-    let got = workload::table_fingerprint(&dst, "public", "snap").await?;
-    if got != truth {
-        bail!("syncdata's copy differs from the source: {got:?} vs {truth:?}");
-    }
-    dst.close().await;
-    src.close().await;
-    let files = files_at.unwrap_or(applied);
-    let published = published_at.unwrap_or(applied);
-    let sd_rate = report::rate(rows, applied);
-    println!(
+                gap.as_secs_f64()
+            ));
+        }
+        let got = workload::table_fingerprint(&dst, "public", "snap").await?;
+        if got != truth {
+            bail!("syncdata's copy differs from the source: {got:?} vs {truth:?}");
+        }
+        dst.close().await;
+        let files = files_at.unwrap_or(applied);
+        let published = published_at.unwrap_or(applied);
+        let sd_rate = report::rate(rows, applied);
+        if !label.is_empty() {
+            println!(
+            "syncdata snapshot, {label}: files {}, stream {}, applied {} ({}/s, {:.2}x pg_dump | psql)",
+            report::secs(files),
+            report::secs(published),
+            report::secs(applied),
+            report::fmt_rate(sd_rate),
+            sd_rate / dump_rate
+        );
+            report.row(
+            "6",
+            format!("syncdata snapshot, {label}"),
+            format!(
+                "{} rows/s ({}; files written after {}, all in the stream after {}; {:.2}× pg_dump | psql)",
+                report::fmt_rate(sd_rate),
+                report::secs(applied),
+                report::secs(files),
+                report::secs(published),
+                sd_rate / dump_rate
+            ),
+        );
+            js.delete_stream(&streams.stream).await.ok();
+            js.delete_stream(&streams.dlq_stream).await.ok();
+            env.drop_source_slot(SLOT).await?;
+            continue;
+        }
+        println!(
         "syncdata snapshot: files {}, stream {}, applied {} ({}/s); peak RSS producer {}, consumer {}",
         report::secs(files),
         report::secs(published),
@@ -237,19 +279,19 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         rss.first().map(|b| report::mb(*b)).unwrap_or_default(),
         rss.get(1).map(|b| report::mb(*b)).unwrap_or_default()
     );
-    report.row(
-        "6",
-        format!(
-            "`pg_dump -t snap | psql` of a {}-row table",
-            report::thousands(rows)
-        ),
-        format!(
-            "{} rows/s ({})",
-            report::fmt_rate(dump_rate),
-            report::secs(dump_time)
-        ),
-    );
-    report.target(
+        report.row(
+            "6",
+            format!(
+                "`pg_dump -t snap | psql` of a {}-row table",
+                report::thousands(rows)
+            ),
+            format!(
+                "{} rows/s ({})",
+                report::fmt_rate(dump_rate),
+                report::secs(dump_time)
+            ),
+        );
+        report.target(
         "6",
         "syncdata snapshot, `syncdata-producer snapshot snap` launch → table fully applied on the target (1 producer, 1 consumer)",
         format!(
@@ -262,8 +304,10 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         "≥ 1.0× `pg_dump | psql`",
         report::verdict_ratio(sd_rate / dump_rate, 1.0),
     );
-    js.delete_stream(&streams.stream).await.ok();
-    js.delete_stream(&streams.dlq_stream).await.ok();
-    env.drop_source_slot(SLOT).await?;
+        js.delete_stream(&streams.stream).await.ok();
+        js.delete_stream(&streams.dlq_stream).await.ok();
+        env.drop_source_slot(SLOT).await?;
+    }
+    src.close().await;
     Ok(())
 }

@@ -1,7 +1,13 @@
-//! Rows written in bulk (snapshot rows, see `crate::apply::bulk`): `COPY`
-//! into a temporary table of text columns (no WAL, one round trip for the
-//! data), then one `INSERT … SELECT` casting each column, keeping rows that
-//! are there already.
+//! Rows written in bulk (snapshot rows, see `crate::apply::bulk`): one
+//! `COPY` straight into the target table, inside a savepoint. That is the
+//! usual case: after the snapshot's barrier a key without bookkeeping has
+//! no row in the table unless an earlier delivery of the same snapshot
+//! rows put it there. Then the COPY fails (unique violation), is rolled
+//! back to the savepoint, and the rows go the careful way: `COPY` into a
+//! temporary table of text columns (no WAL), then one `INSERT … SELECT`
+//! casting each column, keeping rows that are there already. Any other
+//! failure of the COPY takes the careful way too, so the error reported is
+//! the one the careful way gives.
 
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
@@ -23,6 +29,15 @@ pub(super) async fn load_rows(
         return Ok(());
     }
     let n = shape.columns.len();
+    let bytea: Vec<bool> = shape.columns.iter().map(|c| c.is_bytea).collect();
+    let mut data = Vec::with_capacity(rows.len() * (n * 8 + 1));
+    for (_, row) in &rows {
+        encode_row(&mut data, row, &bytea);
+    }
+    drop(rows);
+    if copy_into_table(tx, shape, &data).await? {
+        return Ok(());
+    }
     let defs: Vec<String> = (0..n).map(|c| format!("c{c} text")).collect();
     sqlx::query(AssertSqlSafe(format!(
         "create temp table {stage} ({}) on commit drop",
@@ -30,11 +45,6 @@ pub(super) async fn load_rows(
     )))
     .execute(&mut **tx)
     .await?;
-    let mut data = Vec::with_capacity(rows.len() * (n * 8 + 1));
-    for (_, row) in &rows {
-        encode_row(&mut data, row);
-    }
-    drop(rows);
     let mut copy = (**tx)
         .copy_in_raw(&format!("copy {stage} from stdin"))
         .await?;
@@ -59,9 +69,58 @@ pub(super) async fn load_rows(
     Ok(())
 }
 
+/// `COPY` of `data` (rows in COPY's text format) straight into the table,
+/// in a savepoint. False (and rolled back to the savepoint) when it failed
+/// for a reason the caller's careful way handles or reports.
+async fn copy_into_table(
+    tx: &mut Tx,
+    shape: &TableShape,
+    data: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let cols: Vec<String> = (0..shape.columns.len())
+        .map(|c| shape.quoted_column(c))
+        .collect();
+    sqlx::query("savepoint syncdata_load")
+        .execute(&mut **tx)
+        .await?;
+    let result = async {
+        let mut copy = (**tx)
+            .copy_in_raw(&format!(
+                "copy {} ({}) from stdin",
+                shape.name.quoted(),
+                cols.join(", ")
+            ))
+            .await?;
+        if let Err(e) = copy.send(data).await {
+            let _ = copy.abort("sending the rows failed").await;
+            return Err(e);
+        }
+        copy.finish().await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            sqlx::query("release savepoint syncdata_load")
+                .execute(&mut **tx)
+                .await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) => {
+            tracing::debug!(table = %shape.name, error = %e, "snapshot rows: COPY into the table failed, loading through a staging table");
+            sqlx::query("rollback to savepoint syncdata_load")
+                .execute(&mut **tx)
+                .await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// One row in COPY's text format: tab-separated, `\N` for NULL, backslash,
-/// tab, newline and carriage return escaped.
-fn encode_row(out: &mut Vec<u8>, row: &[Option<String>]) {
+/// tab, newline and carriage return escaped. A bytea value in wal2json's
+/// form (bare hex) gets PostgreSQL's `\x` prefix, so that COPY into a bytea
+/// column reads it (the staging table's cast reads both forms).
+fn encode_row(out: &mut Vec<u8>, row: &[Option<String>], bytea: &[bool]) {
     for (i, value) in row.iter().enumerate() {
         if i > 0 {
             out.push(b'\t');
@@ -69,6 +128,9 @@ fn encode_row(out: &mut Vec<u8>, row: &[Option<String>]) {
         match value {
             None => out.extend_from_slice(b"\\N"),
             Some(text) => {
+                if bytea.get(i).copied().unwrap_or(false) && !text.starts_with("\\x") {
+                    out.extend_from_slice(b"\\\\x");
+                }
                 let bytes = text.as_bytes();
                 if !bytes
                     .iter()
@@ -108,7 +170,24 @@ mod tests {
                 Some("\\N".into()),
                 Some(String::new()),
             ],
+            &[false; 5],
         );
         assert_eq!(out, b"plain\t\\N\ta\\tb\\\\c\\nd\\re\t\\\\N\t\n".to_vec());
+    }
+
+    #[test]
+    fn bytea_gets_the_prefix_copy_reads() {
+        let mut out = Vec::new();
+        encode_row(
+            &mut out,
+            &[
+                Some("deadbeef".into()),
+                Some("\\x00ff".into()),
+                None,
+                Some("cafe".into()),
+            ],
+            &[true, true, true, false],
+        );
+        assert_eq!(out, b"\\\\xdeadbeef\t\\\\x00ff\t\\N\tcafe\n".to_vec());
     }
 }
