@@ -188,6 +188,8 @@ pub async fn run_table<T: Target>(
     // A table that just brought messages pulls a full budget share; an idle
     // one only room for one message, so idle tables hold little.
     let mut busy = false;
+    // Pulls given up on before they ended, read for what still comes.
+    let mut late: Option<Pull> = None;
     while !token.is_cancelled() {
         let mut reserved = tokio::select! {
             r = ctx.budget.reserve(busy) => r,
@@ -209,7 +211,19 @@ pub async fn run_table<T: Target>(
                 continue;
             }
         };
-        let fetched = collect_until(messages, wait + PULL_GRACE).await;
+        // What still comes for pulls given up on joins this one's batch.
+        let got = collect_until(Box::pin(messages) as Pull, late.take(), wait + PULL_GRACE).await;
+        let fetched = got.items;
+        late = match (got.unfinished, got.late) {
+            (None, rest) => rest,
+            (Some(given_up), rest) => {
+                let given_up: Pull = Box::pin(given_up.take_until(tokio::time::sleep(LATE_WINDOW)));
+                Some(match rest {
+                    Some(rest) => Box::pin(futures::stream::select(given_up, rest)),
+                    None => given_up,
+                })
+            }
+        };
         let mut msgs = Vec::with_capacity(fetched.len());
         let mut ended_with_error = false;
         for m in fetched {
@@ -262,6 +276,11 @@ pub async fn run_table<T: Target>(
             set_progress_gauges(&table, pending, if pending == 0 { 0.0 } else { age });
         }
     }
+    // What still comes for a pull given up on is handed back before the
+    // worker ends (read for at most LATE_WINDOW).
+    if let Some(rest) = late {
+        hand_back_late(rest, &table).await;
+    }
     info!(table = %table, "worker stopped");
 }
 
@@ -273,33 +292,92 @@ pub async fn run_table<T: Target>(
 /// should a message still come for it, it is redelivered after `ack_wait`.
 const PULL_GRACE: Duration = Duration::from_millis(100);
 
-/// The messages of one pull, until it ends or `limit` has passed.
-async fn collect_until<S>(mut messages: S, limit: Duration) -> Vec<S::Item>
+/// One pull's messages (or, merged, a pull's and what still comes for
+/// pulls given up on before it).
+type Pull =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Message, async_nats::Error>> + Send>>;
+
+/// How long a pull given up on (`collect_until`) is still read. A message
+/// the server sent for it before the pull expired on the server, but that
+/// arrives after the worker stopped waiting (a loaded machine, a slow link
+/// to NATS), would otherwise come again only after `ack_wait` (60 s: seen
+/// as minute-long stalls at the end of a catch-up, and on a link whose
+/// round trip is longer than the fetch wait nothing would arrive in time
+/// at all). The next pull's batch takes such messages as they come; the
+/// server sends nothing for a pull after its expiry, so a short window
+/// catches what is in flight.
+const LATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// At a stop: reads what still comes for a pull given up on (at most
+/// [`LATE_WINDOW`]) and hands it back to the server at once (a nak without
+/// delay), so no message waits for `ack_wait`.
+async fn hand_back_late(mut rest: Pull, table: &TableName) {
+    let mut handed_back = 0usize;
+    while let Some(item) = rest.next().await {
+        if let Ok(m) = item {
+            nak(&m, Duration::ZERO).await;
+            handed_back += 1;
+        }
+    }
+    if handed_back > 0 {
+        debug!(table = %table, handed_back, "messages that came for a pull given up on, handed back at the stop");
+    }
+}
+
+/// What one pull brought.
+struct Collected<S: futures::Stream> {
+    items: Vec<S::Item>,
+    /// The pull, when it had not ended by the deadline (more may come).
+    unfinished: Option<S>,
+    /// The earlier pulls given up on, when they have not ended yet.
+    late: Option<S>,
+}
+
+/// The messages of one pull, until it ends or `limit` has passed, together
+/// with what comes meanwhile for earlier pulls given up on (`late`).
+async fn collect_until<S>(mut messages: S, mut late: Option<S>, limit: Duration) -> Collected<S>
 where
     S: futures::Stream + Unpin,
 {
     let started = tokio::time::Instant::now();
     let mut deadline = started + limit;
-    let mut out = Vec::new();
+    let mut items = Vec::new();
     loop {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(m)) => {
-                out.push(m);
-                // Messages still coming (a slow link, large records): wait on.
-                deadline = deadline.max(tokio::time::Instant::now() + PULL_GRACE);
+        let next = tokio::select! {
+            m = messages.next() => m,
+            m = async { late.as_mut().expect("guarded").next().await }, if late.is_some() => {
+                match m {
+                    Some(m) => Some(m),
+                    None => {
+                        late = None;
+                        continue;
+                    }
+                }
             }
-            Ok(None) => break,
-            Err(_) => {
+            _ = tokio::time::sleep_until(deadline) => {
                 debug!(
-                    received = out.len(),
+                    received = items.len(),
                     last_ms = ?started.elapsed().as_millis(),
                     "pull unanswered after its expiry; pulling again"
                 );
-                break;
+                return Collected { items, unfinished: Some(messages), late };
+            }
+        };
+        match next {
+            Some(m) => {
+                items.push(m);
+                // Messages still coming (a slow link, large records): wait on.
+                deadline = deadline.max(tokio::time::Instant::now() + PULL_GRACE);
+            }
+            None => {
+                return Collected {
+                    items,
+                    unfinished: None,
+                    late,
+                }
             }
         }
     }
-    out
 }
 
 fn set_progress_gauges(table: &TableName, pending: u64, lag_seconds: f64) {
@@ -831,8 +909,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_pull_ends_after_its_expiry_and_grace() {
         let start = tokio::time::Instant::now();
-        let got = collect_until(pull(&[5, 20]), Duration::from_millis(50) + PULL_GRACE).await;
-        assert_eq!(got, [5, 20]);
+        let got = collect_until(pull(&[5, 20]), None, Duration::from_millis(50) + PULL_GRACE).await;
+        assert_eq!(got.items, [5, 20]);
+        assert!(
+            got.unfinished.is_some(),
+            "a pull given up on is handed on to be read"
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(50) + PULL_GRACE);
     }
 
@@ -840,16 +922,34 @@ mod tests {
     async fn messages_still_arriving_after_the_expiry_are_all_taken() {
         let start = tokio::time::Instant::now();
         // A slow link: the pull's messages keep coming after its expiry.
-        let got = collect_until(pull(&[40, 120, 200, 290]), Duration::from_millis(150)).await;
-        assert_eq!(got, [40, 120, 200, 290]);
+        let got = collect_until(pull(&[40, 120, 200, 290]), None, Duration::from_millis(150)).await;
+        assert_eq!(got.items, [40, 120, 200, 290]);
         assert_eq!(start.elapsed(), Duration::from_millis(290) + PULL_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_late_for_a_pull_given_up_on_join_the_next_batch() {
+        // The earlier pull's messages arrive after it was given up on,
+        // while the next pull is read: they are taken into its batch.
+        let late = pull(&[30, 60]);
+        let got = collect_until(pull(&[5]), Some(late), Duration::from_millis(20)).await;
+        assert_eq!(got.items, [5, 30, 60]);
+        assert!(
+            got.late.is_some(),
+            "the earlier pull has not ended: read on"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pull_that_ends_returns_at_once() {
         let start = tokio::time::Instant::now();
         let s = stream::iter([1u64, 2, 3]);
-        assert_eq!(collect_until(s, Duration::from_secs(5)).await, [1, 2, 3]);
+        let got = collect_until(s, None, Duration::from_secs(5)).await;
+        assert_eq!(got.items, [1, 2, 3]);
+        assert!(
+            got.unfinished.is_none(),
+            "a pull that ended needs no more reading"
+        );
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

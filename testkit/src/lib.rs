@@ -4,5 +4,6 @@
 //! one harness that reaches or starts real servers and runs the binaries
 //! ([`harness`]).
 
+pub mod delay;
 pub mod harness;
 pub mod workload;

@@ -1089,6 +1089,52 @@ async fn stop_during_a_large_batch_leaves_tables_consistent() {
     sigterm_ok(daemon).await;
 }
 
+/// NATS a long round trip away (300 ms, longer than the fetch wait plus its
+/// grace): every message the server sends for a pull arrives after the
+/// worker stopped waiting for that pull. They are taken with the next pull
+/// (worker.rs, `LATE_WINDOW`), so the backlog drains long before `ack_wait`
+/// (60 s), after which alone it would otherwise come again — and arrive
+/// late again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_over_a_link_slower_than_the_fetch_wait() {
+    let w = World::new(
+        "ops_slow_link",
+        WIDE_DDL,
+        "[consumer]\nbatch_size = 1000\nfetch_wait_ms = 50\nack_wait_secs = 60\n",
+    )
+    .await;
+    w.ok(&["add-tables", "wide"]).await;
+    let n = 3_000;
+    let payloads: Vec<Vec<u8>> = (1..=n)
+        .map(|id| record("wide", "INSERT", Some(wide_data(id, 0)), None, id))
+        .collect();
+    w.publish("wide", payloads).await;
+    let nats: std::net::SocketAddr = support::nats_url()
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("the test nats-server's address");
+    let slow = syncdata_testkit::delay::start(nats, Duration::from_millis(150))
+        .await
+        .expect("delay proxy");
+    let slow_url = format!("nats://{slow}");
+    let daemon = Proc::spawn(
+        "syncdata",
+        &["start"],
+        &w.config,
+        &[("RUST_LOG", "info"), ("NATS_URL", slow_url.as_str())],
+        w.dir(),
+    );
+    support::wait_until("every row applied", Duration::from_secs(40), || async {
+        w.count("wide").await == n as i64
+    })
+    .await;
+    support::wait_until("durable drained", Duration::from_secs(10), || async {
+        w.durable("wide").await == (0, 0)
+    })
+    .await;
+    sigterm_ok(daemon).await;
+}
+
 // ---------------------------------------------------------------------------
 // 5. The Prometheus endpoint
 // ---------------------------------------------------------------------------
