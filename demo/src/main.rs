@@ -603,7 +603,7 @@ async fn metrics_summary(endpoints: &[(String, u16)]) -> Result<String> {
             .await
             .with_context(|| format!("metrics: cannot scrape {name} on 127.0.0.1:{port}"))?;
         if name == "producer" {
-            published += sum(&body, "syncdata_producer_published_total");
+            published += sum(&body, "syncdata_producer_records_total");
             quarantined += sum(&body, "syncdata_producer_quarantined_total");
         } else {
             let rows = sum(&body, "syncdata_records_applied_total");
