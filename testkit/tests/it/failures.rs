@@ -1960,14 +1960,6 @@ async fn three_consumers_on_hot_keys_never_deadlock_and_converge() {
     )
     .await;
     assert!(batches >= 20, "only {batches} batches");
-    for c in &consumers {
-        c.sigterm();
-    }
-    for mut c in consumers {
-        let status = c
-            .wait_exit(Duration::from_secs(30))
-            .await
-            .expect("consumer stops on SIGTERM");
-        assert!(status.success(), "graceful stop exits 0:\n{}", c.log());
-    }
+    let warnings = support::stop_all(&mut consumers, Duration::from_secs(30)).await;
+    assert!(warnings.is_empty(), "graceful stop exits 0: {warnings:?}");
 }

@@ -173,7 +173,7 @@ async fn shuffled_duplicated_history_converges_with_three_consumers() {
     published.shuffle(&mut rand::rngs::StdRng::seed_from_u64(11));
     publish_raw(&names, &published).await;
 
-    let consumers: Vec<Proc> = (0..3)
+    let mut consumers: Vec<Proc> = (0..3)
         .map(|_| syncdata(dir.path(), &config, &["start"]))
         .collect();
     let refs: Vec<&Proc> = consumers.iter().collect();
@@ -186,16 +186,8 @@ async fn shuffled_duplicated_history_converges_with_three_consumers() {
             .await
             .unwrap();
     assert_eq!(failed, 0);
-    for c in &consumers {
-        c.sigterm();
-    }
-    for mut c in consumers {
-        let status = c
-            .wait_exit(Duration::from_secs(30))
-            .await
-            .expect("consumer stops on SIGTERM");
-        assert!(status.success(), "graceful stop exits 0:\n{}", c.log());
-    }
+    let warnings = support::stop_all(&mut consumers, Duration::from_secs(30)).await;
+    assert!(warnings.is_empty(), "graceful stop exits 0: {warnings:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
