@@ -289,7 +289,7 @@ pub async fn run_table<T: Target>(
 /// partly filled, and async-nats then waits for its own timer, expiry + 5 s:
 /// the table stalls (measured: p99 latency 5 s at `fetch_wait_ms` 50). By
 /// this time the server has expired the pull and sends nothing more for it;
-/// should a message still come for it, it is redelivered after `ack_wait`.
+/// what it sent before and still arrives is read for [`LATE_WINDOW`] more.
 const PULL_GRACE: Duration = Duration::from_millis(100);
 
 /// One pull's messages (or, merged, a pull's and what still comes for
