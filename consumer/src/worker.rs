@@ -195,14 +195,28 @@ pub async fn run_table<T: Target>(
             r = ctx.budget.reserve(busy) => r,
             _ = token.cancelled() => break,
         };
-        let messages = match consumer
-            .batch()
-            .max_messages(batch_size)
-            .max_bytes(reserved.bytes())
-            .expires(wait)
-            .messages()
-            .await
-        {
+        // A busy table asks for what is there now (a pull that the server
+        // answers at once, full or not): a batch never waits for more
+        // messages to come, so at a steady rate a change waits for at most
+        // one apply, not for a pull to fill or expire. An idle table waits
+        // up to `fetch_wait_ms` for one message, and is busy from then on.
+        let pull = if busy {
+            consumer
+                .fetch()
+                .max_messages(batch_size)
+                .max_bytes(reserved.bytes())
+                .messages()
+                .await
+        } else {
+            consumer
+                .batch()
+                .max_messages(1)
+                .max_bytes(reserved.bytes())
+                .expires(wait)
+                .messages()
+                .await
+        };
+        let messages = match pull {
             Ok(stream) => stream,
             Err(err) => {
                 failures += 1;

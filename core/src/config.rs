@@ -320,7 +320,9 @@ pub struct ConsumerConfig {
     /// bounds the records decoded at once and the statements built from
     /// them. A pull's messages are applied in as many batches as this asks.
     pub batch_max_records: usize,
-    /// How long one fetch waits for messages before applying what it has.
+    /// How long an idle table's pull waits for its next message. A table
+    /// that just brought messages asks for what is there at once and never
+    /// waits for a batch to fill (docs/operations.md, "Latency").
     pub fetch_wait_ms: u64,
     /// Unacknowledged messages a table's durable allows across all processes.
     pub max_ack_pending: i64,
