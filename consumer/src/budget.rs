@@ -23,15 +23,18 @@ pub struct Budget {
 
 impl Budget {
     /// `total` bytes shared; a busy table pulls up to `pull_max` bytes, an
-    /// idle one up to one largest message (`max_payload`). Both are raised to
-    /// hold one message of `max_payload` (a pull smaller than its first
-    /// message never delivers it), and `total` to hold one such pull.
+    /// idle one room for one largest message (`max_payload` and headers),
+    /// and `total` is raised to hold one such pull. A busy pull may be
+    /// smaller than a message: the server then ends it without that message
+    /// (409 "Message Size Exceeds MaxBytes", or nothing), the table counts
+    /// as idle, and its next pull, sized for any message, brings it. So
+    /// what a busy table holds follows `pull_max_bytes`, not the largest
+    /// message the server allows (8 MB in this project's servers).
     pub fn new(total: usize, pull_max: usize, max_payload: usize) -> Budget {
         let small = max_payload.saturating_add(HEADER_ROOM);
-        let full = pull_max.max(small);
-        let total = total.max(full).min(u32::MAX as usize);
-        let full = full.min(total);
-        let small = small.min(full);
+        let total = total.max(small).max(pull_max).min(u32::MAX as usize);
+        let full = pull_max.min(total);
+        let small = small.min(total);
         if total > 0 {
             metrics::gauge!("syncdata_memory_budget_bytes").set(total as f64);
         }
@@ -122,8 +125,10 @@ mod tests {
         let r3 = b.reserve(false).await;
         drop((r2, r3));
         assert_eq!(b.sem.available_permits(), b.total());
-        // A pull always holds one largest message, whatever the settings.
+        // An idle pull always holds one largest message, whatever the
+        // settings; a busy one follows pull_max.
         let small = Budget::new(1000, 1000, 1024 * 1024);
-        assert!(small.total() >= 1024 * 1024 && small.full >= 1024 * 1024);
+        assert!(small.total() >= 1024 * 1024 && small.small >= 1024 * 1024);
+        assert_eq!(small.full, 1000);
     }
 }

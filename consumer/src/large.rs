@@ -15,8 +15,11 @@ use syncdata_core::config::NatsConfig;
 use syncdata_core::large::{self, Pointer};
 use tokio::io::AsyncReadExt;
 
-/// Resolved bytes applied in one part of a pull (see the module doc).
-pub const PART_BYTES: u64 = 16 * 1024 * 1024;
+/// Resolved bytes applied in one part of a pull (see the module doc): also
+/// what bounds the records decoded at once and the statements built from
+/// them (measured: 16 MiB parts of the demo records held 17 MB of encoded
+/// statements in sqlx buffers alone).
+pub const PART_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Why a pointer did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -242,7 +242,7 @@ pub async fn run_table<T: Target>(
         let mut ended_with_error = false;
         for m in fetched {
             match m {
-                Ok(m) => msgs.push(m),
+                Ok(m) => msgs.push(own_payload(m)),
                 Err(err) => {
                     debug!(table = %table, error = %err, "fetch ended");
                     ended_with_error = true;
@@ -392,6 +392,19 @@ where
             }
         }
     }
+}
+
+/// The message with a payload of its own. async-nats hands out payloads
+/// as slices of its connection's read buffer, so one message held until its
+/// batch is settled keeps the whole buffer allocation it was read into
+/// alive, with every other message read into it (measured with heaptrack:
+/// read buffers held 26 MB at the peak of a catch-up whose budget allowed
+/// 16 MiB of messages). A copy (one
+/// memcpy of bytes the worker is about to parse anyway) lets those buffers
+/// go at once, so what a worker holds is what the budget counts.
+fn own_payload(mut m: Message) -> Message {
+    m.message.payload = Bytes::copy_from_slice(&m.message.payload);
+    m
 }
 
 fn set_progress_gauges(table: &TableName, pending: u64, lag_seconds: f64) {
