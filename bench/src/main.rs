@@ -114,6 +114,10 @@ struct Args {
     /// (default: the project's default).
     #[arg(long)]
     fetch_wait_ms: Option<u64>,
+    /// More `[consumer]` settings for every run, as TOML lines (repeatable;
+    /// e.g. `--consumer-setting pull_max_bytes=4194304`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    consumer_setting: Vec<String>,
     /// RUST_LOG of the binaries under test.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -164,16 +168,24 @@ async fn run(args: Args) -> Result<bool> {
     )?;
     let q = args.quick;
     let mut report = Report::default();
-    let consumer_toml = consumer_toml(args.batch_size, args.fetch_wait_ms);
-    let latency_consumer_toml = consumer_toml_no_wait(args.batch_size);
+    let latency_consumer_toml = consumer_toml(args.batch_size, None, &args.consumer_setting);
+    let consumer_toml = consumer_toml(args.batch_size, args.fetch_wait_ms, &args.consumer_setting);
     report.setting(format!("mode: {}", if q { "--quick" } else { "full" }));
     report.setting(format!(
         "consumer settings: batch_size = {}, fetch_wait_ms = {} (catch-up, memory, snapshot); \
-         pool_size, max_ack_pending: project defaults; RUST_LOG={}",
+         {}; RUST_LOG={}",
         args.batch_size
             .map_or("1000 (default)".to_owned(), |b| b.to_string()),
         args.fetch_wait_ms
             .map_or("200 (default)".to_owned(), |b| b.to_string()),
+        if args.consumer_setting.is_empty() {
+            "the others: project defaults".to_owned()
+        } else {
+            format!(
+                "also {}; the others: project defaults",
+                args.consumer_setting.join(", ")
+            )
+        },
         args.log_level
     ));
     report.setting("producer settings: project defaults (chunks of at most 1,000 records / 512 KiB, max_in_flight 1024); archiver: project defaults (streaming replication, segment_max_age_ms 500)");
@@ -357,9 +369,9 @@ fn now_utc() -> String {
         .unwrap_or_default()
 }
 
-fn consumer_toml(batch: Option<usize>, wait: Option<u64>) -> String {
+fn consumer_toml(batch: Option<usize>, wait: Option<u64>, more: &[String]) -> String {
     let mut s = String::new();
-    if batch.is_some() || wait.is_some() {
+    if batch.is_some() || wait.is_some() || !more.is_empty() {
         s.push_str("[consumer]\n");
     }
     if let Some(b) = batch {
@@ -368,9 +380,8 @@ fn consumer_toml(batch: Option<usize>, wait: Option<u64>) -> String {
     if let Some(w) = wait {
         s.push_str(&format!("fetch_wait_ms = {w}\n"));
     }
+    for line in more {
+        s.push_str(&format!("{line}\n"));
+    }
     s
-}
-
-fn consumer_toml_no_wait(batch: Option<usize>) -> String {
-    consumer_toml(batch, None)
 }
