@@ -399,9 +399,9 @@ where
 /// batch is settled keeps the whole buffer allocation it was read into
 /// alive, with every other message read into it (measured with heaptrack:
 /// read buffers held 26 MB at the peak of a catch-up whose budget allowed
-/// 16 MiB of messages). A copy (one
-/// memcpy of bytes the worker is about to parse anyway) lets those buffers
-/// go at once, so what a worker holds is what the budget counts.
+/// 16 MiB of messages). A copy (one memcpy of bytes the worker is about to
+/// parse anyway) lets those buffers go at once, so what a worker holds is
+/// what the budget counts.
 fn own_payload(mut m: Message) -> Message {
     m.message.payload = Bytes::copy_from_slice(&m.message.payload);
     m
