@@ -38,7 +38,7 @@ const TARGET_DB: &str = "bench_demo";
 const RULES: &str = include_str!("../../producer/benches/demo-rules.toml");
 
 /// 40 bytes; a throwaway key for a throwaway stream.
-const KEY: &str = "syncdata-bench-throwaway-sanitize-key-40";
+pub(crate) const KEY: &str = "syncdata-bench-throwaway-sanitize-key-40";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -82,7 +82,16 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             published.toml()
         ),
     })?;
-    let (t_plain, rss_plain) = publish(env, published, &config, n, "demo-producer", &[]).await?;
+    let (t_plain, rss_plain) = publish(
+        env,
+        published,
+        &config,
+        n,
+        "demo-producer",
+        &[],
+        PUBLISH_TIMEOUT,
+    )
+    .await?;
     let r_plain = report::rate(n, t_plain);
     println!(
         "producer: {}/s, {:.1} MB/s, peak RSS {}",
@@ -110,24 +119,20 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     if opts.sanitize {
         let sanitized = Streams::new("demosan");
         sanitized.reset(&js).await?;
-        let state = env.fresh_dir("demo/state-sanitized")?;
-        let rules = env.workdir.join("config/demo-rules.toml");
-        std::fs::create_dir_all(rules.parent().expect("has a parent"))?;
-        std::fs::write(&rules, RULES)?;
         let published = PublishedRecords::new();
-        let config = env.write_config(&ConfigSpec {
-            name: "demo-producer-sanitized",
-            side: Side::Source,
-            database: "postgres",
-            archive_dir: &archive,
-            streams: &sanitized,
-            extra: format!(
-                "[producer]\nstate_dir = {}\nrules_file = {}\n{}",
-                harness::toml_str(&state.to_string_lossy()),
-                harness::toml_str(&rules.to_string_lossy()),
-                published.toml()
-            ),
-        })?;
+        let config = sanitized_config(
+            env,
+            &SanitizedRun {
+                name: "demo-producer-sanitized",
+                database: "postgres",
+                state: "demo/state-sanitized",
+                rules_file: "demo-rules.toml",
+                rules: RULES,
+            },
+            &archive,
+            &sanitized,
+            published,
+        )?;
         let (t_san, rss) = publish(
             env,
             published,
@@ -135,6 +140,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             n,
             "demo-producer-sanitized",
             &[("SYNCDATA_SANITIZE_KEY", KEY)],
+            PUBLISH_TIMEOUT,
         )
         .await?;
         rss_sanitized = Some(rss);
@@ -253,23 +259,67 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Launches the producer and waits until it has published `n` records
-/// (each acknowledged by JetStream). Returns the time from launch and the
-/// producer's peak RSS then.
-async fn publish(
+/// How long the demo records' publish may take at most.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A sanitized producer run: its configuration's name, the database named
+/// in it, its state directory (under the work directory) and its rules.
+pub(crate) struct SanitizedRun<'a> {
+    pub name: &'a str,
+    pub database: &'a str,
+    pub state: &'a str,
+    /// File name under the work directory's `config/`.
+    pub rules_file: &'a str,
+    pub rules: &'a str,
+}
+
+/// Writes the rules and the configuration of a sanitized producer run
+/// that reads `archive` into `streams` from its first file (a fresh state
+/// directory); returns the configuration's path.
+pub(crate) fn sanitized_config(
+    env: &Env,
+    run: &SanitizedRun<'_>,
+    archive: &std::path::Path,
+    streams: &Streams,
+    published: PublishedRecords,
+) -> Result<std::path::PathBuf> {
+    let state = env.fresh_dir(run.state)?;
+    let rules = env.workdir.join("config").join(run.rules_file);
+    std::fs::create_dir_all(rules.parent().expect("has a parent"))?;
+    std::fs::write(&rules, run.rules)?;
+    env.write_config(&ConfigSpec {
+        name: run.name,
+        side: Side::Source,
+        database: run.database,
+        archive_dir: archive,
+        streams,
+        extra: format!(
+            "[producer]\nstate_dir = {}\nrules_file = {}\n{}",
+            harness::toml_str(&state.to_string_lossy()),
+            harness::toml_str(&rules.to_string_lossy()),
+            published.toml()
+        ),
+    })
+}
+
+/// Launches the producer and waits (at most `timeout`) until it has
+/// published `n` records (each acknowledged by JetStream). Returns the
+/// time from launch and the producer's peak RSS then.
+pub(crate) async fn publish(
     env: &Env,
     published: PublishedRecords,
     config: &std::path::Path,
     n: u64,
     name: &str,
     extra_env: &[(&str, &str)],
+    timeout: Duration,
 ) -> Result<(Duration, u64)> {
     let t0 = Instant::now();
     let mut children = vec![env.spawn(&env.producer_bin, &["run"], config, name, extra_env)?];
     let done = harness::poll_until(
         "the stream to hold every record",
         Duration::from_millis(20),
-        Duration::from_secs(3600),
+        timeout,
         &mut children,
         || async move { Ok(published.count().await.unwrap_or(0) >= n) },
     )
