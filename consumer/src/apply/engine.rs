@@ -16,9 +16,9 @@ use syncdata_core::record::Op;
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 use tokio::sync::RwLock;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::merge::{self, Change, Outcome, RowState, Versioned};
+use super::merge::{self, Change, KeyId, Outcome, RowState, Versioned};
 use super::plan::{self, BookRow, Merged, Stored};
 use super::prepare::{self, key_parts, Prepared};
 use super::shape::{ShapeError, TableShape};
@@ -85,16 +85,32 @@ impl<T: Target> Engine<T> {
             prepared = prepare::prepare(&shape, batch);
         }
         let mut retries = 0;
+        let mut races = 0;
         loop {
             let attempt = async {
                 let mut tx = self.target.begin(shape.clone()).await?;
-                let (report, mut log) = apply_in_tx(&mut tx, &shape, prepared, archive_ref).await?;
+                let Some((report, mut log)) =
+                    apply_in_tx(&mut tx, &shape, prepared, archive_ref).await?
+                else {
+                    // Dropped: rolled back.
+                    return Ok(None);
+                };
                 log.source_commit_at = newest_commit_time(batch);
                 tx.commit(log).await?;
-                Ok::<_, sqlx::Error>(report)
+                Ok::<_, sqlx::Error>(Some(report))
             };
             match attempt.await {
-                Ok(report) => return Ok(report),
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) if races < KEY_RACES => {
+                    races += 1;
+                    debug!(table = %table, race = races,
+                           "another batch inserted the bookkeeping of a key of this batch first; applying it again");
+                    prepared = prepare::prepare(&shape, batch);
+                }
+                Ok(None) => return Err(db(sqlx::Error::Protocol(format!(
+                    "the batch lost {KEY_RACES} races in a row for the bookkeeping of a new key; \
+                         it is retried later"
+                )))),
                 Err(e) if retries < IMMEDIATE_RETRIES && conflict_lost(&e) => {
                     retries += 1;
                     warn!(table = %table, sqlstate = ?sqlstate(&e), retry = retries,
@@ -106,6 +122,13 @@ impl<T: Target> Engine<T> {
         }
     }
 }
+
+/// How many times in a row a batch is applied again at once because
+/// another batch inserted the bookkeeping of one of its new keys first.
+/// Each such race ends with that key's row committed, so the next attempt
+/// finds and locks it: more than a few in a row means something else is
+/// wrong, and the batch's failure goes to the caller (a transient one).
+const KEY_RACES: u32 = 100;
 
 /// How many times a batch that lost a lock conflict (a deadlock, 40P01, or
 /// a serialization failure, 40001) is applied again at once, in a new
@@ -142,13 +165,15 @@ pub fn newest_commit_time(batch: &[Incoming<'_>]) -> Option<String> {
         .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).ok())
 }
 
-/// Everything between lock and commit.
+/// Everything between lock and commit. None: a key the batch saw without
+/// bookkeeping got its bookkeeping row from another transaction meanwhile;
+/// this transaction must be given up and the batch applied again.
 async fn apply_in_tx<X: TargetTx>(
     tx: &mut X,
     shape: &TableShape,
     mut p: Prepared,
     archive_ref: &str,
-) -> Result<(BatchReport, BatchLog), sqlx::Error> {
+) -> Result<Option<(BatchReport, BatchLog)>, sqlx::Error> {
     let mut floor = tx.lock_table(p.truncate.is_some()).await?;
     if let Some(vt) = p.truncate.filter(|&vt| vt > floor) {
         for text in tx.truncate(vt).await? {
@@ -175,90 +200,75 @@ async fn apply_in_tx<X: TargetTx>(
     // The bookkeeping row of each key as found under lock (None: no row).
     let mut stored: Vec<Option<Stored>> = (0..key_count).map(|_| None).collect();
     let mut exists = vec![false; key_count];
-    // Bookkeeping rows this batch inserted for keys that had none.
-    let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
-    let mut pending: Vec<usize> = (0..key_count).filter(|id| !loaded.contains(id)).collect();
-    let every_key = pending.clone();
-    let restartable = !pending.is_empty() && tx.mark().await?;
+    let pending: Vec<usize> = (0..key_count).filter(|id| !loaded.contains(id)).collect();
     let probes = Probes::of(&p, &live_changes);
-    // Keys without a bookkeeping row get theirs inserted with its final
-    // state (no placeholder written and rewritten). A key another batch
-    // inserted meanwhile conflicts: the transaction then goes back to its
-    // mark (the row locks it took are released, its inserts undone) and
-    // locks and reads every key again, the new one with them, and the merge
-    // runs again (rare: two processes, one new key). Locking only the new
-    // key while holding the others would take a lock out of key order: a
-    // batch holding it may wait for one of ours (a deadlock, 40P01).
-    let (initial, states, outcomes, fetched) = loop {
-        if !pending.is_empty() {
-            for (id, s) in tx.lock_rows(&p.keys, &pending).await? {
-                stored[id] = Some(s);
-            }
-            let (probe, skip): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&id| {
-                let known = stored[id].as_ref().map(|s| s.version);
-                probes.must_probe[id] || probes.whole_image[id].is_none_or(|v| Some(v) <= known)
-            });
-            if !probe.is_empty() {
-                let present = tx.present(&p.keys, &probe).await?;
-                for id in probe {
-                    exists[id] = present.contains(&id);
-                }
-            }
-            for id in skip {
-                // Not looked up: assumed present when synced before (the
-                // whole image overrides it either way).
-                exists[id] = stored[id].is_some();
+    if !pending.is_empty() {
+        for (id, s) in tx.lock_rows(&p.keys, &pending).await? {
+            stored[id] = Some(s);
+        }
+        let (probe, skip): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&id| {
+            let known = stored[id].as_ref().map(|s| s.version);
+            probes.must_probe[id] || probes.whole_image[id].is_none_or(|v| Some(v) <= known)
+        });
+        if !probe.is_empty() {
+            let present = tx.present(&p.keys, &probe).await?;
+            for id in probe {
+                exists[id] = present.contains(&id);
             }
         }
-        let initial: Vec<RowState> = (0..key_count)
-            .map(|id| plan::initial_state(shape, id, stored[id].as_ref(), exists[id]))
-            .collect();
-        let mut states = initial.clone();
-        for &k in &p.truncate_rows {
-            states[k].apply_delete(floor);
+        for id in skip {
+            // Not looked up: assumed present when synced before (the
+            // whole image overrides it either way).
+            exists[id] = stored[id].is_some();
         }
-        let outcomes = merge::merge(&mut states, live_changes.clone());
-        let need = plan::values_needed(&states, &initial);
-        let fetched = if need.is_empty() {
-            HashMap::new()
-        } else {
-            tx.read_rows(&p.keys, &need).await?
-        };
-        let mut new_rows = Vec::new();
-        for id in 0..key_count {
-            if stored[id].is_none() && inserted[id].is_none() && states[id] != initial[id] {
-                if let Some(row) =
-                    BookRow::of(shape, &states[id], &|c, v| plan::resolve(&fetched, c, v))
-                {
-                    new_rows.push((id, row));
-                }
-            }
-        }
-        if new_rows.is_empty() {
-            break (initial, states, outcomes, fetched);
-        }
-        let done = tx.insert_bookkeeping(&p.keys, &new_rows).await?;
-        pending.clear();
-        for (id, row) in new_rows {
-            if done.contains(&id) {
-                inserted[id] = Some(row);
-            } else {
-                pending.push(id);
-            }
-        }
-        if pending.is_empty() {
-            break (initial, states, outcomes, fetched);
-        }
-        if restartable {
-            tx.restart().await?;
-            stored.iter_mut().for_each(|s| *s = None);
-            exists.iter_mut().for_each(|e| *e = false);
-            inserted.iter_mut().for_each(|i| *i = None);
-            pending.clone_from(&every_key);
-        }
+    }
+    let initial: Vec<RowState> = (0..key_count)
+        .map(|id| plan::initial_state(shape, id, stored[id].as_ref(), exists[id]))
+        .collect();
+    let mut states = initial.clone();
+    for &k in &p.truncate_rows {
+        states[k].apply_delete(floor);
+    }
+    // What the tally needs of each change; the changes themselves (and
+    // their values) move into the merge, uncopied.
+    let kinds: Vec<ChangeKind> = live_changes.iter().map(ChangeKind::of).collect();
+    let outcomes = merge::merge(&mut states, live_changes);
+    let need = plan::values_needed(&states, &initial);
+    let fetched = if need.is_empty() {
+        HashMap::new()
+    } else {
+        tx.read_rows(&p.keys, &need).await?
     };
+    // Keys without a bookkeeping row get theirs inserted with its final
+    // state (no placeholder written and rewritten). When another batch
+    // inserted one of them meanwhile, this transaction is given up and the
+    // batch applied again from the start (rare: two processes, one new
+    // key): its row locks are released with it, and the next attempt locks
+    // and reads every key again, the new one with them. Locking only the
+    // new key while holding the others would take a lock out of key order:
+    // a batch holding it may wait for one of ours (a deadlock, 40P01).
+    let mut inserted: Vec<Option<BookRow>> = vec![None; key_count];
+    let mut new_rows = Vec::new();
+    for id in 0..key_count {
+        if stored[id].is_none() && states[id] != initial[id] {
+            if let Some(row) =
+                BookRow::of(shape, &states[id], &|c, v| plan::resolve(&fetched, c, v))
+            {
+                new_rows.push((id, row));
+            }
+        }
+    }
+    if !new_rows.is_empty() {
+        let done = tx.insert_bookkeeping(&p.keys, &new_rows).await?;
+        if new_rows.iter().any(|(id, _)| !done.contains(id)) {
+            return Ok(None);
+        }
+        for (id, row) in new_rows {
+            inserted[id] = Some(row);
+        }
+    }
 
-    let mut report = tally(&mut p, &live_changes, &outcomes, &exists, &initial);
+    let mut report = tally(&mut p, &kinds, &outcomes, &exists, &initial);
     report.inserted += loaded.len() as u64;
     let had_book: Vec<bool> = stored.iter().map(Option::is_some).collect();
     let write = plan::plan(
@@ -310,7 +320,7 @@ async fn apply_in_tx<X: TargetTx>(
         source_commit_at: None,
         counts,
     };
-    Ok((report, log))
+    Ok(Some((report, log)))
 }
 
 /// Which keys' target rows must be looked up (probed).
@@ -358,11 +368,35 @@ impl Probes {
     }
 }
 
+/// Of a change, what [`tally`] needs after the merge took the change.
+struct ChangeKind {
+    index: usize,
+    version: Version,
+    /// The key it is an image of, or deletes.
+    key: KeyId,
+    delete: bool,
+}
+
+impl ChangeKind {
+    fn of(c: &Versioned) -> ChangeKind {
+        let (key, delete) = match c.change {
+            Change::Image { key, .. } => (key, false),
+            Change::Delete { key } => (key, true),
+        };
+        ChangeKind {
+            index: c.index,
+            version: c.version,
+            key,
+            delete,
+        }
+    }
+}
+
 /// Sets the disposition of each live change from its merge outcome and
 /// counts what was applied, by op.
 fn tally(
     p: &mut Prepared,
-    live_changes: &[Versioned],
+    kinds: &[ChangeKind],
     outcomes: &HashMap<usize, Outcome>,
     exists: &[bool],
     initial: &[RowState],
@@ -371,13 +405,13 @@ fn tally(
     // The oldest image of each key in the batch: a DELETE after it deletes
     // a row the batch itself brought, not a missing one.
     let mut first_image: HashMap<usize, Version> = HashMap::new();
-    for c in live_changes {
-        if let Change::Image { key, .. } = c.change {
-            let v = first_image.entry(key).or_insert(c.version);
+    for c in kinds {
+        if !c.delete {
+            let v = first_image.entry(c.key).or_insert(c.version);
             *v = (*v).min(c.version);
         }
     }
-    for c in live_changes {
+    for c in kinds {
         let outcome = outcomes[&c.index];
         p.dispositions[c.index] = Some(match outcome {
             Outcome::Applied => Disposition::Applied,
@@ -390,7 +424,8 @@ fn tally(
                 Op::Delete => report.deleted += 1,
                 Op::Truncate | Op::Schema => {}
             }
-            if let Change::Delete { key } = c.change {
+            if c.delete {
+                let key = c.key;
                 let brought_here = first_image.get(&key).is_some_and(|&v| v < c.version);
                 if !exists[key] && !brought_here && initial[key].cells.iter().all(Option::is_none) {
                     report.deletes_of_missing += 1;

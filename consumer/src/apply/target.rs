@@ -32,9 +32,9 @@
 //!     newest committed state.
 //!   - [`TargetTx::insert_bookkeeping`]: inserts only keys that still have
 //!     no bookkeeping row, in key order; a key another transaction inserted
-//!     meanwhile is reported as not inserted. The engine then goes back to
-//!     [`TargetTx::mark`] (releasing every row lock taken since) and locks
-//!     the batch's keys again, in one statement, in key order: a lock taken
+//!     meanwhile is reported as not inserted. The engine then gives the
+//!     transaction up (releasing every row lock it took) and applies the
+//!     batch again, locking its keys again in one statement, in key order: a lock taken
 //!     after others, out of key order, could wait in a cycle with a batch
 //!     that holds it and waits for one of ours (SQLSTATE 40P01, seen with
 //!     two consumers on one table). So each batch takes its bookkeeping
@@ -111,22 +111,6 @@ pub trait TargetTx: Send {
         ids: &[KeyId],
     ) -> impl Future<Output = Result<Vec<(KeyId, Stored)>, sqlx::Error>> + Send;
 
-    /// Marks the point [`TargetTx::restart`] goes back to: everything the
-    /// transaction did after it (bookkeeping locked and inserted) is undone
-    /// and its row locks released. Returns false when the target cannot;
-    /// the engine then locks a key another transaction inserted first in a
-    /// step of its own, which is only safe where one writer at a time holds
-    /// the table (SQLite). The default cannot.
-    fn mark(&mut self) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
-        async { Ok(false) }
-    }
-
-    /// Goes back to the point [`TargetTx::mark`] set (only called after it
-    /// returned true).
-    fn restart(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        async { Ok(()) }
-    }
-
     /// Which of the keys `ids` have a row in the target table.
     fn present(
         &mut self,
@@ -143,7 +127,10 @@ pub trait TargetTx: Send {
     ) -> impl Future<Output = Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error>> + Send;
 
     /// Inserts the bookkeeping rows of keys that had none, in key order,
-    /// skipping keys that have one by now. Returns the key ids inserted.
+    /// skipping keys that have one by now. Returns the key ids inserted; a
+    /// target may instead insert none of them when any has a row by now.
+    /// Either way, when a key was not inserted the engine gives the
+    /// transaction up (it may be failed) and applies the batch again.
     fn insert_bookkeeping(
         &mut self,
         keys: &Keys,

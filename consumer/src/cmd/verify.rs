@@ -789,7 +789,10 @@ mod tests {
             narrowed: 0,
         };
         let counts = compare_range(&mut c, &Range::default()).await.unwrap();
-        assert!(c.summaries.is_empty() && c.found.is_empty(), "script not used up");
+        assert!(
+            c.summaries.is_empty() && c.found.is_empty(),
+            "script not used up"
+        );
         (counts, c.narrowed)
     }
 

@@ -489,6 +489,65 @@ async fn a_new_key_another_batch_inserts_meanwhile_is_merged_with_what_it_commit
     assert_eq!((state.as_str(), lsn), ("L", 32), "B's version is recorded");
 }
 
+/// INSERT images are written by a plain INSERT first; rows already there
+/// without bookkeeping (restored from a dump before the stream) make it
+/// fail, and the batch upserts them instead. A violation of another unique
+/// constraint still fails the batch, naming the constraint.
+#[tokio::test]
+async fn inserts_of_rows_already_there_overwrite_them_and_other_unique_violations_fail() {
+    let (db, applier) = setup(
+        "insthere",
+        "create table t (id int primary key, v text, u text unique);
+         insert into t values (1, 'restored', 'a'), (3, 'keep', 'dup');",
+    )
+    .await;
+    let table = TableName::new("public", "t");
+    let over = rec(
+        r#"{"table":"t","op":"INSERT","data":{"id":1,"v":"new","u":"a"},"lsn":"0/10","seq":0}"#,
+    );
+    let fresh = rec(
+        r#"{"table":"t","op":"INSERT","data":{"id":2,"v":"fresh","u":"b"},"lsn":"0/10","seq":1}"#,
+    );
+    let batch = vec![
+        Incoming {
+            record: &over,
+            fallback_seq: 0,
+        },
+        Incoming {
+            record: &fresh,
+            fallback_seq: 0,
+        },
+    ];
+    let report = applier.apply_batch(&table, &batch, "").await.unwrap();
+    assert_eq!(
+        report.dispositions,
+        [Disposition::Applied, Disposition::Applied]
+    );
+    assert_eq!(
+        dump(&db, "t").await,
+        ["(1,new,a)", "(2,fresh,b)", "(3,keep,dup)"]
+    );
+    let books: i64 = sqlx::query_scalar("select count(*) from syncdata.row_state")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(books, 2, "both written keys have their bookkeeping");
+
+    let clash = rec(
+        r#"{"table":"t","op":"INSERT","data":{"id":4,"v":"x","u":"dup"},"lsn":"0/20","seq":0}"#,
+    );
+    let err = applier
+        .apply_batch(&table, &one(&clash), "")
+        .await
+        .expect_err("a duplicate on t_u_key is an error");
+    assert!(err.to_string().contains("t_u_key"), "{err}");
+    assert_eq!(
+        dump(&db, "t").await,
+        ["(1,new,a)", "(2,fresh,b)", "(3,keep,dup)"],
+        "the failed batch wrote nothing"
+    );
+}
+
 #[tokio::test]
 async fn values_too_long_for_their_column_are_errors_not_truncated() {
     let (_db, applier) = setup(

@@ -109,6 +109,18 @@ pub struct PgTx {
 /// "Apply path: COPY vs unnest").
 pub const INDEX_JOINS_FROM: usize = 1000;
 
+/// The statement failed on a unique constraint (SQLSTATE 23505): the one
+/// named, or any with None.
+fn unique_violation(e: &sqlx::Error, constraint: Option<&str>) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23505")
+                && constraint.is_none_or(|c| db.constraint() == Some(c))
+        }
+        _ => false,
+    }
+}
+
 impl PgTx {
     fn table_id(&self) -> i32 {
         self.table_id
@@ -170,22 +182,6 @@ impl TargetTx for PgTx {
             self.index_joins = true;
         }
         bookkeeping::lock_rows(&mut self.tx, id, keys, ids).await
-    }
-
-    async fn mark(&mut self) -> Result<bool, sqlx::Error> {
-        sqlx::query("savepoint syncdata_locks")
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(true)
-    }
-
-    async fn restart(&mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("rollback to savepoint syncdata_locks")
-            .execute(&mut *self.tx)
-            .await?;
-        // A `set_config(…, true)` made after the savepoint is undone too.
-        self.index_joins = false;
-        Ok(())
     }
 
     async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<HashSet<KeyId>, sqlx::Error> {
