@@ -107,10 +107,13 @@ impl<T: Target> Engine<T> {
                            "another batch inserted the bookkeeping of a key of this batch first; applying it again");
                     prepared = prepare::prepare(&shape, batch);
                 }
-                Ok(None) => return Err(db(sqlx::Error::Protocol(format!(
-                    "the batch lost {KEY_RACES} races in a row for the bookkeeping of a new key; \
-                         it is retried later"
-                )))),
+                Ok(None) => {
+                    let lost = format!(
+                        "the batch lost {KEY_RACES} races in a row for the bookkeeping of a new \
+                         key; it is retried later"
+                    );
+                    return Err(db(sqlx::Error::Protocol(lost)));
+                }
                 Err(e) if retries < IMMEDIATE_RETRIES && conflict_lost(&e) => {
                     retries += 1;
                     warn!(table = %table, sqlstate = ?sqlstate(&e), retry = retries,
