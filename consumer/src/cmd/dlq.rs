@@ -172,19 +172,32 @@ impl Dlq {
     }
 }
 
-/// The messages on `filter`, in stream order.
+/// The messages on `filter`, in stream order. Only the server's "no
+/// message found" ends the walk: any other failure (a timeout, a lost
+/// connection) is an error, never a list, replay or purge that silently
+/// stops part of the way.
 async fn walk(
     stream: &jetstream::stream::Stream,
     filter: &str,
 ) -> anyhow::Result<Vec<StreamMessage>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
     let mut out = Vec::new();
     let mut next = 1;
-    // "No message" ends the walk.
-    while let Ok(m) = stream.get_first_raw_message_by_subject(filter, next).await {
-        next = m.sequence + 1;
-        out.push(m);
+    loop {
+        match stream.get_first_raw_message_by_subject(filter, next).await {
+            Ok(m) => {
+                next = m.sequence + 1;
+                out.push(m);
+            }
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(out),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "reading the dead letters (stream sequence {next} on, {} read)",
+                    out.len()
+                )))
+            }
+        }
     }
-    Ok(out)
 }
 
 async fn subject_count(stream: &jetstream::stream::Stream, filter: &str) -> anyhow::Result<u64> {
