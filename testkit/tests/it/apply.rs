@@ -250,11 +250,19 @@ async fn any_order_and_batching_gives_the_in_order_state() {
     }
 }
 
+/// The records as one batch (no fallback sequence numbers).
+fn batch_of<'a>(records: &[&'a Record]) -> Vec<Incoming<'a>> {
+    records
+        .iter()
+        .map(|&record| Incoming {
+            record,
+            fallback_seq: 0,
+        })
+        .collect()
+}
+
 fn one(r: &Record) -> Vec<Incoming<'_>> {
-    vec![Incoming {
-        record: r,
-        fallback_seq: 0,
-    }]
+    batch_of(&[r])
 }
 
 fn rec(line: &str) -> Record {
@@ -341,16 +349,7 @@ async fn hostile_names_are_quoted_or_rejected() {
     let bad_col = rec(
         r#"{"table":"users\"; drop table x; --","op":"INSERT","data":{"id":2,"a\"); drop table x; --":"z"},"lsn":"0/2","seq":0}"#,
     );
-    let batch = vec![
-        Incoming {
-            record: &good,
-            fallback_seq: 0,
-        },
-        Incoming {
-            record: &bad_col,
-            fallback_seq: 0,
-        },
-    ];
+    let batch = batch_of(&[&good, &bad_col]);
     let report = applier.apply_batch(&table, &batch, "").await.unwrap();
     assert_eq!(report.dispositions[0], Disposition::Applied);
     match &report.dispositions[1] {
@@ -508,16 +507,7 @@ async fn inserts_of_rows_already_there_overwrite_them_and_other_unique_violation
     let fresh = rec(
         r#"{"table":"t","op":"INSERT","data":{"id":2,"v":"fresh","u":"b"},"lsn":"0/10","seq":1}"#,
     );
-    let batch = vec![
-        Incoming {
-            record: &over,
-            fallback_seq: 0,
-        },
-        Incoming {
-            record: &fresh,
-            fallback_seq: 0,
-        },
-    ];
+    let batch = batch_of(&[&over, &fresh]);
     let report = applier.apply_batch(&table, &batch, "").await.unwrap();
     assert_eq!(
         report.dispositions,
@@ -581,13 +571,7 @@ async fn unvalidated_hostile_records_are_rejected_not_a_panic() {
     );
     let no_data = unchecked(r#"{"table":"t","op":"INSERT","lsn":"0/11","seq":0}"#);
     let good = rec(r#"{"table":"t","op":"INSERT","data":{"id":2,"v":"ok"},"lsn":"0/12","seq":0}"#);
-    let batch: Vec<Incoming> = [&surrogate, &no_data, &good]
-        .into_iter()
-        .map(|record| Incoming {
-            record,
-            fallback_seq: 0,
-        })
-        .collect();
+    let batch = batch_of(&[&surrogate, &no_data, &good]);
     let report = applier.apply_batch(&table, &batch, "").await.unwrap();
     match &report.dispositions[..] {
         [Disposition::Rejected(a), Disposition::Rejected(b), Disposition::Applied] => {

@@ -223,6 +223,17 @@ pub(super) async fn update_or_upsert(
         cols.join(", "),
         casts.join(", "),
     );
+    // The statement `sql` with the rows bound (from the staging table
+    // when staged).
+    let with_rows = |sql: &str| {
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        if !staged {
+            for col in row_columns(&upserts, n) {
+                q = q.bind(col);
+            }
+        }
+        q
+    };
     // These rows are most likely new (none was found, or none looked for):
     // a plain INSERT first, in a savepoint, and the upsert only when one
     // of them is there after all (its savepoint rolled back). The
@@ -234,13 +245,7 @@ pub(super) async fn update_or_upsert(
     sqlx::query("savepoint syncdata_insert")
         .execute(&mut **tx)
         .await?;
-    let mut q = sqlx::query(AssertSqlSafe(insert.as_str()));
-    if !staged {
-        for col in row_columns(&upserts, n) {
-            q = q.bind(col);
-        }
-    }
-    match q.execute(&mut **tx).await {
+    match with_rows(&insert).execute(&mut **tx).await {
         Ok(_) => return Ok(()),
         Err(e) if super::unique_violation(&e, None) => {
             sqlx::query("rollback to savepoint syncdata_insert")
@@ -250,13 +255,7 @@ pub(super) async fn update_or_upsert(
         Err(e) => return Err(e),
     }
     let sql = format!("{insert} on conflict ({}) {conflict}", key_cols.join(", "));
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    if !staged {
-        for col in row_columns(&upserts, n) {
-            q = q.bind(col);
-        }
-    }
-    q.execute(&mut **tx).await?;
+    with_rows(&sql).execute(&mut **tx).await?;
     Ok(())
 }
 
