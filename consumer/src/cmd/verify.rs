@@ -402,23 +402,22 @@ struct Comparison<'a> {
     rows: Vec<RowDiff>,
 }
 
-impl Comparison<'_> {
+/// The two steps of comparing one range, apart so that what happens when
+/// a table changes while it is compared can be tested on its own.
+trait RangeCompare {
+    async fn summaries(&mut self, range: &Range) -> anyhow::Result<(Summary, Summary)>;
+    /// Narrows a range whose summaries differ; returns the differing rows
+    /// found (and recorded).
+    async fn narrow(&mut self, range: Range, s: Summary, l: Summary) -> anyhow::Result<u64>;
+}
+
+impl RangeCompare for Comparison<'_> {
     async fn summaries(&mut self, range: &Range) -> anyhow::Result<(Summary, Summary)> {
         let (s, l) = tokio::join!(
             self.src.summary(self.source, range),
             self.loc.summary(self.local, range)
         );
         Ok((s?, l?))
-    }
-
-    fn record(&mut self, kind: DiffKind, key: Vec<String>) {
-        self.differing += 1;
-        if self.rows.len() < self.max_rows {
-            self.rows.push(RowDiff {
-                kind,
-                key: self.key_names.iter().cloned().zip(key).collect(),
-            });
-        }
     }
 
     /// Narrows a differing range down to its keys; returns how many
@@ -470,21 +469,15 @@ impl Comparison<'_> {
     }
 }
 
-/// The two steps of comparing one range, apart so that what happens when
-/// a table changes while it is compared can be tested on its own.
-trait RangeCompare {
-    async fn summaries(&mut self, range: &Range) -> anyhow::Result<(Summary, Summary)>;
-    /// Narrows a range whose summaries differ; returns the differing rows
-    /// found (and recorded).
-    async fn narrow(&mut self, range: Range, s: Summary, l: Summary) -> anyhow::Result<u64>;
-}
-
-impl RangeCompare for Comparison<'_> {
-    async fn summaries(&mut self, range: &Range) -> anyhow::Result<(Summary, Summary)> {
-        Comparison::summaries(self, range).await
-    }
-    async fn narrow(&mut self, range: Range, s: Summary, l: Summary) -> anyhow::Result<u64> {
-        Comparison::narrow(self, range, s, l).await
+impl Comparison<'_> {
+    fn record(&mut self, kind: DiffKind, key: Vec<String>) {
+        self.differing += 1;
+        if self.rows.len() < self.max_rows {
+            self.rows.push(RowDiff {
+                kind,
+                key: self.key_names.iter().cloned().zip(key).collect(),
+            });
+        }
     }
 }
 
