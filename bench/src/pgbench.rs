@@ -82,8 +82,9 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
 
     // --- Source.
     for k in &opts.consumers {
-        env.drop_db(Side::Target, &sd_db(*k)).await?;
+        env.drop_db(Side::Target, &sd_db(*k, "")).await?;
     }
+    env.drop_db(Side::Target, &sd_db(1, "baseline")).await?;
     env.drop_db(Side::Target, NATIVE_DB).await?;
     env.drop_db(Side::Target, E2E_DB).await?;
     env.recreate_db(Side::Source, SOURCE_DB).await?;
@@ -219,7 +220,20 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     args.push(SOURCE_DB);
     env.run_tool("pg_dump", Side::Source, &args, "pgbench-base-dump")
         .await?;
-    let mut restore: Vec<String> = opts.consumers.iter().map(|k| sd_db(*k)).collect();
+    // With SYNCDATA_BENCH_BASELINE_BIN (a directory holding another build
+    // of `syncdata`), that build's one-consumer catch-up runs first, on a
+    // line of its own: a before/after within one run.
+    let baseline = std::env::var_os("SYNCDATA_BENCH_BASELINE_BIN").map(std::path::PathBuf::from);
+    let mut runs: Vec<(usize, std::path::PathBuf, String)> = Vec::new();
+    if let Some(dir) = &baseline {
+        runs.push((1, dir.join("syncdata"), "baseline".to_owned()));
+    }
+    runs.extend(
+        opts.consumers
+            .iter()
+            .map(|&k| (k, env.consumer_bin.clone(), String::new())),
+    );
+    let mut restore: Vec<String> = runs.iter().map(|(k, _, l)| sd_db(*k, l)).collect();
     restore.push(E2E_DB.to_owned());
     for db in &restore {
         env.recreate_db(Side::Target, db).await?;
@@ -392,10 +406,11 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     // --- 2c. Apply: stream → target, K consumers.
     let mut best: Option<(usize, Duration)> = None;
     let mut one_consumer: Option<Duration> = None;
-    for &k in &opts.consumers {
-        let db = sd_db(k);
+    for (k, consumer_bin, label) in &runs {
+        let k = *k;
+        let db = sd_db(k, label);
         let config = env.write_config(&ConfigSpec {
-            name: &format!("pgbench-consumer-{k}"),
+            name: &format!("pgbench-consumer-{k}{label}"),
             side: Side::Target,
             database: &db,
             archive_dir: &archive,
@@ -405,10 +420,10 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let mut add = vec!["add-tables"];
         add.extend(TABLES);
         env.run_bin(
-            &env.consumer_bin,
+            consumer_bin,
             &add,
             &config,
-            &format!("pgbench-add-tables-{k}"),
+            &format!("pgbench-add-tables-{k}{label}"),
             &[],
         )
         .await?;
@@ -422,10 +437,10 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let mut children = Vec::new();
         for i in 1..=k {
             children.push(env.spawn(
-                &env.consumer_bin,
+                consumer_bin,
                 &["start"],
                 &config,
-                &format!("pgbench-consumer-{k}-{i}"),
+                &format!("pgbench-consumer-{k}{label}-{i}"),
                 &[],
             )?);
         }
@@ -462,11 +477,39 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         let r = report::rate(changes, elapsed);
         let ratio = r / native_rate;
         println!(
-            "syncdata, {k} consumer(s): applied in {} ({}/s, {:.2}× native)",
+            "syncdata{}, {k} consumer(s): applied in {} ({}/s, {:.2}× native)",
+            if label.is_empty() {
+                String::new()
+            } else {
+                format!(" ({label} binaries)")
+            },
             report::secs(elapsed),
             report::fmt_rate(r),
             ratio
         );
+        if !label.is_empty() {
+            report.row(
+                "2",
+                format!(
+                    "syncdata catch-up, 1 consumer, baseline binaries ({})",
+                    baseline
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
+                ),
+                format!(
+                    "{} row changes/s ({} in {}; {ratio:.2}× native; peak RSS {})",
+                    report::fmt_rate(r),
+                    report::thousands(changes),
+                    report::secs(elapsed),
+                    rss.iter()
+                        .map(|b| report::mb(*b))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            continue;
+        }
         report.target(
             "2",
             format!(
@@ -916,8 +959,8 @@ fn records_in(payload: &[u8]) -> Result<u64> {
     Ok(ranges.len() as u64)
 }
 
-fn sd_db(k: usize) -> String {
-    format!("bench_sd_{k}")
+fn sd_db(k: usize, label: &str) -> String {
+    format!("bench_sd_{k}{label}")
 }
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>

@@ -131,21 +131,16 @@ struct HeaderBody {
 /// The byte ranges of a chunk's records in `payload` (in order), or why the
 /// chunk is malformed.
 pub fn split(payload: &[u8]) -> Result<Vec<Range<usize>>, String> {
-    let nl = payload
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("malformed chunk: no header line")?;
+    let nl = memchr::memchr(b'\n', payload).ok_or("malformed chunk: no header line")?;
     let header: Header = serde_json::from_slice(&payload[..nl])
         .map_err(|e| format!("malformed chunk header: {e}"))?;
     let expected = header.syncdata_chunk.records;
     let mut out = Vec::with_capacity(expected.min(1 << 16));
     let mut start = nl + 1;
     if expected > 0 {
-        for (i, &b) in payload[start..].iter().enumerate() {
-            if b == b'\n' {
-                out.push(start..nl + 1 + i);
-                start = nl + 1 + i + 1;
-            }
+        for at in memchr::memchr_iter(b'\n', &payload[nl + 1..]) {
+            out.push(start..nl + 1 + at);
+            start = nl + 1 + at + 1;
         }
         out.push(start..payload.len());
     } else if start < payload.len() {

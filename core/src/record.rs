@@ -141,7 +141,7 @@ pub fn lone_surrogate(raw: &str) -> Option<u16> {
 }
 
 fn memchr_backslash(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\\')
+    memchr::memchr(b'\\', b)
 }
 
 /// Decodes a JSON string literal, replacing what cannot be decoded (a lone
