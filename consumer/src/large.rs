@@ -18,8 +18,9 @@ use tokio::io::AsyncReadExt;
 /// Resolved bytes applied in one part of a pull (see the module doc): also
 /// what bounds the records decoded at once and the statements built from
 /// them (measured: 16 MiB parts of the demo records held 17 MB of encoded
-/// statements in sqlx buffers alone).
-pub const PART_BYTES: u64 = 2 * 1024 * 1024;
+/// statements in sqlx buffers alone; 1 MiB against 2 MiB took the peak RSS
+/// of a 1,000,000-record demo backlog from 96 to 80 MB, docs/benchmarks.md).
+pub const PART_BYTES: u64 = 1024 * 1024;
 
 /// Why a pointer did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]

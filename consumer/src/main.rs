@@ -518,9 +518,27 @@ async fn dispatch_sqlite(
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let Cli { global, command } = Cli::parse();
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The runtime's threads come from the configuration
+    // (`consumer.worker_threads`) when it loads; a configuration that does
+    // not load is reported by the command itself.
+    let threads =
+        cli::load_config_quietly(&cli.global, Role::Consumer).map_or(1, |c| c.worker_threads());
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(Cli { global, command }: Cli) -> ExitCode {
     // Generated from the command-line definition; need no configuration.
     match &command {
         Command::Completions { shell } => {

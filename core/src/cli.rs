@@ -111,17 +111,22 @@ pub fn init_logging(args: &GlobalArgs, kind: Kind) {
 /// Loads the configuration for `role` from `--config`, else from
 /// `DATA_SYNC_CONFIG`, and logs its warnings (deprecated keys).
 pub fn load_config(args: &GlobalArgs, role: Role) -> Result<Config, ConfigError> {
-    let config = match &args.config {
-        Some(path) => Config::load_for(role, path, |k| std::env::var(k).ok())?,
-        None => {
-            let path = std::env::var_os(CONFIG_ENV).ok_or(ConfigError::NoPath)?;
-            Config::load_for(role, path.as_ref(), |k| std::env::var(k).ok())?
-        }
-    };
+    let config = load_config_quietly(args, role)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     Ok(config)
+}
+
+/// [`load_config`] without logging its warnings (before logging is set up).
+pub fn load_config_quietly(args: &GlobalArgs, role: Role) -> Result<Config, ConfigError> {
+    match &args.config {
+        Some(path) => Config::load_for(role, path, |k| std::env::var(k).ok()),
+        None => {
+            let path = std::env::var_os(CONFIG_ENV).ok_or(ConfigError::NoPath)?;
+            Config::load_for(role, path.as_ref(), |k| std::env::var(k).ok())
+        }
+    }
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM; the second exits at once
