@@ -771,7 +771,6 @@ impl Config {
             .or(self.producer.source_url.as_deref())
     }
 
-    /// The SQLite target, when `target` names one (None: PostgreSQL).
     /// Threads of the consumer's async runtime (`consumer.worker_threads`).
     /// Unset: one for a PostgreSQL target. A consumer's own CPU is rarely
     /// its limit (the database is), and on glibc every thread that
@@ -787,6 +786,7 @@ impl Config {
             .unwrap_or(if self.sqlite_target().is_some() { 2 } else { 1 })
     }
 
+    /// The SQLite target, when `target` names one (None: PostgreSQL).
     pub fn sqlite_target(&self) -> Option<crate::target::SqliteTarget> {
         self.target.as_ref().and_then(|t| t.sqlite().ok().flatten())
     }
