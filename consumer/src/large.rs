@@ -4,8 +4,8 @@
 //! and SHA-256, before the record is parsed and applied whole.
 //!
 //! Memory: a pull's messages are applied in parts of at most
-//! [`PART_BYTES`] of resolved records (a record larger than that is a part
-//! of its own), so an 8 MB record is held at most a few times over (the
+//! `consumer.batch_max_bytes` of resolved records (a record larger than
+//! that is a part of its own), so an 8 MB record is held at most a few times over (the
 //! fetched bytes, the parsed record, the statement's parameters), never a
 //! whole pull of them. See docs/production.md "Large records".
 
@@ -14,13 +14,6 @@ use bytes::Bytes;
 use syncdata_core::config::NatsConfig;
 use syncdata_core::large::{self, Pointer};
 use tokio::io::AsyncReadExt;
-
-/// Resolved bytes applied in one part of a pull (see the module doc): also
-/// what bounds the records decoded at once and the statements built from
-/// them (measured: 16 MiB parts of the demo records held 17 MB of encoded
-/// statements in sqlx buffers alone; 1 MiB against 2 MiB took the peak RSS
-/// of a 1,000,000-record demo backlog from 96 to 80 MB, docs/benchmarks.md).
-pub const PART_BYTES: u64 = 1024 * 1024;
 
 /// Why a pointer did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -276,7 +276,8 @@ pub async fn run_table<T: Target>(
         // records (`consumer.batch_max_records`: what is decoded at once).
         let mut retry = false;
         let max_records = ctx.config.consumer.batch_max_records;
-        for part in crate::large::parts(msgs, crate::large::PART_BYTES, max_records) {
+        let max_bytes = ctx.config.consumer.batch_max_bytes;
+        for part in crate::large::parts(msgs, max_bytes, max_records) {
             retry |= process(&ctx, &table, &mut mark, part).await;
         }
         drop(reserved);
