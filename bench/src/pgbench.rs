@@ -487,6 +487,19 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             report::fmt_rate(r),
             ratio
         );
+        let peak_rss = rss
+            .iter()
+            .map(|b| report::mb(*b))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let result = |extra: &str| {
+            format!(
+                "{} row changes/s ({} in {}; {extra}peak RSS {peak_rss})",
+                report::fmt_rate(r),
+                report::thousands(changes),
+                report::secs(elapsed),
+            )
+        };
         if !label.is_empty() {
             report.row(
                 "2",
@@ -497,16 +510,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
                         .map(|d| d.display().to_string())
                         .unwrap_or_default()
                 ),
-                format!(
-                    "{} row changes/s ({} in {}; {ratio:.2}× native; peak RSS {})",
-                    report::fmt_rate(r),
-                    report::thousands(changes),
-                    report::secs(elapsed),
-                    rss.iter()
-                        .map(|b| report::mb(*b))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                result(&format!("{ratio:.2}× native; ")),
             );
             continue;
         }
@@ -516,16 +520,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
                 "syncdata catch-up, {k} consumer{} (`syncdata start` launch → last batch committed)",
                 if k == 1 { "" } else { "s" }
             ),
-            format!(
-                "{} row changes/s ({} in {}; peak RSS {})",
-                report::fmt_rate(r),
-                report::thousands(changes),
-                report::secs(elapsed),
-                rss.iter()
-                    .map(|b| report::mb(*b))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            result(""),
             "≥ 2.0× native",
             report::verdict_ratio(ratio, 2.0),
         );
