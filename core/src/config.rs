@@ -786,7 +786,8 @@ impl Config {
     /// its limit (the database is), and on glibc every thread that
     /// allocates keeps a malloc arena at its own high-water mark (measured
     /// on a 1,000,000-record backlog: 96 MB of peak RSS with two threads,
-    /// 64 MB with one, at about the same rate). Two for a SQLite target: its
+    /// 78 MB with one, 64 MB with one and 1 MiB `batch_max_bytes`, at about
+    /// the same rate). Two for a SQLite target: its
     /// driver runs each connection on a thread of its own and hands every
     /// statement across, and with one runtime thread the pgbench catch-up
     /// into SQLite took 34 s against 9 s.
