@@ -66,6 +66,14 @@ async fn open(file: &Path) -> SqlitePool {
         .expect("open sqlite file")
 }
 
+/// One integer the query `sql` reads from the SQLite file.
+async fn count(pool: &SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Keys that differ between the reference and the file, per demo table.
 async fn differences(reference: &TestDb, file: &SqlitePool) -> Vec<(String, usize, usize, usize)> {
     let mut conn = reference.pool.acquire().await.unwrap();
@@ -958,11 +966,11 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
         dir.path(),
     );
     let pool = open(&file).await;
-    let tombstones = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from syncdata_row_state where state = 'D'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+    let tombstones = || {
+        count(
+            &pool,
+            "select count(*) from syncdata_row_state where state = 'D'",
+        )
     };
     support::wait_until(
         "the deletes applied after two restarts",
@@ -998,14 +1006,12 @@ async fn the_daemon_collects_tombstones_and_restarts_failed_workers() {
         ))
         .await
         .unwrap();
-    let counted = || async {
-        sqlx::query_scalar::<_, i64>(
+    let counted = || {
+        count(
+            &pool,
             "select coalesce(max(tombstones_collected), 0) from syncdata_gc_horizon \
              where table_name = 'customers'",
         )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
     };
     // The housekeeping deletes the tombstones, then adds what it deleted to
     // the horizon's count in a statement of its own: wait for both.
