@@ -224,21 +224,29 @@ async fn collect(
             loop {
                 // Pure tombstones only (nothing parked on them), below the
                 // horizon; rows a batch holds are left for the next round.
-                let n = sqlx::query(
-                    "delete from syncdata.row_state r using ( \
-                       select key from syncdata.row_state where table_id = $1 and state = 'D' \
-                       and parked is null and (lsn, seq) < ($2, $3) limit $4 for update skip locked) d \
-                     where r.table_id = $1 and r.key = d.key",
+                // The horizon's count grows in the same statement, so a
+                // crash never loses the count of a chunk deleted.
+                let n: i64 = sqlx::query_scalar(
+                    "with d as ( \
+                       delete from syncdata.row_state r using ( \
+                         select key from syncdata.row_state where table_id = $1 and state = 'D' \
+                         and parked is null and (lsn, seq) < ($2, $3) limit $4 for update skip locked) k \
+                       where r.table_id = $1 and r.key = k.key returning 1), \
+                     n as (select count(*)::bigint as n from d), \
+                     counted as ( \
+                       update syncdata.gc_horizon h set tombstones_collected = h.tombstones_collected + n.n \
+                       from n where h.table_name = $5) \
+                     select n from n",
                 )
                 .bind(table_id)
                 .bind(h_lsn)
                 .bind(h_seq)
                 .bind(CHUNK)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                removed += n;
-                if n < CHUNK as u64 {
+                .bind(&name)
+                .fetch_one(pool)
+                .await?;
+                removed += n as u64;
+                if n < CHUNK {
                     break;
                 }
             }
@@ -248,18 +256,16 @@ async fn collect(
     // a younger one is kept until it has aged.
     sqlx::query(
         "insert into syncdata.gc_horizon (table_name, lsn, seq, observed_at, tombstones_collected, last_run_at) \
-         values ($1, $2, $3, now(), $4, now()) \
+         values ($1, $2, $3, now(), 0, now()) \
          on conflict (table_name) do update set \
-           lsn = case when $5 then excluded.lsn else gc_horizon.lsn end, \
-           seq = case when $5 then excluded.seq else gc_horizon.seq end, \
-           observed_at = case when $5 then now() else gc_horizon.observed_at end, \
-           tombstones_collected = gc_horizon.tombstones_collected + $4, \
+           lsn = case when $4 then excluded.lsn else gc_horizon.lsn end, \
+           seq = case when $4 then excluded.seq else gc_horizon.seq end, \
+           observed_at = case when $4 then now() else gc_horizon.observed_at end, \
            last_run_at = now()",
     )
     .bind(&name)
     .bind(lsn)
     .bind(seq)
-    .bind(removed as i64)
     .bind(aged.is_some())
     .execute(pool)
     .await?;

@@ -120,7 +120,10 @@ async fn collect(
                 .await?;
         if let Some(table_id) = table_id {
             loop {
-                // Pure tombstones only (nothing parked on them).
+                // Pure tombstones only (nothing parked on them). The
+                // horizon's count grows in the same transaction, so a crash
+                // never loses the count of a chunk deleted.
+                let mut tx = pool.begin().await?;
                 let n = sqlx::query(
                     "delete from syncdata_row_state where table_id = ?1 and key in ( \
                        select key from syncdata_row_state where table_id = ?1 and state = 'D' \
@@ -130,9 +133,18 @@ async fn collect(
                 .bind(h_lsn)
                 .bind(h_seq)
                 .bind(CHUNK)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                sqlx::query(
+                    "update syncdata_gc_horizon set tombstones_collected = tombstones_collected + ?1 \
+                     where table_name = ?2",
+                )
+                .bind(n as i64)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 removed += n;
                 if n < CHUNK as u64 {
                     break;
@@ -142,18 +154,16 @@ async fn collect(
     }
     sqlx::query(
         "insert into syncdata_gc_horizon (table_name, lsn, seq, observed_at, tombstones_collected, last_run_at) \
-         values (?1, ?2, ?3, unixepoch('subsec'), ?4, unixepoch('subsec')) \
+         values (?1, ?2, ?3, unixepoch('subsec'), 0, unixepoch('subsec')) \
          on conflict (table_name) do update set \
-           lsn = case when ?5 then excluded.lsn else lsn end, \
-           seq = case when ?5 then excluded.seq else seq end, \
-           observed_at = case when ?5 then excluded.observed_at else observed_at end, \
-           tombstones_collected = tombstones_collected + ?4, \
+           lsn = case when ?4 then excluded.lsn else lsn end, \
+           seq = case when ?4 then excluded.seq else seq end, \
+           observed_at = case when ?4 then excluded.observed_at else observed_at end, \
            last_run_at = excluded.last_run_at",
     )
     .bind(&name)
     .bind(lsn)
     .bind(seq)
-    .bind(removed as i64)
     .bind(aged.is_some())
     .execute(pool)
     .await?;
