@@ -86,6 +86,11 @@ impl Value {
             // that did not (a lone surrogate escape, which serde_json's raw
             // values let through) decodes with U+FFFD in its place, never a
             // panic.
+            // Most values hold no escape: their text is what lies between
+            // the quotes (a raw value is valid JSON, so it ends with one).
+            Some(b'"') if raw.len() >= 2 && memchr_backslash(raw.as_bytes()).is_none() => {
+                Some(raw[1..raw.len() - 1].to_owned())
+            }
             Some(b'"') => {
                 Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| unescape_lossy(raw)))
             }
@@ -724,6 +729,29 @@ mod tests {
         assert_eq!(d["flag"].to_pg_text().unwrap(), "true");
         assert_eq!(d["nul"].to_pg_text(), None);
         assert_eq!(d["obj"].to_pg_text().unwrap(), r#"{"a":[1,2]}"#);
+    }
+
+    #[test]
+    fn strings_without_escapes_read_as_serde_reads_them() {
+        // As serde_json writes them (escapes only where JSON needs them).
+        for text in [
+            "",
+            "plain",
+            "ünïcödé ✓ 𝄞",
+            "a\\tb",
+            "quote \" inside",
+            "\u{8}\u{c}\n\r\t",
+        ] {
+            let raw = serde_json::to_string(text).unwrap();
+            let value: Value = serde_json::from_str(&raw).unwrap();
+            assert_eq!(value.to_pg_text().as_deref(), Some(text), "{raw}");
+        }
+        // Escapes serde_json does not write, read the same way.
+        for raw in [r#""\u00e9\/x""#, r#""\ud834\udd1e""#, r#""\"""#] {
+            let value: Value = serde_json::from_str(raw).unwrap();
+            let expected: String = serde_json::from_str(raw).unwrap();
+            assert_eq!(value.to_pg_text(), Some(expected), "{raw}");
+        }
     }
 
     #[test]

@@ -19,9 +19,7 @@
 //! bookkeeping came from this snapshot (an earlier delivery of the same
 //! row: the same values) and is kept.
 
-use std::collections::HashSet;
-
-use super::merge::{Change, KeyId, Val, Versioned};
+use super::merge::{Change, KeyId, KeySet, Val, Versioned};
 use super::prepare::Prepared;
 use super::target::TargetTx;
 use super::Disposition;
@@ -32,9 +30,9 @@ pub(super) async fn load_snapshot_rows<X: TargetTx>(
     tx: &mut X,
     p: &mut Prepared,
     live: &mut Vec<Versioned>,
-) -> Result<HashSet<KeyId>, sqlx::Error> {
+) -> Result<KeySet, sqlx::Error> {
     if !live.iter().any(|c| p.snapshot[c.index]) {
-        return Ok(HashSet::new());
+        return Ok(KeySet::default());
     }
     // Changes per key: a key touched more than once goes through the merge.
     let mut touches = vec![0u32; p.keys.len()];
@@ -65,15 +63,15 @@ pub(super) async fn load_snapshot_rows<X: TargetTx>(
         })
         .collect();
     if candidates.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(KeySet::default());
     }
-    let booked: HashSet<KeyId> = tx
+    let booked: KeySet = tx
         .lock_rows(&p.keys, &candidates)
         .await?
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let load: HashSet<KeyId> = candidates
+    let load: KeySet = candidates
         .into_iter()
         .filter(|id| !booked.contains(id))
         .collect();

@@ -18,7 +18,7 @@ use syncdata_core::version::Version;
 use tokio::sync::RwLock;
 use tracing::{debug, warn};
 
-use super::merge::{self, Change, KeyId, Outcome, RowState, Versioned};
+use super::merge::{self, Change, KeyId, KeyMap, Outcome, RowState, Versioned};
 use super::plan::{self, BookRow, Merged, Stored};
 use super::prepare::{self, key_parts, Prepared};
 use super::shape::{ShapeError, TableShape};
@@ -158,11 +158,15 @@ fn conflict_lost(e: &sqlx::Error) -> bool {
 
 /// The newest valid commit timestamp (`ts`) of the batch's records, in UTC
 /// RFC 3339. A `ts` that does not parse is ignored: it only feeds `status`.
+/// The records of one transaction share their `ts`, and a snapshot's rows
+/// all have one: a text equal to the one before it is not parsed again.
 pub fn newest_commit_time(batch: &[Incoming<'_>]) -> Option<String> {
     use time::format_description::well_known::Rfc3339;
+    let mut previous: Option<&str> = None;
     batch
         .iter()
         .filter_map(|i| i.record.ts.as_deref())
+        .filter(|&ts| previous.replace(ts) != Some(ts))
         .filter_map(|ts| time::OffsetDateTime::parse(ts, &Rfc3339).ok())
         .max()
         .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).ok())
@@ -238,7 +242,7 @@ async fn apply_in_tx<X: TargetTx>(
     let outcomes = merge::merge(&mut states, live_changes);
     let need = plan::values_needed(&states, &initial);
     let fetched = if need.is_empty() {
-        HashMap::new()
+        KeyMap::default()
     } else {
         tx.read_rows(&p.keys, &need).await?
     };
@@ -400,14 +404,14 @@ impl ChangeKind {
 fn tally(
     p: &mut Prepared,
     kinds: &[ChangeKind],
-    outcomes: &HashMap<usize, Outcome>,
+    outcomes: &KeyMap<Outcome>,
     exists: &[bool],
     initial: &[RowState],
 ) -> BatchReport {
     let mut report = BatchReport::default();
     // The oldest image of each key in the batch: a DELETE after it deletes
     // a row the batch itself brought, not a missing one.
-    let mut first_image: HashMap<usize, Version> = HashMap::new();
+    let mut first_image: KeyMap<Version> = KeyMap::default();
     for c in kinds {
         if !c.delete {
             let v = first_image.entry(c.key).or_insert(c.version);
@@ -437,4 +441,43 @@ fn tally(
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncdata_core::record::Record;
+
+    #[test]
+    fn the_newest_commit_time_compares_instants_and_skips_what_does_not_parse() {
+        let ts = [
+            Some("2026-12-04T10:00:00+00:00"),
+            Some("2026-12-04T10:00:00+00:00"),
+            // The newest instant, written in another offset.
+            Some("2026-12-04T11:30:00+01:00"),
+            Some("2026-12-04T11:30:00+01:00"),
+            Some("2026-12-04T10:20:00Z"),
+            Some("not a time"),
+            None,
+            Some("2026-12-04T10:00:00+00:00"),
+        ];
+        let records: Vec<Record> = ts
+            .iter()
+            .enumerate()
+            .map(|(i, ts)| {
+                let ts = ts.map(|t| format!(r#","ts":"{t}""#)).unwrap_or_default();
+                Record::parse(
+                    format!(r#"{{"table":"t","op":"INSERT","data":{{"id":{i}}},"lsn":"0/1"{ts}}}"#)
+                        .as_bytes(),
+                )
+                .expect("record parses")
+            })
+            .collect();
+        let batch = crate::apply::incoming(&records);
+        assert_eq!(
+            newest_commit_time(&batch).as_deref(),
+            Some("2026-12-04T10:30:00Z")
+        );
+        assert_eq!(newest_commit_time(&batch[5..7]), None);
+    }
 }

@@ -18,12 +18,22 @@
 //! name together, they never make a row visible, because applied in version
 //! order each would find no row and be skipped (seed 004).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use syncdata_core::version::Version;
 
 /// Index of a key in the batch's key table.
 pub type KeyId = usize;
+
+/// The hasher of the apply's per-record maps and sets: foldhash, as
+/// hashbrown's own default (randomly seeded per process), several times
+/// cheaper than std's SipHash on these small keys (dense indices, key
+/// texts), which it hashed once or more for every record of a batch.
+pub type FastState = foldhash::fast::RandomState;
+/// A set of key ids.
+pub type KeySet = HashSet<KeyId, FastState>;
+/// A map by key id (or by a record's index in its batch).
+pub type KeyMap<V> = HashMap<KeyId, V, FastState>;
 
 /// Where a column's value is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,9 +247,9 @@ pub struct Versioned {
 
 /// Applies `changes` in version order to `states` (indexed by key id) and
 /// returns each change's outcome, by batch index.
-pub fn merge(states: &mut [RowState], mut changes: Vec<Versioned>) -> HashMap<usize, Outcome> {
+pub fn merge(states: &mut [RowState], mut changes: Vec<Versioned>) -> KeyMap<Outcome> {
     changes.sort_by_key(|c| (c.version, c.index));
-    let mut outcomes = HashMap::with_capacity(changes.len());
+    let mut outcomes = KeyMap::with_capacity_and_hasher(changes.len(), FastState::default());
     for Versioned {
         version,
         index,

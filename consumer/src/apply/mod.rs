@@ -37,6 +37,18 @@ pub struct Incoming<'a> {
     pub fallback_seq: u64,
 }
 
+/// A batch of `records` without fallback ordinals (the unit tests' batches).
+#[cfg(test)]
+pub(crate) fn incoming(records: &[Record]) -> Vec<Incoming<'_>> {
+    records
+        .iter()
+        .map(|record| Incoming {
+            record,
+            fallback_seq: 0,
+        })
+        .collect()
+}
+
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {

@@ -11,11 +11,11 @@
 //! version, the versions of columns that differ from it, its floor, and a
 //! parked row's known values — exactly what [`initial_state`] reads back.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use syncdata_core::version::Version;
 
-use super::merge::{Cell, KeyId, RowState, Val};
+use super::merge::{Cell, KeyId, KeyMap, KeySet, RowState, Val};
 use super::shape::TableShape;
 
 /// A row's bookkeeping as read under lock.
@@ -172,8 +172,8 @@ pub fn initial_state(
 }
 
 /// Which rows need values from the target table that are not in hand.
-pub fn values_needed(states: &[RowState], initial: &[RowState]) -> HashSet<KeyId> {
-    let mut need = HashSet::new();
+pub fn values_needed(states: &[RowState], initial: &[RowState]) -> KeySet {
+    let mut need = KeySet::default();
     for (id, st) in states.iter().enumerate() {
         if st == &initial[id] {
             continue;
@@ -193,11 +193,7 @@ pub fn values_needed(states: &[RowState], initial: &[RowState]) -> HashSet<KeyId
 
 /// The text of column `c` of a cell value, from the batch or from the
 /// target rows read.
-pub fn resolve(
-    fetched: &HashMap<KeyId, Vec<Option<String>>>,
-    c: usize,
-    val: &Val,
-) -> Option<String> {
+pub fn resolve(fetched: &KeyMap<Vec<Option<String>>>, c: usize, val: &Val) -> Option<String> {
     match val {
         Val::Known(v) => v.clone(),
         Val::InDb(k) => fetched.get(k).and_then(|row| row[c].clone()),
@@ -219,7 +215,7 @@ pub struct Merged<'a> {
     /// present even when not probed).
     pub by_update: &'a [bool],
     /// Target rows read for values not in hand (see [`values_needed`]).
-    pub fetched: &'a HashMap<KeyId, Vec<Option<String>>>,
+    pub fetched: &'a KeyMap<Vec<Option<String>>>,
 }
 
 /// The writes that bring the target and its bookkeeping to the merged
@@ -364,7 +360,7 @@ mod tests {
 
     /// Plans one key: `(initial, state, exists, had_book, by_update)`.
     fn plan_one(initial: RowState, state: RowState, exists: bool, had_book: bool) -> WritePlan {
-        let fetched = HashMap::new();
+        let fetched = KeyMap::default();
         plan(
             &shape(),
             &Merged {
@@ -493,7 +489,7 @@ mod tests {
         #[test]
         fn bookkeeping_round_trips(st in arb_state()) {
             let shape = shape();
-            let fetched = HashMap::new();
+            let fetched = KeyMap::default();
             let Some(row) = BookRow::of(&shape, &st, &|c, val| resolve(&fetched, c, val)) else {
                 prop_assert!(st.cells.iter().all(Option::is_none) && st.floor.is_none());
                 return Ok(());
@@ -533,7 +529,7 @@ mod tests {
             let by_update: Vec<bool> = rows.iter().map(|r| r.3).collect();
             let had_book = vec![true; rows.len()];
             let inserted = vec![None; rows.len()];
-            let fetched = HashMap::new();
+            let fetched = KeyMap::default();
             let p = plan(&shape, &Merged {
                 initial: &initial, states: &states, exists: &exists, had_book: &had_book,
                 inserted: &inserted, by_update: &by_update, fetched: &fetched,

@@ -7,12 +7,13 @@
 //! truncate version); a record that names a column the shape lacks is
 //! flagged, so the engine can read the shape afresh once before rejecting it.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
 use syncdata_core::record::{Columns, Op, Record};
 use syncdata_core::version::Version;
 
-use super::merge::{Change, KeyId, Val, Versioned};
+use super::merge::{Change, FastState, KeyId, Val, Versioned};
 use super::shape::TableShape;
 use super::{Disposition, Incoming};
 
@@ -37,35 +38,71 @@ pub fn key_parts(text: String, width: usize) -> Vec<String> {
 }
 
 /// The keys a batch touches, each once: a [`KeyId`] is an index here.
+///
+/// Each key's text is held once: the index finds an id by hashing the text
+/// it points at, and a one-column key's values are that same text (only a
+/// composite key keeps its values apart). A batch interns every record's
+/// key, so this spares two copies of each key and SipHash per record.
 #[derive(Debug, Default, Clone)]
 pub struct Keys {
-    /// Key values (text form), one per key column.
-    pub parts: Vec<Vec<String>>,
     /// [`key_text`] of each key.
-    pub texts: Vec<String>,
-    pub ids: HashMap<String, KeyId>,
+    texts: Vec<String>,
+    /// The values of each composite key (one per key column); None for a
+    /// one-column key, whose value is its text.
+    composite: Vec<Option<Vec<String>>>,
+    /// Ids, found by the hash of their text.
+    index: HashTable<KeyId>,
+    hasher: FastState,
 }
 
 impl Keys {
-    /// The id of `key`, added when new.
+    /// The id of `key` (its values, text form, one per key column), added
+    /// when new.
     pub fn intern(&mut self, key: Vec<String>) -> KeyId {
-        let text = key_text(&key);
-        if let Some(&id) = self.ids.get(&text) {
+        let (text, composite) = if key.len() == 1 {
+            (key.into_iter().next().expect("one value"), None)
+        } else {
+            (key_text(&key), Some(key))
+        };
+        let hash = self.hasher.hash_one(text.as_str());
+        let texts = &self.texts;
+        if let Some(&id) = self.index.find(hash, |&id| texts[id] == text) {
             return id;
         }
-        let id = self.parts.len();
-        self.parts.push(key);
-        self.texts.push(text.clone());
-        self.ids.insert(text, id);
+        let id = self.texts.len();
+        self.texts.push(text);
+        self.composite.push(composite);
+        let (texts, hasher) = (&self.texts, &self.hasher);
+        self.index
+            .insert_unique(hash, id, |&id| hasher.hash_one(texts[id].as_str()));
         id
     }
 
+    /// The id of the key stored under `text` ([`key_text`]), if interned.
+    pub fn id_of(&self, text: &str) -> Option<KeyId> {
+        let hash = self.hasher.hash_one(text);
+        self.index.find(hash, |&id| self.texts[id] == text).copied()
+    }
+
+    /// The [`key_text`] of `id`.
+    pub fn text(&self, id: KeyId) -> &str {
+        &self.texts[id]
+    }
+
+    /// The values of `id`'s key, one per key column.
+    pub fn parts(&self, id: KeyId) -> &[String] {
+        match &self.composite[id] {
+            Some(parts) => parts,
+            None => std::slice::from_ref(&self.texts[id]),
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.parts.len()
+        self.texts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.texts.is_empty()
     }
 }
 
@@ -296,14 +333,7 @@ mod tests {
     }
 
     fn prepared(records: &[Record]) -> Prepared {
-        let batch: Vec<Incoming> = records
-            .iter()
-            .map(|record| Incoming {
-                record,
-                fallback_seq: 0,
-            })
-            .collect();
-        prepare(&shape(), &batch)
+        prepare(&shape(), &crate::apply::incoming(records))
     }
 
     fn known(s: &str) -> Option<Val> {
@@ -316,8 +346,10 @@ mod tests {
             r#"{"table":"t","op":"INSERT","data":{"id":1,"k":"x","g":5},"lsn":"0/10","seq":0}"#,
         ]);
         let p = prepared(&rs);
-        assert_eq!(p.keys.parts, vec![vec!["1".to_owned(), "x".to_owned()]]);
-        assert_eq!(p.keys.texts, vec![r#"["1","x"]"#.to_owned()]);
+        assert_eq!(p.keys.len(), 1);
+        assert_eq!(p.keys.parts(0), ["1".to_owned(), "x".to_owned()]);
+        assert_eq!(p.keys.text(0), r#"["1","x"]"#);
+        assert_eq!(p.keys.id_of(r#"["1","x"]"#), Some(0));
         match &p.changes[0].change {
             Change::Image { key, values, from } => {
                 assert_eq!((*key, from), (0, &None));
@@ -339,10 +371,10 @@ mod tests {
         let p = prepared(&rs);
         match &p.changes[0].change {
             Change::Image { key, values, from } => {
-                assert_eq!(p.keys.parts[*key], vec!["2".to_owned(), "x".to_owned()]);
+                assert_eq!(p.keys.parts(*key), ["2".to_owned(), "x".to_owned()]);
                 assert_eq!(
-                    p.keys.parts[from.expect("moves")],
-                    vec!["1".to_owned(), "x".to_owned()]
+                    p.keys.parts(from.expect("moves")),
+                    ["1".to_owned(), "x".to_owned()]
                 );
                 // Column a carried, k from the old key, nothing else known.
                 assert_eq!(values, &vec![known("2"), known("x"), known("v")]);
@@ -380,6 +412,29 @@ mod tests {
         ] {
             let width = parts.len();
             assert_eq!(key_parts(key_text(&parts), width), parts);
+        }
+    }
+
+    #[test]
+    fn keys_are_interned_once_and_found_by_their_text() {
+        let owned = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let mut keys = Keys::default();
+        let a = keys.intern(owned(&["7"]));
+        let b = keys.intern(owned(&["8"]));
+        assert_eq!(keys.intern(owned(&["7"])), a);
+        assert_ne!(a, b);
+        assert_eq!((keys.parts(a), keys.text(a)), (&owned(&["7"])[..], "7"));
+        assert_eq!((keys.id_of("8"), keys.id_of("9")), (Some(b), None));
+
+        let mut keys = Keys::default();
+        let many: Vec<KeyId> = (0..1000)
+            .map(|i| keys.intern(owned(&[&i.to_string(), "x\"y"])))
+            .collect();
+        assert_eq!(keys.len(), 1000);
+        for (i, &id) in many.iter().enumerate() {
+            assert_eq!(keys.intern(owned(&[&i.to_string(), "x\"y"])), id);
+            assert_eq!(keys.parts(id), owned(&[&i.to_string(), "x\"y"]));
+            assert_eq!(keys.id_of(keys.text(id)), Some(id));
         }
     }
 }

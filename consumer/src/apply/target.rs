@@ -47,14 +47,13 @@
 //! - **Transient or permanent** is decided from the error ([`sqlx::Error`],
 //!   SQLSTATE) by `crate::failure`, not by the target.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 
-use super::merge::KeyId;
+use super::merge::{KeyId, KeyMap, KeySet};
 use super::plan::{BookRow, Stored, WritePlan};
 use super::prepare::Keys;
 use super::shape::{ShapeError, TableShape};
@@ -116,15 +115,15 @@ pub trait TargetTx: Send {
         &mut self,
         keys: &Keys,
         ids: &[KeyId],
-    ) -> impl Future<Output = Result<HashSet<KeyId>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<KeySet, sqlx::Error>> + Send;
 
     /// The text of every column (shape order, None for NULL) of the target
     /// rows of `ids` that exist.
     fn read_rows(
         &mut self,
         keys: &Keys,
-        ids: &HashSet<KeyId>,
-    ) -> impl Future<Output = Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error>> + Send;
+        ids: &KeySet,
+    ) -> impl Future<Output = Result<KeyMap<Vec<Option<String>>>, sqlx::Error>> + Send;
 
     /// Inserts the bookkeeping rows of keys that had none, in key order,
     /// skipping keys that have one by now. Returns the key ids inserted; a
@@ -135,7 +134,7 @@ pub trait TargetTx: Send {
         &mut self,
         keys: &Keys,
         rows: &[(KeyId, BookRow)],
-    ) -> impl Future<Output = Result<HashSet<KeyId>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<KeySet, sqlx::Error>> + Send;
 
     /// Writes the plan: target rows first (deletes, whole rows, partial
     /// rows), then the bookkeeping.

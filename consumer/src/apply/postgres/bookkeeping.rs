@@ -5,12 +5,10 @@
 //! batch. Rows are locked in key order (`collate "C"`), so batches that
 //! share keys never deadlock.
 
-use std::collections::HashSet;
-
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use syncdata_core::version::Version;
 
-use crate::apply::merge::KeyId;
+use crate::apply::merge::{KeyId, KeySet};
 use crate::apply::plan::{BookRow, Stored};
 use crate::apply::prepare::Keys;
 use crate::apply::shape::TableShape;
@@ -143,7 +141,7 @@ pub(super) async fn lock_rows(
     keys: &Keys,
     ids: &[KeyId],
 ) -> Result<Vec<(KeyId, Stored)>, sqlx::Error> {
-    let mut wanted: Vec<&str> = ids.iter().map(|&id| keys.texts[id].as_str()).collect();
+    let mut wanted: Vec<&str> = ids.iter().map(|&id| keys.text(id)).collect();
     wanted.sort_unstable();
     let rows: Vec<StoredRow> = sqlx::query_as(
         "select key, state::text, lsn, seq, floor_lsn, floor_seq, col_versions, parked \
@@ -157,7 +155,7 @@ pub(super) async fn lock_rows(
     Ok(rows
         .into_iter()
         .filter_map(|(key, state, lsn, seq, fl, fs, cv, parked)| {
-            let id = *keys.ids.get(&key)?;
+            let id = keys.id_of(&key)?;
             Some((
                 id,
                 Stored {
@@ -210,7 +208,7 @@ async fn book_source(
     if rows.len() < copy_from {
         let mut book = Columns::default();
         for (id, row) in rows {
-            book.push(keys.texts[id].clone(), row);
+            book.push(keys.text(id).to_owned(), row);
         }
         return Ok((
             "unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[]) \
@@ -221,7 +219,7 @@ async fn book_source(
     let mut copy = stage::CopyRows::with_capacity(rows.len() * 96);
     for (id, row) in &rows {
         copy.row(8);
-        copy.text(Some(&keys.texts[*id]));
+        copy.text(Some(keys.text(*id)));
         copy.text(Some(row.state));
         copy.int8(Some(row.lsn));
         copy.int8(Some(row.seq));
@@ -274,7 +272,7 @@ pub(super) async fn insert(
     table_id: i32,
     keys: &Keys,
     rows: &[(KeyId, BookRow)],
-) -> Result<HashSet<KeyId>, sqlx::Error> {
+) -> Result<KeySet, sqlx::Error> {
     let (source, book) = book_source(tx, copy_from, keys, rows.to_vec()).await?;
     let sql = format!(
         "insert into syncdata.row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
@@ -285,7 +283,7 @@ pub(super) async fn insert(
     let q = sqlx::query(AssertSqlSafe(sql)).bind(table_id);
     match bind_book!(q, book).execute(&mut **tx).await {
         Ok(_) => Ok(rows.iter().map(|(id, _)| *id).collect()),
-        Err(e) if super::unique_violation(&e, Some("row_state_pkey")) => Ok(HashSet::new()),
+        Err(e) if super::unique_violation(&e, Some("row_state_pkey")) => Ok(KeySet::default()),
         Err(e) => Err(e),
     }
 }
@@ -324,7 +322,7 @@ pub(super) async fn remove(
     if ids.is_empty() {
         return Ok(());
     }
-    let texts: Vec<&str> = ids.iter().map(|&id| keys.texts[id].as_str()).collect();
+    let texts: Vec<&str> = ids.iter().map(|&id| keys.text(id)).collect();
     sqlx::query("delete from syncdata.row_state where table_id = $1 and key = any($2)")
         .bind(table_id)
         .bind(&texts)

@@ -10,14 +10,13 @@ mod shape;
 mod stage;
 mod statements;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::{PgPool, Transaction};
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 
-use super::merge::KeyId;
+use super::merge::{KeyId, KeyMap, KeySet};
 use super::plan::{BookRow, Stored, WritePlan};
 use super::prepare::Keys;
 use super::shape::{ShapeError, TableShape};
@@ -184,15 +183,15 @@ impl TargetTx for PgTx {
         bookkeeping::lock_rows(&mut self.tx, id, keys, ids).await
     }
 
-    async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<HashSet<KeyId>, sqlx::Error> {
+    async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<KeySet, sqlx::Error> {
         statements::present(&mut self.tx, &self.shape, keys, ids).await
     }
 
     async fn read_rows(
         &mut self,
         keys: &Keys,
-        ids: &HashSet<KeyId>,
-    ) -> Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error> {
+        ids: &KeySet,
+    ) -> Result<KeyMap<Vec<Option<String>>>, sqlx::Error> {
         statements::read_rows(&mut self.tx, &self.shape, keys, ids).await
     }
 
@@ -200,7 +199,7 @@ impl TargetTx for PgTx {
         &mut self,
         keys: &Keys,
         rows: &[(KeyId, BookRow)],
-    ) -> Result<HashSet<KeyId>, sqlx::Error> {
+    ) -> Result<KeySet, sqlx::Error> {
         let id = self.table_id();
         bookkeeping::insert(&mut self.tx, self.copy_from, id, keys, rows).await
     }

@@ -2,11 +2,11 @@
 //! read or write, the rows bound as one text array per column and turned
 //! into rows by `unnest` (values cast to each column's type in SQL).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use crate::apply::merge::KeyId;
+use crate::apply::merge::{KeyId, KeyMap, KeySet};
 use crate::apply::prepare::Keys;
 use crate::apply::shape::TableShape;
 
@@ -22,7 +22,7 @@ fn key_columns<'a>(
 ) -> Vec<Vec<String>> {
     let mut columns = vec![Vec::new(); width];
     for &id in ids {
-        for (column, value) in columns.iter_mut().zip(&keys.parts[id]) {
+        for (column, value) in columns.iter_mut().zip(keys.parts(id)) {
             column.push(value.clone());
         }
     }
@@ -55,7 +55,7 @@ pub(super) async fn present(
     shape: &TableShape,
     keys: &Keys,
     ids: &[KeyId],
-) -> Result<HashSet<KeyId>, sqlx::Error> {
+) -> Result<KeySet, sqlx::Error> {
     let (kparams, kaliases) = shape.key_params(1);
     let sql = format!(
         "select u.i from unnest({kparams}) with ordinality as u({kaliases}, i) join {} t on {}",
@@ -75,8 +75,8 @@ pub(super) async fn read_rows(
     tx: &mut Tx,
     shape: &TableShape,
     keys: &Keys,
-    ids: &HashSet<KeyId>,
-) -> Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error> {
+    ids: &KeySet,
+) -> Result<KeyMap<Vec<Option<String>>>, sqlx::Error> {
     let ids: Vec<KeyId> = ids.iter().copied().collect();
     let (kparams, kaliases) = shape.key_params(1);
     let cols: Vec<String> = (0..shape.columns.len())

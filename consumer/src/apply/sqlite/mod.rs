@@ -30,7 +30,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction, TypeInfo, ValueR
 use syncdata_core::table::TableName;
 use syncdata_core::version::Version;
 
-use super::merge::KeyId;
+use super::merge::{KeyId, KeyMap, KeySet};
 use super::plan::{BookRow, Stored, WritePlan};
 use super::prepare::Keys;
 use super::shape::{Column, ShapeError, TableShape};
@@ -292,7 +292,7 @@ impl SqliteTx {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (j, &id) in chunk.iter().enumerate() {
                 q = q.bind((chunk_no * CHUNK + j) as i64);
-                q = self.bind_key(q, &keys.parts[id]);
+                q = self.bind_key(q, keys.parts(id));
             }
             out.extend(q.fetch_all(&mut *self.tx).await?);
         }
@@ -482,10 +482,10 @@ impl TargetTx for SqliteTx {
             );
             let mut q = sqlx::query_as::<_, StoredRow>(AssertSqlSafe(sql)).bind(id);
             for &k in chunk {
-                q = q.bind(keys.texts[k].as_str());
+                q = q.bind(keys.text(k));
             }
             for (key, state, lsn, seq, fl, fs, cv, parked) in q.fetch_all(&mut *self.tx).await? {
-                if let Some(&k) = keys.ids.get(&key) {
+                if let Some(k) = keys.id_of(&key) {
                     out.push((
                         k,
                         Stored {
@@ -502,7 +502,7 @@ impl TargetTx for SqliteTx {
         Ok(out)
     }
 
-    async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<HashSet<KeyId>, sqlx::Error> {
+    async fn present(&mut self, keys: &Keys, ids: &[KeyId]) -> Result<KeySet, sqlx::Error> {
         let rows = self.by_keys(ids, keys, "").await?;
         rows.iter()
             .map(|r| Ok(ids[r.try_get::<i64, _>(0)? as usize]))
@@ -512,14 +512,14 @@ impl TargetTx for SqliteTx {
     async fn read_rows(
         &mut self,
         keys: &Keys,
-        ids: &HashSet<KeyId>,
-    ) -> Result<HashMap<KeyId, Vec<Option<String>>>, sqlx::Error> {
+        ids: &KeySet,
+    ) -> Result<KeyMap<Vec<Option<String>>>, sqlx::Error> {
         let ids: Vec<KeyId> = ids.iter().copied().collect();
         let cols: String = (0..self.shape.columns.len())
             .map(|c| format!(", t.{}", self.col(c)))
             .collect();
         let rows = self.by_keys(&ids, keys, &cols).await?;
-        let mut out = HashMap::new();
+        let mut out = KeyMap::default();
         for r in rows {
             let i: i64 = r.try_get(0)?;
             let mut vals = Vec::with_capacity(self.kinds.len());
@@ -535,18 +535,18 @@ impl TargetTx for SqliteTx {
         &mut self,
         keys: &Keys,
         rows: &[(KeyId, BookRow)],
-    ) -> Result<HashSet<KeyId>, sqlx::Error> {
+    ) -> Result<KeySet, sqlx::Error> {
         let id = self.table_id();
         let mut sorted: Vec<&(KeyId, BookRow)> = rows.iter().collect();
-        sorted.sort_by(|a, b| keys.texts[a.0].cmp(&keys.texts[b.0]));
-        let mut done = HashSet::new();
+        sorted.sort_by(|a, b| keys.text(a.0).cmp(keys.text(b.0)));
+        let mut done = KeySet::default();
         for (k, row) in sorted {
             let r = sqlx::query(
                 "insert into syncdata_row_state (table_id, key, state, lsn, seq, floor_lsn, floor_seq, col_versions, parked) \
                  values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
             )
             .bind(id)
-            .bind(keys.texts[*k].as_str())
+            .bind(keys.text(*k))
             .bind(row.state)
             .bind(row.lsn)
             .bind(row.seq)
@@ -577,7 +577,7 @@ impl TargetTx for SqliteTx {
         let delete = format!("delete from {} where {}", self.table, self.key_where());
         for k in deletes {
             let q = sqlx::query(AssertSqlSafe(delete.clone()));
-            self.bind_key(q, &keys.parts[k])
+            self.bind_key(q, keys.parts(k))
                 .execute(&mut *self.tx)
                 .await?;
         }
@@ -611,7 +611,7 @@ impl TargetTx for SqliteTx {
             for (c, v) in written {
                 q = bind(q, values::to_sqlite(self.kinds[c], v.as_deref()));
             }
-            self.bind_key(q, &keys.parts[k])
+            self.bind_key(q, keys.parts(k))
                 .execute(&mut *self.tx)
                 .await?;
         }
@@ -628,14 +628,14 @@ impl TargetTx for SqliteTx {
             .bind(row.col_versions.as_deref())
             .bind(row.parked.as_deref())
             .bind(id)
-            .bind(keys.texts[k].as_str())
+            .bind(keys.text(k))
             .execute(&mut *self.tx)
             .await?;
         }
         for k in book_removals {
             sqlx::query("delete from syncdata_row_state where table_id = ? and key = ?")
                 .bind(id)
-                .bind(keys.texts[k].as_str())
+                .bind(keys.text(k))
                 .execute(&mut *self.tx)
                 .await?;
         }
