@@ -390,6 +390,36 @@ async fn a_column_added_locally_is_seen_without_a_restart() {
     assert_eq!(dump(&db, "t").await, ["(1,x,y)"]);
 }
 
+/// In replica mode (a superuser, or the parameter granted) the target's own
+/// triggers do not fire for replicated rows; without it they do. The mode
+/// is set by the batch's BEGIN itself, so this checks that it holds for
+/// every statement of the batch.
+#[tokio::test]
+async fn replica_mode_keeps_the_targets_triggers_from_firing() {
+    let ddl = "create table t (id int primary key, a text);
+        create table audit (id int);
+        create function audit_fn() returns trigger language plpgsql as
+            $$ begin insert into audit values (new.id); return new; end $$;
+        create trigger audit_trg after insert or update on t
+            for each row execute function audit_fn();";
+    let (db, replica) = setup("replica_mode", ddl).await;
+    let origin = Applier::new(db.pool.clone(), false);
+    let table = TableName::new("public", "t");
+    for (applier, id, lsn) in [
+        (&replica, 1, "0/1"),
+        (&origin, 2, "0/2"),
+        (&replica, 3, "0/3"),
+    ] {
+        let r = rec(&format!(
+            r#"{{"table":"t","op":"INSERT","data":{{"id":{id},"a":"x"}},"lsn":"{lsn}","seq":0}}"#
+        ));
+        let report = applier.apply_batch(&table, &one(&r), "").await.unwrap();
+        assert_eq!(report.dispositions, [Disposition::Applied]);
+    }
+    assert_eq!(dump(&db, "t").await, ["(1,x)", "(2,x)", "(3,x)"]);
+    assert_eq!(dump(&db, "audit").await, ["(2)"]);
+}
+
 /// Two consumers on one row: the one that waits for the other's row lock
 /// must see everything the other committed, target row included (under READ
 /// COMMITTED a statement that waits for a lock re-reads only the locked

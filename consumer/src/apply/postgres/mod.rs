@@ -135,12 +135,16 @@ impl Target for PgTarget {
     }
 
     async fn begin(&self, shape: Arc<TableShape>) -> Result<PgTx, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if self.replica_role {
-            sqlx::query("set local session_replication_role = replica")
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Replica mode is set by the BEGIN itself (one simple query of two
+        // statements): one round trip less for every batch, which counts
+        // when the database is a network hop away.
+        let tx = if self.replica_role {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL session_replication_role = replica")
+                .await?
+        } else {
+            self.pool.begin().await?
+        };
         Ok(PgTx {
             tx,
             shape,
