@@ -82,15 +82,15 @@ impl Value {
         let raw = self.0.get().trim();
         match raw.as_bytes().first() {
             Some(b'n') if raw == "null" => None,
-            // A value that passed `Record::validate` always decodes; one
-            // that did not (a lone surrogate escape, which serde_json's raw
-            // values let through) decodes with U+FFFD in its place, never a
-            // panic.
             // Most values hold no escape: their text is what lies between
             // the quotes (a raw value is valid JSON, so it ends with one).
             Some(b'"') if raw.len() >= 2 && memchr_backslash(raw.as_bytes()).is_none() => {
                 Some(raw[1..raw.len() - 1].to_owned())
             }
+            // A value that passed `Record::validate` always decodes; one
+            // that did not (a lone surrogate escape, which serde_json's raw
+            // values let through) decodes with U+FFFD in its place, never a
+            // panic.
             Some(b'"') => {
                 Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| unescape_lossy(raw)))
             }
