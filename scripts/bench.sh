@@ -88,6 +88,14 @@ tree_ticks() { # tree_ticks PID
     echo "$total"
 }
 
+# Busy clock ticks of the whole machine so far (user, nice, system, irq,
+# softirq of /proc/stat's "cpu" line): read before and after a run, it says
+# how many of the cores anything used, the delay proxy and nats-server
+# included.
+machine_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
+}
+
 scaling() {
     local rows=${1:-200000}
     command -v jq >/dev/null && command -v curl >/dev/null \
@@ -190,10 +198,11 @@ EOF
             printf '\n[consumer]\n%s\n' "$SYNCDATA_SCALING_CONSUMER" >>"$dir/consumer$k.toml"
         fi
         DATA_SYNC_CONFIG="$dir/consumer$k.toml" RUST_LOG=warn "$bin/syncdata" add-tables big >/dev/null
-        local t0 t1 n=0 p c0 c1 postmaster hz
+        local t0 t1 n=0 p c0 c1 m0 m1 postmaster hz
         postmaster=$(head -1 "$dir/srv/pg/postmaster.pid")
         hz=$(getconf CLK_TCK)
         c0=$(tree_ticks "$postmaster")
+        m0=$(machine_ticks)
         t0=$(date +%s.%N)
         for p in $(seq 1 "$k"); do
             DATA_SYNC_CONFIG="$dir/consumer$k.toml" RUST_LOG=warn "$bin/syncdata" start \
@@ -216,6 +225,7 @@ EOF
         done
         t1=$(date +%s.%N)
         c1=$(tree_ticks "$postmaster")
+        m1=$(machine_ticks)
         local cc=0
         for p in "${SCALING_PIDS[@]}"; do cc=$((cc + $(tree_ticks "$p"))); done
         for p in "${SCALING_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -228,7 +238,7 @@ EOF
         }
         rate=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
         [ -n "$rate1" ] || rate1=$rate
-        results+=("$k consumers: $rate records/s ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, PostgreSQL used $(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }') cores, the consumers $(awk -v c="$cc" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", c / hz / (e - s) }'), of $(nproc))")
+        results+=("$k consumers: $rate records/s ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, PostgreSQL used $(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }') cores, the consumers $(awk -v c="$cc" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", c / hz / (e - s) }'), the whole machine $(awk -v a="$m0" -v b="$m1" -v hz="$hz" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", (b - a) / hz / (e - s) }'), of $(nproc))")
         echo "${results[-1]}"
     done
     echo

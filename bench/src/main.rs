@@ -18,6 +18,7 @@
 //!
 //! A benchmark, not a test: nothing here fails on a slow number.
 
+mod cpu;
 mod delay;
 mod env;
 mod latency;

@@ -39,6 +39,7 @@ use anyhow::{bail, Context, Result};
 use sqlx::PgPool;
 use syncdata_testkit::workload;
 
+use crate::cpu;
 use crate::env::{self, ConfigSpec, Env, PublishedRecords, Side, Streams};
 use crate::producer;
 use crate::report::{self, Report};
@@ -307,6 +308,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     if before != 0 {
         bail!("the disabled subscription applied {before} history rows before the timing");
     }
+    let meter = cpu::Meter::start(env).await?;
     let t0 = Instant::now();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER SUBSCRIPTION {SUBSCRIPTION} ENABLE"
@@ -315,6 +317,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     .await?;
     let native_done = wait_native(&native, history, max_hid).await?;
     let native_time = native_done - t0;
+    cpu::record(report, "native catch-up", meter.stop()?);
     let native_rate = report::rate(changes, native_time);
     println!(
         "native logical replication: caught up in {} ({}/s)",
@@ -433,6 +436,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             .context("the target's instance id (migrations not run?)")?;
         let durables = streams.durables(&instance, &TABLES);
         env::install_batch_clock(&target).await?;
+        let meter = cpu::Meter::start(env).await?;
         let t0 = env::now_us();
         let mut children = Vec::new();
         for i in 1..=k {
@@ -457,6 +461,18 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         report
             .notes
             .extend(applied.note(&format!("catch-up with {k} consumer(s)")));
+        cpu::record(
+            report,
+            &format!(
+                "syncdata catch-up, {k} consumer(s){}",
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({label} binaries)")
+                }
+            ),
+            meter.stop()?,
+        );
         let elapsed = applied.data;
         let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
         env::stop_all(children).await;
@@ -762,6 +778,7 @@ impl E2e {
         let instance = syncdata_consumer::store::instance_id(&target).await?;
         let durables = self.streams.durables(&instance, &TABLES);
         env::install_batch_clock(&target).await?;
+        let meter = cpu::Meter::start(env).await?;
         let t0 = env::now_us();
         let mut children = vec![
             env.spawn(
@@ -810,6 +827,7 @@ impl E2e {
         report
             .notes
             .extend(applied.note("end to end, stages at once"));
+        cpu::record(report, "end to end, stages at once", meter.stop()?);
         let elapsed = applied.data;
         env::stop_all(children).await;
         let (gap, batches) = env::longest_gap(&target).await?;

@@ -69,10 +69,12 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
 
     // --- pg_dump | psql.
     env.recreate_db(Side::Target, DUMP_DB).await?;
+    let meter = crate::cpu::Meter::start(env).await?;
     let t0 = Instant::now();
     env.dump_into(&["-t", "snap", SOURCE_DB], DUMP_DB, "snapshot-pg_dump")
         .await?;
     let dump_time = t0.elapsed();
+    crate::cpu::record(report, "pg_dump | psql", meter.stop()?);
     let dst = env.pool(Side::Target, DUMP_DB, 1).await?;
     let got = workload::table_fingerprint(&dst, "public", "snap").await?;
     dst.close().await;
@@ -172,6 +174,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             .await?;
 
         env::install_batch_clock(&dst).await?;
+        let meter = crate::cpu::Meter::start(env).await?;
         let t0 = Instant::now();
         let t0_us = env::now_us();
         let mut snapshot = env.spawn(
@@ -225,6 +228,18 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        crate::cpu::record(
+            report,
+            &format!(
+                "syncdata snapshot{}",
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {label}")
+                }
+            ),
+            meter.stop()?,
+        );
         let rss: Vec<u64> = children.iter().filter_map(|c| c.peak_rss()).collect();
         env::stop_all(children).await;
         env::stop_all(vec![snapshot]).await;
