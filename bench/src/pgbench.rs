@@ -340,6 +340,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     );
 
     // --- 2a. Archive: slot → files.
+    let meter = cpu::Meter::start(env).await?;
     let t0 = Instant::now();
     let archiver = env.spawn(
         &env.producer_bin,
@@ -362,6 +363,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     )
     .await?;
     let archive_time = archived_at - t0;
+    cpu::record(report, "pgbench-archiver", meter.stop()?);
     env::stop_all(children).await;
     let records = LineCounter::default().count(&archive)?;
     if records != changes {
@@ -377,6 +379,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     );
 
     // --- 2b. Publish: files → stream.
+    let meter = cpu::Meter::start(env).await?;
     let t0 = Instant::now();
     let producer = env.spawn(
         &env.producer_bin,
@@ -395,6 +398,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
     )
     .await?;
     let publish_time = published_at - t0;
+    cpu::record(report, "pgbench-producer", meter.stop()?);
     env::stop_all(children).await;
     let messages = streams.messages(&js).await.unwrap_or(0);
     println!(
@@ -404,7 +408,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
 
     // --- 2b'. Publish the same files again, sanitized, into a stream of
     // its own (its own state directory: it starts at the first file).
-    let sanitized = publish_sanitized(env, &js, &archive, records).await;
+    let sanitized = publish_sanitized(env, &js, &archive, records, report).await;
 
     // --- 2c. Apply: stream → target, K consumers.
     let mut best: Option<(usize, Duration)> = None;
@@ -1064,6 +1068,7 @@ async fn publish_sanitized(
     js: &async_nats::jetstream::Context,
     archive: &Path,
     records: u64,
+    report: &mut Report,
 ) -> Result<Duration> {
     let streams = Streams::new("pgbenchsan");
     streams.reset(js).await?;
@@ -1089,6 +1094,7 @@ async fn publish_sanitized(
         "pgbench-producer-sanitized",
         &[("SYNCDATA_SANITIZE_KEY", producer::KEY)],
         Duration::from_secs(300),
+        report,
     )
     .await;
     js.delete_stream(&streams.stream).await.ok();

@@ -90,6 +90,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
         "demo-producer",
         &[],
         PUBLISH_TIMEOUT,
+        report,
     )
     .await?;
     let r_plain = report::rate(n, t_plain);
@@ -141,6 +142,7 @@ pub async fn run(env: &Env, opts: &Options, report: &mut Report) -> Result<()> {
             "demo-producer-sanitized",
             &[("SYNCDATA_SANITIZE_KEY", KEY)],
             PUBLISH_TIMEOUT,
+            report,
         )
         .await?;
         rss_sanitized = Some(rss);
@@ -304,7 +306,9 @@ pub(crate) fn sanitized_config(
 
 /// Launches the producer and waits (at most `timeout`) until it has
 /// published `n` records (each acknowledged by JetStream). Returns the
-/// time from launch and the producer's peak RSS then.
+/// time from launch and the producer's peak RSS then; where the CPU went
+/// is noted in `report`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn publish(
     env: &Env,
     published: PublishedRecords,
@@ -313,7 +317,9 @@ pub(crate) async fn publish(
     name: &str,
     extra_env: &[(&str, &str)],
     timeout: Duration,
+    report: &mut Report,
 ) -> Result<(Duration, u64)> {
+    let meter = crate::cpu::Meter::start(env).await?;
     let t0 = Instant::now();
     let mut children = vec![env.spawn(&env.producer_bin, &["run"], config, name, extra_env)?];
     let done = harness::poll_until(
@@ -324,6 +330,7 @@ pub(crate) async fn publish(
         || async move { Ok(published.count().await.unwrap_or(0) >= n) },
     )
     .await?;
+    crate::cpu::record(report, name, meter.stop()?);
     let rss = children[0].peak_rss().unwrap_or(0);
     env::stop_all(children).await;
     Ok((done - t0, rss))
