@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 
 use crate::version::{Lsn, Version};
 
+mod header;
+
 /// PostgreSQL truncates identifiers to 63 bytes (NAMEDATALEN - 1); a longer
 /// name cannot name a real table or column, so it is rejected, not truncated.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -331,65 +333,25 @@ impl Record {
         validate_identifier("table", &self.table)?;
         for (field, cols) in [("data", &self.data), ("old_keys", &self.old_keys)] {
             if let Some(cols) = cols {
-                if cols.len() > MAX_COLUMNS {
-                    return Err(RecordError::invalid(
-                        field,
-                        format!(
-                            "{} columns, more than the {MAX_COLUMNS} a PostgreSQL table can have",
-                            cols.len()
-                        ),
-                    ));
-                }
-                for (name, value) in cols {
-                    validate_identifier(field, name)?;
-                    if json_depth(value.raw()) > MAX_JSON_DEPTH {
-                        return Err(RecordError::invalid(
-                            field,
-                            format!("value of column {name:?} is JSON nested deeper than {MAX_JSON_DEPTH} levels"),
-                        ));
-                    }
-                    if let Some(code) = value.lone_surrogate() {
-                        return Err(RecordError::invalid(
-                            field,
-                            format!(
-                                "value of column {name:?} holds a lone UTF-16 surrogate escape \\u{code:04x} (not in a high-low pair: not Unicode text)"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(seq) = self.seq {
-            if seq > i64::MAX as u64 {
-                return Err(RecordError::invalid("seq", "beyond 2^63"));
+                validate_image(
+                    field,
+                    cols.len(),
+                    cols.iter()
+                        .map(|(name, value)| (name.as_str(), value.raw())),
+                )?;
             }
         }
         let has = |c: &Option<Columns>| c.as_ref().is_some_and(|c| !c.is_empty());
-        match self.op {
-            Op::Insert if !has(&self.data) => {
-                Err(RecordError::invalid("data", "INSERT needs data"))
-            }
-            Op::Update if !has(&self.data) => {
-                Err(RecordError::invalid("data", "UPDATE needs data"))
-            }
-            _ if self.snapshot && self.op != Op::Insert => Err(RecordError::invalid(
-                "snapshot",
-                "only an INSERT can be a snapshot row",
-            )),
-            Op::Delete if !has(&self.old_keys) && !has(&self.data) => Err(RecordError::invalid(
-                "old_keys",
-                "DELETE needs old_keys (or data holding the key)",
-            )),
-            Op::Schema
-                if !self
-                    .data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(crate::tabledef::DEFINITION_FIELD)) =>
-            {
-                Err(RecordError::invalid("data", "SCHEMA needs data.definition"))
-            }
-            _ => Ok(()),
-        }
+        validate_op(
+            self.op,
+            self.seq,
+            self.snapshot,
+            has(&self.data),
+            has(&self.old_keys),
+            self.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(crate::tabledef::DEFINITION_FIELD)),
+        )
     }
 
     /// The version, given the ordinal to use when the record carries none.
@@ -617,6 +579,73 @@ fn skip_debug_string(quoted: &str) -> Option<&str> {
 const RECORD_FIELDS: &[&str] = &[
     "schema", "table", "op", "data", "old_keys", "lsn", "seq", "ts",
 ];
+
+/// The checks of one image (`data` or `old_keys`) of `len` distinct
+/// columns, given as names and raw JSON values.
+fn validate_image<'a>(
+    field: &'static str,
+    len: usize,
+    columns: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), RecordError> {
+    if len > MAX_COLUMNS {
+        return Err(RecordError::invalid(
+            field,
+            format!("{len} columns, more than the {MAX_COLUMNS} a PostgreSQL table can have"),
+        ));
+    }
+    for (name, raw) in columns {
+        validate_identifier(field, name)?;
+        if json_depth(raw) > MAX_JSON_DEPTH {
+            return Err(RecordError::invalid(
+                field,
+                format!(
+                    "value of column {name:?} is JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                ),
+            ));
+        }
+        if let Some(code) = lone_surrogate(raw) {
+            return Err(RecordError::invalid(
+                field,
+                format!(
+                    "value of column {name:?} holds a lone UTF-16 surrogate escape \\u{code:04x} (not in a high-low pair: not Unicode text)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The checks of a record's `seq` and of what its operation needs.
+fn validate_op(
+    op: Op,
+    seq: Option<u64>,
+    snapshot: bool,
+    has_data: bool,
+    has_old_keys: bool,
+    data_has_definition: bool,
+) -> Result<(), RecordError> {
+    if let Some(seq) = seq {
+        if seq > i64::MAX as u64 {
+            return Err(RecordError::invalid("seq", "beyond 2^63"));
+        }
+    }
+    match op {
+        Op::Insert if !has_data => Err(RecordError::invalid("data", "INSERT needs data")),
+        Op::Update if !has_data => Err(RecordError::invalid("data", "UPDATE needs data")),
+        _ if snapshot && op != Op::Insert => Err(RecordError::invalid(
+            "snapshot",
+            "only an INSERT can be a snapshot row",
+        )),
+        Op::Delete if !has_old_keys && !has_data => Err(RecordError::invalid(
+            "old_keys",
+            "DELETE needs old_keys (or data holding the key)",
+        )),
+        Op::Schema if !data_has_definition => {
+            Err(RecordError::invalid("data", "SCHEMA needs data.definition"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Maximum nesting of arrays and objects in valid JSON text.
 fn json_depth(raw: &str) -> usize {

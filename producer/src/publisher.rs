@@ -679,59 +679,62 @@ impl<S: Sink> Publisher<S> {
                 self.quarantine.add(&reject(&reason, prefix))?;
             }
             LineKind::Text(_) if line.is_blank() => {}
-            LineKind::Text(bytes) => match crate::schema::parse_line_forwardable(bytes) {
-                Err(err) => {
-                    self.quarantine.add(&reject(&err, bytes))?;
-                }
-                Ok(None) => {}
-                Ok(Some((record, forward))) => {
-                    let start = Position {
-                        file: file.clone(),
-                        offset: line.start,
-                        line: line.number - 1,
-                    };
-                    if self.is_held(&record, &start) {
-                        metrics::counter!("syncdata_producer_held_total").increment(1);
-                    } else {
-                        match self
-                            .send(
-                                record,
-                                forward,
-                                file,
-                                &line,
-                                bytes,
-                                max_payload,
-                                token,
-                                false,
-                            )
-                            .await?
-                        {
-                            Dispatch::Sent(ack) if self.chunking() => {
-                                // In archive order with the run's chunks.
-                                self.run.sent(ack, pos);
-                                return self.flush_if_full(window, token).await;
-                            }
-                            Dispatch::Chunked => {
-                                self.run.until(pos);
-                                return self.flush_if_full(window, token).await;
-                            }
-                            Dispatch::Sent(ack) => {
-                                let mark = Mark::Main(pos);
-                                window.push_back(
+            // Only sanitization reads a record's columns.
+            LineKind::Text(bytes) => {
+                match crate::schema::parse_line_forwardable(bytes, self.sanitizer.is_some()) {
+                    Err(err) => {
+                        self.quarantine.add(&reject(&err, bytes))?;
+                    }
+                    Ok(None) => {}
+                    Ok(Some((record, forward))) => {
+                        let start = Position {
+                            file: file.clone(),
+                            offset: line.start,
+                            line: line.number - 1,
+                        };
+                        if self.is_held(&record, &start) {
+                            metrics::counter!("syncdata_producer_held_total").increment(1);
+                        } else {
+                            match self
+                                .send(
+                                    record,
+                                    forward,
+                                    file,
+                                    &line,
+                                    bytes,
+                                    max_payload,
+                                    token,
+                                    false,
+                                )
+                                .await?
+                            {
+                                Dispatch::Sent(ack) if self.chunking() => {
+                                    // In archive order with the run's chunks.
+                                    self.run.sent(ack, pos);
+                                    return self.flush_if_full(window, token).await;
+                                }
+                                Dispatch::Chunked => {
+                                    self.run.until(pos);
+                                    return self.flush_if_full(window, token).await;
+                                }
+                                Dispatch::Sent(ack) => {
+                                    let mark = Mark::Main(pos);
+                                    window.push_back(
                                     async move { (mark, ack.await.map(|a| Some(Settled::one(a)))) }
                                         .boxed(),
                                 );
-                                return Ok(());
+                                    return Ok(());
+                                }
+                                // Not sent: the position is not advanced, so the
+                                // line is read again on the next start.
+                                Dispatch::Cancelled => return Ok(()),
+                                Dispatch::Done => {}
+                                Dispatch::Halted(table, reason) => self.halt(table, start, reason),
                             }
-                            // Not sent: the position is not advanced, so the
-                            // line is read again on the next start.
-                            Dispatch::Cancelled => return Ok(()),
-                            Dispatch::Done => {}
-                            Dispatch::Halted(table, reason) => self.halt(table, start, reason),
                         }
                     }
                 }
-            },
+            }
         }
         self.complete(pos, window);
         Ok(())
@@ -804,21 +807,25 @@ impl<S: Sink> Publisher<S> {
             .sanitizer
             .as_ref()
             .is_none_or(|s| s.keeps_every_column(&record.schema, &record.table));
-        let mut payload = if forward && unchanged && record.op != Op::Schema {
-            raw.to_vec()
+        // The line itself is only copied into its chunk (or, alone, into
+        // a message of its own).
+        let json: std::borrow::Cow<'_, [u8]> = if forward && unchanged && record.op != Op::Schema {
+            std::borrow::Cow::Borrowed(raw)
         } else {
-            record.to_json()
+            std::borrow::Cow::Owned(record.to_json())
         };
-        if !replaying && self.chunking() {
+        let mut payload = if !replaying && self.chunking() {
             match self
-                .add_to_chunk(&record, payload, file, line, max_payload, token)
+                .add_to_chunk(&record, json, file, line, max_payload, token)
                 .await?
             {
                 chunks::Added::Chunked => return Ok(Dispatch::Chunked),
                 chunks::Added::Cancelled => return Ok(Dispatch::Cancelled),
-                chunks::Added::Alone(p) => payload = p,
+                chunks::Added::Alone(p) => p,
             }
-        }
+        } else {
+            json.into_owned()
+        };
         // Only a record sent alone needs its own id (a chunk has the
         // chunk's); sanitization changes neither its table nor its version.
         let id = message_id(

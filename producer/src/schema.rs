@@ -88,8 +88,22 @@ pub fn is_log_record(record: &Record) -> bool {
 
 /// [`parse_line`], and whether the line itself may be published in the
 /// record's place (`Record::parse_forwardable`; never for a capture-table
-/// row, which becomes another record).
-pub fn parse_line_forwardable(bytes: &[u8]) -> Result<Option<(Record, bool)>, String> {
+/// row, which becomes another record). Without `images` (no sanitization,
+/// nothing reads the columns) a line that may be published as it is only
+/// checked: the record comes back without `data` and `old_keys`
+/// (`Record::parse_forwardable_header`, which saves the allocations of
+/// every column name and value).
+pub fn parse_line_forwardable(
+    bytes: &[u8],
+    images: bool,
+) -> Result<Option<(Record, bool)>, String> {
+    if !images {
+        if let Some(header) = Record::parse_forwardable_header(bytes) {
+            if !is_log_record(&header) {
+                return Ok(Some((header, true)));
+            }
+        }
+    }
     let (record, forward) = Record::parse_forwardable(bytes).map_err(|e| e.to_string())?;
     if !is_log_record(&record) {
         return Ok(Some((record, forward)));

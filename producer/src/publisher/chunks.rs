@@ -16,7 +16,7 @@
 //! table's chunk is published first, so a table's messages stay in archive
 //! order).
 
-use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,7 +38,10 @@ const RUN_CHUNKS: usize = 8;
 #[derive(Default)]
 pub(super) struct Run {
     /// Per table: its open chunk and the archive file it was read from.
-    open: HashMap<TableName, (ChunkBuilder, Arc<str>)>,
+    /// Looked up by a record's names without building a `TableName`
+    /// ([`TableRef`]); hashed with foldhash, not SipHash (the keys are
+    /// the archive's own table names, and this runs once per record).
+    open: hashbrown::HashMap<TableName, (ChunkBuilder, Arc<str>), foldhash::fast::RandomState>,
     /// Messages of this run already handed to the server.
     acks: Vec<AckFuture>,
     /// Records in the run (chunked or sent alone).
@@ -63,6 +66,21 @@ impl Run {
         self.acks.push(ack);
         self.records += 1;
         self.last = Some(pos);
+    }
+}
+
+/// A table's names, borrowed: hashes as [`TableName`] does (the same
+/// fields in the same order, `&str` hashing as `String`), so it finds a
+/// `TableName` key without one being built.
+#[derive(Hash)]
+struct TableRef<'a> {
+    schema: &'a str,
+    table: &'a str,
+}
+
+impl hashbrown::Equivalent<TableName> for TableRef<'_> {
+    fn equivalent(&self, key: &TableName) -> bool {
+        self.schema == key.schema && self.table == key.table
     }
 }
 
@@ -93,7 +111,7 @@ impl<S: Sink> Publisher<S> {
     pub(super) async fn add_to_chunk(
         &mut self,
         record: &Record,
-        json: Vec<u8>,
+        json: std::borrow::Cow<'_, [u8]>,
         file: &Arc<str>,
         line: &Line,
         max_payload: usize,
@@ -101,7 +119,10 @@ impl<S: Sink> Publisher<S> {
     ) -> Result<Added, PublisherError> {
         let limit = self.chunk_limit(max_payload);
         let max_records = self.settings.chunk_records;
-        let table = TableName::new(record.schema.clone(), record.table.clone());
+        let table = TableRef {
+            schema: &record.schema,
+            table: &record.table,
+        };
         // A SCHEMA record goes alone, after its table's open chunk: its
         // look-up copy (`<subject>.schema`) is published with it.
         let alone =
@@ -109,17 +130,22 @@ impl<S: Sink> Publisher<S> {
         let full = self.run.open.get(&table).is_some_and(|(c, f)| {
             !c.is_empty() && (alone || f != file || !c.fits(json.len(), max_records, limit))
         });
-        if full && !self.publish_chunk(&table, token).await? {
-            return Ok(Added::Cancelled);
+        if full {
+            let name = TableName::new(record.schema.clone(), record.table.clone());
+            if !self.publish_chunk(&name, token).await? {
+                return Ok(Added::Cancelled);
+            }
         }
         if alone {
-            return Ok(Added::Alone(json));
+            return Ok(Added::Alone(json.into_owned()));
         }
-        let (chunk, at) = self
-            .run
-            .open
-            .entry(table)
-            .or_insert_with(|| (ChunkBuilder::new(), file.clone()));
+        if !self.run.open.contains_key(&table) {
+            self.run.open.insert(
+                TableName::new(record.schema.clone(), record.table.clone()),
+                (ChunkBuilder::new(), file.clone()),
+            );
+        }
+        let (chunk, at) = self.run.open.get_mut(&table).expect("inserted above");
         if chunk.is_empty() {
             *at = file.clone();
         }
