@@ -109,10 +109,14 @@ enum Compiled {
     },
 }
 
+/// Rules by name, found once or more per record: hashed with foldhash
+/// (the names are the rules file's; a record's names are only looked up).
+type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct CompiledTable {
     exclude: bool,
-    columns: HashMap<String, Compiled>,
+    columns: ByName<Compiled>,
 }
 
 /// The rules of one generation, compiled with the key.
@@ -120,7 +124,7 @@ struct CompiledTable {
 pub struct CompiledRules {
     unlisted: Unlisted,
     /// schema -> table -> rules (looked up without allocating).
-    tables: HashMap<String, HashMap<String, CompiledTable>>,
+    tables: ByName<ByName<CompiledTable>>,
 }
 
 impl CompiledRules {
@@ -129,9 +133,9 @@ impl CompiledRules {
         if rules.uses_keyed_transforms() && key.is_none() {
             return Err(KeyError::Missing);
         }
-        let mut tables: HashMap<String, HashMap<String, CompiledTable>> = HashMap::new();
+        let mut tables: ByName<ByName<CompiledTable>> = ByName::default();
         for (name, t) in &rules.tables {
-            let mut columns = HashMap::new();
+            let mut columns = ByName::default();
             if t.mode == Mode::Replicate {
                 for (col, rule) in &t.columns {
                     columns.insert(col.clone(), compile(&rule.transform, key));
