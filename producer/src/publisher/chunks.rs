@@ -248,3 +248,46 @@ impl<S: Sink> Publisher<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Run, TableRef};
+    use syncdata_core::chunk::ChunkBuilder;
+    use syncdata_core::table::TableName;
+
+    /// A borrowed name finds the key it names, and only that one: were
+    /// its hash not `TableName`'s, a record would miss its table's open
+    /// chunk and put a new one in its place.
+    #[test]
+    fn borrowed_names_find_their_table() {
+        let mut run = Run::default();
+        let names = [
+            ("public", "t"),
+            ("public", "pgbench_accounts"),
+            ("sales", "t"),
+            ("s", "alest"),
+            ("", ""),
+        ];
+        for (i, (schema, table)) in names.iter().enumerate() {
+            let mut chunk = ChunkBuilder::new();
+            let at = i as u64;
+            chunk.push(b"{}", at..at + 1);
+            run.open
+                .insert(TableName::new(*schema, *table), (chunk, "f".into()));
+        }
+        for (i, (schema, table)) in names.iter().enumerate() {
+            let (chunk, _) = run
+                .open
+                .get(&TableRef { schema, table })
+                .expect("found by its borrowed names");
+            assert_eq!(chunk.span(), (i as u64, i as u64 + 1));
+        }
+        assert!(run
+            .open
+            .get(&TableRef {
+                schema: "public",
+                table: "missing"
+            })
+            .is_none());
+    }
+}
