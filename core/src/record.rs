@@ -239,41 +239,48 @@ pub struct Record {
 /// An image of at most [`MAX_COLUMNS`] columns: parsing stops at the first
 /// column past the limit, so a hostile line costs no time per column.
 fn bounded_columns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Columns>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Option<Columns>;
+    d.deserialize_option(Bounded::<String, Value>(std::marker::PhantomData))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object of columns")
-        }
+/// The visitor of an image: `null` is none, an object is a map of at most
+/// [`MAX_COLUMNS`] distinct names (a name given again replaces its earlier
+/// value). `K` and `V` are owned here and borrowed by the header parse
+/// (`header.rs`), which must read images exactly as this does.
+struct Bounded<K, V>(std::marker::PhantomData<(K, V)>);
 
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+impl<'de, K, V> serde::de::Visitor<'de> for Bounded<K, V>
+where
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    type Value = Option<BTreeMap<K, V>>;
 
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut cols = Columns::new();
-            while let Some((name, value)) = map.next_entry::<String, Value>()? {
-                if cols.len() >= MAX_COLUMNS && !cols.contains_key(&name) {
-                    return Err(serde::de::Error::custom(too_wide()));
-                }
-                cols.insert(name, value);
-            }
-            Ok(Some(cols))
-        }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of columns")
     }
-    d.deserialize_option(Bounded)
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut cols = BTreeMap::new();
+        while let Some((name, value)) = map.next_entry::<K, V>()? {
+            if cols.len() >= MAX_COLUMNS && !cols.contains_key(&name) {
+                return Err(serde::de::Error::custom(too_wide()));
+            }
+            cols.insert(name, value);
+        }
+        Ok(Some(cols))
+    }
 }
 
 /// The parse error of an image wider than a PostgreSQL table can be: a

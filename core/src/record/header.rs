@@ -17,13 +17,12 @@
 //! lines.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    only_record_fields, validate_identifier, validate_image, validate_op, Op, Record, MAX_COLUMNS,
+    only_record_fields, validate_identifier, validate_image, validate_op, Bounded, Op, Record,
 };
 use crate::version::Lsn;
 
@@ -63,45 +62,10 @@ fn lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
     text.parse().map_err(serde::de::Error::custom)
 }
 
-/// An image as `bounded_columns` reads it: `null` is none, an object of at
-/// most [`MAX_COLUMNS`] distinct names (a name given again replaces the
-/// earlier value, as in the owned map).
+/// An image as `bounded_columns` reads it (the same visitor), names and
+/// values borrowed.
 fn image<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Image<'de>>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Option<Image<'de>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object of columns")
-        }
-
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut cols = Image::new();
-            while let Some((name, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
-                if cols.len() >= MAX_COLUMNS && !cols.contains_key(name) {
-                    return Err(serde::de::Error::custom("too many columns"));
-                }
-                cols.insert(name, value);
-            }
-            Ok(Some(cols))
-        }
-    }
-    d.deserialize_option(Bounded)
+    d.deserialize_option(Bounded::<&'de str, &'de RawValue>(std::marker::PhantomData))
 }
 
 impl Record {
@@ -164,7 +128,7 @@ impl Record {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::Record;
+    use super::super::{Record, MAX_COLUMNS};
 
     /// The whole parse's record, its images taken off.
     fn header_of(line: &[u8]) -> Option<Record> {
@@ -244,14 +208,14 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        for n in [super::MAX_COLUMNS, super::MAX_COLUMNS + 1] {
+        for n in [MAX_COLUMNS, MAX_COLUMNS + 1] {
             let line = format!(
                 r#"{{"table":"t","op":"INSERT","data":{{{}}},"lsn":"0/1","seq":1}}"#,
                 cols(n)
             );
             assert_eq!(
                 Record::parse_forwardable_header(line.as_bytes()).is_some(),
-                n <= super::MAX_COLUMNS
+                n <= MAX_COLUMNS
             );
             check(&line);
         }
