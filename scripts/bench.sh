@@ -12,7 +12,8 @@
 # wal_level=logical and wal2json, a target) and a JetStream nats-server on
 # free loopback ports, runs `syncdata-bench` (extra arguments go to it; see
 # `cargo run --release -p syncdata-bench -- --help`), and stops the servers. The table
-# is printed and written to bench/results.md (or $SYNCDATA_BENCH_RESULTS).
+# is printed and written at the top of bench/results.md (or
+# $SYNCDATA_BENCH_RESULTS), above the runs the file already holds.
 #
 # The pgbench section also times the same catch-up into a SQLite file
 # (`target = "sqlite://…"`, docs/sqlite.md) and reports it as a ratio to the

@@ -122,7 +122,8 @@ struct Args {
     /// RUST_LOG of the binaries under test.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Also write the table here (markdown).
+    /// Also write the table here (markdown), above the runs the file
+    /// already holds.
     #[arg(long, value_name = "PATH")]
     results: Option<PathBuf>,
 }
@@ -260,8 +261,23 @@ async fn run(args: Args) -> Result<bool> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).ok();
         }
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("results written to {}", path.display());
+        // Earlier runs stay below this one: the file is the history of
+        // the figures the docs cite.
+        let earlier = match std::fs::read_to_string(path) {
+            Ok(earlier) => earlier,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let all = if earlier.is_empty() {
+            text.clone()
+        } else {
+            format!("{text}\n{earlier}")
+        };
+        std::fs::write(path, all).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "results written to {} (above its earlier runs)",
+            path.display()
+        );
     }
     if !failed.is_empty() {
         eprintln!(
