@@ -336,28 +336,14 @@ impl Record {
     }
 
     pub fn validate(&self) -> Result<(), RecordError> {
-        validate_identifier("schema", &self.schema)?;
-        validate_identifier("table", &self.table)?;
-        for (field, cols) in [("data", &self.data), ("old_keys", &self.old_keys)] {
-            if let Some(cols) = cols {
-                validate_image(
-                    field,
-                    cols.len(),
-                    cols.iter()
-                        .map(|(name, value)| (name.as_str(), value.raw())),
-                )?;
-            }
-        }
-        let has = |c: &Option<Columns>| c.as_ref().is_some_and(|c| !c.is_empty());
-        validate_op(
+        validate_parts(
+            &self.schema,
+            &self.table,
             self.op,
             self.seq,
             self.snapshot,
-            has(&self.data),
-            has(&self.old_keys),
-            self.data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(crate::tabledef::DEFINITION_FIELD)),
+            self.data.as_ref(),
+            self.old_keys.as_ref(),
         )
     }
 
@@ -586,6 +572,63 @@ fn skip_debug_string(quoted: &str) -> Option<&str> {
 const RECORD_FIELDS: &[&str] = &[
     "schema", "table", "op", "data", "old_keys", "lsn", "seq", "ts",
 ];
+
+/// A column value's JSON text, owned ([`Value`]) or borrowed from the line
+/// (the header parse's `&RawValue`).
+trait RawJson {
+    fn raw_json(&self) -> &str;
+}
+
+impl RawJson for Value {
+    fn raw_json(&self) -> &str {
+        self.raw()
+    }
+}
+
+impl RawJson for &RawValue {
+    fn raw_json(&self) -> &str {
+        self.get()
+    }
+}
+
+/// Every check of [`Record::validate`], on a record's parts: the owned
+/// record's and the header parse's images alike (`header.rs`), so the two
+/// cannot drift apart.
+fn validate_parts<K, V>(
+    schema: &str,
+    table: &str,
+    op: Op,
+    seq: Option<u64>,
+    snapshot: bool,
+    data: Option<&BTreeMap<K, V>>,
+    old_keys: Option<&BTreeMap<K, V>>,
+) -> Result<(), RecordError>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    V: RawJson,
+{
+    validate_identifier("schema", schema)?;
+    validate_identifier("table", table)?;
+    for (field, cols) in [("data", data), ("old_keys", old_keys)] {
+        if let Some(cols) = cols {
+            validate_image(
+                field,
+                cols.len(),
+                cols.iter()
+                    .map(|(name, value)| (name.borrow(), value.raw_json())),
+            )?;
+        }
+    }
+    let has = |c: Option<&BTreeMap<K, V>>| c.is_some_and(|c| !c.is_empty());
+    validate_op(
+        op,
+        seq,
+        snapshot,
+        has(data),
+        has(old_keys),
+        data.is_some_and(|d| d.contains_key(crate::tabledef::DEFINITION_FIELD)),
+    )
+}
 
 /// The checks of one image (`data` or `old_keys`) of `len` distinct
 /// columns, given as names and raw JSON values.

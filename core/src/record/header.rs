@@ -4,9 +4,9 @@
 //! [`Record::parse_forwardable`] builds every image: a map of column names
 //! to boxed raw values, some fifteen allocations per pgbench record, freed
 //! at once when the line is published as it is. Here the same line is
-//! read with every name and value borrowed from it, checked by the same
-//! rules ([`validate_image`], [`validate_op`]), and only its header (table,
-//! operation, version) is owned.
+//! read with every name and value borrowed from it, checked by the very
+//! function [`Record::validate`] calls ([`validate_parts`]), and only its
+//! header (table, operation, version) is owned.
 //!
 //! The one promise: when [`Record::parse_forwardable_header`] accepts a
 //! line, [`Record::parse_forwardable`] accepts it too, with the same header
@@ -21,9 +21,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{
-    only_record_fields, validate_identifier, validate_image, validate_op, Bounded, Op, Record,
-};
+use super::{only_record_fields, validate_parts, Bounded, Op, Record};
 use crate::version::Lsn;
 
 type Image<'a> = BTreeMap<&'a str, &'a RawValue>;
@@ -88,26 +86,14 @@ impl Record {
         if b.op == Op::Schema {
             return None;
         }
-        validate_identifier("schema", b.schema).ok()?;
-        validate_identifier("table", b.table).ok()?;
-        for (field, cols) in [("data", &b.data), ("old_keys", &b.old_keys)] {
-            if let Some(cols) = cols {
-                validate_image(
-                    field,
-                    cols.len(),
-                    cols.iter().map(|(name, value)| (*name, value.get())),
-                )
-                .ok()?;
-            }
-        }
-        let has = |c: &Option<Image<'_>>| c.as_ref().is_some_and(|c| !c.is_empty());
-        validate_op(
+        validate_parts(
+            b.schema,
+            b.table,
             b.op,
             b.seq,
             b.snapshot,
-            has(&b.data),
-            has(&b.old_keys),
-            false,
+            b.data.as_ref(),
+            b.old_keys.as_ref(),
         )
         .ok()?;
         Some(Record {
