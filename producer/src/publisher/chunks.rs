@@ -84,6 +84,13 @@ impl hashbrown::Equivalent<TableName> for TableRef<'_> {
     }
 }
 
+/// The key a table's first chunk of a run is filed under.
+impl From<&TableRef<'_>> for TableName {
+    fn from(t: &TableRef<'_>) -> TableName {
+        TableName::new(t.schema, t.table)
+    }
+}
+
 /// What became of a record offered to a chunk.
 pub(super) enum Added {
     Chunked,
@@ -130,22 +137,18 @@ impl<S: Sink> Publisher<S> {
         let full = self.run.open.get(&table).is_some_and(|(c, f)| {
             !c.is_empty() && (alone || f != file || !c.fits(json.len(), max_records, limit))
         });
-        if full {
-            let name = TableName::new(record.schema.clone(), record.table.clone());
-            if !self.publish_chunk(&name, token).await? {
-                return Ok(Added::Cancelled);
-            }
+        if full && !self.publish_chunk(&TableName::from(&table), token).await? {
+            return Ok(Added::Cancelled);
         }
         if alone {
             return Ok(Added::Alone(json.into_owned()));
         }
-        if !self.run.open.contains_key(&table) {
-            self.run.open.insert(
-                TableName::new(record.schema.clone(), record.table.clone()),
-                (ChunkBuilder::new(), file.clone()),
-            );
-        }
-        let (chunk, at) = self.run.open.get_mut(&table).expect("inserted above");
+        // A `TableName` is built only for a table new to the run.
+        let (chunk, at) = self
+            .run
+            .open
+            .entry_ref(&table)
+            .or_insert_with(|| (ChunkBuilder::new(), file.clone()));
         if chunk.is_empty() {
             *at = file.clone();
         }
